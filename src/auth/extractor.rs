@@ -1,0 +1,68 @@
+//! `AuthUser`: the authenticated caller, checked on every request against the
+//! session store so that logout, token reuse and deactivation take effect at once.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use uuid::Uuid;
+
+use super::tokens::TokenKind;
+use crate::db::sessions;
+use crate::db::users::User;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user: User,
+    pub session_id: Uuid,
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+impl AuthUser {
+    /// Resolves an access token (from a header or, for WebSockets, a query parameter).
+    pub async fn from_token(state: &AppState, token: &str) -> Result<Self, ApiError> {
+        let claims = state.tokens.decode(token, TokenKind::Access)?;
+        let mut conn = state.pool.get().await?;
+        match sessions::active_user(&mut conn, claims.sid, claims.sub).await? {
+            Some(user) => Ok(Self {
+                user,
+                session_id: claims.sid,
+            }),
+            None => Err(ApiError::Unauthorized(
+                "This session has ended (signed out, revoked or account deactivated); sign in again.".into(),
+            )),
+        }
+    }
+}
+
+impl FromRequest for AuthUser {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let token = bearer(req);
+        Box::pin(async move {
+            let state = state
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
+            let token = token.ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "Authentication required: send `Authorization: Bearer <access_token>`.".into(),
+                )
+            })?;
+            AuthUser::from_token(&state, &token).await
+        })
+    }
+}

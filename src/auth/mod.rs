@@ -1,0 +1,246 @@
+//! Accounts and sign-in: registration, login with lockout, refresh-token rotation
+//! with reuse detection, logout. Handlers in `routes::auth` stay thin and call these.
+
+pub mod extractor;
+pub mod password;
+pub mod tokens;
+pub mod validation;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel_async::AsyncPgConnection;
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+pub use extractor::AuthUser;
+use tokens::{TokenError, TokenKind};
+
+use crate::db::users::{Duplicate, InsertOutcome, NewUser, User};
+use crate::db::{DbPool, sessions, users};
+use crate::error::{ApiError, ValidationErrors};
+use crate::plans::Plan;
+use crate::startup::AppState;
+use password::PasswordHasher;
+
+/// The token half of the login/register/refresh answer.
+#[derive(Debug, Serialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::Sign(_) => ApiError::internal(err),
+            TokenError::Expired => {
+                ApiError::Unauthorized("The token has expired; sign in again.".into())
+            }
+            TokenError::Invalid => ApiError::Unauthorized("The token is not valid.".into()),
+            TokenError::WrongKind(TokenKind::Refresh) => ApiError::Unauthorized(
+                "A refresh token cannot be used as a bearer token; use the access token.".into(),
+            ),
+            TokenError::WrongKind(TokenKind::Access) => ApiError::Unauthorized(
+                "An access token cannot be used to refresh; use the refresh token.".into(),
+            ),
+        }
+    }
+}
+
+/// Validated registration input.
+pub struct Registration {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+    pub full_name: Option<String>,
+    pub plan: Plan,
+}
+
+impl Registration {
+    /// Checks every field and reports all problems at once.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let mut errors = ValidationErrors::default();
+        validation::username(&self.username, &mut errors);
+        validation::email(&self.email, &mut errors);
+        validation::password(&self.password, &mut errors);
+        if let Some(name) = &self.full_name {
+            validation::full_name(name, &mut errors);
+        }
+        errors.into_result()
+    }
+}
+
+/// Creates an account. Duplicate username or e-mail → 409 naming which.
+pub async fn create_user(
+    pool: &DbPool,
+    hasher: &PasswordHasher,
+    input: Registration,
+) -> Result<User, ApiError> {
+    input.validate()?;
+    let hash = hasher
+        .hash(input.password)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut conn = pool.get().await?;
+    let new = NewUser {
+        id: Uuid::new_v4(),
+        username: &input.username,
+        email: &input.email,
+        password_hash: &hash,
+        full_name: input.full_name.as_deref(),
+        subscription_plan: input.plan,
+    };
+    match users::insert(&mut conn, &new).await? {
+        InsertOutcome::Created(user) => Ok(*user),
+        InsertOutcome::Duplicate(Duplicate::Username) => Err(ApiError::Conflict {
+            detail: format!("The username '{}' is already taken.", input.username),
+            context: json!({ "field": "username" }),
+        }),
+        InsertOutcome::Duplicate(Duplicate::Email) => Err(ApiError::Conflict {
+            detail: "An account with this e-mail address already exists.".into(),
+            context: json!({ "field": "email" }),
+        }),
+    }
+}
+
+/// Starts a sign-in session (a new refresh-token family) and issues its first pair.
+pub async fn start_session(
+    state: &AppState,
+    conn: &mut AsyncPgConnection,
+    user: &User,
+) -> Result<TokenPair, ApiError> {
+    let session_id = Uuid::new_v4();
+    let expires_at = Utc::now()
+        + chrono::Duration::from_std(state.tokens.refresh_ttl).map_err(ApiError::internal)?;
+    sessions::create(conn, session_id, user.id, expires_at).await?;
+    issue_pair(state, conn, user.id, session_id).await
+}
+
+async fn issue_pair(
+    state: &AppState,
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    session_id: Uuid,
+) -> Result<TokenPair, ApiError> {
+    let access = state.tokens.issue(TokenKind::Access, user_id, session_id)?;
+    let refresh = state
+        .tokens
+        .issue(TokenKind::Refresh, user_id, session_id)?;
+    sessions::insert_refresh_token(conn, refresh.jti, session_id, refresh.expires_at).await?;
+    Ok(TokenPair {
+        access_token: access.token,
+        refresh_token: refresh.token,
+        token_type: "bearer",
+        expires_in: state.tokens.access_ttl.as_secs(),
+    })
+}
+
+fn locked(until: chrono::DateTime<Utc>) -> ApiError {
+    let left = (until - Utc::now())
+        .to_std()
+        .unwrap_or(Duration::from_secs(1));
+    let minutes = left.as_secs().div_ceil(60);
+    ApiError::Locked {
+        detail: format!(
+            "Too many wrong passwords: sign-in for this account from your address is locked for {minutes} more minute{}.",
+            if minutes == 1 { "" } else { "s" }
+        ),
+        retry_after: left,
+    }
+}
+
+/// Checks a password and starts a session. Consecutive failures lock the
+/// (account, client address) pair; see README, Security.
+pub async fn login(
+    state: &AppState,
+    login: &str,
+    password: String,
+    client_ip: &str,
+) -> Result<(User, TokenPair), ApiError> {
+    let wrong = || ApiError::Unauthorized("Wrong username, e-mail or password.".into());
+    let mut conn = state.pool.get().await?;
+    let user = users::find_by_login(&mut conn, login.trim()).await?;
+    if let Some(user) = &user {
+        if let Some(until) = users::lock_in_force(&mut conn, user.id, client_ip).await? {
+            return Err(locked(until));
+        }
+    }
+    // Do not hold a pooled connection across the (slow) hash.
+    drop(conn);
+    let ok = state
+        .hasher
+        .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
+        .await
+        .map_err(ApiError::internal)?;
+    let mut conn = state.pool.get().await?;
+    let Some(user) = user else {
+        return Err(wrong());
+    };
+    if !ok {
+        let settings = &state.settings;
+        return match users::record_failure(
+            &mut conn,
+            user.id,
+            client_ip,
+            settings.lockout_threshold,
+            settings.lockout_duration,
+        )
+        .await?
+        {
+            Some(until) => {
+                tracing::warn!(user_id = %user.id, "login locked after repeated wrong passwords");
+                Err(locked(until))
+            }
+            None => Err(wrong()),
+        };
+    }
+    if !user.is_active {
+        return Err(ApiError::Forbidden(
+            "This account is deactivated; contact support.".into(),
+        ));
+    }
+    users::clear_failures(&mut conn, user.id, client_ip).await?;
+    users::record_login(&mut conn, user.id).await?;
+    let pair = start_session(state, &mut conn, &user).await?;
+    Ok((user, pair))
+}
+
+/// Rotates a refresh token. Presenting one that was already used revokes its whole
+/// family, signing out whoever holds the newer tokens too.
+pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<TokenPair, ApiError> {
+    let claims = state.tokens.decode(refresh_token, TokenKind::Refresh)?;
+    let mut conn = state.pool.get().await?;
+    match sessions::consume_refresh_token(&mut conn, claims.jti).await? {
+        sessions::Consumed::Fresh { session_id } => {
+            if sessions::active_user(&mut conn, session_id, claims.sub)
+                .await?
+                .is_none()
+            {
+                return Err(ApiError::Unauthorized(
+                    "This session has ended; sign in again.".into(),
+                ));
+            }
+            issue_pair(state, &mut conn, claims.sub, session_id).await
+        }
+        sessions::Consumed::Reused => {
+            tracing::warn!(user_id = %claims.sub, session_id = %claims.sid, "refresh token reuse: session revoked");
+            Err(ApiError::Unauthorized(
+                "This refresh token was already used, so the session was signed out everywhere for safety; sign in again.".into(),
+            ))
+        }
+        sessions::Consumed::Invalid => Err(ApiError::Unauthorized(
+            "This session has ended; sign in again.".into(),
+        )),
+    }
+}
+
+pub async fn logout(state: &AppState, session_id: Uuid) -> Result<(), ApiError> {
+    let mut conn = state.pool.get().await?;
+    sessions::revoke(&mut conn, session_id, "logout").await?;
+    Ok(())
+}

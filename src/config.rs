@@ -1,0 +1,538 @@
+//! Typed settings, read once from the environment (and an optional `.env`) and
+//! validated before anything listens. Every key is documented in README.md.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A secret value that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Where the database lives.
+#[derive(Debug, Clone)]
+pub enum DatabaseSetting {
+    /// A server the operator runs (`DATABASE_URL`).
+    External(Secret<String>),
+    /// A private cluster under the data directory, started by DevPocket.
+    Embedded,
+}
+
+/// A trusted reverse proxy: an address or a CIDR block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            (IpAddr::V6(_), IpAddr::V4(v4)) => self.contains(IpAddr::V6(v4.to_ipv6_mapped())),
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6
+                .to_ipv4_mapped()
+                .is_some_and(|v4| self.contains(v4.into())),
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: the prefix length must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: RunMode,
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub data_dir: PathBuf,
+    pub database: DatabaseSetting,
+    pub db_pool_size: usize,
+    pub db_timeout: Duration,
+    /// Explicit PostgreSQL binary directory for the embedded cluster.
+    pub pg_bin_dir: Option<PathBuf>,
+    pub secret_key: Secret<Vec<u8>>,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub allowed_origins: Vec<String>,
+    pub log_format: LogFormat,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_json_bytes: usize,
+    pub hash_concurrency: usize,
+    pub lockout_threshold: u32,
+    pub lockout_duration: Duration,
+}
+
+/// A setting that could not be used, naming the key and what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("could not read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `24h`, `30d` into a duration.
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "m" => number.checked_mul(60)?,
+        "h" => number.checked_mul(3600)?,
+        "d" => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(seconds))
+}
+
+/// Reads settings from a key/value source (the process environment in production,
+/// a map in tests).
+pub struct Source {
+    vars: HashMap<String, String>,
+}
+
+impl Source {
+    /// The process environment, after loading `.env` from the working directory if
+    /// there is one (real environment variables win).
+    pub fn from_env() -> Self {
+        // A missing .env is normal; a malformed one is reported by dotenvy at start-up.
+        if let Err(err) = dotenvy::dotenv() {
+            if !err.not_found() {
+                eprintln!("warning: ignoring .env: {err}");
+            }
+        }
+        Self {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    pub fn from_map<I, K, V>(vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            vars: vars
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.vars
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        key: &'static str,
+        default: T,
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| invalid(key, format!("`{v}` is not {what}"))),
+        }
+    }
+
+    fn duration(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
+                invalid(
+                    key,
+                    format!("`{v}` is not a duration such as 900, 90s, 15m, 24h or 30d"),
+                )
+            }),
+        }
+    }
+}
+
+const SECRET_KEY_FILE: &str = "secret_key";
+const MIN_SECRET_LEN: usize = 32;
+
+impl Settings {
+    /// Reads and validates every setting. In development, a missing `SECRET_KEY` is
+    /// generated once and kept in the data directory.
+    pub fn load(source: &Source) -> Result<Self, ConfigError> {
+        let mode = match source.get("DEVPOCKET_ENV").map(str::to_ascii_lowercase) {
+            None => RunMode::Development,
+            Some(v) if v == "development" || v == "dev" => RunMode::Development,
+            Some(v) if v == "production" || v == "prod" => RunMode::Production,
+            Some(v) => {
+                return Err(invalid(
+                    "DEVPOCKET_ENV",
+                    format!("`{v}` must be `development` or `production`"),
+                ));
+            }
+        };
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let listen = source.parse(
+            "DEVPOCKET_LISTEN",
+            SocketAddr::from(([127, 0, 0, 1], 8000)),
+            "an address such as 127.0.0.1:8000 or 0.0.0.0:8000",
+        )?;
+        let workers = source.parse("DEVPOCKET_WORKERS", cpus, "a whole number")?;
+        if workers == 0 {
+            return Err(invalid("DEVPOCKET_WORKERS", "must be at least 1"));
+        }
+        let data_dir = PathBuf::from(source.get("DEVPOCKET_DATA_DIR").unwrap_or("./.devpocket"));
+        let database = match source.get("DATABASE_URL") {
+            None => DatabaseSetting::Embedded,
+            Some(url) => {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(invalid(
+                        "DATABASE_URL",
+                        "must be a postgres:// or postgresql:// URL (unset it to use the embedded database)",
+                    ));
+                }
+                DatabaseSetting::External(Secret::new(url.to_owned()))
+            }
+        };
+        let db_pool_size = source.parse("DEVPOCKET_DB_POOL_SIZE", 16usize, "a whole number")?;
+        if db_pool_size == 0 {
+            return Err(invalid("DEVPOCKET_DB_POOL_SIZE", "must be at least 1"));
+        }
+        let db_timeout = source.duration("DEVPOCKET_DB_TIMEOUT", Duration::from_secs(5))?;
+        let pg_bin_dir = source.get("DEVPOCKET_PG_BIN").map(PathBuf::from);
+
+        let access_token_ttl =
+            source.duration("ACCESS_TOKEN_TTL", Duration::from_secs(24 * 3600))?;
+        let refresh_token_ttl =
+            source.duration("REFRESH_TOKEN_TTL", Duration::from_secs(30 * 86_400))?;
+        if refresh_token_ttl <= access_token_ttl {
+            return Err(invalid(
+                "REFRESH_TOKEN_TTL",
+                "must be longer than ACCESS_TOKEN_TTL",
+            ));
+        }
+        let allowed_origins = source
+            .get("ALLOWED_ORIGINS")
+            .map(|v| {
+                v.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for origin in &allowed_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(invalid(
+                    "ALLOWED_ORIGINS",
+                    format!("`{origin}` must be `*` or start with http:// or https://"),
+                ));
+            }
+        }
+        let log_format = match source
+            .get("DEVPOCKET_LOG_FORMAT")
+            .map(str::to_ascii_lowercase)
+        {
+            None if mode == RunMode::Production => LogFormat::Json,
+            None => LogFormat::Pretty,
+            Some(v) if v == "json" => LogFormat::Json,
+            Some(v) if v == "pretty" => LogFormat::Pretty,
+            Some(v) => {
+                return Err(invalid(
+                    "DEVPOCKET_LOG_FORMAT",
+                    format!("`{v}` must be `json` or `pretty`"),
+                ));
+            }
+        };
+        let trusted_proxies = source
+            .get("DEVPOCKET_TRUSTED_PROXIES")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.parse::<IpNet>())
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|m| invalid("DEVPOCKET_TRUSTED_PROXIES", m))?
+            .unwrap_or_default();
+        let max_json_bytes = source.parse(
+            "DEVPOCKET_MAX_JSON_BYTES",
+            256 * 1024usize,
+            "a number of bytes",
+        )?;
+        let hash_concurrency =
+            source.parse("DEVPOCKET_HASH_CONCURRENCY", cpus, "a whole number")?;
+        if hash_concurrency == 0 {
+            return Err(invalid("DEVPOCKET_HASH_CONCURRENCY", "must be at least 1"));
+        }
+        let lockout_threshold =
+            source.parse("DEVPOCKET_LOCKOUT_THRESHOLD", 5u32, "a whole number")?;
+        if lockout_threshold == 0 {
+            return Err(invalid("DEVPOCKET_LOCKOUT_THRESHOLD", "must be at least 1"));
+        }
+        let lockout_duration =
+            source.duration("DEVPOCKET_LOCKOUT_DURATION", Duration::from_secs(15 * 60))?;
+
+        let secret_key = match source.get("SECRET_KEY") {
+            Some(key) if key.len() >= MIN_SECRET_LEN => key.as_bytes().to_vec(),
+            Some(_) => {
+                return Err(invalid(
+                    "SECRET_KEY",
+                    format!(
+                        "must be at least {MIN_SECRET_LEN} characters (for example: openssl rand -hex 32)"
+                    ),
+                ));
+            }
+            None if mode == RunMode::Production => {
+                return Err(invalid(
+                    "SECRET_KEY",
+                    "is required when DEVPOCKET_ENV=production (for example: openssl rand -hex 32)",
+                ));
+            }
+            None => load_or_create_secret(&data_dir)?,
+        };
+
+        Ok(Self {
+            mode,
+            listen,
+            workers,
+            data_dir,
+            database,
+            db_pool_size,
+            db_timeout,
+            pg_bin_dir,
+            secret_key: Secret::new(secret_key),
+            access_token_ttl,
+            refresh_token_ttl,
+            allowed_origins,
+            log_format,
+            trusted_proxies,
+            max_json_bytes,
+            hash_concurrency,
+            lockout_threshold,
+            lockout_duration,
+        })
+    }
+}
+
+/// Creates the data directory (owner-only) if needed.
+pub fn ensure_data_dir(dir: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |source| ConfigError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// The development secret: generated once, kept in `<data dir>/secret_key` (0600),
+/// so tokens and encrypted keys survive restarts.
+fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, ConfigError> {
+    use rand::RngCore;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    ensure_data_dir(data_dir)?;
+    let path = data_dir.join(SECRET_KEY_FILE);
+    let io = |source| ConfigError::Io {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(existing) => {
+            let existing = existing.trim();
+            if existing.len() < MIN_SECRET_LEN {
+                return Err(invalid(
+                    "SECRET_KEY",
+                    format!(
+                        "{} is shorter than {MIN_SECRET_LEN} characters: delete it to generate a new one (this signs everybody out)",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(existing.as_bytes().to_vec())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            let key = hex::encode(bytes);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io)?;
+            file.write_all(key.as_bytes()).map_err(io)?;
+            Ok(key.into_bytes())
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load(&Source::from_map(pairs.iter().copied()))
+    }
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn durations_accept_units() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("30d"), Some(Duration::from_secs(2_592_000)));
+        assert_eq!(parse_duration("3w"), None);
+        assert_eq!(parse_duration("h"), None);
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = load(&[("SECRET_KEY", KEY)]).expect("defaults load");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(s.data_dir, PathBuf::from("./.devpocket"));
+        assert!(matches!(s.database, DatabaseSetting::Embedded));
+        assert_eq!(s.refresh_token_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(s.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn production_requires_a_secret_key() {
+        let err = load(&[("DEVPOCKET_ENV", "production")]).expect_err("must fail");
+        assert!(err.to_string().contains("SECRET_KEY"), "{err}");
+        let ok = load(&[("DEVPOCKET_ENV", "production"), ("SECRET_KEY", KEY)]).expect("loads");
+        assert_eq!(ok.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (key, value) in [
+            ("DEVPOCKET_LISTEN", "nowhere"),
+            ("DEVPOCKET_LOG_FORMAT", "xml"),
+            ("ACCESS_TOKEN_TTL", "soon"),
+            ("DATABASE_URL", "mysql://x"),
+            ("ALLOWED_ORIGINS", "example.com"),
+            ("DEVPOCKET_TRUSTED_PROXIES", "10.0.0.0/99"),
+            ("SECRET_KEY", "short"),
+        ] {
+            let mut pairs = vec![(key, value)];
+            if key != "SECRET_KEY" {
+                pairs.push(("SECRET_KEY", KEY));
+            }
+            let err = load(&pairs).expect_err(key);
+            assert!(err.to_string().starts_with(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn development_secret_is_generated_once() {
+        let dir = std::env::temp_dir().join(format!("devpocket-cfg-{}", uuid::Uuid::new_v4()));
+        let dir_s = dir.to_string_lossy().to_string();
+        let first = load(&[("DEVPOCKET_DATA_DIR", &dir_s)]).expect("first");
+        let second = load(&[("DEVPOCKET_DATA_DIR", &dir_s)]).expect("second");
+        assert_eq!(first.secret_key, second.secret_key);
+        assert!(first.secret_key.expose().len() >= MIN_SECRET_LEN);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let net: IpNet = "10.0.0.0/8".parse().expect("cidr");
+        assert!(net.contains("10.1.2.3".parse().expect("ip")));
+        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
+        let one: IpNet = "127.0.0.1".parse().expect("ip");
+        assert!(one.contains("127.0.0.1".parse().expect("ip")));
+        assert!(!one.contains("127.0.0.2".parse().expect("ip")));
+        let all: IpNet = "0.0.0.0/0".parse().expect("all");
+        assert!(all.contains("8.8.8.8".parse().expect("ip")));
+    }
+}

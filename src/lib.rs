@@ -1,0 +1,14 @@
+//! DevPocket server: the HTTP and WebSocket front of DevPocket's actor system.
+//!
+//! `startup::Application` builds the server; `cli` holds the commands `main` runs.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod plans;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,107 @@
+//! Subscription plans and what each allows. One table, read by quotas and `/api/v1/info`.
+
+use std::io::Write;
+
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::expression::AsExpression;
+use diesel::pg::{Pg, PgValue};
+use diesel::serialize::{self, IsNull, Output, ToSql};
+use diesel::sql_types::Text;
+use serde::{Deserialize, Serialize};
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AsExpression, FromSqlRow,
+)]
+#[diesel(sql_type = Text)]
+#[serde(rename_all = "snake_case")]
+pub enum Plan {
+    Free,
+    Starter,
+    Pro,
+    Admin,
+}
+
+/// What a plan allows. `None` means unlimited.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PlanLimits {
+    /// Environments that are not stopped.
+    pub active_environments: Option<u32>,
+    /// Environments in total, stopped ones included.
+    pub total_environments: Option<u32>,
+    /// The largest machine size the plan may use.
+    pub max_size: &'static str,
+    /// Concurrent terminal connections.
+    pub terminal_connections: Option<u32>,
+}
+
+impl Plan {
+    pub const ALL: [Plan; 4] = [Plan::Free, Plan::Starter, Plan::Pro, Plan::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::Free => "free",
+            Plan::Starter => "starter",
+            Plan::Pro => "pro",
+            Plan::Admin => "admin",
+        }
+    }
+
+    pub fn limits(self) -> PlanLimits {
+        match self {
+            Plan::Free => PlanLimits {
+                active_environments: Some(1),
+                total_environments: Some(3),
+                max_size: "small",
+                terminal_connections: Some(5),
+            },
+            Plan::Starter => PlanLimits {
+                active_environments: Some(3),
+                total_environments: Some(10),
+                max_size: "medium",
+                terminal_connections: Some(15),
+            },
+            Plan::Pro => PlanLimits {
+                active_environments: Some(10),
+                total_environments: Some(30),
+                max_size: "large",
+                terminal_connections: Some(50),
+            },
+            Plan::Admin => PlanLimits {
+                active_environments: None,
+                total_environments: None,
+                max_size: "xlarge",
+                terminal_connections: None,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Plan {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Plan::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a plan (free, starter, pro, admin)"))
+    }
+}
+
+impl ToSql<Text, Pg> for Plan {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        out.write_all(self.as_str().as_bytes())?;
+        Ok(IsNull::No)
+    }
+}
+
+impl FromSql<Text, Pg> for Plan {
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        let s = std::str::from_utf8(bytes.as_bytes())?;
+        Ok(s.parse()?)
+    }
+}

@@ -1,0 +1,26 @@
+//! The HTTP surface: one module per resource, wired here.
+
+pub mod auth;
+pub mod health;
+pub mod info;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::error::ApiError;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.configure(health::configure).service(
+        web::scope("/api/v1")
+            .configure(auth::configure)
+            .configure(info::configure),
+    );
+}
+
+/// Unknown paths get the error envelope, not an HTML page.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "No such endpoint: {} {}.",
+        req.method(),
+        req.path()
+    )))
+}

@@ -1,0 +1,122 @@
+//! Builds the application: migrations, pool, shared state, middleware and routes,
+//! bound to its own listener. `main` and the tests go through the same path.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_cors::Cors;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::{DefaultHeaders, ErrorHandlers, NormalizePath, TrailingSlash, from_fn};
+use actix_web::{App, HttpServer, http::header, web};
+use anyhow::Context;
+
+use crate::auth::password::PasswordHasher;
+use crate::auth::tokens::TokenKeys;
+use crate::config::{DatabaseSetting, Settings};
+use crate::db::{self, DbPool};
+use crate::http::{self, json::JsonLimit};
+use crate::routes;
+
+/// Everything a handler may need, shared by all workers.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub pool: DbPool,
+    pub tokens: TokenKeys,
+    pub hasher: PasswordHasher,
+    pub started_at: Instant,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Migrates the database, then binds `settings.listen` (port 0 picks a free one).
+    /// `settings.database` must name a server: the embedded cluster is resolved to a
+    /// URL by the caller (see `cli`).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let DatabaseSetting::External(url) = &settings.database else {
+            anyhow::bail!("the embedded database must be started before building the application");
+        };
+        let applied = db::run_migrations(url)
+            .await
+            .context("applying migrations")?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "migrations applied");
+        }
+        let pool = db::build_pool(url, settings.db_pool_size, settings.db_timeout)?;
+        let hasher = PasswordHasher::new(settings.hash_concurrency)?;
+        let tokens = TokenKeys::new(
+            settings.secret_key.expose(),
+            settings.access_token_ttl,
+            settings.refresh_token_ttl,
+        );
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let port = listener.local_addr()?.port();
+        let workers = settings.workers;
+        let settings = Arc::new(settings);
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            pool,
+            tokens,
+            hasher,
+            started_at: Instant::now(),
+        });
+
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(JsonLimit(settings.max_json_bytes))
+                .wrap(cors(&settings.allowed_origins))
+                .wrap(
+                    DefaultHeaders::new()
+                        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                        .add((header::X_FRAME_OPTIONS, "DENY"))
+                        .add((header::REFERRER_POLICY, "no-referrer")),
+                )
+                .wrap(ErrorHandlers::new().default_handler(http::envelope_fallback))
+                .wrap(from_fn(http::request_context))
+                // Serve `/api/v1/environments/` and `/api/v1/environments` alike,
+                // without a redirect (the app does not follow a redirected POST).
+                .wrap(NormalizePath::new(TrailingSlash::Trim))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+        })
+        .workers(workers)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+        .expose_headers(["x-request-id", "retry-after"])
+        .max_age(3600);
+    for origin in origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
+}
