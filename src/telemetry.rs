@@ -1,6 +1,8 @@
 //! Logging, set up once: JSON lines in production, compact text locally, level from
 //! `RUST_LOG`. The request span carries the request id onto every line.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -10,7 +12,8 @@ pub fn init(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,actix_server=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => builder

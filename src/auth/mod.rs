@@ -205,7 +205,7 @@ pub async fn login(
         ));
     }
     users::clear_failures(&mut conn, user.id, client_ip).await?;
-    users::record_login(&mut conn, user.id).await?;
+    let user = users::record_login(&mut conn, user.id).await?;
     let pair = start_session(state, &mut conn, &user).await?;
     Ok((user, pair))
 }

@@ -95,12 +95,13 @@ pub async fn find_by_login(conn: &mut AsyncPgConnection, login: &str) -> QueryRe
         .optional()
 }
 
-pub async fn record_login(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
+/// Stamps a successful sign-in and returns the user as now stored.
+pub async fn record_login(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<User> {
     diesel::update(users::table.find(id))
         .set(users::last_login.eq(diesel::dsl::now))
-        .execute(conn)
+        .returning(User::as_returning())
+        .get_result(conn)
         .await
-        .map(drop)
 }
 
 /// The lock on an (account, client address) pair, if one is in force.

@@ -1,0 +1,253 @@
+//! The `devpocket` command: help on every command, settings validated before the
+//! port opens, admin commands on the same database as the server (embedded or not,
+//! with or without a server running), and the embedded cluster's lifecycle.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{PASSWORD, SECRET_KEY, TestApp, test_root};
+use serde_json::Value;
+
+fn devpocket() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_devpocket"));
+    // Only what a test sets: no DATABASE_URL or .env leaking in from the caller.
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DEVPOCKET_LOG_FORMAT", "json")
+        .env("SECRET_KEY", SECRET_KEY)
+        .current_dir(env!("CARGO_TARGET_TMPDIR"));
+    cmd
+}
+
+fn create_user(
+    cmd: &mut Command,
+    username: &str,
+    plan: &str,
+    password: &str,
+) -> std::process::Output {
+    let mut child = cmd
+        .args(["admin", "create-user", "--username", username, "--email"])
+        .arg(format!("{username}@example.com"))
+        .args(["--plan", plan])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["admin", "--help"],
+        &["admin", "create-user", "--help"],
+        &["db", "--help"],
+        &["db", "status", "--help"],
+        &["db", "stop", "--help"],
+    ] {
+        let out = devpocket().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+    // The password option does not exist: it is never taken from argv.
+    let help = devpocket()
+        .args(["admin", "create-user", "--help"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("--password"));
+}
+
+#[test]
+fn bad_settings_fail_before_listening_and_name_the_key() {
+    let out = devpocket()
+        .env("DEVPOCKET_LISTEN", "nowhere")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEVPOCKET_LISTEN"));
+
+    let out = devpocket()
+        .env_remove("SECRET_KEY")
+        .env("DEVPOCKET_ENV", "production")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SECRET_KEY"));
+}
+
+#[actix_web::test]
+async fn create_user_and_migrate_use_the_configured_database() {
+    let app = TestApp::spawn().await;
+    let url = app.db.url.clone();
+    let out = create_user(
+        devpocket().env("DATABASE_URL", &url),
+        "root_admin",
+        "admin",
+        PASSWORD,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plan admin"));
+
+    let login: Value = app
+        .login("root_admin", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(login["user"]["subscription_plan"], "admin");
+
+    // Bad input is refused before the database is touched, with the reason.
+    let weak = create_user(
+        devpocket().env("DATABASE_URL", &url),
+        "weakling",
+        "free",
+        "weak",
+    );
+    assert!(!weak.status.success());
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("password"));
+    let duplicate = create_user(
+        devpocket().env("DATABASE_URL", &url),
+        "root_admin",
+        "free",
+        PASSWORD,
+    );
+    assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already taken"));
+
+    let migrate = devpocket()
+        .env("DATABASE_URL", &url)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(migrate.status.success());
+    assert!(String::from_utf8_lossy(&migrate.stdout).contains("up to date"));
+}
+
+/// Starts `devpocket serve` and returns it with its address, read from its log.
+fn start_server(data_dir: &Path) -> (Child, String) {
+    let mut child = devpocket()
+        .env("DEVPOCKET_DATA_DIR", data_dir)
+        .env("DEVPOCKET_LISTEN", "127.0.0.1:0")
+        .env("DEVPOCKET_WORKERS", "1")
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let Ok(json) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if json["fields"]["message"] == "DevPocket is listening" {
+                let _ = tx.send(
+                    json["fields"]["address"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("server did not start");
+    (child, address)
+}
+
+fn status(data_dir: &Path) -> String {
+    let out = devpocket()
+        .env("DEVPOCKET_DATA_DIR", data_dir)
+        .args(["db", "status"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[actix_web::test]
+async fn embedded_database_is_shared_by_server_and_admin_commands() {
+    let data_dir = test_root().join(format!("embedded-{}", uuid::Uuid::new_v4().simple()));
+    // No server yet: the command creates the cluster, uses it and stops it again.
+    let out = create_user(
+        devpocket().env("DEVPOCKET_DATA_DIR", &data_dir),
+        "first_admin",
+        "admin",
+        PASSWORD,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(status(&data_dir).contains("stopped"));
+    let password_file = data_dir.join("postgres.password");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&password_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "credentials readable by others");
+
+    // The server reuses the cluster and sees that user.
+    let (mut server, address) = start_server(&data_dir);
+    let client = reqwest::Client::new();
+    let login = |user: &'static str| {
+        client
+            .post(format!("{address}/api/v1/auth/login"))
+            .json(&serde_json::json!({"username_or_email": user, "password": PASSWORD}))
+            .send()
+    };
+    assert_eq!(login("first_admin").await.unwrap().status(), 200);
+
+    // While it runs, an admin command uses the same cluster and leaves it running.
+    let out = create_user(
+        devpocket().env("DEVPOCKET_DATA_DIR", &data_dir),
+        "second_user",
+        "pro",
+        PASSWORD,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(login("second_user").await.unwrap().status(), 200);
+    assert!(status(&data_dir).contains("running"));
+
+    // SIGTERM stops the server and the cluster it started.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = server.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "server did not stop");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success());
+    assert!(status(&data_dir).contains("stopped"));
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

@@ -1,0 +1,420 @@
+//! The shared test harness: one embedded PostgreSQL cluster per test run, a
+//! migrated template database, and `TestApp`, a running server on its own database.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use actix_web::dev::ServerHandle;
+use devpocket::config::{Secret, Settings, Source};
+use devpocket::db::embedded::{self, Durability, EmbeddedPostgres};
+use devpocket::startup::Application;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::{Value, json};
+
+pub const SECRET_KEY: &str = "test-secret-key-test-secret-key-0123456789";
+pub const PASSWORD: &str = "Correct-horse-9";
+
+/// The cluster every test in this process uses, and the template to clone.
+pub struct Cluster {
+    /// A URL of the cluster's maintenance database, for CREATE/DROP DATABASE.
+    admin_url: String,
+    template: String,
+    _embedded: Option<EmbeddedPostgres>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// Replaces the database name of a PostgreSQL URL.
+pub fn with_database(url: &str, name: &str) -> String {
+    let mut url = url::Url::parse(url).expect("database url");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// Runs async setup work on its own runtime (cluster set-up happens once, from
+/// whichever test gets there first).
+fn on_own_runtime<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    })
+    .join()
+    .expect("setup thread")
+}
+
+fn migrations_digest() -> String {
+    use sha2::Digest;
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+            .expect("migrations dir")
+            .flatten()
+            .map(|e| e.path().join("up.sql"))
+            .collect();
+    files.sort();
+    let mut hasher = sha2::Sha256::new();
+    for f in files {
+        hasher.update(std::fs::read(&f).unwrap_or_default());
+    }
+    hex::encode(hasher.finalize())[..16].to_owned()
+}
+
+/// Where tests keep their embedded cluster and per-test data directories.
+pub fn test_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("devpocket-test")
+}
+
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let (admin_url, embedded) = match std::env::var("TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => (url, None),
+            _ => {
+                let mut pg = EmbeddedPostgres::prepare(&test_root(), None, Durability::Ephemeral)
+                    .expect("embedded PostgreSQL for tests");
+                pg.ensure_running().expect("start embedded PostgreSQL");
+                (pg.url(embedded::DATABASE).expose().clone(), Some(pg))
+            }
+        };
+        let template = format!("devpocket_tpl_{}", migrations_digest());
+        let (admin, tpl) = (admin_url.clone(), template.clone());
+        on_own_runtime(async move { ensure_template(&admin, &tpl).await });
+        Cluster {
+            admin_url,
+            template,
+            _embedded: embedded,
+        }
+    })
+}
+
+async fn ensure_template(admin_url: &str, template: &str) {
+    let mut conn = AsyncPgConnection::establish(admin_url)
+        .await
+        .expect("admin connection");
+    // Several test processes may race to build the template.
+    diesel::sql_query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut conn)
+        .await
+        .expect("lock");
+    let exists: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "EXISTS (SELECT 1 FROM pg_database WHERE datname = '{template}')"
+    )))
+    .get_result(&mut conn)
+    .await
+    .expect("check template");
+    if !exists {
+        let building = format!("{template}_building");
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {building}"))
+            .execute(&mut conn)
+            .await
+            .expect("drop");
+        diesel::sql_query(format!("CREATE DATABASE {building}"))
+            .execute(&mut conn)
+            .await
+            .expect("create");
+        let url = Secret::new(with_database(admin_url, &building));
+        devpocket::db::run_migrations(&url)
+            .await
+            .expect("migrate template");
+        diesel::sql_query(format!("ALTER DATABASE {building} RENAME TO {template}"))
+            .execute(&mut conn)
+            .await
+            .expect("rename template");
+    }
+    diesel::sql_query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut conn)
+        .await
+        .expect("unlock");
+}
+
+/// A database of its own for one test, dropped when the test ends.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let cluster = cluster();
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = AsyncPgConnection::establish(&cluster.admin_url)
+            .await
+            .expect("admin connection");
+        diesel::sql_query(format!(
+            "CREATE DATABASE {name} TEMPLATE {}",
+            cluster.template
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+        let url = with_database(&cluster.admin_url, &name);
+        Self { name, url }
+    }
+
+    pub async fn connect(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.url)
+            .await
+            .expect("test database connection")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin = cluster().admin_url.clone();
+        let name = self.name.clone();
+        on_own_runtime(async move {
+            if let Ok(mut conn) = AsyncPgConnection::establish(&admin).await {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        });
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+    pub data_dir: PathBuf,
+    handle: ServerHandle,
+}
+
+/// The settings a test app runs with; `overrides` win.
+pub fn test_settings(
+    database_url: &str,
+    data_dir: &std::path::Path,
+    overrides: &[(&str, &str)],
+) -> Settings {
+    let mut vars: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), database_url.into()),
+        ("DEVPOCKET_LISTEN".into(), "127.0.0.1:0".into()),
+        ("DEVPOCKET_WORKERS".into(), "1".into()),
+        ("DEVPOCKET_DB_POOL_SIZE".into(), "4".into()),
+        ("DEVPOCKET_DB_TIMEOUT".into(), "2s".into()),
+        ("DEVPOCKET_DATA_DIR".into(), data_dir.display().to_string()),
+        ("SECRET_KEY".into(), SECRET_KEY.into()),
+    ];
+    for (k, v) in overrides {
+        vars.retain(|(key, _)| key != k);
+        vars.push(((*k).into(), (*v).into()));
+    }
+    Settings::load(&Source::from_map(vars)).expect("test settings")
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// Starts the application with extra settings.
+    pub async fn spawn_with(overrides: &[(&str, &str)]) -> Self {
+        let db = TestDatabase::create().await;
+        Self::spawn_on(db, None, overrides).await
+    }
+
+    /// Starts the application on `db`, optionally reaching it through another URL
+    /// (a fault-injecting proxy).
+    pub async fn spawn_on(db: TestDatabase, url: Option<&str>, overrides: &[(&str, &str)]) -> Self {
+        let data_dir = test_root().join("apps").join(&db.name);
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let settings = test_settings(url.unwrap_or(&db.url), &data_dir, overrides);
+        let app = Application::build(settings)
+            .await
+            .expect("build application");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let handle = app.handle();
+        actix_web::rt::spawn(app.run_until_stopped());
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Self {
+            address,
+            client,
+            db,
+            data_dir,
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn register(&self, username: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/v1/auth/register",
+            &json!({
+                "username": username,
+                "email": format!("{username}@example.com"),
+                "password": PASSWORD,
+                "full_name": format!("{username} Tester"),
+            }),
+        )
+        .await
+    }
+
+    /// Registers `username` and returns the session body (tokens + user).
+    pub async fn signed_up(&self, username: &str) -> Value {
+        let response = self.register(username).await;
+        assert_eq!(response.status(), 201, "register {username}");
+        response.json().await.expect("json")
+    }
+
+    pub async fn login(&self, login: &str, password: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/v1/auth/login",
+            &json!({ "username_or_email": login, "password": password }),
+        )
+        .await
+    }
+
+    pub fn authed_client(&self, token: &str) -> AuthedClient<'_> {
+        AuthedClient {
+            app: self,
+            token: token.to_owned(),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Stops accepting at once; the database is dropped after (WITH FORCE).
+        drop(self.handle.stop(false));
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Requests carrying a bearer token.
+pub struct AuthedClient<'a> {
+    app: &'a TestApp,
+    pub token: String,
+}
+
+impl AuthedClient<'_> {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.app
+            .client
+            .get(self.app.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.app
+            .client
+            .post(self.app.url(path))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+}
+
+/// Asserts the error envelope and returns its body.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"),
+        "content-type"
+    );
+    let body: Value = response.json().await.expect("json body");
+    assert!(
+        body["detail"].is_string(),
+        "detail must be one string: {body}"
+    );
+    assert_eq!(body["code"], code, "{body}");
+    assert!(body["context"].is_object(), "{body}");
+    body
+}
+
+/// A TCP front for the test database that can be cut and restored, to see how the
+/// server behaves while PostgreSQL is unreachable.
+pub struct DbProxy {
+    pub url: String,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl DbProxy {
+    pub async fn start(db: &TestDatabase) -> Self {
+        use std::sync::atomic::Ordering;
+        let target = url::Url::parse(&db.url).expect("url");
+        let query: std::collections::HashMap<_, _> = target.query_pairs().into_owned().collect();
+        let socket = PathBuf::from(query.get("host").expect("socket dir")).join(format!(
+            ".s.PGSQL.{}",
+            query.get("port").map_or("5432", String::as_str)
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let mut url = target.clone();
+        url.set_query(None);
+        url.set_host(Some("127.0.0.1")).expect("host");
+        url.set_port(Some(port)).expect("port");
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (up2, cut2) = (up.clone(), cut.clone());
+        actix_web::rt::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !std::sync::atomic::AtomicBool::load(&up2, Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let socket = socket.clone();
+                let mut cut_rx = cut2.subscribe();
+                actix_web::rt::spawn(async move {
+                    let Ok(mut server) = tokio::net::UnixStream::connect(&socket).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            url: url.to_string(),
+            up,
+            cut,
+        }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real application on port 0, a fresh PostgreSQL database
+//! per test (cloned from a migrated template), driven over HTTP like the mobile app.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod cli;
+mod health;
+mod helpers;
+mod http;
