@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::auth::password::PasswordHasher;
 use crate::auth::{self, Registration};
 use crate::config::{DatabaseSetting, Secret, Settings, Source};
-use crate::db::embedded::{self, Durability, EmbeddedPostgres, StopMode};
+use crate::db::embedded::{self, Durability, EmbeddedPostgres};
 use crate::db::{self};
 use crate::error::ApiError;
 use crate::plans::Plan;
@@ -110,6 +110,15 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How a command leaves the embedded cluster it started.
+#[derive(Clone, Copy)]
+enum StopMode {
+    /// Stop it, disconnecting everybody (the server shutting down).
+    Fast,
+    /// Stop it unless another process is connected (a short admin command).
+    IfIdle,
+}
+
 /// The database a command uses: an external server, or the embedded cluster
 /// (started here if nobody runs it yet).
 struct Database {
@@ -139,13 +148,35 @@ impl Database {
         }
     }
 
+    /// Stops the embedded cluster if this process started it. A short-lived
+    /// command leaves it running when another process is connected to it.
     fn close(mut self, mode: StopMode) {
-        if let Some(pg) = self.embedded.as_mut() {
-            if let Err(err) = pg.stop(mode) {
-                tracing::error!(error = %err, "could not stop the embedded PostgreSQL");
-            }
+        let Some(pg) = self.embedded.as_mut() else {
+            return;
+        };
+        if matches!(mode, StopMode::IfIdle) && runtime(others_connected(&self.url)) {
+            tracing::info!("embedded PostgreSQL left running: another process uses it");
+            return;
+        }
+        if let Err(err) = pg.stop() {
+            tracing::error!(error = %err, "could not stop the embedded PostgreSQL");
         }
     }
+}
+
+/// Whether a client other than this one is connected (in doubt: yes).
+async fn others_connected(url: &Secret<String>) -> bool {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let Ok(mut conn) = AsyncPgConnection::establish(url.expose()).await else {
+        return true;
+    };
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(SELECT count(*) FROM pg_stat_activity \
+          WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())",
+    ))
+    .get_result::<i64>(&mut conn)
+    .await
+    .map_or(true, |n| n > 0)
 }
 
 fn runtime<F: std::future::Future>(future: F) -> F::Output {
@@ -279,7 +310,7 @@ fn db_command(settings: Settings, command: DbCommand) -> anyhow::Result<()> {
                 pg.is_owner(),
                 "a running DevPocket process is using the embedded PostgreSQL: stop it instead"
             );
-            pg.stop(StopMode::Fast)?;
+            pg.stop()?;
             println!("The embedded PostgreSQL is stopped.");
         }
     }

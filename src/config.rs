@@ -174,10 +174,10 @@ impl Source {
     /// there is one (real environment variables win).
     pub fn from_env() -> Self {
         // A missing .env is normal; a malformed one is reported by dotenvy at start-up.
-        if let Err(err) = dotenvy::dotenv() {
-            if !err.not_found() {
-                eprintln!("warning: ignoring .env: {err}");
-            }
+        if let Err(err) = dotenvy::dotenv()
+            && !err.not_found()
+        {
+            eprintln!("warning: ignoring .env: {err}");
         }
         Self {
             vars: std::env::vars().collect(),

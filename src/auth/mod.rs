@@ -165,10 +165,10 @@ pub async fn login(
     let wrong = || ApiError::Unauthorized("Wrong username, e-mail or password.".into());
     let mut conn = state.pool.get().await?;
     let user = users::find_by_login(&mut conn, login.trim()).await?;
-    if let Some(user) = &user {
-        if let Some(until) = users::lock_in_force(&mut conn, user.id, client_ip).await? {
-            return Err(locked(until));
-        }
+    if let Some(user) = &user
+        && let Some(until) = users::lock_in_force(&mut conn, user.id, client_ip).await?
+    {
+        return Err(locked(until));
     }
     // Do not hold a pooled connection across the (slow) hash.
     drop(conn);
@@ -225,6 +225,11 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<TokenPair,
                     "This session has ended; sign in again.".into(),
                 ));
             }
+            // An active user stays signed in: each rotation extends the session.
+            let expires_at = Utc::now()
+                + chrono::Duration::from_std(state.tokens.refresh_ttl)
+                    .map_err(ApiError::internal)?;
+            sessions::extend(&mut conn, session_id, expires_at).await?;
             issue_pair(state, &mut conn, claims.sub, session_id).await
         }
         sessions::Consumed::Reused => {

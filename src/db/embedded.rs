@@ -66,16 +66,6 @@ pub enum Durability {
     Ephemeral,
 }
 
-/// How to stop the cluster.
-#[derive(Debug, Clone, Copy)]
-pub enum StopMode {
-    /// Disconnect every client (the server is shutting down).
-    Fast,
-    /// Only if nobody else is connected (an admin command finishing while another
-    /// process still uses the cluster).
-    IfIdle,
-}
-
 #[derive(Debug, Clone)]
 struct RunAs {
     uid: Uid,
@@ -237,27 +227,22 @@ impl EmbeddedPostgres {
     }
 
     /// Stops the cluster if this process owns it.
-    pub fn stop(&mut self, mode: StopMode) -> Result<(), EmbeddedError> {
+    pub fn stop(&mut self) -> Result<(), EmbeddedError> {
         if self.lock.is_none() || !self.is_running()? {
             return Ok(());
         }
-        let (mode_arg, timeout) = match mode {
-            StopMode::Fast => ("fast", "60"),
-            StopMode::IfIdle => ("smart", "3"),
-        };
+        // Always a fast shutdown: a smart one that times out keeps refusing new
+        // connections. Whether others still need the cluster is the caller's call.
         let out = self
             .pg_command("pg_ctl")
             .arg("stop")
             .arg("-D")
             .arg(&self.pgdata)
-            .args(["-m", mode_arg, "-w", "-t", timeout, "-s"])
+            .args(["-m", "fast", "-w", "-t", "60", "-s"])
             .output()
             .map_err(io_err(&self.bin_dir))?;
         if out.status.success() {
             tracing::info!("embedded PostgreSQL stopped");
-            Ok(())
-        } else if matches!(mode, StopMode::IfIdle) {
-            tracing::info!("embedded PostgreSQL left running: another process is connected");
             Ok(())
         } else {
             Err(EmbeddedError::Command {
@@ -556,7 +541,21 @@ pub fn ensure_traversable(dir: &Path, user: &str) -> Result<(), EmbeddedError> {
 }
 
 fn mkdir_private(dir: &Path, owner: Option<&RunAs>) -> Result<(), EmbeddedError> {
-    if !dir.exists() {
+    use std::os::unix::fs::MetadataExt;
+    if dir.exists() {
+        // The socket directory may live in a shared temporary directory: refuse one
+        // that somebody else made.
+        let meta = fs::metadata(dir).map_err(io_err(dir))?;
+        let me = Uid::effective().as_raw();
+        let expected = owner.map_or(me, |o| o.uid.as_raw());
+        if meta.uid() != expected && meta.uid() != me {
+            return Err(EmbeddedError::Setup(format!(
+                "{} belongs to another user; remove it or choose another DEVPOCKET_DATA_DIR",
+                dir.display()
+            )));
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    } else {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)

@@ -107,6 +107,18 @@ async fn session_is_live(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<
     .await
 }
 
+pub async fn extend(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(auth_sessions::table.find(id))
+        .set(auth_sessions::expires_at.eq(expires_at))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// Revokes a session: its refresh tokens and access tokens stop working at once.
 pub async fn revoke(conn: &mut AsyncPgConnection, id: Uuid, reason: &str) -> QueryResult<()> {
     diesel::update(
