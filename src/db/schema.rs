@@ -12,6 +12,51 @@ diesel::table! {
 }
 
 diesel::table! {
+    environment_logs (environment_id, seq) {
+        environment_id -> Uuid,
+        seq -> Int8,
+        line -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    environments (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        name -> Text,
+        slug -> Text,
+        template_id -> Uuid,
+        provider -> Text,
+        region -> Text,
+        size -> Text,
+        status -> Text,
+        phase -> Text,
+        progress -> Int4,
+        status_message -> Nullable<Text>,
+        resource_limits -> Jsonb,
+        environment_variables -> Jsonb,
+        ip_address -> Nullable<Text>,
+        ssh_port -> Nullable<Int4>,
+        ssh_user -> Nullable<Text>,
+        host_public_key -> Nullable<Text>,
+        host_private_key -> Nullable<Bytea>,
+        user_public_key -> Nullable<Text>,
+        user_private_key -> Nullable<Bytea>,
+        provider_ref -> Nullable<Text>,
+        log_seq -> Int8,
+        lease_owner -> Nullable<Uuid>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        started_at -> Nullable<Timestamptz>,
+        stopped_at -> Nullable<Timestamptz>,
+        last_accessed -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     login_failures (user_id, client_ip) {
         user_id -> Uuid,
         client_ip -> Text,
@@ -32,6 +77,31 @@ diesel::table! {
 }
 
 diesel::table! {
+    templates (id) {
+        id -> Uuid,
+        name -> Text,
+        display_name -> Text,
+        description -> Text,
+        category -> Text,
+        tags -> Jsonb,
+        docker_image -> Text,
+        default_resources -> Jsonb,
+        environment_variables -> Jsonb,
+        startup_commands -> Jsonb,
+        bootstrap -> Text,
+        packages -> Jsonb,
+        cloud_init -> Jsonb,
+        default_port -> Nullable<Int4>,
+        documentation_url -> Nullable<Text>,
+        icon_url -> Nullable<Text>,
+        status -> Text,
+        version -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     users (id) {
         id -> Uuid,
         username -> Text,
@@ -48,7 +118,18 @@ diesel::table! {
 }
 
 diesel::joinable!(auth_sessions -> users (user_id));
+diesel::joinable!(environment_logs -> environments (environment_id));
+diesel::joinable!(environments -> templates (template_id));
+diesel::joinable!(environments -> users (user_id));
 diesel::joinable!(login_failures -> users (user_id));
 diesel::joinable!(refresh_tokens -> auth_sessions (session_id));
 
-diesel::allow_tables_to_appear_in_same_query!(auth_sessions, login_failures, refresh_tokens, users,);
+diesel::allow_tables_to_appear_in_same_query!(
+    auth_sessions,
+    environment_logs,
+    environments,
+    login_failures,
+    refresh_tokens,
+    templates,
+    users,
+);

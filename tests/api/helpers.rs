@@ -418,3 +418,49 @@ impl DbProxy {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+impl TestApp {
+    /// Registers `username`, makes it an administrator, and returns its access token.
+    pub async fn admin_token(&self, username: &str) -> String {
+        let body = self.signed_up(username).await;
+        let mut conn = self.db.connect().await;
+        diesel::sql_query(format!(
+            "UPDATE users SET subscription_plan = 'admin' WHERE username = '{username}'"
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("promote to admin");
+        body["access_token"].as_str().expect("token").to_owned()
+    }
+
+    /// Registers `username` and returns its access token.
+    pub async fn user_token(&self, username: &str) -> String {
+        self.signed_up(username).await["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    }
+}
+
+impl AuthedClient<'_> {
+    pub async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.app
+            .client
+            .put(self.app.url(path))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.app
+            .client
+            .delete(self.app.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request")
+    }
+}

@@ -1,0 +1,3 @@
+DROP TABLE environment_logs;
+DROP TABLE environments;
+DROP TABLE templates;
