@@ -1,5 +1,20 @@
-//! DevPocket's actor tree: the Registry of user supervisors, environment and terminal
-//! actors, and the `Provider` trait that knows where machines live.
+//! DevPocket's actor tree: the Registry of user supervisors, environment actors
+//! (and, later, terminal actors), and the `Provider` trait that knows where
+//! machines live.
 //!
-//! This crate knows neither HTTP nor SQL: it reaches persistence through traits that
-//! the server crate implements.
+//! This crate knows neither HTTP nor SQL: it reaches persistence through the
+//! `Store` trait, which the server implements.
+
+pub mod deps;
+pub mod environment;
+pub mod logs;
+pub mod metrics;
+pub mod model;
+pub mod provider;
+pub mod registry;
+pub mod ssh;
+pub mod store;
+pub mod supervisor;
+
+pub use deps::{ActorSettings, Deps, Gauges};
+pub use registry::ActorSystem;

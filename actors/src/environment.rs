@@ -1,0 +1,811 @@
+//! `EnvironmentActor`: one per environment. It owns the machine's lifecycle
+//! (provision, start, stop, restart, delete), tails the provisioning log over SSH,
+//! fans log events out to subscribers and samples resource use.
+//!
+//! Every transition is written to the store before anyone hears of it: the async
+//! work writes durably, then tells the actor (through its own mailbox, in order),
+//! and only the actor announces.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use russh::ChannelMsg;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::deps::Deps;
+use crate::logs::{self, LineSplitter, LogEvent, LogLine, Progress};
+use crate::metrics::{self, Metrics};
+use crate::model::{
+    EnvironmentRecord, MachineAccess, MachineKeys, Phase, Stamp, Status, Transition,
+};
+use crate::provider::{MachineSpec, Provider, ProviderError};
+use crate::ssh::{self, SshError, SshSession};
+use crate::store::StoreError;
+use crate::supervisor::ChildExited;
+
+/// How long a metrics sample is reused, so a refreshing app does not open a
+/// channel per request.
+const METRICS_TTL: Duration = Duration::from_secs(5);
+/// How long provisioning may go without reaching the machine before it fails.
+const REACH_DEADLINE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// The operation is not valid in the current state (→ 409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// How provisioning is going, as log subscribers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallState {
+    InProgress,
+    Complete,
+    Failed(String),
+}
+
+/// Tells the supervisor when the actor is gone, and whether it died in a panic:
+/// `Drop` runs while a panic unwinds, `stopped()` only on a clean stop.
+struct ExitGuard {
+    id: Uuid,
+    supervisor: Recipient<ChildExited>,
+    clean: bool,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.supervisor.do_send(ChildExited {
+            id: self.id,
+            crashed: !self.clean,
+        });
+    }
+}
+
+pub struct EnvironmentActor {
+    deps: Arc<Deps>,
+    record: EnvironmentRecord,
+    guard: ExitGuard,
+    /// The lifecycle operation in progress, if any.
+    operation: Option<SpawnHandle>,
+    install: InstallState,
+    subscribers: Vec<mpsc::Sender<LogEvent>>,
+    last_activity: Instant,
+    metrics: Option<(Instant, Metrics)>,
+    has_lease: bool,
+    /// A restart is a stop followed by a start.
+    restart_after_stop: bool,
+}
+
+impl EnvironmentActor {
+    pub fn new(
+        deps: Arc<Deps>,
+        record: EnvironmentRecord,
+        supervisor: Recipient<ChildExited>,
+    ) -> Self {
+        let install = match record.status {
+            Status::Creating => InstallState::InProgress,
+            Status::Error => InstallState::Failed(
+                record
+                    .status_message
+                    .clone()
+                    .unwrap_or_else(|| "provisioning failed".into()),
+            ),
+            _ => InstallState::Complete,
+        };
+        Self {
+            guard: ExitGuard {
+                id: record.id,
+                supervisor,
+                clean: false,
+            },
+            deps,
+            record,
+            operation: None,
+            install,
+            subscribers: Vec::new(),
+            last_activity: Instant::now(),
+            metrics: None,
+            has_lease: false,
+            restart_after_stop: false,
+        }
+    }
+
+    fn provider(&self) -> Result<Arc<dyn Provider>, String> {
+        self.deps
+            .providers
+            .get(&self.record.provider)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "provider {} is not configured on this server",
+                    self.record.provider
+                )
+            })
+    }
+
+    /// Sends an event to every subscriber; one that cannot keep up is dropped (it
+    /// reconnects with `after=SEQ` and loses nothing).
+    fn broadcast(&mut self, event: &LogEvent) {
+        self.subscribers
+            .retain(|tx| match tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::info!("dropping a log subscriber that fell behind");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+    }
+
+    fn apply(&mut self, t: &Transition) {
+        self.record.status = t.status;
+        self.record.phase = t.phase;
+        self.record.progress = t.progress;
+        self.record.status_message = t.message.clone();
+    }
+
+    /// Picks up whatever the durable state says is unfinished.
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        let op = match self.record.phase {
+            Phase::Queued
+            | Phase::Provisioning
+            | Phase::Booting
+            | Phase::Installing
+            | Phase::Configuring => Some(Op::Provision),
+            Phase::Starting | Phase::Restarting => Some(Op::Start),
+            Phase::Stopping => Some(Op::Stop),
+            Phase::Deleting => Some(Op::Delete),
+            // A machine that should be running is brought up (after a server restart).
+            Phase::Ready => Some(Op::EnsureUp),
+            Phase::Stopped | Phase::Failed | Phase::Deleted => None,
+        };
+        if let Some(op) = op {
+            self.run(op, ctx);
+        }
+    }
+
+    fn run(&mut self, op: Op, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.operation.take() {
+            ctx.cancel_future(handle);
+        }
+        let provider = match self.provider() {
+            Ok(p) => p,
+            Err(message) => {
+                let fut = fail(self.deps.clone(), self.record.id, message, ctx.address());
+                self.operation = Some(ctx.spawn(fut.into_actor(self)));
+                return;
+            }
+        };
+        let work = Work {
+            deps: self.deps.clone(),
+            provider,
+            record: self.record.clone(),
+            me: ctx.address(),
+        };
+        let fut = async move {
+            match op {
+                Op::Provision => work.provision().await,
+                Op::Start => work.start(false).await,
+                Op::EnsureUp => work.start(true).await,
+                Op::Stop => work.stop().await,
+                Op::Delete => work.delete().await,
+            }
+        };
+        self.operation = Some(ctx.spawn(fut.into_actor(self).map(|_, act, _| {
+            act.operation = None;
+        })));
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Provision,
+    Start,
+    EnsureUp,
+    Stop,
+    Delete,
+}
+
+impl Actor for EnvironmentActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.deps.gauges.environment_started();
+        let ttl = self.deps.settings.lease_ttl;
+        // Renew the lease well before it runs out.
+        ctx.run_interval(ttl / 3, |act, ctx| act.renew_lease(ctx));
+        ctx.run_interval(Duration::from_secs(5), |act, ctx| {
+            let idle = act.operation.is_none()
+                && act.subscribers.iter().all(|s| s.is_closed())
+                && act.last_activity.elapsed() >= act.deps.settings.environment_idle;
+            if idle {
+                ctx.stop();
+            }
+        });
+        self.renew_lease(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.deps.gauges.environment_stopped();
+        self.guard.clean = true;
+        if self.has_lease {
+            let (store, id, owner) = (self.deps.store.clone(), self.record.id, self.deps.owner);
+            actix::spawn(async move {
+                let _ = store.release_lease(id, owner).await;
+            });
+        }
+    }
+}
+
+impl EnvironmentActor {
+    fn renew_lease(&mut self, ctx: &mut Context<Self>) {
+        let (store, id, owner, ttl) = (
+            self.deps.store.clone(),
+            self.record.id,
+            self.deps.owner,
+            self.deps.settings.lease_ttl,
+        );
+        let fut = async move { store.acquire_lease(id, owner, ttl).await };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(true) if !act.has_lease => {
+                act.has_lease = true;
+                act.resume(ctx);
+            }
+            Ok(true) => {}
+            Ok(false) => {
+                if act.has_lease {
+                    // Someone else took over: stop driving this machine at once.
+                    tracing::warn!(environment_id = %act.record.id, "lease lost");
+                    act.has_lease = false;
+                    if let Some(handle) = act.operation.take() {
+                        ctx.cancel_future(handle);
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(environment_id = %act.record.id, error = %err, "lease renewal failed"),
+        }));
+    }
+}
+
+/// Internal: durable facts reported by the work in progress, to be announced.
+#[derive(Message)]
+#[rtype(result = "()")]
+enum Announce {
+    Transition(Transition),
+    Lines(Vec<LogLine>),
+    Progress(Progress),
+    Machine(MachineAccess, String),
+    Keys(MachineKeys),
+    Installed(Result<(), String>),
+    Deleted,
+}
+
+impl Handler<Announce> for EnvironmentActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Announce, ctx: &mut Context<Self>) {
+        match msg {
+            Announce::Transition(t) => self.apply(&t),
+            Announce::Lines(lines) => {
+                if let Some(last) = lines.last() {
+                    self.record.log_seq = last.seq;
+                }
+                for line in lines {
+                    self.broadcast(&LogEvent::Line(line));
+                }
+            }
+            Announce::Progress(p) => self.broadcast(&LogEvent::Progress(p)),
+            Announce::Machine(access, provider_ref) => {
+                self.record.machine = Some(access);
+                self.record.provider_ref = Some(provider_ref);
+            }
+            Announce::Keys(keys) => self.record.keys = Some(keys),
+            Announce::Installed(outcome) => {
+                let event = match &outcome {
+                    Ok(()) => LogEvent::Complete,
+                    Err(e) => LogEvent::Failed(e.clone()),
+                };
+                self.install = match outcome {
+                    Ok(()) => InstallState::Complete,
+                    Err(e) => InstallState::Failed(e),
+                };
+                self.broadcast(&event);
+            }
+            Announce::Deleted => {
+                self.broadcast(&LogEvent::Closed);
+                self.subscribers.clear();
+                ctx.stop();
+            }
+        }
+    }
+}
+
+/// A lifecycle request from the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Start,
+    Stop,
+    Restart,
+    Delete,
+}
+
+/// Asks for a lifecycle operation. Replies, once the new phase is durable, with
+/// that phase; or why the operation is not valid now.
+#[derive(Message)]
+#[rtype(result = "Result<Phase, EnvError>")]
+pub struct Lifecycle(pub Command);
+
+impl Handler<Lifecycle> for EnvironmentActor {
+    type Result = AtomicResponse<Self, Result<Phase, EnvError>>;
+
+    fn handle(&mut self, Lifecycle(command): Lifecycle, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        let (status, phase) = (self.record.status, self.record.phase);
+        let plan = match (command, status, phase) {
+            (Command::Delete, _, Phase::Deleting | Phase::Deleted) => {
+                Err("the environment is already being deleted".to_owned())
+            }
+            (Command::Delete, ..) => Ok((
+                Transition::new(Status::Terminated, Phase::Deleting, self.record.progress),
+                Op::Delete,
+            )),
+            (Command::Stop, Status::Running, Phase::Ready) => Ok((
+                Transition::new(Status::Running, Phase::Stopping, 100),
+                Op::Stop,
+            )),
+            (Command::Start, Status::Stopped, Phase::Stopped) => Ok((
+                Transition::new(Status::Stopped, Phase::Starting, 100),
+                Op::Start,
+            )),
+            (Command::Restart, Status::Running, Phase::Ready)
+            | (Command::Restart, Status::Stopped, Phase::Stopped) => {
+                Ok((Transition::new(status, Phase::Restarting, 100), Op::Start))
+            }
+            (Command::Start, Status::Running, Phase::Ready) => {
+                Err("the environment is already running".to_owned())
+            }
+            (Command::Stop, Status::Stopped, Phase::Stopped) => {
+                Err("the environment is already stopped".to_owned())
+            }
+            (_, Status::Creating, _) => Err(format!(
+                "the environment is still being created ({phase}); wait until it is running"
+            )),
+            (_, Status::Error, _) => Err(
+                "the environment failed to provision; delete it and create a new one".to_owned(),
+            ),
+            _ => Err(format!(
+                "the environment is busy ({phase}); try again when it has finished"
+            )),
+        };
+        let (transition, op) = match plan {
+            Ok(plan) => plan,
+            Err(reason) => {
+                return AtomicResponse::new(Box::pin(fut::ready(Err(EnvError::Conflict(reason)))));
+            }
+        };
+        let (store, id) = (self.deps.store.clone(), self.record.id);
+        let t = transition.clone();
+        let write = async move { store.transition(id, &t).await };
+        AtomicResponse::new(Box::pin(write.into_actor(self).map(
+            move |res, act, ctx| {
+                res?;
+                act.apply(&transition);
+                if command == Command::Restart {
+                    // Restart = stop, then start, as one operation.
+                    act.run(Op::Stop, ctx);
+                    act.restart_after_stop = true;
+                } else {
+                    act.run(op, ctx);
+                }
+                Ok(transition.phase)
+            },
+        )))
+    }
+}
+
+/// Subscribes to provisioning-log events. The reply says which line was announced
+/// last: every later line reaches `tx`, every earlier one is already stored, so a
+/// subscriber reads history up to that line and then follows `tx` with no gap and
+/// no duplicate.
+#[derive(Message)]
+#[rtype(result = "LogSubscription")]
+pub struct SubscribeLogs {
+    pub tx: mpsc::Sender<LogEvent>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSubscription {
+    pub last_seq: i64,
+    pub state: InstallState,
+}
+
+impl Handler<SubscribeLogs> for EnvironmentActor {
+    type Result = MessageResult<SubscribeLogs>;
+
+    fn handle(&mut self, msg: SubscribeLogs, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        self.subscribers.push(msg.tx);
+        MessageResult(LogSubscription {
+            last_seq: self.record.log_seq,
+            state: self.install.clone(),
+        })
+    }
+}
+
+/// Resource use measured on the machine (cached for a few seconds).
+#[derive(Message)]
+#[rtype(result = "Result<Metrics, EnvError>")]
+pub struct GetMetrics;
+
+impl Handler<GetMetrics> for EnvironmentActor {
+    type Result = ResponseActFuture<Self, Result<Metrics, EnvError>>;
+
+    fn handle(&mut self, _: GetMetrics, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        if let Some((at, m)) = &self.metrics
+            && at.elapsed() < METRICS_TTL
+        {
+            return Box::pin(fut::ready(Ok(m.clone())));
+        }
+        let ready = self.record.status == Status::Running && self.record.phase == Phase::Ready;
+        let (machine, keys) = (self.record.machine.clone(), self.record.keys.clone());
+        let (Some(machine), Some(keys), true) = (machine, keys, ready) else {
+            return Box::pin(fut::ready(Err(EnvError::Conflict(format!(
+                "metrics are measured on a running machine; this one is {} ({})",
+                self.record.status, self.record.phase
+            )))));
+        };
+        let sample = async move {
+            let session = SshSession::connect(&machine, &keys.user_private)
+                .await
+                .map_err(|e| EnvError::Unavailable(format!("could not reach the machine: {e}")))?;
+            let out = session
+                .run(metrics::COMMAND, Duration::from_secs(10))
+                .await
+                .map_err(|e| EnvError::Unavailable(format!("measuring failed: {e}")));
+            session.close().await;
+            let out = out?;
+            metrics::parse(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+                EnvError::Unavailable("the machine's measurements were unreadable".into())
+            })
+        };
+        Box::pin(sample.into_actor(self).map(|res, act, _| {
+            if let Ok(m) = &res {
+                act.metrics = Some((Instant::now(), m.clone()));
+            }
+            res
+        }))
+    }
+}
+
+/// Everything the async work needs, detached from the actor.
+struct Work {
+    deps: Arc<Deps>,
+    provider: Arc<dyn Provider>,
+    record: EnvironmentRecord,
+    me: Addr<EnvironmentActor>,
+}
+
+async fn fail(deps: Arc<Deps>, id: Uuid, message: String, me: Addr<EnvironmentActor>) {
+    let t = Transition::failed(message.clone());
+    if deps.store.transition(id, &t).await.is_ok() {
+        me.do_send(Announce::Transition(t));
+        me.do_send(Announce::Installed(Err(message)));
+    }
+}
+
+impl Work {
+    /// Durable first, then announced.
+    async fn transition(&self, t: Transition) -> Result<(), String> {
+        self.deps
+            .store
+            .transition(self.record.id, &t)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.me.do_send(Announce::Transition(t));
+        Ok(())
+    }
+
+    async fn keys(&self) -> Result<MachineKeys, String> {
+        if let Some(keys) = &self.record.keys {
+            return Ok(keys.clone());
+        }
+        let keys = ssh::generate_machine_keys(&self.record.slug).map_err(|e| e.to_string())?;
+        self.deps
+            .store
+            .save_keys(self.record.id, &keys)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.me.do_send(Announce::Keys(keys.clone()));
+        Ok(keys)
+    }
+
+    async fn save_machine(&self, machine: &crate::provider::Machine) -> Result<(), String> {
+        self.deps
+            .store
+            .save_machine(self.record.id, &machine.access, &machine.provider_ref)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.me.do_send(Announce::Machine(
+            machine.access.clone(),
+            machine.provider_ref.clone(),
+        ));
+        Ok(())
+    }
+
+    fn spec(&self, keys: MachineKeys) -> MachineSpec {
+        MachineSpec {
+            environment_id: self.record.id,
+            user_id: self.record.user_id,
+            slug: self.record.slug.clone(),
+            region: self.record.region.clone(),
+            size: self.record.size.clone(),
+            bootstrap: self.record.bootstrap.clone(),
+            environment_variables: self.record.environment_variables.clone(),
+            keys,
+        }
+    }
+
+    async fn provision(self) {
+        let started = Instant::now();
+        let outcome = self.try_provision().await;
+        let provider = self.provider.name();
+        match outcome {
+            Ok(()) => {
+                self.deps
+                    .gauges
+                    .provisioned(provider, "success", started.elapsed());
+            }
+            Err(message) => {
+                self.deps
+                    .gauges
+                    .provisioned(provider, "failure", started.elapsed());
+                tracing::warn!(environment_id = %self.record.id, %message, "provisioning failed");
+                fail(self.deps.clone(), self.record.id, message, self.me.clone()).await;
+            }
+        }
+    }
+
+    async fn try_provision(&self) -> Result<(), String> {
+        let keys = self.keys().await?;
+        if matches!(self.record.phase, Phase::Queued) {
+            self.transition(Transition::new(Status::Creating, Phase::Provisioning, 5))
+                .await?;
+        }
+        let machine = self
+            .provider
+            .create(&self.spec(keys.clone()))
+            .await
+            .map_err(|e| format!("creating the machine failed: {e}"))?;
+        self.save_machine(&machine).await?;
+        if matches!(self.record.phase, Phase::Queued | Phase::Provisioning) {
+            self.transition(Transition::new(Status::Creating, Phase::Booting, 15))
+                .await?;
+        }
+        self.follow_bootstrap(&machine.access, &keys).await
+    }
+
+    /// Tails the provisioning log from its first line, storing and announcing the
+    /// lines not stored yet, until the init's exit marker. Reconnects when SSH drops.
+    async fn follow_bootstrap(
+        &self,
+        access: &MachineAccess,
+        keys: &MachineKeys,
+    ) -> Result<(), String> {
+        let mut stored = self.record.log_seq;
+        let mut announced_installing =
+            matches!(self.record.phase, Phase::Installing | Phase::Configuring);
+        let mut deadline = Instant::now() + REACH_DEADLINE;
+        let command = self.provider.bootstrap_watch().tail_command;
+        loop {
+            let session = match SshSession::connect(access, &keys.user_private).await {
+                Ok(s) => s,
+                Err(e @ SshError::HostKeyMismatch { .. }) => return Err(e.to_string()),
+                Err(e) => {
+                    if Instant::now() > deadline {
+                        return Err(format!("could not reach the machine over SSH: {e}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if !announced_installing {
+                self.transition(Transition::new(Status::Creating, Phase::Installing, 20))
+                    .await?;
+                announced_installing = true;
+            }
+            let mut channel = session.exec(&command).await.map_err(|e| e.to_string())?;
+            let mut splitter = LineSplitter::default();
+            let mut seq = 0i64;
+            while let Some(msg) = channel.wait().await {
+                let ChannelMsg::Data { data } = msg else {
+                    if matches!(msg, ChannelMsg::Close | ChannelMsg::Eof) {
+                        break;
+                    }
+                    continue;
+                };
+                let mut fresh = Vec::new();
+                let mut exit = None;
+                for text in splitter.push(&data) {
+                    seq += 1;
+                    if let Some(status) = logs::parse_exit(&text) {
+                        exit = Some(status);
+                    }
+                    if seq > stored {
+                        fresh.push(LogLine {
+                            seq,
+                            data: text,
+                            timestamp: Utc::now(),
+                        });
+                    }
+                }
+                if !fresh.is_empty() {
+                    let texts: Vec<String> = fresh.iter().map(|l| l.data.clone()).collect();
+                    self.deps
+                        .store
+                        .append_logs(self.record.id, fresh[0].seq, &texts, logs::KEEP_LINES)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    stored = seq;
+                    let stages: Vec<Progress> = fresh
+                        .iter()
+                        .filter_map(|l| logs::parse_stage(&l.data))
+                        .collect();
+                    self.me.do_send(Announce::Lines(fresh));
+                    for stage in stages {
+                        let t = Transition::new(
+                            Status::Creating,
+                            Phase::Installing,
+                            logs::overall_percent(&stage),
+                        )
+                        .message(stage.stage.clone());
+                        self.transition(t).await?;
+                        self.me.do_send(Announce::Progress(stage));
+                    }
+                }
+                if let Some(status) = exit {
+                    session.close().await;
+                    return self.finish_install(status).await;
+                }
+            }
+            // The stream ended before the init did: the connection dropped.
+            session.close().await;
+            deadline = Instant::now() + REACH_DEADLINE;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn finish_install(&self, status: i32) -> Result<(), String> {
+        if status != 0 {
+            return Err(format!(
+                "the {} template's bootstrap failed with exit status {status}; see the provisioning log",
+                self.record.template_name
+            ));
+        }
+        self.transition(Transition::new(Status::Creating, Phase::Configuring, 97))
+            .await?;
+        self.transition(
+            Transition::new(Status::Running, Phase::Ready, 100)
+                .message("ready")
+                .stamp(Stamp::Started),
+        )
+        .await?;
+        self.me.do_send(Announce::Installed(Ok(())));
+        Ok(())
+    }
+
+    async fn start(self, already_running: bool) {
+        let result = async {
+            let keys = self.keys().await?;
+            let provider_ref = self
+                .record
+                .provider_ref
+                .clone()
+                .ok_or_else(|| "the machine was never created".to_owned())?;
+            let machine = self
+                .provider
+                .start(&self.spec(keys), &provider_ref)
+                .await
+                .map_err(|e| match e {
+                    ProviderError::Gone(m) => format!("the machine is gone: {m}"),
+                    other => format!("starting the machine failed: {other}"),
+                })?;
+            self.save_machine(&machine).await?;
+            if !already_running {
+                self.transition(
+                    Transition::new(Status::Running, Phase::Ready, 100)
+                        .message("running")
+                        .stamp(Stamp::Started),
+                )
+                .await?;
+            }
+            Ok::<_, String>(())
+        }
+        .await;
+        if let Err(message) = result {
+            let _ = self.transition(Transition::failed(message)).await;
+        }
+    }
+
+    async fn stop(self) {
+        let result = async {
+            if let Some(provider_ref) = &self.record.provider_ref {
+                self.provider
+                    .stop(provider_ref)
+                    .await
+                    .map_err(|e| format!("stopping the machine failed: {e}"))?;
+            }
+            self.transition(
+                Transition::new(Status::Stopped, Phase::Stopped, 100)
+                    .message("stopped")
+                    .stamp(Stamp::Stopped),
+            )
+            .await
+        }
+        .await;
+        match result {
+            Ok(()) => self.me.do_send(StopFinished),
+            Err(message) => {
+                let _ = self.transition(Transition::failed(message)).await;
+            }
+        }
+    }
+
+    async fn delete(self) {
+        let result = async {
+            if let Some(provider_ref) = &self.record.provider_ref {
+                self.provider
+                    .delete(provider_ref)
+                    .await
+                    .map_err(|e| format!("deleting the machine failed: {e}"))?;
+            }
+            self.deps
+                .store
+                .mark_deleted(self.record.id)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(()) => self.me.do_send(Announce::Deleted),
+            Err(message) => {
+                tracing::warn!(environment_id = %self.record.id, %message, "delete failed");
+                let _ = self.transition(Transition::failed(message)).await;
+            }
+        }
+    }
+}
+
+/// Internal: a stop finished (a restart continues with a start).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopFinished;
+
+impl Handler<StopFinished> for EnvironmentActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopFinished, ctx: &mut Context<Self>) {
+        if std::mem::take(&mut self.restart_after_stop) {
+            let t = Transition::new(Status::Stopped, Phase::Restarting, 100);
+            let (store, id) = (self.deps.store.clone(), self.record.id);
+            let t2 = t.clone();
+            ctx.wait(
+                async move { store.transition(id, &t2).await }
+                    .into_actor(self)
+                    .map(move |res, act, ctx| {
+                        if res.is_ok() {
+                            act.apply(&t);
+                            act.run(Op::Start, ctx);
+                        }
+                    }),
+            );
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Resource use measured on the machine over SSH, from `/proc` and `df`: never
+//! invented. One exec samples CPU twice, a fifth of a second apart.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Prints: two `/proc/stat` cpu lines, MemTotal and MemAvailable, the home
+/// file system's `df -Pk` line, and `/proc/net/dev`.
+pub const COMMAND: &str = "head -n1 /proc/stat; sleep 0.2; head -n1 /proc/stat; \
+     grep -E '^(MemTotal|MemAvailable):' /proc/meminfo; \
+     df -Pk \"$HOME\" | tail -n1; echo '--net'; tail -n +3 /proc/net/dev";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metrics {
+    /// Percent of CPU time busy over the sample.
+    pub cpu_usage: f64,
+    /// Percent of memory in use.
+    pub memory_usage: f64,
+    /// Percent of the home file system in use.
+    pub disk_usage: f64,
+    /// Bytes received and sent since boot, all interfaces but loopback.
+    pub network_in: u64,
+    pub network_out: u64,
+    pub timestamp: DateTime<Utc>,
+}
+
+fn cpu_times(line: &str) -> Option<(u64, u64)> {
+    let fields: Vec<u64> = line
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    if fields.len() < 4 {
+        return None;
+    }
+    let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
+    Some((fields.iter().sum(), idle))
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+pub fn parse(output: &str) -> Option<Metrics> {
+    let (head, net) = output.split_once("--net\n").unwrap_or((output, ""));
+    let lines: Vec<&str> = head.lines().collect();
+    let (total1, idle1) = cpu_times(lines.first()?)?;
+    let (total2, idle2) = cpu_times(lines.get(1)?)?;
+    let total = total2.saturating_sub(total1);
+    let busy = total.saturating_sub(idle2.saturating_sub(idle1));
+    let cpu_usage = if total == 0 {
+        0.0
+    } else {
+        busy as f64 * 100.0 / total as f64
+    };
+
+    let kib = |name: &str| -> Option<f64> {
+        lines
+            .iter()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let mem_total = kib("MemTotal:")?;
+    let mem_available = kib("MemAvailable:")?;
+    let memory_usage = if mem_total > 0.0 {
+        (mem_total - mem_available) * 100.0 / mem_total
+    } else {
+        0.0
+    };
+
+    let df = lines.iter().find(|l| l.ends_with('/') || l.contains('%'))?;
+    let disk_usage: f64 = df
+        .split_whitespace()
+        .find(|f| f.ends_with('%'))?
+        .trim_end_matches('%')
+        .parse()
+        .ok()?;
+
+    let (mut network_in, mut network_out) = (0u64, 0u64);
+    for line in net.lines() {
+        let Some((iface, counters)) = line.split_once(':') else {
+            continue;
+        };
+        if iface.trim() == "lo" {
+            continue;
+        }
+        let c: Vec<u64> = counters
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        if c.len() >= 9 {
+            network_in += c[0];
+            network_out += c[8];
+        }
+    }
+    Some(Metrics {
+        cpu_usage: round1(cpu_usage),
+        memory_usage: round1(memory_usage),
+        disk_usage,
+        network_in,
+        network_out,
+        timestamp: Utc::now(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_real_sample() {
+        let out = "cpu  100 0 100 800 0 0 0 0 0 0\n\
+                   cpu  150 0 150 900 0 0 0 0 0 0\n\
+                   MemTotal:        1000 kB\n\
+                   MemAvailable:     250 kB\n\
+                   /dev/vda 1000 420 580 42% /\n\
+                   --net\n\
+                   lo: 5 0 0 0 0 0 0 0 5 0 0 0 0 0 0 0\n\
+                   eth0: 1000 0 0 0 0 0 0 0 2000 0 0 0 0 0 0 0\n";
+        let m = parse(out).expect("parse");
+        assert_eq!(m.cpu_usage, 50.0);
+        assert_eq!(m.memory_usage, 75.0);
+        assert_eq!(m.disk_usage, 42.0);
+        assert_eq!((m.network_in, m.network_out), (1000, 2000));
+    }
+
+    #[test]
+    fn garbage_is_none() {
+        assert!(parse("nonsense").is_none());
+    }
+}

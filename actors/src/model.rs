@@ -1,0 +1,182 @@
+//! The environment as the actors see it: its durable record, the status the app
+//! knows, the finer phase, and the transitions between them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What the mobile app understands; anything else breaks its list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Creating,
+    Running,
+    Stopped,
+    Terminated,
+    Error,
+}
+
+/// The detail behind a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Queued,
+    Provisioning,
+    Booting,
+    Installing,
+    Configuring,
+    Ready,
+    Stopping,
+    Stopped,
+    Starting,
+    Restarting,
+    Deleting,
+    Deleted,
+    Failed,
+}
+
+macro_rules! str_enum {
+    ($ty:ty { $($variant:ident => $s:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $s),+ }
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($s => Ok(Self::$variant),)+
+                    other => Err(format!("unknown {}: {other}", stringify!($ty))),
+                }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+str_enum!(Status {
+    Creating => "creating",
+    Running => "running",
+    Stopped => "stopped",
+    Terminated => "terminated",
+    Error => "error",
+});
+
+str_enum!(Phase {
+    Queued => "queued",
+    Provisioning => "provisioning",
+    Booting => "booting",
+    Installing => "installing",
+    Configuring => "configuring",
+    Ready => "ready",
+    Stopping => "stopping",
+    Stopped => "stopped",
+    Starting => "starting",
+    Restarting => "restarting",
+    Deleting => "deleting",
+    Deleted => "deleted",
+    Failed => "failed",
+});
+
+/// Where a machine answers SSH and how to recognise it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineAccess {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// The pinned host key, `ssh-ed25519 AAAA…`.
+    pub host_public_key: String,
+}
+
+/// The key pairs DevPocket made for one machine (OpenSSH formats). The private
+/// halves are decrypted only in memory.
+#[derive(Clone)]
+pub struct MachineKeys {
+    pub host_private: String,
+    pub host_public: String,
+    pub user_private: String,
+    pub user_public: String,
+}
+
+impl fmt::Debug for MachineKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MachineKeys")
+            .field("host_public", &self.host_public)
+            .field("user_public", &self.user_public)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The durable state an environment actor starts from.
+#[derive(Debug, Clone)]
+pub struct EnvironmentRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub provider: String,
+    pub region: String,
+    pub size: String,
+    pub status: Status,
+    pub phase: Phase,
+    pub progress: i32,
+    pub status_message: Option<String>,
+    pub template_name: String,
+    pub bootstrap: String,
+    pub environment_variables: BTreeMap<String, String>,
+    pub keys: Option<MachineKeys>,
+    pub machine: Option<MachineAccess>,
+    pub provider_ref: Option<String>,
+    /// The highest provisioning-log line already stored.
+    pub log_seq: i64,
+}
+
+/// A state change, written durably before anyone hears of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub status: Status,
+    pub phase: Phase,
+    pub progress: i32,
+    pub message: Option<String>,
+    /// Stamp `started_at` (the machine came up) or `stopped_at`.
+    pub stamp: Option<Stamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    Started,
+    Stopped,
+}
+
+impl Transition {
+    pub fn new(status: Status, phase: Phase, progress: i32) -> Self {
+        Self {
+            status,
+            phase,
+            progress,
+            message: None,
+            stamp: None,
+        }
+    }
+
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    pub fn stamp(mut self, stamp: Stamp) -> Self {
+        self.stamp = Some(stamp);
+        self
+    }
+
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(Status::Error, Phase::Failed, 100).message(message)
+    }
+}

@@ -1,0 +1,141 @@
+//! The `Registry`: hands out one `UserSupervisor` per user, created on first need,
+//! and brings environments back after a restart.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use uuid::Uuid;
+
+use crate::deps::Deps;
+use crate::environment::{EnvError, EnvironmentActor};
+use crate::supervisor::{GetEnvironment, UserSupervisor};
+
+pub struct Registry {
+    deps: Arc<Deps>,
+    supervisors: HashMap<Uuid, Addr<UserSupervisor>>,
+}
+
+impl Registry {
+    pub fn new(deps: Arc<Deps>) -> Self {
+        Self {
+            deps,
+            supervisors: HashMap::new(),
+        }
+    }
+
+    fn supervisor(&mut self, user_id: Uuid, ctx: &mut Context<Self>) -> Addr<UserSupervisor> {
+        if let Some(addr) = self.supervisors.get(&user_id).filter(|a| a.connected()) {
+            return addr.clone();
+        }
+        let addr = UserSupervisor::new(user_id, self.deps.clone(), ctx.address()).start();
+        self.supervisors.insert(user_id, addr.clone());
+        addr
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "Addr<UserSupervisor>")]
+pub struct SupervisorFor {
+    pub user_id: Uuid,
+}
+
+impl Handler<SupervisorFor> for Registry {
+    type Result = MessageResult<SupervisorFor>;
+
+    fn handle(&mut self, msg: SupervisorFor, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.supervisor(msg.user_id, ctx))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SupervisorStopped {
+    pub user_id: Uuid,
+    pub supervisor: Addr<UserSupervisor>,
+}
+
+impl Handler<SupervisorStopped> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SupervisorStopped, _: &mut Context<Self>) {
+        if self.supervisors.get(&msg.user_id) == Some(&msg.supervisor) {
+            self.supervisors.remove(&msg.user_id);
+        }
+    }
+}
+
+/// Brings back every environment with unfinished work or a machine that should
+/// be running (at start-up).
+#[derive(Message)]
+#[rtype(result = "Result<usize, EnvError>")]
+pub struct ResumeAll;
+
+impl Handler<ResumeAll> for Registry {
+    type Result = ResponseActFuture<Self, Result<usize, EnvError>>;
+
+    fn handle(&mut self, _: ResumeAll, _: &mut Context<Self>) -> Self::Result {
+        let store = self.deps.store.clone();
+        Box::pin(
+            async move { store.resumable().await }
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    let resumable = res?;
+                    for r in &resumable {
+                        act.supervisor(r.user_id, ctx).do_send(GetEnvironment {
+                            id: r.environment_id,
+                        });
+                    }
+                    Ok(resumable.len())
+                }),
+        )
+    }
+}
+
+/// The handle the server holds.
+#[derive(Clone)]
+pub struct ActorSystem {
+    pub registry: Addr<Registry>,
+    pub deps: Arc<Deps>,
+}
+
+impl ActorSystem {
+    /// Starts the registry on its own arbiter (thread), so actor work never runs
+    /// on the HTTP workers.
+    pub fn start(deps: Arc<Deps>) -> Self {
+        let arbiter = Arbiter::new();
+        let d = deps.clone();
+        let registry = Registry::start_in_arbiter(&arbiter.handle(), move |_| Registry::new(d));
+        Self { registry, deps }
+    }
+
+    /// The actor of `user_id`'s environment `id`; `None` if no such environment of
+    /// theirs exists.
+    pub async fn environment(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<Addr<EnvironmentActor>>, EnvError> {
+        let mailbox = |e: MailboxError| EnvError::Unavailable(format!("actor system: {e}"));
+        let supervisor = self
+            .registry
+            .send(SupervisorFor { user_id })
+            .await
+            .map_err(mailbox)?;
+        supervisor
+            .send(GetEnvironment { id })
+            .await
+            .map_err(mailbox)?
+    }
+
+    pub async fn resume_all(&self) -> Result<usize, EnvError> {
+        self.registry
+            .send(ResumeAll)
+            .await
+            .map_err(|e| EnvError::Unavailable(format!("actor system: {e}")))?
+    }
+}

@@ -1,0 +1,230 @@
+//! SSH to machines with russh: pinned host keys, per-environment client keys,
+//! connect/handshake timeouts, keepalive and `TCP_NODELAY`; exec channels that are
+//! always drained (with russh an unread channel stalls the whole connection).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+use russh::client::{self, Handle};
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect};
+use tokio::net::TcpStream;
+
+use crate::model::{MachineAccess, MachineKeys};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(15);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+pub const KEEPALIVE_MAX: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(String),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the machine's SSH host key does not match the pinned one (presented {presented}, expected {expected}): refusing to connect"
+    )]
+    HostKeyMismatch { presented: String, expected: String },
+    #[error("the SSH handshake or authentication timed out")]
+    HandshakeTimeout,
+    #[error("the machine refused our SSH key for user {0}")]
+    AuthRejected(String),
+    #[error("bad key material: {0}")]
+    Key(String),
+    #[error("ssh: {0}")]
+    Protocol(#[from] russh::Error),
+    #[error("the command timed out")]
+    CommandTimeout,
+}
+
+/// Accepts exactly the pinned host key.
+struct PinnedHost {
+    expected: PublicKey,
+}
+
+impl client::Handler for PinnedHost {
+    type Error = SshError;
+
+    async fn check_server_key(
+        &mut self,
+        server: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let server = server.public_key();
+        // Compare key material only: `PublicKey` equality includes the comment.
+        if server.key_data() == self.expected.key_data() {
+            Ok(true)
+        } else {
+            Err(SshError::HostKeyMismatch {
+                presented: server.fingerprint(HashAlg::Sha256).to_string(),
+                expected: self.expected.fingerprint(HashAlg::Sha256).to_string(),
+            })
+        }
+    }
+}
+
+/// Generates an ed25519 key pair: (private key in OpenSSH PEM, `ssh-ed25519 …` line).
+pub fn generate_keypair(comment: &str) -> Result<(String, String), SshError> {
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    key.set_comment(comment);
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| SshError::Key(e.to_string()))?
+        .to_string();
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| SshError::Key(e.to_string()))?;
+    Ok((private, public))
+}
+
+/// Fresh host and client key pairs for one machine.
+pub fn generate_machine_keys(environment: &str) -> Result<MachineKeys, SshError> {
+    let (host_private, host_public) = generate_keypair(&format!("devpocket-host-{environment}"))?;
+    let (user_private, user_public) = generate_keypair(&format!("devpocket-{environment}"))?;
+    Ok(MachineKeys {
+        host_private,
+        host_public,
+        user_private,
+        user_public,
+    })
+}
+
+/// An authenticated SSH connection to one machine.
+pub struct SshSession {
+    handle: Handle<PinnedHost>,
+}
+
+/// What an exec channel produced.
+#[derive(Debug)]
+pub struct ExecOutput {
+    pub status: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl SshSession {
+    pub async fn connect(machine: &MachineAccess, private_key: &str) -> Result<Self, SshError> {
+        let expected = PublicKey::from_openssh(machine.host_public_key.trim())
+            .map_err(|e| SshError::Key(format!("pinned host key: {e}")))?;
+        let key = PrivateKey::from_openssh(private_key)
+            .map_err(|e| SshError::Key(format!("client key: {e}")))?;
+        let addr = format!("{}:{}", machine.host, machine.port);
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| SshError::ConnectTimeout(addr.clone()))?
+            .map_err(|source| SshError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        // Keystrokes must not wait for Nagle.
+        tcp.set_nodelay(true).map_err(|source| SshError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+        let config = Arc::new(client::Config {
+            keepalive_interval: Some(KEEPALIVE_INTERVAL),
+            keepalive_max: KEEPALIVE_MAX,
+            nodelay: true,
+            ..Default::default()
+        });
+        let user = machine.user.clone();
+        let handshake = async move {
+            let mut handle = client::connect_stream(config, tcp, PinnedHost { expected }).await?;
+            let auth = handle
+                .authenticate_publickey(
+                    user.clone(),
+                    PrivateKeyWithHashAlg::new(Arc::new(key), None),
+                )
+                .await?;
+            if !auth.success() {
+                return Err(SshError::AuthRejected(user));
+            }
+            Ok(handle)
+        };
+        let handle = tokio::time::timeout(AUTH_TIMEOUT, handshake)
+            .await
+            .map_err(|_| SshError::HandshakeTimeout)??;
+        Ok(Self { handle })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Opens an exec channel and returns it for the caller to drain.
+    pub async fn exec(&self, command: &str) -> Result<russh::Channel<client::Msg>, SshError> {
+        let channel = self.handle.channel_open_session().await?;
+        channel.exec(true, command).await?;
+        Ok(channel)
+    }
+
+    /// Runs a command to completion and collects its output.
+    pub async fn run(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
+        let mut channel = self.exec(command).await?;
+        let collect = async move {
+            let mut out = ExecOutput {
+                status: None,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            };
+            // Exit status may arrive after EOF: read until the channel closes.
+            while let Some(msg) = channel.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                    ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            out
+        };
+        tokio::time::timeout(timeout, collect)
+            .await
+            .map_err(|_| SshError::CommandTimeout)
+    }
+
+    pub async fn close(&self) {
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "bye", "en")
+            .await;
+    }
+}
+
+/// Quotes a string for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_round_trip() {
+        let (private, public) = generate_keypair("t").expect("keys");
+        assert!(private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+        assert!(public.starts_with("ssh-ed25519 "));
+        let parsed = PrivateKey::from_openssh(&private).expect("parse");
+        let line = PublicKey::from_openssh(&public).expect("parse public");
+        assert_eq!(parsed.public_key().key_data(), line.key_data());
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

@@ -1,0 +1,171 @@
+//! `UserSupervisor`: one per active user. Owns that user's environment actors,
+//! notices when one dies — cleanly or in a panic, which actix's own supervisor does
+//! not catch — and re-creates a crashed one from durable state, with backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use uuid::Uuid;
+
+use crate::deps::Deps;
+use crate::environment::{EnvError, EnvironmentActor};
+use crate::model::Transition;
+use crate::registry::{Registry, SupervisorStopped};
+
+pub struct UserSupervisor {
+    user_id: Uuid,
+    deps: Arc<Deps>,
+    registry: Addr<Registry>,
+    children: HashMap<Uuid, Addr<EnvironmentActor>>,
+    /// Consecutive crashes per child.
+    crashes: HashMap<Uuid, u32>,
+    last_activity: Instant,
+}
+
+impl UserSupervisor {
+    pub fn new(user_id: Uuid, deps: Arc<Deps>, registry: Addr<Registry>) -> Self {
+        Self {
+            user_id,
+            deps,
+            registry,
+            children: HashMap::new(),
+            crashes: HashMap::new(),
+            last_activity: Instant::now(),
+        }
+    }
+}
+
+impl Actor for UserSupervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.deps.gauges.supervisors.fetch_add(1, Ordering::Relaxed);
+        let every = (self.deps.settings.supervisor_idle / 4).max(Duration::from_millis(100));
+        ctx.run_interval(every, |act, ctx| {
+            if act.children.is_empty()
+                && act.last_activity.elapsed() >= act.deps.settings.supervisor_idle
+            {
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        self.deps.gauges.supervisors.fetch_sub(1, Ordering::Relaxed);
+        self.registry.do_send(SupervisorStopped {
+            user_id: self.user_id,
+            supervisor: ctx.address(),
+        });
+    }
+}
+
+/// The actor of one of this user's environments, started from durable state if it
+/// is not running. `None` when the environment does not exist (or is another
+/// user's).
+#[derive(Message)]
+#[rtype(result = "Result<Option<Addr<EnvironmentActor>>, EnvError>")]
+pub struct GetEnvironment {
+    pub id: Uuid,
+}
+
+impl Handler<GetEnvironment> for UserSupervisor {
+    type Result = AtomicResponse<Self, Result<Option<Addr<EnvironmentActor>>, EnvError>>;
+
+    fn handle(&mut self, msg: GetEnvironment, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        if let Some(addr) = self.children.get(&msg.id).filter(|a| a.connected()) {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(Some(addr.clone())))));
+        }
+        let (store, id) = (self.deps.store.clone(), msg.id);
+        AtomicResponse::new(Box::pin(
+            async move { store.load(id).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let Some(record) = res? else { return Ok(None) };
+                    if record.user_id != act.user_id {
+                        return Ok(None);
+                    }
+                    let addr =
+                        EnvironmentActor::new(act.deps.clone(), record, ctx.address().recipient())
+                            .start();
+                    act.children.insert(id, addr.clone());
+                    Ok(Some(addr))
+                }),
+        ))
+    }
+}
+
+/// Sent by a child's exit guard when it stops or dies.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ChildExited {
+    pub id: Uuid,
+    pub crashed: bool,
+}
+
+impl Handler<ChildExited> for UserSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
+        self.last_activity = Instant::now();
+        // A newer child may already stand in this one's place.
+        if self.children.get(&msg.id).is_some_and(Addr::connected) {
+            return;
+        }
+        self.children.remove(&msg.id);
+        if !msg.crashed {
+            self.crashes.remove(&msg.id);
+            return;
+        }
+        let crashes = self.crashes.entry(msg.id).or_insert(0);
+        *crashes += 1;
+        let attempt = *crashes;
+        self.deps.gauges.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(environment_id = %msg.id, attempt, "environment actor panicked");
+        if attempt > self.deps.settings.max_restarts {
+            // Give up: record why, durably, instead of crashing forever.
+            let (store, id) = (self.deps.store.clone(), msg.id);
+            actix::spawn(async move {
+                let t = Transition::failed(
+                    "the environment's controller kept crashing; delete it and create a new one",
+                );
+                let _ = store.transition(id, &t).await;
+            });
+            return;
+        }
+        let delay = self.deps.settings.restart_backoff * 2u32.saturating_pow(attempt - 1);
+        let id = msg.id;
+        ctx.run_later(delay, move |act, ctx| {
+            if act.children.contains_key(&id) {
+                return;
+            }
+            let store = act.deps.store.clone();
+            ctx.spawn(async move { store.load(id).await }.into_actor(act).map(move |res, act, ctx| {
+                match res {
+                    Ok(Some(record)) => {
+                        let addr = EnvironmentActor::new(act.deps.clone(), record, ctx.address().recipient()).start();
+                        act.children.insert(id, addr);
+                    }
+                    Ok(None) => {}
+                    Err(err) => tracing::error!(environment_id = %id, error = %err, "could not re-create environment actor"),
+                }
+            }));
+        });
+    }
+}
+
+/// How many environment actors this supervisor runs (for inspection and tests).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct ChildCount;
+
+impl Handler<ChildCount> for UserSupervisor {
+    type Result = usize;
+
+    fn handle(&mut self, _: ChildCount, _: &mut Context<Self>) -> usize {
+        self.children.values().filter(|a| a.connected()).count()
+    }
+}
