@@ -123,6 +123,10 @@ pub struct Settings {
     pub hash_concurrency: usize,
     pub lockout_threshold: u32,
     pub lockout_duration: Duration,
+    /// Extra template files (`*.yaml`) loaded over the built-in ones.
+    pub templates_dir: Option<PathBuf>,
+    /// How long this process's claim on an environment lasts without renewal.
+    pub lease_ttl: Duration,
 }
 
 /// A setting that could not be used, naming the key and what to fix.
@@ -352,6 +356,9 @@ impl Settings {
         let lockout_duration =
             source.duration("DEVPOCKET_LOCKOUT_DURATION", Duration::from_secs(15 * 60))?;
 
+        let templates_dir = source.get("DEVPOCKET_TEMPLATES_DIR").map(PathBuf::from);
+        let lease_ttl = source.duration("DEVPOCKET_LEASE_TTL", Duration::from_secs(30))?;
+
         let secret_key = match source.get("SECRET_KEY") {
             Some(key) if key.len() >= MIN_SECRET_LEN => key.as_bytes().to_vec(),
             Some(_) => {
@@ -390,6 +397,8 @@ impl Settings {
             hash_concurrency,
             lockout_threshold,
             lockout_duration,
+            templates_dir,
+            lease_ttl,
         })
     }
 }

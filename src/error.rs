@@ -42,6 +42,8 @@ pub enum ApiError {
         detail: String,
         retry_after: Duration,
     },
+    #[error("{0}")]
+    ServiceUnavailable(String),
     #[error("the database is unavailable")]
     DatabaseUnavailable(#[source] anyhow::Error),
     #[error("internal error")]
@@ -117,7 +119,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::TooManyRequests { .. } => "rate_limited",
-            Self::DatabaseUnavailable(_) => "service_unavailable",
+            Self::DatabaseUnavailable(_) | Self::ServiceUnavailable(_) => "service_unavailable",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -166,7 +168,9 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DatabaseUnavailable(_) | Self::ServiceUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

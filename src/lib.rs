@@ -5,10 +5,13 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod db;
+pub mod environments;
 pub mod error;
 pub mod http;
 pub mod plans;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;
+pub mod templates;

@@ -76,6 +76,55 @@ impl Plan {
     }
 }
 
+/// A machine size: what it offers, as strings the app shows.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Size {
+    pub name: &'static str,
+    pub cpu: &'static str,
+    pub memory: &'static str,
+    pub storage: &'static str,
+}
+
+/// Sizes from smallest to largest.
+pub const SIZES: [Size; 4] = [
+    Size {
+        name: "small",
+        cpu: "1",
+        memory: "1Gi",
+        storage: "10Gi",
+    },
+    Size {
+        name: "medium",
+        cpu: "2",
+        memory: "4Gi",
+        storage: "25Gi",
+    },
+    Size {
+        name: "large",
+        cpu: "4",
+        memory: "8Gi",
+        storage: "50Gi",
+    },
+    Size {
+        name: "xlarge",
+        cpu: "8",
+        memory: "16Gi",
+        storage: "100Gi",
+    },
+];
+
+pub fn size(name: &str) -> Option<&'static Size> {
+    SIZES.iter().find(|s| s.name == name)
+}
+
+impl Plan {
+    /// Whether the plan may use a machine of this size.
+    pub fn allows_size(self, name: &str) -> bool {
+        let rank = |n: &str| SIZES.iter().position(|s| s.name == n);
+        matches!((rank(name), rank(self.limits().max_size)), (Some(a), Some(b)) if a <= b)
+    }
+}
+
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -1,6 +1,7 @@
 //! Builds the application: migrations, pool, shared state, middleware and routes,
 //! bound to its own listener. `main` and the tests go through the same path.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,9 +12,15 @@ use actix_web::middleware::{DefaultHeaders, ErrorHandlers, NormalizePath, Traili
 use actix_web::{App, HttpServer, http::header, web};
 use anyhow::Context;
 
+use devpocket_actors::provider::Provider;
+use devpocket_actors::provider::local::LocalProvider;
+use devpocket_actors::{ActorSettings, ActorSystem, Deps, Gauges};
+
 use crate::auth::password::PasswordHasher;
 use crate::auth::tokens::TokenKeys;
 use crate::config::{DatabaseSetting, Settings};
+use crate::crypto::SecretBox;
+use crate::db::environments::DbStore;
 use crate::db::{self, DbPool};
 use crate::http::{self, json::JsonLimit};
 use crate::routes;
@@ -25,6 +32,32 @@ pub struct AppState {
     pub tokens: TokenKeys,
     pub hasher: PasswordHasher,
     pub started_at: Instant,
+    pub actors: ActorSystem,
+    /// The provider new environments use.
+    pub default_provider: String,
+}
+
+/// Starts the actor system with the configured providers, on the durable store.
+fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSystem> {
+    let local = LocalProvider::new(settings.data_dir.join("environments"))
+        .context("preparing the local provider")?;
+    let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+    providers.insert(local.name().to_owned(), Arc::new(local));
+    let store = DbStore {
+        pool: pool.clone(),
+        secrets: SecretBox::new(settings.secret_key.expose()),
+    };
+    let deps = Deps {
+        store: Arc::new(store),
+        providers,
+        owner: uuid::Uuid::new_v4(),
+        settings: ActorSettings {
+            lease_ttl: settings.lease_ttl,
+            ..ActorSettings::default()
+        },
+        gauges: Gauges::default(),
+    };
+    Ok(ActorSystem::start(Arc::new(deps)))
 }
 
 pub struct Application {
@@ -47,12 +80,20 @@ impl Application {
             tracing::info!(?applied, "migrations applied");
         }
         let pool = db::build_pool(url, settings.db_pool_size, settings.db_timeout)?;
+        crate::templates::sync(&pool, settings.templates_dir.as_deref())
+            .await
+            .context("loading templates")?;
         let hasher = PasswordHasher::new(settings.hash_concurrency)?;
         let tokens = TokenKeys::new(
             settings.secret_key.expose(),
             settings.access_token_ttl,
             settings.refresh_token_ttl,
         );
+        let actors = start_actors(&settings, &pool)?;
+        let resumed = actors.resume_all().await.context("resuming environments")?;
+        if resumed > 0 {
+            tracing::info!(resumed, "environments resumed");
+        }
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
@@ -64,6 +105,8 @@ impl Application {
             tokens,
             hasher,
             started_at: Instant::now(),
+            actors,
+            default_provider: "local".to_owned(),
         });
 
         let server = HttpServer::new(move || {

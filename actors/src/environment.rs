@@ -140,7 +140,10 @@ impl EnvironmentActor {
                     tracing::info!("dropping a log subscriber that fell behind");
                     false
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::debug!("log subscriber gone");
+                    false
+                }
             });
     }
 
@@ -233,6 +236,7 @@ impl Actor for EnvironmentActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        tracing::debug!(environment_id = %self.record.id, "environment actor stopped");
         self.deps.gauges.environment_stopped();
         self.guard.clean = true;
         if self.has_lease {
@@ -319,6 +323,7 @@ impl Handler<Announce> for EnvironmentActor {
                 self.broadcast(&event);
             }
             Announce::Deleted => {
+                tracing::info!(environment_id = %self.record.id, subscribers = self.subscribers.len(), "environment deleted");
                 self.broadcast(&LogEvent::Closed);
                 self.subscribers.clear();
                 ctx.stop();
@@ -432,6 +437,7 @@ impl Handler<SubscribeLogs> for EnvironmentActor {
     fn handle(&mut self, msg: SubscribeLogs, _: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
         self.subscribers.push(msg.tx);
+        tracing::debug!(environment_id = %self.record.id, subscribers = self.subscribers.len(), "log subscriber added");
         MessageResult(LogSubscription {
             last_seq: self.record.log_seq,
             state: self.install.clone(),
@@ -449,12 +455,13 @@ impl Handler<GetMetrics> for EnvironmentActor {
 
     fn handle(&mut self, _: GetMetrics, _: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
+        let ready = self.record.status == Status::Running && self.record.phase == Phase::Ready;
         if let Some((at, m)) = &self.metrics
             && at.elapsed() < METRICS_TTL
+            && ready
         {
             return Box::pin(fut::ready(Ok(m.clone())));
         }
-        let ready = self.record.status == Status::Running && self.record.phase == Phase::Ready;
         let (machine, keys) = (self.record.machine.clone(), self.record.keys.clone());
         let (Some(machine), Some(keys), true) = (machine, keys, ready) else {
             return Box::pin(fut::ready(Err(EnvError::Conflict(format!(

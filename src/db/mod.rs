@@ -3,8 +3,10 @@
 //! and return `QueryResult`.
 
 pub mod embedded;
+pub mod environments;
 pub mod schema;
 pub mod sessions;
+pub mod templates;
 pub mod users;
 
 use std::time::Duration;

@@ -1,8 +1,11 @@
 //! The HTTP surface: one module per resource, wired here.
 
 pub mod auth;
+pub mod environments;
 pub mod health;
 pub mod info;
+pub mod templates;
+pub mod ws_logs;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -12,7 +15,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(health::configure).service(
         web::scope("/api/v1")
             .configure(auth::configure)
-            .configure(info::configure),
+            .configure(info::configure)
+            .configure(templates::configure)
+            .configure(environments::configure)
+            .configure(ws_logs::configure),
     );
 }
 

@@ -221,6 +221,9 @@ impl TestApp {
     pub async fn spawn_on(db: TestDatabase, url: Option<&str>, overrides: &[(&str, &str)]) -> Self {
         let data_dir = test_root().join("apps").join(&db.name);
         std::fs::create_dir_all(&data_dir).expect("data dir");
+        if std::env::var_os("TEST_LOG").is_some() {
+            devpocket::telemetry::init(devpocket::config::LogFormat::Pretty);
+        }
         let settings = test_settings(url.unwrap_or(&db.url), &data_dir, overrides);
         let app = Application::build(settings)
             .await
@@ -230,6 +233,7 @@ impl TestApp {
         actix_web::rt::spawn(app.run_until_stopped());
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(60))
             .build()
             .expect("client");
         Self {
@@ -462,5 +466,91 @@ impl AuthedClient<'_> {
             .send()
             .await
             .expect("request")
+    }
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What a WebSocket said next: a JSON text frame, or how it closed.
+#[derive(Debug)]
+pub enum WsEvent {
+    Json(Value),
+    Closed(Option<(u16, String)>),
+}
+
+impl TestApp {
+    pub async fn ws(&self, path: &str) -> Ws {
+        let url = format!("{}{path}", self.address.replacen("http://", "ws://", 1));
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
+        ws
+    }
+
+    /// Polls an environment until `pred` holds (bounded: 120 s).
+    pub async fn wait_for_env(
+        &self,
+        token: &str,
+        id: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let env: Value = self
+                .authed_client(token)
+                .get(&format!("/api/v1/environments/{id}"))
+                .await
+                .json()
+                .await
+                .expect("json");
+            if pred(&env) {
+                return env;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "environment never reached the state: {env}"
+            );
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The next frame (bounded: 120 s), skipping pings.
+pub async fn ws_next(ws: &mut Ws) -> WsEvent {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("websocket frame in time");
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                return WsEvent::Json(serde_json::from_str(&text).expect("json frame"));
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return WsEvent::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return WsEvent::Closed(None),
+        }
+    }
+}
+
+/// Reads frames until one of `type`, returning every frame read (including it).
+pub async fn ws_until(ws: &mut Ws, kind: &str) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        match ws_next(ws).await {
+            WsEvent::Json(v) => {
+                let done = v["type"] == kind;
+                frames.push(v);
+                if done {
+                    return frames;
+                }
+            }
+            WsEvent::Closed(c) => panic!("socket closed before {kind}: {c:?}; frames: {frames:?}"),
+        }
     }
 }

@@ -4,6 +4,8 @@
 
 mod auth;
 mod cli;
+mod environments;
 mod health;
 mod helpers;
 mod http;
+mod templates;

@@ -1,0 +1,569 @@
+//! Environments and their provisioning logs, and `DbStore`: the actors'
+//! persistence (`devpocket_actors::store::Store`) on diesel-async.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use devpocket_actors::model::{
+    EnvironmentRecord, MachineAccess, MachineKeys, Phase, Stamp, Status, Transition,
+};
+use devpocket_actors::store::{Resumable, Store, StoreError};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::DbPool;
+use super::schema::{environment_logs, environments, templates};
+use crate::crypto::SecretBox;
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = environments, check_for_backend(diesel::pg::Pg))]
+pub struct Environment {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub template_id: Uuid,
+    pub provider: String,
+    pub region: String,
+    pub size: String,
+    pub status: String,
+    pub phase: String,
+    pub progress: i32,
+    pub status_message: Option<String>,
+    pub resource_limits: Value,
+    pub environment_variables: Value,
+    pub ip_address: Option<String>,
+    pub ssh_port: Option<i32>,
+    pub ssh_user: Option<String>,
+    pub host_public_key: Option<String>,
+    pub host_private_key: Option<Vec<u8>>,
+    pub user_public_key: Option<String>,
+    pub user_private_key: Option<Vec<u8>>,
+    pub provider_ref: Option<String>,
+    pub log_seq: i64,
+    pub lease_owner: Option<Uuid>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub stopped_at: Option<DateTime<Utc>>,
+    pub last_accessed: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = environments)]
+pub struct NewEnvironment<'a> {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: &'a str,
+    pub slug: &'a str,
+    pub template_id: Uuid,
+    pub provider: &'a str,
+    pub region: &'a str,
+    pub size: &'a str,
+    pub status: &'a str,
+    pub phase: &'a str,
+    pub progress: i32,
+    pub resource_limits: Value,
+    pub environment_variables: Value,
+}
+
+/// The caller's environment, unless deleted. Another user's is `None`, exactly as
+/// if it did not exist.
+pub async fn find_owned(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    id: Uuid,
+) -> QueryResult<Option<(Environment, String)>> {
+    environments::table
+        .inner_join(templates::table)
+        .filter(environments::id.eq(id))
+        .filter(environments::user_id.eq(user_id))
+        .filter(environments::deleted_at.is_null())
+        .select((Environment::as_select(), templates::name))
+        .first(conn)
+        .await
+        .optional()
+}
+
+pub async fn list_owned(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    status: Option<&str>,
+) -> QueryResult<Vec<(Environment, String)>> {
+    let mut query = environments::table
+        .inner_join(templates::table)
+        .filter(environments::user_id.eq(user_id))
+        .filter(environments::deleted_at.is_null())
+        .select((Environment::as_select(), templates::name))
+        .order(environments::created_at.asc())
+        .into_boxed();
+    if let Some(status) = status {
+        query = query.filter(environments::status.eq(status));
+    }
+    query.load(conn).await
+}
+
+/// (environments that are not stopped, all environments) of a user.
+pub async fn counts(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<(i64, i64)> {
+    let mine = environments::table
+        .filter(environments::user_id.eq(user_id))
+        .filter(environments::deleted_at.is_null());
+    let total: i64 = mine.count().get_result(conn).await?;
+    let stopped: i64 = mine
+        .filter(environments::status.eq("stopped"))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok((total - stopped, total))
+}
+
+pub async fn insert(conn: &mut AsyncPgConnection, new: &NewEnvironment<'_>) -> QueryResult<bool> {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match diesel::insert_into(environments::table)
+        .values(new)
+        .execute(conn)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Renames and/or replaces environment variables; `Ok(false)` on a name clash.
+pub async fn update(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    name: Option<&str>,
+    variables: Option<Value>,
+) -> QueryResult<bool> {
+    use diesel::result::{DatabaseErrorKind, Error};
+    let target = environments::table.find(id);
+    let result = match (name, variables) {
+        (Some(n), Some(v)) => {
+            diesel::update(target)
+                .set((
+                    environments::name.eq(n),
+                    environments::environment_variables.eq(v),
+                    environments::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await
+        }
+        (Some(n), None) => {
+            diesel::update(target)
+                .set((
+                    environments::name.eq(n),
+                    environments::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await
+        }
+        (None, Some(v)) => {
+            diesel::update(target)
+                .set((
+                    environments::environment_variables.eq(v),
+                    environments::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await
+        }
+        (None, None) => Ok(0),
+    };
+    match result {
+        Ok(_) => Ok(true),
+        Err(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn touch(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
+    diesel::update(environments::table.find(id))
+        .set(environments::last_accessed.eq(diesel::dsl::now))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Stored log lines: `(seq, line, created_at)`.
+pub type LogRow = (i64, String, DateTime<Utc>);
+
+/// Lines with `after < seq <= upto`, ascending, at most `limit`.
+pub async fn logs_after(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> QueryResult<Vec<LogRow>> {
+    environment_logs::table
+        .filter(environment_logs::environment_id.eq(id))
+        .filter(environment_logs::seq.gt(after))
+        .filter(environment_logs::seq.le(upto))
+        .order(environment_logs::seq.asc())
+        .limit(limit)
+        .select((
+            environment_logs::seq,
+            environment_logs::line,
+            environment_logs::created_at,
+        ))
+        .load(conn)
+        .await
+}
+
+/// The newest `limit` lines at or after `since` (ascending), and how many match.
+pub async fn logs_tail(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    since: Option<DateTime<Utc>>,
+    limit: i64,
+) -> QueryResult<(Vec<LogRow>, i64)> {
+    let mut base = environment_logs::table
+        .filter(environment_logs::environment_id.eq(id))
+        .into_boxed();
+    let mut count = environment_logs::table
+        .filter(environment_logs::environment_id.eq(id))
+        .into_boxed();
+    if let Some(since) = since {
+        base = base.filter(environment_logs::created_at.ge(since));
+        count = count.filter(environment_logs::created_at.ge(since));
+    }
+    let total: i64 = count.count().get_result(conn).await?;
+    let mut rows: Vec<LogRow> = base
+        .order(environment_logs::seq.desc())
+        .limit(limit)
+        .select((
+            environment_logs::seq,
+            environment_logs::line,
+            environment_logs::created_at,
+        ))
+        .load(conn)
+        .await?;
+    rows.reverse();
+    Ok((rows, total))
+}
+
+pub async fn count_logs_after(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    after: i64,
+) -> QueryResult<i64> {
+    environment_logs::table
+        .filter(environment_logs::environment_id.eq(id))
+        .filter(environment_logs::seq.gt(after))
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// The actors' store on PostgreSQL. Private keys are sealed with AES-256-GCM.
+pub struct DbStore {
+    pub pool: DbPool,
+    pub secrets: SecretBox,
+}
+
+fn store_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl DbStore {
+    async fn conn(&self) -> Result<super::DbConn, StoreError> {
+        self.pool.get().await.map_err(store_err)
+    }
+
+    fn open(&self, sealed: &Option<Vec<u8>>) -> Result<Option<String>, StoreError> {
+        sealed
+            .as_ref()
+            .map(|s| {
+                self.secrets
+                    .open(s)
+                    .map_err(store_err)
+                    .and_then(|b| String::from_utf8(b).map_err(store_err))
+            })
+            .transpose()
+    }
+}
+
+fn string_map(value: &Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Store for DbStore {
+    async fn load(&self, id: Uuid) -> Result<Option<EnvironmentRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row: Option<(Environment, String, String)> = environments::table
+            .inner_join(templates::table)
+            .filter(environments::id.eq(id))
+            .filter(environments::deleted_at.is_null())
+            .select((
+                Environment::as_select(),
+                templates::name,
+                templates::bootstrap,
+            ))
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(store_err)?;
+        let Some((env, template_name, bootstrap)) = row else {
+            return Ok(None);
+        };
+        let keys = match (
+            self.open(&env.host_private_key)?,
+            env.host_public_key.clone(),
+            self.open(&env.user_private_key)?,
+            env.user_public_key.clone(),
+        ) {
+            (Some(host_private), Some(host_public), Some(user_private), Some(user_public)) => {
+                Some(MachineKeys {
+                    host_private,
+                    host_public,
+                    user_private,
+                    user_public,
+                })
+            }
+            _ => None,
+        };
+        let machine = match (
+            &env.ip_address,
+            env.ssh_port,
+            &env.ssh_user,
+            &env.host_public_key,
+        ) {
+            (Some(host), Some(port), Some(user), Some(key)) => Some(MachineAccess {
+                host: host.clone(),
+                port: u16::try_from(port).map_err(store_err)?,
+                user: user.clone(),
+                host_public_key: key.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Some(EnvironmentRecord {
+            id: env.id,
+            user_id: env.user_id,
+            name: env.name,
+            slug: env.slug,
+            provider: env.provider,
+            region: env.region,
+            size: env.size,
+            status: env.status.parse::<Status>().map_err(StoreError)?,
+            phase: env.phase.parse::<Phase>().map_err(StoreError)?,
+            progress: env.progress,
+            status_message: env.status_message,
+            template_name,
+            bootstrap,
+            environment_variables: string_map(&env.environment_variables),
+            keys,
+            machine,
+            provider_ref: env.provider_ref,
+            log_seq: env.log_seq,
+        }))
+    }
+
+    async fn transition(&self, id: Uuid, t: &Transition) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let target = environments::table.find(id);
+        let base = (
+            environments::status.eq(t.status.as_str()),
+            environments::phase.eq(t.phase.as_str()),
+            environments::progress.eq(t.progress.clamp(0, 100)),
+            environments::status_message.eq(t.message.clone()),
+            environments::updated_at.eq(diesel::dsl::now),
+        );
+        let result = match t.stamp {
+            Some(Stamp::Started) => {
+                diesel::update(target)
+                    .set((base, environments::started_at.eq(diesel::dsl::now)))
+                    .execute(&mut conn)
+                    .await
+            }
+            Some(Stamp::Stopped) => {
+                diesel::update(target)
+                    .set((base, environments::stopped_at.eq(diesel::dsl::now)))
+                    .execute(&mut conn)
+                    .await
+            }
+            None => diesel::update(target).set(base).execute(&mut conn).await,
+        };
+        result.map(drop).map_err(store_err)
+    }
+
+    async fn save_keys(&self, id: Uuid, keys: &MachineKeys) -> Result<(), StoreError> {
+        let host = self
+            .secrets
+            .seal(keys.host_private.as_bytes())
+            .map_err(store_err)?;
+        let user = self
+            .secrets
+            .seal(keys.user_private.as_bytes())
+            .map_err(store_err)?;
+        let mut conn = self.conn().await?;
+        diesel::update(environments::table.find(id))
+            .set((
+                environments::host_private_key.eq(host),
+                environments::host_public_key.eq(&keys.host_public),
+                environments::user_private_key.eq(user),
+                environments::user_public_key.eq(&keys.user_public),
+            ))
+            .execute(&mut conn)
+            .await
+            .map(drop)
+            .map_err(store_err)
+    }
+
+    async fn save_machine(
+        &self,
+        id: Uuid,
+        m: &MachineAccess,
+        provider_ref: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::update(environments::table.find(id))
+            .set((
+                environments::ip_address.eq(&m.host),
+                environments::ssh_port.eq(i32::from(m.port)),
+                environments::ssh_user.eq(&m.user),
+                environments::provider_ref.eq(provider_ref),
+            ))
+            .execute(&mut conn)
+            .await
+            .map(drop)
+            .map_err(store_err)
+    }
+
+    async fn append_logs(
+        &self,
+        id: Uuid,
+        first_seq: i64,
+        lines: &[String],
+        keep: i64,
+    ) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<_> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                (
+                    environment_logs::environment_id.eq(id),
+                    environment_logs::seq.eq(first_seq + i64::try_from(i).unwrap_or(0)),
+                    // PostgreSQL text cannot hold NUL.
+                    environment_logs::line.eq(line.replace('\0', "")),
+                )
+            })
+            .collect();
+        let last = first_seq + i64::try_from(lines.len()).unwrap_or(1) - 1;
+        let mut conn = self.conn().await?;
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            diesel::insert_into(environment_logs::table)
+                .values(&rows)
+                .on_conflict_do_nothing()
+                .execute(&mut *conn)
+                .await?;
+            diesel::update(environments::table.find(id))
+                .set(environments::log_seq.eq(last))
+                .execute(&mut *conn)
+                .await?;
+            diesel::sql_query(
+                "DELETE FROM environment_logs WHERE environment_id = $1 AND seq <= $2",
+            )
+            .bind::<SqlUuid, _>(id)
+            .bind::<BigInt, _>(last - keep)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        })
+        .await
+        .map_err(store_err)
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let micros = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        let updated = diesel::sql_query(
+            "UPDATE environments SET lease_owner = $2, \
+               lease_expires_at = now() + make_interval(secs => $3::float8 / 1000000) \
+             WHERE id = $1 AND deleted_at IS NULL \
+               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())",
+        )
+        .bind::<SqlUuid, _>(id)
+        .bind::<SqlUuid, _>(owner)
+        .bind::<BigInt, _>(micros)
+        .execute(&mut conn)
+        .await
+        .map_err(store_err)?;
+        Ok(updated == 1)
+    }
+
+    async fn release_lease(&self, id: Uuid, owner: Uuid) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::update(
+            environments::table
+                .find(id)
+                .filter(environments::lease_owner.eq(owner)),
+        )
+        .set((
+            environments::lease_owner.eq(None::<Uuid>),
+            environments::lease_expires_at.eq(None::<DateTime<Utc>>),
+        ))
+        .execute(&mut conn)
+        .await
+        .map(drop)
+        .map_err(store_err)
+    }
+
+    async fn mark_deleted(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::update(environments::table.find(id))
+            .set((
+                environments::status.eq(Status::Terminated.as_str()),
+                environments::phase.eq(Phase::Deleted.as_str()),
+                environments::deleted_at.eq(diesel::dsl::now),
+                environments::updated_at.eq(diesel::dsl::now),
+                environments::host_private_key.eq(None::<Vec<u8>>),
+                environments::user_private_key.eq(None::<Vec<u8>>),
+            ))
+            .execute(&mut conn)
+            .await
+            .map(drop)
+            .map_err(store_err)
+    }
+
+    async fn resumable(&self) -> Result<Vec<Resumable>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<(Uuid, Uuid)> = environments::table
+            .filter(environments::deleted_at.is_null())
+            .filter(environments::phase.ne_all(["stopped", "failed", "deleted"]))
+            .select((environments::user_id, environments::id))
+            .load(&mut conn)
+            .await
+            .map_err(store_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, environment_id)| Resumable {
+                user_id,
+                environment_id,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,296 @@
+//! Environment rules the HTTP layer calls: validating a new environment, deriving
+//! its provider-safe name, plan quotas, and the object the app reads.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::db::environments::{self as db, Environment, NewEnvironment};
+use crate::db::users::User;
+use crate::error::{ApiError, ValidationErrors};
+use crate::plans::{self, Plan};
+
+pub const MAX_VARIABLES: usize = 100;
+pub const MAX_VARIABLE_BYTES: usize = 4096;
+
+/// A provider-safe name: lower-case letters, digits and `-`, from what a person
+/// typed, with a short suffix of the id so two of them never collide.
+pub fn slug(name: &str, id: Uuid) -> String {
+    let mut out = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let base: String = out.trim_matches('-').chars().take(40).collect();
+    let base = base.trim_end_matches('-');
+    let base = if base.is_empty() { "env" } else { base };
+    format!("{base}-{}", &id.simple().to_string()[..6])
+}
+
+pub fn validate_name(name: &str, errors: &mut ValidationErrors) {
+    let len = name.chars().count();
+    if !(1..=64).contains(&len) {
+        errors.add("name", "must be 1 to 64 characters long");
+    }
+    if name.chars().any(char::is_control) {
+        errors.add("name", "must not contain control characters");
+    }
+}
+
+/// Environment variables: a map of valid shell names to strings.
+pub fn validate_variables(
+    value: &Value,
+    errors: &mut ValidationErrors,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(map) = value.as_object() else {
+        if !value.is_null() {
+            errors.add(
+                "environment_variables",
+                "must be an object of names to strings",
+            );
+        }
+        return out;
+    };
+    if map.len() > MAX_VARIABLES {
+        errors.add(
+            "environment_variables",
+            format!("at most {MAX_VARIABLES} variables"),
+        );
+    }
+    for (key, value) in map {
+        let valid_key = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && key.len() <= 128;
+        if !valid_key {
+            errors.add(
+                "environment_variables",
+                format!("`{key}` is not a valid variable name (letters, digits, '_', not starting with a digit)"),
+            );
+            continue;
+        }
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => {
+                errors.add("environment_variables", format!("`{key}` must be a string"));
+                continue;
+            }
+        };
+        if text.len() > MAX_VARIABLE_BYTES || text.contains('\0') {
+            errors.add(
+                "environment_variables",
+                format!("`{key}` must be at most {MAX_VARIABLE_BYTES} bytes with no NUL"),
+            );
+            continue;
+        }
+        out.insert(key.clone(), text);
+    }
+    out
+}
+
+/// Refuses an environment that would exceed the user's plan, saying which limit
+/// and how to free it.
+pub async fn check_quota(
+    conn: &mut AsyncPgConnection,
+    user: &User,
+    adding_active: bool,
+    adding_total: bool,
+) -> Result<(), ApiError> {
+    let limits = user.subscription_plan.limits();
+    let (active, total) = db::counts(conn, user.id).await?;
+    let plan = user.subscription_plan;
+    if let Some(max) = limits.total_environments
+        && adding_total
+        && total >= i64::from(max)
+    {
+        return Err(ApiError::Forbidden(format!(
+            "Your {plan} plan allows {max} environments in total, stopped ones included, and you have {total}. \
+             Delete one to make room, or upgrade your plan."
+        )));
+    }
+    if let Some(max) = limits.active_environments
+        && adding_active
+        && active >= i64::from(max)
+    {
+        return Err(ApiError::Forbidden(format!(
+            "Your {plan} plan allows {max} environment{} that {} not stopped, and you have {active}. \
+             Stop or delete one first, or upgrade your plan.",
+            if max == 1 { "" } else { "s" },
+            if max == 1 { "is" } else { "are" },
+        )));
+    }
+    Ok(())
+}
+
+pub fn check_size(plan: Plan, size: &str) -> Result<(), ApiError> {
+    if plans::size(size).is_none() {
+        let names: Vec<&str> = plans::SIZES.iter().map(|s| s.name).collect();
+        return Err(ApiError::validation(
+            "size",
+            format!("`{size}` is not a size; choose one of {}", names.join(", ")),
+        ));
+    }
+    if !plan.allows_size(size) {
+        return Err(ApiError::Forbidden(format!(
+            "The {size} size is not available on the {plan} plan (up to {}); choose a smaller size or upgrade.",
+            plan.limits().max_size
+        )));
+    }
+    Ok(())
+}
+
+/// Inserts a new environment after the quota check, both under a lock on the
+/// user's row so that two simultaneous creates cannot both squeeze in.
+pub async fn insert_within_quota(
+    conn: &mut AsyncPgConnection,
+    user: &User,
+    new: &NewEnvironment<'_>,
+) -> Result<(), ApiError> {
+    let user = user.clone();
+    let outcome = conn
+        .transaction::<_, ApiError, _>(async |conn| {
+            diesel::sql_query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+                .bind::<diesel::sql_types::Uuid, _>(user.id)
+                .execute(&mut *conn)
+                .await?;
+            check_quota(conn, &user, true, true).await?;
+            Ok(db::insert(conn, new).await?)
+        })
+        .await?;
+    if outcome {
+        Ok(())
+    } else {
+        Err(ApiError::Conflict {
+            detail: format!(
+                "You already have an environment named '{}'; choose another name.",
+                new.name
+            ),
+            context: json!({ "field": "name" }),
+        })
+    }
+}
+
+/// The environment object of the mobile contract, plus DevPocket's own fields.
+#[derive(Debug, Serialize)]
+pub struct EnvironmentResponse {
+    pub id: Uuid,
+    pub name: String,
+    pub template_id: String,
+    pub template: String,
+    pub template_name: String,
+    pub status: String,
+    pub resource_limits: Value,
+    pub resources: Value,
+    pub environment_variables: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_accessed: Option<DateTime<Utc>>,
+    pub external_url: Option<String>,
+    pub web_port: Option<i32>,
+    pub ssh_port: Option<i32>,
+    pub provider: String,
+    pub region: String,
+    pub size: String,
+    pub phase: String,
+    pub progress: i32,
+    pub status_message: Option<String>,
+    pub ip_address: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub stopped_at: Option<DateTime<Utc>>,
+}
+
+impl EnvironmentResponse {
+    pub fn new(env: Environment, template_name: String) -> Self {
+        let size = plans::size(&env.size);
+        let limits = &env.resource_limits;
+        let pick = |key: &str, fallback: Option<&str>| -> Value {
+            match limits.get(key) {
+                Some(v) if !v.is_null() => v.clone(),
+                _ => fallback.map_or(Value::Null, |f| json!(f)),
+            }
+        };
+        let resource_limits = json!({
+            "cpu": pick("cpu", size.map(|s| s.cpu)),
+            "memory": pick("memory", size.map(|s| s.memory)),
+            "storage": pick("storage", size.map(|s| s.storage)),
+            "max_instances": limits.get("max_instances").cloned().unwrap_or(json!(1)),
+        });
+        let as_text = |v: &Value| match v {
+            Value::String(s) => json!(s),
+            Value::Null => Value::Null,
+            other => json!(other.to_string()),
+        };
+        let resources = json!({
+            "cpu": as_text(&resource_limits["cpu"]),
+            "memory": as_text(&resource_limits["memory"]),
+            "storage": as_text(&resource_limits["storage"]),
+        });
+        let environment_variables = if env.environment_variables.is_object() {
+            env.environment_variables
+        } else {
+            json!({})
+        };
+        Self {
+            id: env.id,
+            name: env.name,
+            template_id: env.template_id.to_string(),
+            template: env.template_id.to_string(),
+            template_name,
+            status: env.status,
+            resource_limits,
+            resources,
+            environment_variables,
+            created_at: env.created_at,
+            updated_at: env.updated_at,
+            last_accessed: env.last_accessed,
+            external_url: None,
+            web_port: None,
+            ssh_port: env.ssh_port,
+            provider: env.provider,
+            region: env.region,
+            size: env.size,
+            phase: env.phase,
+            progress: env.progress,
+            status_message: env.status_message,
+            ip_address: env.ip_address,
+            started_at: env.started_at,
+            stopped_at: env.stopped_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_provider_safe() {
+        let id = Uuid::nil();
+        assert_eq!(slug("My Awesome Project", id), "my-awesome-project-000000");
+        assert_eq!(slug("  ünïcödé!! ", id), "n-c-d-000000");
+        assert_eq!(slug("!!!", id), "env-000000");
+        assert!(slug(&"x".repeat(200), id).len() <= 47);
+    }
+
+    #[test]
+    fn variables_are_checked() {
+        let mut errors = ValidationErrors::default();
+        let vars = validate_variables(&json!({"GOOD_1": "x", "PORT": 8080}), &mut errors);
+        assert!(errors.is_empty());
+        assert_eq!(vars["PORT"], "8080");
+        validate_variables(&json!({"1BAD": "x", "ok": {"nested": 1}}), &mut errors);
+        assert_eq!(errors.fields["environment_variables"].len(), 2);
+    }
+}

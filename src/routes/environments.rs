@@ -1,0 +1,436 @@
+//! `/api/v1/environments`: create, list, read, update, delete, start/stop/restart,
+//! metrics and provisioning logs. The work happens in the environment's actor;
+//! these handlers validate, authorize, send one message and map the answer.
+
+use actix::Addr;
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use devpocket_actors::environment::{Command, EnvError, EnvironmentActor, GetMetrics, Lifecycle};
+use devpocket_actors::model::{Phase, Status};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::db::environments::{self as db, NewEnvironment};
+use crate::db::templates as template_db;
+use crate::environments::{self as rules, EnvironmentResponse};
+use crate::error::{ApiError, ValidationErrors};
+use crate::http::Json;
+use crate::startup::AppState;
+use crate::templates::Status as TemplateStatus;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/environments")
+            .route("", web::get().to(list_environments))
+            .route("", web::post().to(create_environment))
+            .route("/{id}", web::get().to(get_environment))
+            .route("/{id}", web::put().to(update_environment))
+            .route("/{id}", web::delete().to(delete_environment))
+            .route("/{id}/start", web::post().to(start_environment))
+            .route("/{id}/stop", web::post().to(stop_environment))
+            .route("/{id}/restart", web::post().to(restart_environment))
+            .route("/{id}/metrics", web::get().to(get_metrics))
+            .route("/{id}/logs", web::get().to(get_logs)),
+    );
+}
+
+impl From<EnvError> for ApiError {
+    fn from(err: EnvError) -> Self {
+        match err {
+            EnvError::Conflict(detail) => ApiError::Conflict {
+                detail: capitalize(&detail),
+                context: json!({}),
+            },
+            EnvError::Store(e) => ApiError::DatabaseUnavailable(e.into()),
+            EnvError::Unavailable(detail) => ApiError::ServiceUnavailable(capitalize(&detail)),
+        }
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => format!(
+            "{}{}.",
+            first.to_uppercase(),
+            chars.as_str().trim_end_matches('.')
+        ),
+        None => String::new(),
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("No environment with id {id}."))
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| not_found(raw))
+}
+
+/// The caller's environment as the app reads it; 404 for anyone else's.
+async fn load(
+    state: &AppState,
+    caller: &AuthUser,
+    id: Uuid,
+) -> Result<EnvironmentResponse, ApiError> {
+    let mut conn = state.pool.get().await?;
+    let (env, template) = db::find_owned(&mut conn, caller.user.id, id)
+        .await?
+        .ok_or_else(|| not_found(&id.to_string()))?;
+    Ok(EnvironmentResponse::new(env, template))
+}
+
+/// The environment's actor (started from durable state if needed).
+pub async fn actor(
+    state: &AppState,
+    caller: &AuthUser,
+    id: Uuid,
+) -> Result<Addr<EnvironmentActor>, ApiError> {
+    state
+        .actors
+        .environment(caller.user.id, id)
+        .await?
+        .ok_or_else(|| not_found(&id.to_string()))
+}
+
+#[derive(Deserialize)]
+struct CreateRequest {
+    name: String,
+    template_id: Option<String>,
+    /// Older apps send `template`.
+    template: Option<String>,
+    region: Option<String>,
+    size: Option<String>,
+    resource_limits: Option<Value>,
+    /// Older apps send `resources`.
+    resources: Option<Value>,
+    environment_variables: Option<Value>,
+}
+
+async fn create_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    body: Json<CreateRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let name = body.name.trim().to_owned();
+    let mut errors = ValidationErrors::default();
+    rules::validate_name(&name, &mut errors);
+    let variables = rules::validate_variables(
+        body.environment_variables.as_ref().unwrap_or(&Value::Null),
+        &mut errors,
+    );
+    let limits = body
+        .resource_limits
+        .or(body.resources)
+        .unwrap_or(Value::Null);
+    if !(limits.is_null() || limits.is_object()) {
+        errors.add(
+            "resource_limits",
+            "must be an object such as {\"cpu\": \"2\", \"memory\": \"4Gi\"}",
+        );
+    }
+    let key = body
+        .template_id
+        .or(body.template)
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    if key.is_none() {
+        errors.add("template_id", "is required: a template's id or name");
+    }
+    errors.into_result()?;
+
+    let mut conn = state.pool.get().await?;
+    let template = match key.as_deref() {
+        Some(key) => template_db::find_by_id_or_name(&mut conn, key).await?,
+        None => None,
+    }
+    .filter(|t| {
+        t.status != TemplateStatus::Deprecated
+            || caller.user.subscription_plan == crate::plans::Plan::Admin
+    });
+    let Some(template) = template else {
+        let available = template_db::list(&mut conn, &template_db::ListFilter::default()).await?;
+        let names: Vec<String> = available.into_iter().map(|t| t.name).collect();
+        return Err(ApiError::validation(
+            "template_id",
+            format!(
+                "unknown template `{}`; valid templates: {}",
+                key.unwrap_or_default(),
+                names.join(", ")
+            ),
+        ));
+    };
+
+    let provider = state.default_provider.as_str();
+    let region = body
+        .region
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    let region = region.unwrap_or_else(|| "local".to_owned());
+    if provider == "local" && region != "local" {
+        return Err(ApiError::validation(
+            "region",
+            format!("`{region}` is not a region of the local provider; use `local`"),
+        ));
+    }
+    let size = body
+        .size
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    let size = size.unwrap_or_else(|| "small".to_owned());
+    rules::check_size(caller.user.subscription_plan, &size)?;
+
+    let id = Uuid::new_v4();
+    let slug = rules::slug(&name, id);
+    let new = NewEnvironment {
+        id,
+        user_id: caller.user.id,
+        name: &name,
+        slug: &slug,
+        template_id: template.id,
+        provider,
+        region: &region,
+        size: &size,
+        status: Status::Creating.as_str(),
+        phase: Phase::Queued.as_str(),
+        progress: 0,
+        resource_limits: if limits.is_object() {
+            limits
+        } else {
+            json!({})
+        },
+        environment_variables: json!(variables),
+    };
+    rules::insert_within_quota(&mut conn, &caller.user, &new).await?;
+    drop(conn);
+    // The actor starts provisioning at once; the answer does not wait for it.
+    actor(&state, &caller, id).await?;
+    let env = load(&state, &caller, id).await?;
+    Ok(HttpResponse::Created().json(env))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+}
+
+async fn list_environments(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let status = query.into_inner().status.filter(|s| !s.is_empty());
+    if let Some(s) = &status {
+        s.parse::<Status>().map_err(|_| {
+            ApiError::validation(
+                "status",
+                "must be one of creating, running, stopped, terminated, error",
+            )
+        })?;
+    }
+    let mut conn = state.pool.get().await?;
+    let rows = db::list_owned(&mut conn, caller.user.id, status.as_deref()).await?;
+    let body: Vec<EnvironmentResponse> = rows
+        .into_iter()
+        .map(|(e, t)| EnvironmentResponse::new(e, t))
+        .collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
+async fn get_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    Ok(HttpResponse::Ok().json(load(&state, &caller, id).await?))
+}
+
+async fn update_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<String>,
+    body: Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let body = body.into_inner();
+    if !body.is_object() {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
+    let mut errors = ValidationErrors::default();
+    let name = match body.get("name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(n)) => {
+            let n = n.trim().to_owned();
+            rules::validate_name(&n, &mut errors);
+            Some(n)
+        }
+        Some(_) => {
+            errors.add("name", "must be a string");
+            None
+        }
+    };
+    let variables = match body.get("environment_variables") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(json!(rules::validate_variables(v, &mut errors))),
+    };
+    errors.into_result()?;
+    load(&state, &caller, id).await?;
+    let mut conn = state.pool.get().await?;
+    if !db::update(&mut conn, id, name.as_deref(), variables).await? {
+        return Err(ApiError::Conflict {
+            detail: format!(
+                "You already have an environment named '{}'; choose another name.",
+                name.unwrap_or_default()
+            ),
+            context: json!({ "field": "name" }),
+        });
+    }
+    drop(conn);
+    Ok(HttpResponse::Ok().json(load(&state, &caller, id).await?))
+}
+
+/// Sends a lifecycle command; 202 with the environment in its new phase.
+async fn lifecycle(
+    state: &AppState,
+    caller: &AuthUser,
+    raw_id: &str,
+    command: Command,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(raw_id)?;
+    let current = load(state, caller, id).await?;
+    if matches!(command, Command::Start | Command::Restart)
+        && current.status == Status::Stopped.as_str()
+    {
+        let mut conn = state.pool.get().await?;
+        rules::check_quota(&mut conn, &caller.user, true, false).await?;
+    }
+    let addr = actor(state, caller, id).await?;
+    addr.send(Lifecycle(command)).await.map_err(|e| {
+        ApiError::ServiceUnavailable(format!(
+            "The environment's controller is restarting ({e}); try again."
+        ))
+    })??;
+    let env = load(state, caller, id).await;
+    match env {
+        Ok(env) => Ok(HttpResponse::Accepted().json(env)),
+        // Deleted already: nothing left to show.
+        Err(ApiError::NotFound(_)) => Ok(HttpResponse::Accepted()
+            .json(json!({ "id": id, "status": "terminated", "phase": "deleted" }))),
+        Err(e) => Err(e),
+    }
+}
+
+async fn delete_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    lifecycle(&state, &caller, &id, Command::Delete).await
+}
+
+async fn start_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    lifecycle(&state, &caller, &id, Command::Start).await
+}
+
+async fn stop_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    lifecycle(&state, &caller, &id, Command::Stop).await
+}
+
+async fn restart_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    lifecycle(&state, &caller, &id, Command::Restart).await
+}
+
+async fn get_metrics(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let addr = actor(&state, &caller, id).await?;
+    let metrics = addr.send(GetMetrics).await.map_err(|e| {
+        ApiError::ServiceUnavailable(format!(
+            "The environment's controller is restarting ({e}); try again."
+        ))
+    })??;
+    Ok(HttpResponse::Ok().json(metrics))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    lines: Option<i64>,
+    since: Option<String>,
+    after: Option<i64>,
+}
+
+const MAX_LOG_LINES: i64 = 1000;
+
+/// `{logs: [string], total, has_more}` as the app reads it, plus `first_seq` and
+/// `last_seq` for exact resumption with `after=SEQ`.
+async fn get_logs(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: web::Path<String>,
+    query: web::Query<LogsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let query = query.into_inner();
+    let limit = query.lines.unwrap_or(100);
+    if !(1..=MAX_LOG_LINES).contains(&limit) {
+        return Err(ApiError::validation(
+            "lines",
+            format!("must be between 1 and {MAX_LOG_LINES}"),
+        ));
+    }
+    let since = query
+        .since
+        .as_deref()
+        .map(|s| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|_| {
+                    ApiError::validation(
+                        "since",
+                        "must be an RFC 3339 time such as 2026-11-23T10:00:00Z",
+                    )
+                })
+        })
+        .transpose()?;
+    load(&state, &caller, id).await?;
+    let mut conn = state.pool.get().await?;
+    let (rows, total, has_more) = match query.after {
+        Some(after) => {
+            let rows = db::logs_after(&mut conn, id, after, i64::MAX, limit).await?;
+            let total = db::count_logs_after(&mut conn, id, after).await?;
+            let has_more = total > i64::try_from(rows.len()).unwrap_or(0);
+            (rows, total, has_more)
+        }
+        None => {
+            let (rows, total) = db::logs_tail(&mut conn, id, since, limit).await?;
+            let has_more = total > i64::try_from(rows.len()).unwrap_or(0);
+            (rows, total, has_more)
+        }
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "logs": rows.iter().map(|(_, line, _)| line).collect::<Vec<_>>(),
+        "total": total,
+        "has_more": has_more,
+        "first_seq": rows.first().map(|r| r.0),
+        "last_seq": rows.last().map(|r| r.0),
+    })))
+}

@@ -1,0 +1,219 @@
+//! `WS /api/v1/ws/logs/{environment_id}?token=ACCESS_TOKEN[&after=SEQ]`: the
+//! provisioning log, history first, then live, with no gap and no duplicate at the
+//! seam (the actor says which line it announced last when we subscribe; history is
+//! read up to that line, live lines follow it).
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{CloseCode, CloseReason, Message, Session};
+use devpocket_actors::environment::{InstallState, SubscribeLogs};
+use devpocket_actors::logs::{self, LogEvent, Progress};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::db::environments as db;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws/logs/{id}", web::get().to(logs_socket));
+}
+
+/// Live events waiting for a slow subscriber before it is dropped.
+const QUEUE: usize = 1024;
+const HISTORY_BATCH: i64 = 500;
+const HEARTBEAT: Duration = Duration::from_secs(30);
+const MAX_CLIENT_FRAME: usize = 64 * 1024;
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    token: Option<String>,
+    after: Option<i64>,
+}
+
+async fn close(session: Session, code: CloseCode, reason: &str) {
+    let _ = session
+        .close(Some(CloseReason {
+            code,
+            description: Some(reason.to_owned()),
+        }))
+        .await;
+}
+
+async fn logs_socket(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+    id: web::Path<String>,
+    query: web::Query<LogsQuery>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (response, session, stream) = actix_ws::handle(&req, payload)?;
+    let stream = stream.max_frame_size(MAX_CLIENT_FRAME);
+    let query = query.into_inner();
+    let id = id.into_inner();
+    actix_web::rt::spawn(async move {
+        let caller = match query.token.as_deref() {
+            None | Some("") => Err("missing token: connect with ?token=ACCESS_TOKEN".to_owned()),
+            Some(token) => AuthUser::from_token(&state, token)
+                .await
+                .map_err(|e| match e {
+                    ApiError::Unauthorized(m) => m,
+                    other => other.to_string(),
+                }),
+        };
+        let caller = match caller {
+            Ok(c) => c,
+            Err(reason) => return close(session, CloseCode::Policy, &reason).await,
+        };
+        let Ok(env_id) = Uuid::parse_str(&id) else {
+            return close(session, CloseCode::Policy, "environment not found").await;
+        };
+        match state.actors.environment(caller.user.id, env_id).await {
+            Ok(Some(addr)) => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                match addr.send(SubscribeLogs { tx }).await {
+                    Ok(sub) => {
+                        serve(
+                            state,
+                            session,
+                            stream,
+                            env_id,
+                            query.after.unwrap_or(0),
+                            sub,
+                            rx,
+                        )
+                        .await
+                    }
+                    Err(_) => {
+                        close(
+                            session,
+                            CloseCode::Again,
+                            "the environment is restarting; reconnect",
+                        )
+                        .await
+                    }
+                }
+            }
+            Ok(None) => close(session, CloseCode::Policy, "environment not found").await,
+            Err(e) => close(session, CloseCode::Again, &e.to_string()).await,
+        }
+    });
+    Ok(response)
+}
+
+fn line_frame(seq: i64, data: &str, timestamp: chrono::DateTime<chrono::Utc>) -> String {
+    json!({"type": "installation_log", "data": data, "seq": seq, "timestamp": timestamp})
+        .to_string()
+}
+
+fn progress_frame(p: &Progress) -> String {
+    json!({"type": "installation_progress", "stage": p.stage, "step": p.step, "total": p.total, "percent": p.percent})
+        .to_string()
+}
+
+async fn serve(
+    state: web::Data<AppState>,
+    mut session: Session,
+    mut stream: actix_ws::MessageStream,
+    env_id: Uuid,
+    after: i64,
+    sub: devpocket_actors::environment::LogSubscription,
+    mut rx: mpsc::Receiver<LogEvent>,
+) {
+    // History: stored lines after `after`, up to what the actor announced.
+    let mut cursor = after.max(0);
+    while cursor < sub.last_seq {
+        let rows = match state.pool.get().await {
+            Ok(mut conn) => {
+                db::logs_after(&mut conn, env_id, cursor, sub.last_seq, HISTORY_BATCH).await
+            }
+            Err(_) => {
+                return close(
+                    session,
+                    CloseCode::Again,
+                    "the database is unavailable; reconnect",
+                )
+                .await;
+            }
+        };
+        let Ok(rows) = rows else {
+            return close(
+                session,
+                CloseCode::Again,
+                "could not read the log; reconnect",
+            )
+            .await;
+        };
+        if rows.is_empty() {
+            break;
+        }
+        for (seq, line, at) in &rows {
+            if session.text(line_frame(*seq, line, *at)).await.is_err() {
+                return;
+            }
+            if let Some(p) = logs::parse_stage(line)
+                && session.text(progress_frame(&p)).await.is_err()
+            {
+                return;
+            }
+            cursor = *seq;
+        }
+    }
+    match &sub.state {
+        InstallState::Complete => {
+            let _ = session
+                .text(json!({"type": "installation_complete"}).to_string())
+                .await;
+        }
+        InstallState::Failed(error) => {
+            let _ = session
+                .text(json!({"type": "installation_error", "error": error}).to_string())
+                .await;
+        }
+        InstallState::InProgress => {}
+    }
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let frame = match event {
+                    Some(LogEvent::Line(line)) if line.seq > cursor => {
+                        cursor = line.seq;
+                        line_frame(line.seq, &line.data, line.timestamp)
+                    }
+                    Some(LogEvent::Line(_)) => continue,
+                    Some(LogEvent::Progress(p)) => progress_frame(&p),
+                    Some(LogEvent::Complete) => json!({"type": "installation_complete"}).to_string(),
+                    Some(LogEvent::Failed(error)) => json!({"type": "installation_error", "error": error}).to_string(),
+                    Some(LogEvent::Closed) => return close(session, CloseCode::Normal, "environment deleted").await,
+                    // Dropped for falling behind: the client resumes with after=SEQ.
+                    None => return close(session, CloseCode::Again, &format!("too slow; reconnect with after={cursor}")).await,
+                };
+                if session.text(frame).await.is_err() {
+                    return;
+                }
+            }
+            msg = stream.recv() => match msg {
+                Some(Ok(Message::Ping(bytes))) => {
+                    if session.pong(&bytes).await.is_err() { return; }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    if text.contains("\"ping\"") && session.text(json!({"type": "pong"}).to_string()).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => return,
+                Some(Err(_)) => return close(session, CloseCode::Size, "frame too large or malformed").await,
+                Some(Ok(_)) => {}
+            },
+            _ = heartbeat.tick() => {
+                if session.ping(b"").await.is_err() { return; }
+            }
+        }
+    }
+}
