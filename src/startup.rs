@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ use crate::auth::tokens::TokenKeys;
 use crate::config::{DatabaseSetting, Settings};
 use crate::crypto::SecretBox;
 use crate::db::environments::DbStore;
-use crate::db::{self, DbPool};
+use crate::db::{self, DbPool, embedded};
 use crate::http::{self, json::JsonLimit};
 use crate::routes;
 
@@ -37,10 +38,26 @@ pub struct AppState {
     pub default_provider: String,
 }
 
+/// The system group of local environments' users (when running as root).
+const ENVIRONMENT_GROUP: &str = "devpocket-env";
+
 /// Starts the actor system with the configured providers, on the durable store.
 fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSystem> {
-    let local = LocalProvider::new(settings.data_dir.join("environments"))
-        .context("preparing the local provider")?;
+    let environments = settings.data_dir.join("environments");
+    let group = if nix::unistd::Uid::effective().is_root() {
+        // Each environment runs as its own user in this group; the group may pass
+        // through (not list) the directories above the environments.
+        embedded::ensure_system_group(ENVIRONMENT_GROUP)?;
+        crate::config::ensure_data_dir(&settings.data_dir)?;
+        std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o711))
+            .context("opening the data directory to environment users")?;
+        let dir = settings.data_dir.canonicalize()?;
+        embedded::ensure_traversable(&dir, &format!("g:{ENVIRONMENT_GROUP}"))?;
+        Some(ENVIRONMENT_GROUP.to_owned())
+    } else {
+        None
+    };
+    let local = LocalProvider::new(environments, group).context("preparing the local provider")?;
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     providers.insert(local.name().to_owned(), Arc::new(local));
     let store = DbStore {

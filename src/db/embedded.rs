@@ -104,7 +104,7 @@ impl EmbeddedPostgres {
             // The cluster's user must be able to reach (not list) its directory.
             fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o711))
                 .map_err(io_err(&data_dir))?;
-            ensure_traversable(&data_dir, DB_SYSTEM_USER)?;
+            ensure_traversable(&data_dir, &format!("u:{DB_SYSTEM_USER}"))?;
             Some(RunAs {
                 uid: user.uid,
                 gid: user.gid,
@@ -505,10 +505,33 @@ pub fn ensure_system_user(name: &str) -> Result<User, EmbeddedError> {
     lookup()?.ok_or_else(|| EmbeddedError::Setup(format!("user {name} was not created")))
 }
 
-/// Lets `user` pass through (not list) every ancestor of `dir` that others cannot
-/// enter, with a POSIX ACL entry (for example `/root` when DevPocket runs from a
-/// checkout in root's home).
-pub fn ensure_traversable(dir: &Path, user: &str) -> Result<(), EmbeddedError> {
+/// Creates (or finds) a system group.
+pub fn ensure_system_group(name: &str) -> Result<(), EmbeddedError> {
+    if nix::unistd::Group::from_name(name)
+        .map_err(|e| EmbeddedError::Setup(format!("looking up group {name}: {e}")))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let out = Command::new("groupadd")
+        .args(["--system", name])
+        .output()
+        .map_err(|e| EmbeddedError::Setup(format!("running groupadd for {name}: {e}")))?;
+    // Exit status 9: created concurrently by another process.
+    if !out.status.success() && out.status.code() != Some(9) {
+        return Err(EmbeddedError::Command {
+            action: format!("creating system group {name}"),
+            detail: describe(&out),
+        });
+    }
+    Ok(())
+}
+
+/// Lets `subject` (`u:NAME` or `g:NAME`) pass through (not list) every ancestor of
+/// `dir` that others cannot enter, with a POSIX ACL entry (for example `/root` when
+/// DevPocket runs from a checkout in root's home).
+pub fn ensure_traversable(dir: &Path, subject: &str) -> Result<(), EmbeddedError> {
+    let user = subject;
     for ancestor in dir.ancestors().skip(1) {
         let mode = fs::metadata(ancestor)
             .map_err(io_err(ancestor))?
@@ -518,7 +541,7 @@ pub fn ensure_traversable(dir: &Path, user: &str) -> Result<(), EmbeddedError> {
             continue;
         }
         let out = Command::new("setfacl")
-            .args(["-m", &format!("u:{user}:x")])
+            .args(["-m", &format!("{subject}:x")])
             .arg(ancestor)
             .output()
             .map_err(|_| {

@@ -306,7 +306,46 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         // Stops accepting at once; the database is dropped after (WITH FORCE).
         drop(self.handle.stop(false));
+        shut_down_machines(&self.data_dir);
         let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Stops what local machines under `data_dir` left running (sshd, bootstrap,
+/// processes and users of each environment), so tests leave nothing behind.
+pub fn shut_down_machines(data_dir: &std::path::Path) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let Ok(entries) = std::fs::read_dir(data_dir.join("environments")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let machine = entry.path().join("machine");
+        let read = |name: &str| {
+            std::fs::read_to_string(machine.join(name))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+        };
+        if let Some(pid) = read("sshd.pid") {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        if let Some(pgid) = read("bootstrap.pgid") {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        if nix::unistd::Uid::effective().is_root() {
+            let id: String = entry
+                .file_name()
+                .to_string_lossy()
+                .chars()
+                .filter(|c| *c != '-')
+                .take(12)
+                .collect();
+            let user = format!("dp-{id}");
+            let _ = std::process::Command::new("pkill")
+                .args(["-KILL", "-u", &user])
+                .output();
+            let _ = std::process::Command::new("userdel").arg(&user).output();
+        }
     }
 }
 

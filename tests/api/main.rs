@@ -8,4 +8,5 @@ mod environments;
 mod health;
 mod helpers;
 mod http;
+mod isolation;
 mod templates;

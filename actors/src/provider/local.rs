@@ -33,6 +33,9 @@ const HOST: &str = "127.0.0.1";
 pub struct LocalProvider {
     root: PathBuf,
     as_root: bool,
+    /// When running as root: the group every environment user joins, which may
+    /// pass through the directories above the environments (and nothing more).
+    group: Option<String>,
 }
 
 fn failed(context: &str, err: impl std::fmt::Display) -> ProviderError {
@@ -84,7 +87,8 @@ struct Account {
 
 impl LocalProvider {
     /// `root` holds one directory per environment (`$DEVPOCKET_DATA_DIR/environments`).
-    pub fn new(root: PathBuf) -> Result<Self, ProviderError> {
+    /// `group`, when running as root, is the (existing) group environment users join.
+    pub fn new(root: PathBuf, group: Option<String>) -> Result<Self, ProviderError> {
         if !Path::new(SSHD).exists() {
             return Err(ProviderError::Failed(
                 "OpenSSH server is not installed: apt-get install openssh-server".into(),
@@ -101,6 +105,7 @@ impl LocalProvider {
         Ok(Self {
             root,
             as_root: Uid::effective().is_root(),
+            group,
         })
     }
 
@@ -123,7 +128,11 @@ impl LocalProvider {
                 gid: user.gid,
             });
         }
-        let out = Command::new("useradd")
+        let mut useradd = Command::new("useradd");
+        if let Some(group) = &self.group {
+            useradd.args(["--groups", group]);
+        }
+        let out = useradd
             .args([
                 "--system",
                 "--user-group",
