@@ -238,7 +238,9 @@ impl Actor for EnvironmentActor {
     fn stopped(&mut self, _: &mut Context<Self>) {
         tracing::debug!(environment_id = %self.record.id, "environment actor stopped");
         self.deps.gauges.environment_stopped();
-        self.guard.clean = true;
+        // actix also calls `stopped()` from `ContextFut`'s `Drop`, which tokio runs
+        // while a panic in this actor unwinds: that is not a clean stop.
+        self.guard.clean = !std::thread::panicking();
         if self.has_lease {
             let (store, id, owner) = (self.deps.store.clone(), self.record.id, self.deps.owner);
             actix::spawn(async move {

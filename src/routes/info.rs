@@ -24,11 +24,13 @@ async fn info(state: web::Data<AppState>) -> HttpResponse {
         },
         "features": {
             "accounts": true,
-            "environments": false,
+            "environments": true,
             "terminals": false,
-            "provisioning_logs": false,
+            "provisioning_logs": true,
             "google_sign_in": false,
         },
         "plans": plans,
+        "providers": [state.default_provider],
+        "default_provider": state.default_provider,
     }))
 }
