@@ -52,7 +52,9 @@ pub enum InstallState {
 }
 
 /// Tells the supervisor when the actor is gone, and whether it died in a panic:
-/// `Drop` runs while a panic unwinds, `stopped()` only on a clean stop.
+/// `Drop` runs while a panic unwinds. `stopped()` marks the exit clean, unless it
+/// is itself running during that unwinding (actix calls it from the context's
+/// `Drop`).
 struct ExitGuard {
     id: Uuid,
     supervisor: Recipient<ChildExited>,

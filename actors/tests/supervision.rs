@@ -4,6 +4,8 @@
 //! Driven through the public API (`ActorSystem`), with an in-memory `Store` and a
 //! `Provider` whose `create` panics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
