@@ -242,7 +242,7 @@ impl TemplateSpec {
             if !is_identifier(key, false) {
                 e.add(
                     "default_resources",
-                    format!("`{key}` is not a resource name (letters, digits, _)"),
+                    format!("`{key}` is not a resource name (lowercase letters, digits, _)"),
                 );
             }
             check_word(&mut e, &format!("default_resources.{key}"), value, 40);
