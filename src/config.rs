@@ -127,6 +127,10 @@ pub struct Settings {
     pub templates_dir: Option<PathBuf>,
     /// How long this process's claim on an environment lasts without renewal.
     pub lease_ttl: Duration,
+    /// Terminal output kept per session for resuming clients.
+    pub terminal_buffer_bytes: usize,
+    /// How long a terminal stays connected after its last client leaves.
+    pub terminal_linger: Duration,
 }
 
 /// A setting that could not be used, naming the key and what to fix.
@@ -358,6 +362,13 @@ impl Settings {
 
         let templates_dir = source.get("DEVPOCKET_TEMPLATES_DIR").map(PathBuf::from);
         let lease_ttl = source.duration("DEVPOCKET_LEASE_TTL", Duration::from_secs(30))?;
+        let terminal_buffer_bytes = source.parse(
+            "DEVPOCKET_TERMINAL_BUFFER_BYTES",
+            256 * 1024usize,
+            "a number of bytes",
+        )?;
+        let terminal_linger =
+            source.duration("DEVPOCKET_TERMINAL_LINGER", Duration::from_secs(60))?;
 
         let secret_key = match source.get("SECRET_KEY") {
             Some(key) if key.len() >= MIN_SECRET_LEN => key.as_bytes().to_vec(),
@@ -399,6 +410,8 @@ impl Settings {
             lockout_duration,
             templates_dir,
             lease_ttl,
+            terminal_buffer_bytes,
+            terminal_linger,
         })
     }
 }

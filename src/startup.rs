@@ -15,6 +15,7 @@ use anyhow::Context;
 
 use devpocket_actors::provider::Provider;
 use devpocket_actors::provider::local::LocalProvider;
+use devpocket_actors::terminal::TerminalSettings;
 use devpocket_actors::{ActorSettings, ActorSystem, Deps, Gauges};
 
 use crate::auth::password::PasswordHasher;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub actors: ActorSystem,
     /// The provider new environments use.
     pub default_provider: String,
+    pub terminal_connections: Arc<crate::routes::ws_terminal::TerminalConnections>,
 }
 
 /// The system group of local environments' users (when running as root).
@@ -71,6 +73,11 @@ fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSyste
         settings: ActorSettings {
             lease_ttl: settings.lease_ttl,
             ..ActorSettings::default()
+        },
+        terminal: TerminalSettings {
+            buffer_bytes: settings.terminal_buffer_bytes,
+            linger: settings.terminal_linger,
+            ..TerminalSettings::default()
         },
         gauges: Gauges::default(),
     };
@@ -124,6 +131,7 @@ impl Application {
             started_at: Instant::now(),
             actors,
             default_provider: "local".to_owned(),
+            terminal_connections: Arc::default(),
         });
 
         let server = HttpServer::new(move || {

@@ -69,5 +69,6 @@ pub struct Deps {
     /// This process's identity as a lease owner.
     pub owner: Uuid,
     pub settings: ActorSettings,
+    pub terminal: crate::terminal::TerminalSettings,
     pub gauges: Gauges,
 }

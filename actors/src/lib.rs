@@ -15,6 +15,7 @@ pub mod registry;
 pub mod ssh;
 pub mod store;
 pub mod supervisor;
+pub mod terminal;
 
 pub use deps::{ActorSettings, Deps, Gauges};
 pub use registry::ActorSystem;

@@ -132,6 +132,29 @@ impl ActorSystem {
             .map_err(mailbox)?
     }
 
+    /// The terminal actor for a session of `user_id`'s environment (the caller has
+    /// checked ownership).
+    pub async fn terminal(
+        &self,
+        user_id: Uuid,
+        environment_id: Uuid,
+        name: String,
+    ) -> Result<Addr<crate::terminal::TerminalActor>, EnvError> {
+        let mailbox = |e: MailboxError| EnvError::Unavailable(format!("actor system: {e}"));
+        let supervisor = self
+            .registry
+            .send(SupervisorFor { user_id })
+            .await
+            .map_err(mailbox)?;
+        supervisor
+            .send(crate::supervisor::GetTerminal {
+                environment_id,
+                name,
+            })
+            .await
+            .map_err(mailbox)
+    }
+
     pub async fn resume_all(&self) -> Result<usize, EnvError> {
         self.registry
             .send(ResumeAll)

@@ -169,6 +169,21 @@ impl SshSession {
         Ok(channel)
     }
 
+    /// Opens a PTY channel of `cols`×`rows` running `command`.
+    pub async fn pty(
+        &self,
+        command: &str,
+        cols: u32,
+        rows: u32,
+    ) -> Result<russh::Channel<client::Msg>, SshError> {
+        let channel = self.handle.channel_open_session().await?;
+        channel
+            .request_pty(false, "xterm-256color", cols, rows, 0, 0, &[])
+            .await?;
+        channel.exec(true, command).await?;
+        Ok(channel)
+    }
+
     /// Runs a command to completion and collects its output.
     pub async fn run(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
         let mut channel = self.exec(command).await?;

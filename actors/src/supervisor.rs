@@ -14,6 +14,7 @@ use crate::deps::Deps;
 use crate::environment::{EnvError, EnvironmentActor};
 use crate::model::Transition;
 use crate::registry::{Registry, SupervisorStopped};
+use crate::terminal::TerminalActor;
 
 pub struct UserSupervisor {
     user_id: Uuid,
@@ -22,6 +23,7 @@ pub struct UserSupervisor {
     children: HashMap<Uuid, Addr<EnvironmentActor>>,
     /// Consecutive crashes per child.
     crashes: HashMap<Uuid, u32>,
+    terminals: HashMap<(Uuid, String), Addr<TerminalActor>>,
     last_activity: Instant,
 }
 
@@ -33,6 +35,7 @@ impl UserSupervisor {
             registry,
             children: HashMap::new(),
             crashes: HashMap::new(),
+            terminals: HashMap::new(),
             last_activity: Instant::now(),
         }
     }
@@ -167,5 +170,35 @@ impl Handler<ChildCount> for UserSupervisor {
 
     fn handle(&mut self, _: ChildCount, _: &mut Context<Self>) -> usize {
         self.children.values().filter(|a| a.connected()).count()
+    }
+}
+
+/// The terminal actor of one of this user's environments and a session name,
+/// created on first attach. The caller has checked that the environment is theirs.
+#[derive(Message)]
+#[rtype(result = "Addr<TerminalActor>")]
+pub struct GetTerminal {
+    pub environment_id: Uuid,
+    pub name: String,
+}
+
+impl Handler<GetTerminal> for UserSupervisor {
+    type Result = MessageResult<GetTerminal>;
+
+    fn handle(&mut self, msg: GetTerminal, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        let key = (msg.environment_id, msg.name.clone());
+        if let Some(addr) = self.terminals.get(&key).filter(|a| a.connected()) {
+            return MessageResult(addr.clone());
+        }
+        let addr = TerminalActor::new(
+            self.deps.clone(),
+            self.deps.terminal.clone(),
+            msg.environment_id,
+            msg.name,
+        )
+        .start();
+        self.terminals.insert(key, addr.clone());
+        MessageResult(addr)
     }
 }

@@ -401,6 +401,7 @@ impl Harness {
             providers,
             owner: Uuid::new_v4(),
             settings: settings(),
+            terminal: Default::default(),
             gauges: Gauges::default(),
         }));
         let actor = system

@@ -6,6 +6,7 @@ pub mod health;
 pub mod info;
 pub mod templates;
 pub mod ws_logs;
+pub mod ws_terminal;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -18,7 +19,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(info::configure)
             .configure(templates::configure)
             .configure(environments::configure)
-            .configure(ws_logs::configure),
+            .configure(ws_logs::configure)
+            .configure(ws_terminal::configure),
     );
 }
 

@@ -1,0 +1,533 @@
+//! `TerminalActor`: one per (environment, session name), shared by every client of
+//! that session. It owns one SSH connection with a PTY channel running
+//! `tmux new-session -A -s NAME`, always drains it (an unread russh channel stalls
+//! the whole connection), numbers the output, keeps a bounded replay buffer for
+//! resuming clients, and fans output out through a bounded queue per client: a
+//! client that cannot keep up is dropped, never waited for.
+//!
+//! tmux is the persistence layer: if SSH drops, the actor reconnects with backoff
+//! and re-attaches to the same tmux session, so the shell survives. After the last
+//! client leaves, the actor lingers, then closes SSH (tmux keeps the shell).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes_utf8::Utf8Carry;
+use russh::ChannelMsg;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::deps::Deps;
+use crate::model::{Phase, Status};
+use crate::ssh::{SshSession, shell_quote};
+
+/// Tunables, documented in the README.
+#[derive(Debug, Clone)]
+pub struct TerminalSettings {
+    /// Output kept for resuming clients, in bytes.
+    pub buffer_bytes: usize,
+    /// Frames queued per client before it is dropped as too slow.
+    pub client_queue: usize,
+    /// How long the actor stays connected after its last client leaves.
+    pub linger: Duration,
+}
+
+impl Default for TerminalSettings {
+    fn default() -> Self {
+        Self {
+            buffer_bytes: 256 * 1024,
+            client_queue: 256,
+            linger: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a client receives.
+#[derive(Debug, Clone)]
+pub enum TermEvent {
+    Output {
+        seq: u64,
+        data: Arc<str>,
+    },
+    /// `connected`, `reconnecting` or `closed`.
+    Status {
+        state: &'static str,
+        message: String,
+    },
+}
+
+mod bytes_utf8 {
+    //! Decodes a byte stream as UTF-8, carrying a character split across reads over
+    //! to the next read: no U+FFFD that was not in the source.
+
+    #[derive(Debug, Default)]
+    pub struct Utf8Carry {
+        pending: Vec<u8>,
+    }
+
+    impl Utf8Carry {
+        pub fn push(&mut self, chunk: &[u8]) -> String {
+            self.pending.extend_from_slice(chunk);
+            let mut out = String::new();
+            loop {
+                match std::str::from_utf8(&self.pending) {
+                    Ok(text) => {
+                        out.push_str(text);
+                        self.pending.clear();
+                        return out;
+                    }
+                    Err(e) => {
+                        let valid = e.valid_up_to();
+                        // Safe by construction: the prefix was just validated.
+                        out.push_str(
+                            std::str::from_utf8(&self.pending[..valid]).unwrap_or_default(),
+                        );
+                        match e.error_len() {
+                            // An incomplete character at the end: keep it for later.
+                            None => {
+                                self.pending.drain(..valid);
+                                return out;
+                            }
+                            // Bytes that are invalid in the source itself.
+                            Some(bad) => {
+                                out.push('\u{FFFD}');
+                                self.pending.drain(..valid + bad);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn carries_split_characters() {
+            let mut c = Utf8Carry::default();
+            let bytes = "añ€😀".as_bytes();
+            let mut out = String::new();
+            for b in bytes {
+                out.push_str(&c.push(&[*b]));
+            }
+            assert_eq!(out, "añ€😀");
+            assert_eq!(c.push(&[0xff, b'a']), "\u{FFFD}a");
+        }
+    }
+}
+
+struct Client {
+    tx: mpsc::Sender<TermEvent>,
+    cols: u32,
+    rows: u32,
+}
+
+enum WriterCmd {
+    Input(Vec<u8>),
+    Resize(u32, u32),
+}
+
+pub struct TerminalActor {
+    deps: Arc<Deps>,
+    settings: TerminalSettings,
+    environment_id: Uuid,
+    name: String,
+    clients: HashMap<u64, Client>,
+    next_client: u64,
+    ring: VecDeque<(u64, Arc<str>)>,
+    ring_bytes: usize,
+    /// The seq of the last output frame.
+    seq: u64,
+    size: (u32, u32),
+    writer: Option<mpsc::Sender<WriterCmd>>,
+    session: Option<Arc<SshSession>>,
+    /// Which connection attempt is current; messages from older ones are ignored.
+    generation: u64,
+    attempts: u32,
+    linger: Option<SpawnHandle>,
+}
+
+impl TerminalActor {
+    pub fn new(
+        deps: Arc<Deps>,
+        settings: TerminalSettings,
+        environment_id: Uuid,
+        name: String,
+    ) -> Self {
+        Self {
+            deps,
+            settings,
+            environment_id,
+            name,
+            clients: HashMap::new(),
+            next_client: 1,
+            ring: VecDeque::new(),
+            ring_bytes: 0,
+            seq: 0,
+            size: (80, 24),
+            writer: None,
+            session: None,
+            generation: 0,
+            attempts: 0,
+            linger: None,
+        }
+    }
+
+    fn broadcast(&mut self, event: &TermEvent) {
+        self.clients
+            .retain(|id, client| match client.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::info!(client = id, "dropping a terminal client that fell behind");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+    }
+
+    fn status(&mut self, state: &'static str, message: impl Into<String>) {
+        let event = TermEvent::Status {
+            state,
+            message: message.into(),
+        };
+        self.broadcast(&event);
+    }
+
+    fn push_output(&mut self, data: String) {
+        if data.is_empty() {
+            return;
+        }
+        self.seq += 1;
+        let data: Arc<str> = data.into();
+        self.ring_bytes += data.len();
+        self.ring.push_back((self.seq, data.clone()));
+        while self.ring_bytes > self.settings.buffer_bytes {
+            match self.ring.pop_front() {
+                Some((_, old)) => self.ring_bytes -= old.len(),
+                None => break,
+            }
+        }
+        self.broadcast(&TermEvent::Output {
+            seq: self.seq,
+            data,
+        });
+    }
+
+    /// The most recently active client's size wins (like tmux's `latest`).
+    fn use_size_of(&mut self, client: u64) {
+        let Some(c) = self.clients.get(&client) else {
+            return;
+        };
+        let size = (c.cols, c.rows);
+        if size != self.size {
+            self.size = size;
+            if let Some(w) = &self.writer {
+                let _ = w.try_send(WriterCmd::Resize(size.0, size.1));
+            }
+        }
+    }
+
+    /// Asks tmux to repaint the whole screen, so a client that joined (or fell out
+    /// of the replay buffer) sees the current screen instead of a garbled tail.
+    fn redraw(&self) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let command = format!(
+            "tmux refresh-client -t {} 2>/dev/null || tmux refresh-client",
+            shell_quote(&self.name)
+        );
+        actix::spawn(async move {
+            let _ = session.run(&command, Duration::from_secs(5)).await;
+        });
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        let (store, id) = (self.deps.store.clone(), self.environment_id);
+        let (name, (cols, rows)) = (self.name.clone(), self.size);
+        let me = ctx.address();
+        let fut = async move {
+            let record = store
+                .load(id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "the environment was deleted".to_owned())?;
+            if record.status != Status::Running || record.phase != Phase::Ready {
+                return Err(format!(
+                    "the environment is {} ({})",
+                    record.status, record.phase
+                ));
+            }
+            let (Some(machine), Some(keys)) = (record.machine, record.keys) else {
+                return Err("the environment has no machine".to_owned());
+            };
+            let session = SshSession::connect(&machine, &keys.user_private)
+                .await
+                .map_err(|e| e.to_string())?;
+            let command = format!("cd; exec tmux new-session -A -s {}", shell_quote(&name));
+            let channel = session
+                .pty(&command, cols, rows)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((Arc::new(session), channel))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if generation != act.generation {
+                return;
+            }
+            match res {
+                Ok((session, channel)) => {
+                    let (mut reader, writer_half) = channel.split();
+                    let (wtx, mut wrx) = mpsc::channel::<WriterCmd>(256);
+                    // Writes happen in order, off the actor.
+                    actix::spawn(async move {
+                        while let Some(cmd) = wrx.recv().await {
+                            let ok = match cmd {
+                                WriterCmd::Input(bytes) => {
+                                    writer_half.data(&bytes[..]).await.is_ok()
+                                }
+                                WriterCmd::Resize(c, r) => {
+                                    writer_half.window_change(c, r, 0, 0).await.is_ok()
+                                }
+                            };
+                            if !ok {
+                                break;
+                            }
+                        }
+                    });
+                    // Always drain the channel.
+                    let me2 = me.clone();
+                    actix::spawn(async move {
+                        let mut carry = Utf8Carry::default();
+                        while let Some(msg) = reader.wait().await {
+                            if let ChannelMsg::Data { data } = msg {
+                                let text = carry.push(&data);
+                                me2.do_send(Output { generation, text });
+                            }
+                        }
+                        me2.do_send(Disconnected { generation });
+                    });
+                    act.session = Some(session);
+                    act.writer = Some(wtx);
+                    act.attempts = 0;
+                    act.status("connected", "terminal attached");
+                    act.redraw();
+                }
+                Err(message) => act.retry(message, ctx),
+            }
+        }));
+    }
+
+    /// After a failure: reconnect with backoff while the environment runs, or tell
+    /// everyone the terminal is closed.
+    fn retry(&mut self, message: String, ctx: &mut Context<Self>) {
+        self.session = None;
+        self.writer = None;
+        if message.contains("deleted") || message.contains("the environment is") {
+            self.status("closed", message);
+            self.clients.clear();
+            ctx.stop();
+            return;
+        }
+        self.attempts += 1;
+        let delay = Duration::from_millis(200 * 2u64.saturating_pow(self.attempts.min(5)));
+        self.status(
+            "reconnecting",
+            format!("connection lost ({message}); reconnecting"),
+        );
+        ctx.run_later(delay.min(Duration::from_secs(5)), |act, ctx| {
+            if act.session.is_none() {
+                act.connect(ctx);
+            }
+        });
+    }
+}
+
+impl Actor for TerminalActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.connect(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(session) = self.session.take() {
+            actix::spawn(async move { session.close().await });
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Output {
+    generation: u64,
+    text: String,
+}
+
+impl Handler<Output> for TerminalActor {
+    type Result = ();
+    fn handle(&mut self, msg: Output, _: &mut Context<Self>) {
+        if msg.generation == self.generation {
+            self.push_output(msg.text);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Disconnected {
+    generation: u64,
+}
+
+impl Handler<Disconnected> for TerminalActor {
+    type Result = ();
+    fn handle(&mut self, msg: Disconnected, ctx: &mut Context<Self>) {
+        if msg.generation == self.generation {
+            self.retry("the SSH connection dropped".into(), ctx);
+        }
+    }
+}
+
+/// Joins the session. With `resume` (the last seq the client saw), the missing
+/// output is replayed if the buffer still holds it; otherwise the client gets a
+/// fresh screen.
+#[derive(Message)]
+#[rtype(result = "Attached")]
+pub struct Attach {
+    pub tx: mpsc::Sender<TermEvent>,
+    pub cols: u32,
+    pub rows: u32,
+    pub resume: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Attached {
+    pub client: u64,
+    pub clients: usize,
+    pub connected: bool,
+}
+
+impl Handler<Attach> for TerminalActor {
+    type Result = MessageResult<Attach>;
+
+    fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(handle) = self.linger.take() {
+            ctx.cancel_future(handle);
+        }
+        let client = self.next_client;
+        self.next_client += 1;
+        let oldest = self.ring.front().map_or(self.seq + 1, |(s, _)| *s);
+        let replay = msg
+            .resume
+            .filter(|r| *r <= self.seq && r + 1 >= oldest)
+            .map(|r| {
+                self.ring
+                    .iter()
+                    .filter(|(s, _)| *s > r)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            });
+        let mut fresh_screen = true;
+        if let Some(frames) = replay
+            && frames.len() < self.settings.client_queue
+        {
+            for (seq, data) in frames {
+                let _ = msg.tx.try_send(TermEvent::Output { seq, data });
+            }
+            fresh_screen = false;
+        }
+        if self.session.is_some() {
+            let _ = msg.tx.try_send(TermEvent::Status {
+                state: "connected",
+                message: "terminal attached".into(),
+            });
+        }
+        self.clients.insert(
+            client,
+            Client {
+                tx: msg.tx,
+                cols: msg.cols,
+                rows: msg.rows,
+            },
+        );
+        self.use_size_of(client);
+        if fresh_screen {
+            self.redraw();
+        }
+        MessageResult(Attached {
+            client,
+            clients: self.clients.len(),
+            connected: self.session.is_some(),
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    pub client: u64,
+}
+
+impl Handler<Detach> for TerminalActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Detach, ctx: &mut Context<Self>) {
+        self.clients.remove(&msg.client);
+        if self.clients.is_empty() && self.linger.is_none() {
+            self.linger = Some(ctx.run_later(self.settings.linger, |act, ctx| {
+                if act.clients.is_empty() {
+                    ctx.stop();
+                }
+            }));
+        }
+    }
+}
+
+/// Keystrokes from a client.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Input {
+    pub client: u64,
+    pub data: String,
+}
+
+impl Handler<Input> for TerminalActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: Input, _: &mut Context<Self>) -> Self::Result {
+        self.use_size_of(msg.client);
+        let writer = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| "the terminal is reconnecting; input was not sent".to_owned())?;
+        writer
+            .try_send(WriterCmd::Input(msg.data.into_bytes()))
+            .map_err(|_| "input is arriving faster than the machine takes it; slow down".to_owned())
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resize {
+    pub client: u64,
+    pub cols: u32,
+    pub rows: u32,
+}
+
+impl Handler<Resize> for TerminalActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resize, _: &mut Context<Self>) {
+        if let Some(c) = self.clients.get_mut(&msg.client) {
+            c.cols = msg.cols;
+            c.rows = msg.rows;
+        }
+        self.use_size_of(msg.client);
+    }
+}

@@ -1,0 +1,493 @@
+//! `WS /api/v1/ws/terminal/{environment_id}?token=…[&session=NAME][&cols=&rows=][&resume=SEQ]`:
+//! one WebSocket client of a shared terminal session. JSON text frames:
+//! client → `input {data}`, `resize {cols, rows}`, `ping`; server → `welcome`,
+//! `output {data, seq}`, `pong`, `status {state, message}`, `error {message}`.
+//!
+//! The app reconnects every ~2 s after any close and opens the socket whatever the
+//! environment's status, so a machine that is not running yet is not a reason to
+//! close: the socket stays open with `status` frames until it is, then attaches.
+//! Only bad credentials (and limits) close it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{CloseCode, CloseReason, Message, Session};
+use devpocket_actors::terminal::{Attach, Detach, Input, Resize, TermEvent, TerminalActor};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::db::environments as db;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws/terminal/{id}", web::get().to(terminal_socket));
+}
+
+/// The largest text frame accepted; larger ones get an `error` frame. A paste is
+/// sent as several `input` frames.
+pub const MAX_FRAME_BYTES: usize = 256 * 1024;
+/// Frames larger than this break the WebSocket protocol limit and close it (1009).
+const PROTOCOL_FRAME_LIMIT: usize = 4 * 1024 * 1024;
+const HEARTBEAT: Duration = Duration::from_secs(30);
+/// A client that answers nothing for this long is removed.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+/// Input frames per second per connection.
+const INPUT_FRAMES_PER_SECOND: u32 = 200;
+const WAIT_POLL: Duration = Duration::from_secs(1);
+
+/// Open terminal connections per user, for the plan's cap.
+#[derive(Default)]
+pub struct TerminalConnections {
+    per_user: Mutex<HashMap<Uuid, u32>>,
+}
+
+struct ConnectionSlot {
+    registry: Arc<TerminalConnections>,
+    user: Uuid,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.registry.per_user.lock()
+            && let Some(n) = map.get_mut(&self.user)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl TerminalConnections {
+    fn take(self: &Arc<Self>, user: Uuid, limit: Option<u32>) -> Option<ConnectionSlot> {
+        let mut map = self.per_user.lock().ok()?;
+        let n = map.entry(user).or_insert(0);
+        if limit.is_some_and(|l| *n >= l) {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionSlot {
+            registry: self.clone(),
+            user,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct TerminalQuery {
+    token: Option<String>,
+    session: Option<String>,
+    cols: Option<u32>,
+    rows: Option<u32>,
+    resume: Option<u64>,
+}
+
+fn valid_session_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn clamp_size(cols: Option<u32>, rows: Option<u32>) -> (u32, u32) {
+    (
+        cols.unwrap_or(80).clamp(10, 1000),
+        rows.unwrap_or(24).clamp(5, 500),
+    )
+}
+
+async fn close(session: Session, code: CloseCode, reason: &str) {
+    let _ = session
+        .close(Some(CloseReason {
+            code,
+            description: Some(reason.to_owned()),
+        }))
+        .await;
+}
+
+async fn send(session: &mut Session, frame: Value) -> bool {
+    session.text(frame.to_string()).await.is_ok()
+}
+
+async fn terminal_socket(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+    id: web::Path<String>,
+    query: web::Query<TerminalQuery>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (response, session, stream) = actix_ws::handle(&req, payload)?;
+    let stream = stream.max_frame_size(PROTOCOL_FRAME_LIMIT);
+    let query = query.into_inner();
+    let id = id.into_inner();
+    actix_web::rt::spawn(async move {
+        let caller = match query.token.as_deref() {
+            None | Some("") => Err("missing token: connect with ?token=ACCESS_TOKEN".to_owned()),
+            Some(token) => AuthUser::from_token(&state, token)
+                .await
+                .map_err(|e| match e {
+                    ApiError::Unauthorized(m) => m,
+                    other => other.to_string(),
+                }),
+        };
+        let caller = match caller {
+            Ok(c) => c,
+            Err(reason) => return close(session, CloseCode::Policy, &reason).await,
+        };
+        let name = query.session.clone().unwrap_or_else(|| "main".to_owned());
+        if !valid_session_name(&name) {
+            return close(
+                session,
+                CloseCode::Policy,
+                "session names are 1-32 letters, digits, '_' or '-'",
+            )
+            .await;
+        }
+        let Ok(env_id) = Uuid::parse_str(&id) else {
+            return close(session, CloseCode::Policy, "environment not found").await;
+        };
+        let env = match state.pool.get().await {
+            Ok(mut conn) => db::find_owned(&mut conn, caller.user.id, env_id)
+                .await
+                .ok()
+                .flatten(),
+            Err(_) => {
+                return close(
+                    session,
+                    CloseCode::Again,
+                    "the database is unavailable; reconnect",
+                )
+                .await;
+            }
+        };
+        let Some((env, template)) = env else {
+            return close(session, CloseCode::Policy, "environment not found").await;
+        };
+        let limit = caller.user.subscription_plan.limits().terminal_connections;
+        let Some(slot) = state.terminal_connections.take(caller.user.id, limit) else {
+            return close(
+                session,
+                CloseCode::Policy,
+                &format!(
+                    "too many terminal connections for your plan (at most {})",
+                    limit.unwrap_or(0)
+                ),
+            )
+            .await;
+        };
+        let welcome = json!({
+            "type": "welcome",
+            "message": format!("Connected to {}", env.name),
+            "environment": {"id": env.id, "name": env.name, "template": template, "status": env.status},
+            "session": {"name": name, "clients": 0},
+        });
+        let (cols, rows) = clamp_size(query.cols, query.rows);
+        let conn = Connection {
+            state,
+            session,
+            stream,
+            user: caller.user.id,
+            env_id,
+            name,
+            cols,
+            rows,
+            last_seen: Instant::now(),
+            window_start: Instant::now(),
+            frames_in_window: 0,
+            _slot: slot,
+        };
+        conn.run(welcome, query.resume).await;
+    });
+    Ok(response)
+}
+
+struct Connection {
+    state: web::Data<AppState>,
+    session: Session,
+    stream: actix_ws::MessageStream,
+    user: Uuid,
+    env_id: Uuid,
+    name: String,
+    cols: u32,
+    rows: u32,
+    last_seen: Instant,
+    window_start: Instant,
+    frames_in_window: u32,
+    _slot: ConnectionSlot,
+}
+
+/// What to do after a client frame.
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Connection {
+    async fn run(mut self, mut welcome: Value, resume: Option<u64>) {
+        // Until the machine runs: status frames, pings answered.
+        let mut welcomed = false;
+        loop {
+            let env = match self.state.pool.get().await {
+                Ok(mut conn) => db::find_owned(&mut conn, self.user, self.env_id)
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(_) => None,
+            };
+            let Some((env, _)) = env else {
+                return close(self.session, CloseCode::Normal, "environment deleted").await;
+            };
+            if env.status == "running" && env.phase == "ready" {
+                break;
+            }
+            if !welcomed {
+                if !send(&mut self.session, welcome.clone()).await {
+                    return;
+                }
+                welcomed = true;
+            }
+            let message = format!(
+                "the environment is {} ({}); the terminal attaches when it is running",
+                env.status, env.phase
+            );
+            if !send(
+                &mut self.session,
+                json!({"type": "status", "state": "reconnecting", "message": message}),
+            )
+            .await
+            {
+                return;
+            }
+            let deadline = tokio::time::sleep(WAIT_POLL);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => break,
+                    msg = self.stream.recv() => match self.client_frame(msg, None).await {
+                        Next::Continue => {}
+                        Next::Stop => return,
+                    },
+                }
+            }
+        }
+        let terminal = match self
+            .state
+            .actors
+            .terminal(self.user, self.env_id, self.name.clone())
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => return close(self.session, CloseCode::Again, &e.to_string()).await,
+        };
+        let (tx, mut rx) = mpsc::channel(self.state.actors.deps.terminal.client_queue);
+        let attached = match terminal
+            .send(Attach {
+                tx,
+                cols: self.cols,
+                rows: self.rows,
+                resume,
+            })
+            .await
+        {
+            Ok(a) => a,
+            Err(_) => {
+                return close(
+                    self.session,
+                    CloseCode::Again,
+                    "the terminal is restarting; reconnect",
+                )
+                .await;
+            }
+        };
+        if !welcomed {
+            welcome["session"]["clients"] = json!(attached.clients);
+            if !send(&mut self.session, welcome).await {
+                terminal.do_send(Detach {
+                    client: attached.client,
+                });
+                return;
+            }
+        }
+        let mut last_seq = resume.unwrap_or(0);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                event = rx.recv() => {
+                    let frame = match event {
+                        Some(TermEvent::Output { seq, data }) => {
+                            last_seq = seq;
+                            json!({"type": "output", "data": &*data, "seq": seq})
+                        }
+                        Some(TermEvent::Status { state, message }) => {
+                            let closed = state == "closed";
+                            let frame = json!({"type": "status", "state": state, "message": message});
+                            if closed {
+                                let _ = send(&mut self.session, frame).await;
+                                break Some((CloseCode::Normal, "the terminal closed".to_owned()));
+                            }
+                            frame
+                        }
+                        None => break Some((CloseCode::Again, format!("fell behind; reconnect with resume={last_seq}"))),
+                    };
+                    if !send(&mut self.session, frame).await {
+                        break None;
+                    }
+                }
+                msg = self.stream.recv() => match self.client_frame(msg, Some((&terminal, attached.client))).await {
+                    Next::Continue => {}
+                    Next::Stop => break None,
+                },
+                _ = heartbeat.tick() => {
+                    if self.last_seen.elapsed() > CLIENT_TIMEOUT {
+                        break Some((CloseCode::Away, "no answer from the client".to_owned()));
+                    }
+                    if self.session.ping(b"").await.is_err() {
+                        break None;
+                    }
+                }
+            }
+        };
+        terminal.do_send(Detach {
+            client: attached.client,
+        });
+        if let Some((code, reason)) = outcome {
+            close(self.session, code, &reason).await;
+        }
+    }
+
+    /// Handles one client frame; `attached` once the terminal is attached.
+    async fn client_frame(
+        &mut self,
+        msg: Option<Result<Message, actix_ws::ProtocolError>>,
+        attached: Option<(&Addr<TerminalActor>, u64)>,
+    ) -> Next {
+        self.last_seen = Instant::now();
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Ping(bytes))) => {
+                return if self.session.pong(&bytes).await.is_ok() {
+                    Next::Continue
+                } else {
+                    Next::Stop
+                };
+            }
+            Some(Ok(Message::Pong(_))) => return Next::Continue,
+            Some(Ok(Message::Binary(_))) => {
+                return self
+                    .error("binary frames are not supported: send JSON text frames")
+                    .await;
+            }
+            Some(Ok(Message::Close(_))) | None => return Next::Stop,
+            Some(Ok(_)) => return Next::Continue,
+            Some(Err(e)) => {
+                let session = self.session.clone();
+                close(session, CloseCode::Size, &format!("frame rejected: {e}")).await;
+                return Next::Stop;
+            }
+        };
+        if text.len() > MAX_FRAME_BYTES {
+            return self
+                .error(&format!("frame too large ({} bytes; at most {MAX_FRAME_BYTES}): split input into several frames", text.len()))
+                .await;
+        }
+        let frame: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(_) => {
+                return self
+                    .error("frames must be JSON objects with a \"type\"")
+                    .await;
+            }
+        };
+        match frame["type"].as_str() {
+            Some("ping") => {
+                let mut pong = json!({"type": "pong"});
+                if let Some(ts) = frame.get("timestamp") {
+                    pong["timestamp"] = ts.clone();
+                }
+                if send(&mut self.session, pong).await {
+                    Next::Continue
+                } else {
+                    Next::Stop
+                }
+            }
+            Some("input") => {
+                let Some(data) = frame["data"].as_str() else {
+                    return self.error("input needs a string \"data\"").await;
+                };
+                if self.window_start.elapsed() >= Duration::from_secs(1) {
+                    self.window_start = Instant::now();
+                    self.frames_in_window = 0;
+                }
+                self.frames_in_window += 1;
+                if self.frames_in_window > INPUT_FRAMES_PER_SECOND {
+                    return self
+                        .error(&format!("too many input frames (at most {INPUT_FRAMES_PER_SECOND} per second); input dropped"))
+                        .await;
+                }
+                let Some((terminal, client)) = attached else {
+                    return self
+                        .error("the terminal is not attached yet; input was not sent")
+                        .await;
+                };
+                match terminal
+                    .send(Input {
+                        client,
+                        data: data.to_owned(),
+                    })
+                    .await
+                {
+                    Ok(Ok(())) => Next::Continue,
+                    Ok(Err(message)) => self.error(&message).await,
+                    Err(_) => Next::Stop,
+                }
+            }
+            Some("resize") => {
+                let (Some(cols), Some(rows)) = (frame["cols"].as_u64(), frame["rows"].as_u64())
+                else {
+                    return self
+                        .error("resize needs whole numbers \"cols\" and \"rows\"")
+                        .await;
+                };
+                let (cols, rows) = clamp_size(u32::try_from(cols).ok(), u32::try_from(rows).ok());
+                self.cols = cols;
+                self.rows = rows;
+                if let Some((terminal, client)) = attached {
+                    terminal.do_send(Resize { client, cols, rows });
+                }
+                Next::Continue
+            }
+            Some(other) => {
+                self.error(&format!(
+                    "unknown frame type `{other}`: use input, resize or ping"
+                ))
+                .await
+            }
+            None => {
+                self.error("frames must be JSON objects with a \"type\"")
+                    .await
+            }
+        }
+    }
+
+    async fn error(&mut self, message: &str) -> Next {
+        if send(
+            &mut self.session,
+            json!({"type": "error", "message": message}),
+        )
+        .await
+        {
+            Next::Continue
+        } else {
+            Next::Stop
+        }
+    }
+}
