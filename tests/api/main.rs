@@ -11,3 +11,4 @@ mod http;
 mod isolation;
 mod restart;
 mod templates;
+mod terminals;

@@ -215,14 +215,29 @@ impl LocalProvider {
              MaxStartups 100:30:200\n\
              MaxSessions 100\n\
              LogLevel ERROR\n\
-             SetEnv HOME={home} TMUX_TMPDIR={state}\n",
+             SetEnv HOME={home}{tmux}\n",
             host_key = q(&layout.machine.join("ssh_host_ed25519_key")),
             authorized = q(&layout.keys.join("authorized_keys")),
             pid = q(&layout.pid_file()),
             user = account.name,
             home = layout.home.display(),
-            state = layout.state.display(),
+            tmux = self
+                .tmux_dir(layout)
+                .map(|d| format!(" TMUX_TMPDIR={}", d.display()))
+                .unwrap_or_default(),
         )
+    }
+
+    /// Where the machine's tmux server keeps its socket. As root every machine has
+    /// its own user and so its own `/tmp/tmux-UID`; unprivileged, all machines share
+    /// one user, so each gets a short private directory (socket paths are limited
+    /// to 107 bytes, so not under the home directory).
+    fn tmux_dir(&self, layout: &Layout) -> Option<PathBuf> {
+        if self.as_root {
+            return None;
+        }
+        let id = layout.dir.file_name()?.to_string_lossy().replace('-', "");
+        Some(std::env::temp_dir().join(format!("dp-tmux-{}", &id[..id.len().min(12)])))
     }
 
     fn sshd_pid(layout: &Layout) -> Option<Pid> {
@@ -249,6 +264,9 @@ impl LocalProvider {
             _ => free_port()?,
         };
         write_file(&layout.port_file(), port.to_string().as_bytes(), 0o600)?;
+        if let Some(dir) = self.tmux_dir(layout) {
+            mkdir(&dir, 0o700)?;
+        }
         let config = layout.machine.join("sshd_config");
         write_file(
             &config,
@@ -424,7 +442,7 @@ impl LocalProvider {
         } else {
             // Same user as the server: stop this machine's own tmux server only.
             let _ = Command::new("tmux")
-                .env("TMUX_TMPDIR", &layout.state)
+                .env("TMUX_TMPDIR", self.tmux_dir(&layout).unwrap_or_default())
                 .arg("kill-server")
                 .stderr(Stdio::null())
                 .status();

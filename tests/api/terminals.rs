@@ -1,0 +1,297 @@
+//! Shared terminals for real: WebSocket ⇄ TerminalActor ⇄ SSH ⇄ tmux.
+
+use crate::helpers::{TestApp, Ws, WsEvent, ws_next, ws_until};
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn ready_environment(app: &TestApp, token: &str, name: &str) -> String {
+    let env: Value = app
+        .authed_client(token)
+        .post(
+            "/api/v1/environments",
+            &json!({"name": name, "template_id": "ubuntu"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = env["id"].as_str().unwrap().to_owned();
+    let mut ws = app.ws(&format!("/api/v1/ws/logs/{id}?token={token}")).await;
+    ws_until(&mut ws, "installation_complete").await;
+    app.wait_for_env(token, &id, |e| e["status"] == "running")
+        .await;
+    id
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+}
+
+async fn input(ws: &mut Ws, data: &str) {
+    send(ws, json!({"type": "input", "data": data})).await;
+}
+
+/// Reads output until `needle` appears; returns (all text, last seq).
+async fn output_until(ws: &mut Ws, needle: &str) -> (String, u64) {
+    let mut text = String::new();
+    let mut last;
+    loop {
+        match ws_next(ws).await {
+            WsEvent::Json(f) if f["type"] == "output" => {
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("output: {f}");
+                }
+                text.push_str(f["data"].as_str().unwrap());
+                last = f["seq"].as_u64().unwrap();
+                if text.contains(needle) {
+                    return (text, last);
+                }
+            }
+            WsEvent::Json(other) => {
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("frame: {other}");
+                }
+            }
+            WsEvent::Closed(c) => panic!("closed before {needle:?}: {c:?}; got {text:?}"),
+        }
+    }
+}
+
+async fn open(app: &TestApp, token: &str, id: &str, extra: &str) -> Ws {
+    let mut ws = app
+        .ws(&format!("/api/v1/ws/terminal/{id}?token={token}{extra}"))
+        .await;
+    let frames = ws_until(&mut ws, "status").await;
+    assert!(frames.iter().any(|f| f["type"] == "welcome"), "{frames:?}");
+    assert_eq!(frames.last().unwrap()["state"], "connected", "{frames:?}");
+    ws
+}
+
+#[actix_web::test]
+async fn clients_share_a_session_late_joiners_see_the_screen_and_resume_has_no_gap() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token("term_admin").await;
+    let id = ready_environment(&app, &token, "shared").await;
+
+    let mut phone = open(&app, &token, &id, "&session=work&cols=100&rows=30").await;
+    let mut laptop = open(&app, &token, &id, "&session=work").await;
+    input(&mut phone, "echo shared-$((6*7))\r").await;
+    output_until(&mut phone, "shared-42").await;
+    output_until(&mut laptop, "shared-42").await;
+    input(&mut laptop, "echo from-laptop-$((2+3))\r").await;
+    let (_, phone_seq) = output_until(&mut phone, "from-laptop-5").await;
+
+    // A third client joins late and is shown the current screen.
+    let mut tablet = open(&app, &token, &id, "&session=work").await;
+    output_until(&mut tablet, "from-laptop-5").await;
+
+    // The phone drops; output goes on; it resumes exactly where it left off.
+    drop(phone);
+    input(&mut laptop, "echo while-away-$((10+1))\r").await;
+    output_until(&mut laptop, "while-away-11").await;
+    let mut phone = app
+        .ws(&format!(
+            "/api/v1/ws/terminal/{id}?token={token}&session=work&resume={phone_seq}"
+        ))
+        .await;
+    let mut seqs = Vec::new();
+    let mut text = String::new();
+    while !text.contains("while-away-11") {
+        match ws_next(&mut phone).await {
+            WsEvent::Json(f) if f["type"] == "output" => {
+                seqs.push(f["seq"].as_u64().unwrap());
+                text.push_str(f["data"].as_str().unwrap());
+            }
+            WsEvent::Json(_) => {}
+            WsEvent::Closed(c) => panic!("closed: {c:?}"),
+        }
+    }
+    assert_eq!(seqs[0], phone_seq + 1, "gap or duplicate at the seam");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+
+    // Unknown frames get an error and the connection stays up; pings are answered.
+    send(&mut laptop, json!({"type": "dance"})).await;
+    let frames = ws_until(&mut laptop, "error").await;
+    assert!(
+        frames.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("dance")
+    );
+    send(&mut laptop, json!({"type": "ping", "timestamp": 12345})).await;
+    let frames = ws_until(&mut laptop, "pong").await;
+    assert_eq!(frames.last().unwrap()["timestamp"], 12345);
+}
+
+#[actix_web::test]
+async fn the_shell_survives_a_dropped_ssh_connection() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token("recover_admin").await;
+    let id = ready_environment(&app, &token, "sturdy").await;
+    let mut ws = open(&app, &token, &id, "").await;
+    input(&mut ws, "export KEPT=survivor-$((40+2)); echo set-$KEPT\r").await;
+    output_until(&mut ws, "set-survivor-42").await;
+
+    // Kill the SSH connection's server side (not the machine, not tmux).
+    let user = format!(
+        "dp-{}",
+        id.chars()
+            .filter(|c| *c != '-')
+            .take(12)
+            .collect::<String>()
+    );
+    let pattern = if nix::unistd::Uid::effective().is_root() {
+        format!("sshd: {user}")
+    } else {
+        "sshd: .*@".to_owned()
+    };
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &pattern])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no sshd session process to kill");
+
+    let frames = ws_until(&mut ws, "status").await;
+    assert_eq!(
+        frames.last().unwrap()["state"],
+        "reconnecting",
+        "{frames:?}"
+    );
+    loop {
+        let frames = ws_until(&mut ws, "status").await;
+        if frames.last().unwrap()["state"] == "connected" {
+            break;
+        }
+    }
+    input(&mut ws, "echo still-$KEPT\r").await;
+    output_until(&mut ws, "still-survivor-42").await;
+}
+
+#[actix_web::test]
+async fn bytes_arrive_right_multibyte_and_large_pastes() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token("bytes_admin").await;
+    let id = ready_environment(&app, &token, "bytes").await;
+    let mut ws = open(&app, &token, &id, "").await;
+
+    // Thousands of multi-byte characters cross many SSH reads.
+    input(&mut ws, "i=0; while [ $i -lt 3000 ]; do printf '€😀'; i=$((i+1)); done; echo; echo utf8-$((1+1))-done\r").await;
+    let (text, _) = output_until(&mut ws, "utf8-2-done").await;
+    assert!(
+        !text.contains('\u{FFFD}'),
+        "a replacement character appeared"
+    );
+    assert!(
+        text.matches('😀').count() >= 3000,
+        "{}",
+        text.matches('😀').count()
+    );
+
+    // A 1 MiB paste, sent as several frames, arrives complete.
+    input(&mut ws, "stty -echo; cat > ~/paste.txt\r").await;
+    let line = format!("{}\n", "x".repeat(1023));
+    let chunk = line.repeat(64); // 64 KiB per frame
+    for _ in 0..16 {
+        input(&mut ws, &chunk).await;
+    }
+    input(&mut ws, "\u{4}").await;
+    input(&mut ws, "stty echo; echo size-$(wc -c < ~/paste.txt)\r").await;
+    output_until(&mut ws, "size-1048576").await;
+
+    // A frame over the limit gets an error, not a crash.
+    input(&mut ws, &"y".repeat(300 * 1024)).await;
+    let frames = ws_until(&mut ws, "error").await;
+    assert!(
+        frames.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("too large")
+    );
+    input(&mut ws, "echo alive\r").await;
+    output_until(&mut ws, "alive").await;
+}
+
+#[actix_web::test]
+async fn terminal_auth_isolation_waiting_and_limits() {
+    let app = TestApp::spawn().await;
+    let owner = app.signed_up("term_owner").await;
+    let token = owner["access_token"].as_str().unwrap().to_owned();
+    let env: Value = app
+        .authed_client(&token)
+        .post(
+            "/api/v1/environments",
+            &json!({"name": "waiting", "template_id": "ubuntu"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = env["id"].as_str().unwrap().to_owned();
+
+    // Opened while the machine is still being created: accepted, status frames,
+    // pings answered, then attached.
+    let mut early = app
+        .ws(&format!("/api/v1/ws/terminal/{id}?token={token}"))
+        .await;
+    let first = ws_until(&mut early, "welcome").await;
+    assert_eq!(first.last().unwrap()["environment"]["id"], id.as_str());
+    send(&mut early, json!({"type": "ping"})).await;
+    loop {
+        let frames = ws_until(&mut early, "status").await;
+        if frames.last().unwrap()["state"] == "connected" {
+            break;
+        }
+    }
+
+    let refresh = owner["refresh_token"].as_str().unwrap();
+    let stranger = app.user_token("term_stranger").await;
+    for (query, why) in [
+        (String::new(), "missing token"),
+        ("?token=nonsense".to_owned(), "bad token"),
+        (format!("?token={refresh}"), "refresh token"),
+        (format!("?token={stranger}"), "another user's environment"),
+    ] {
+        let mut ws = app.ws(&format!("/api/v1/ws/terminal/{id}{query}")).await;
+        match ws_next(&mut ws).await {
+            WsEvent::Closed(Some((1008, reason))) => assert!(!reason.is_empty(), "{why}"),
+            other => panic!("{why}: expected 1008, got {other:?}"),
+        }
+    }
+
+    // The free plan allows 5 terminal connections at once.
+    let mut open_ones = vec![early];
+    for _ in 0..4 {
+        open_ones.push(
+            app.ws(&format!("/api/v1/ws/terminal/{id}?token={token}"))
+                .await,
+        );
+    }
+    for ws in open_ones.iter_mut().skip(1) {
+        ws_until(ws, "welcome").await;
+    }
+    let mut sixth = app
+        .ws(&format!("/api/v1/ws/terminal/{id}?token={token}"))
+        .await;
+    match ws_next(&mut sixth).await {
+        WsEvent::Closed(Some((1008, reason))) => {
+            assert!(reason.contains("too many terminal connections"), "{reason}")
+        }
+        other => panic!("expected the cap, got {other:?}"),
+    }
+
+    // Input floods are refused with an error frame.
+    let ws = &mut open_ones[0];
+    for _ in 0..260 {
+        input(ws, "").await;
+    }
+    let frames = ws_until(ws, "error").await;
+    assert!(
+        frames.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many input frames")
+    );
+}
