@@ -127,6 +127,8 @@ pub struct Settings {
     pub templates_dir: Option<PathBuf>,
     /// How long this process's claim on an environment lasts without renewal.
     pub lease_ttl: Duration,
+    /// Provisioning that has not finished after this long fails.
+    pub provision_timeout: Duration,
     /// Terminal output kept per session for resuming clients.
     pub terminal_buffer_bytes: usize,
     /// How long a terminal stays connected after its last client leaves.
@@ -362,6 +364,8 @@ impl Settings {
 
         let templates_dir = source.get("DEVPOCKET_TEMPLATES_DIR").map(PathBuf::from);
         let lease_ttl = source.duration("DEVPOCKET_LEASE_TTL", Duration::from_secs(30))?;
+        let provision_timeout =
+            source.duration("DEVPOCKET_PROVISION_TIMEOUT", Duration::from_secs(30 * 60))?;
         let terminal_buffer_bytes = source.parse(
             "DEVPOCKET_TERMINAL_BUFFER_BYTES",
             256 * 1024usize,
@@ -410,6 +414,7 @@ impl Settings {
             lockout_duration,
             templates_dir,
             lease_ttl,
+            provision_timeout,
             terminal_buffer_bytes,
             terminal_linger,
         })

@@ -72,6 +72,7 @@ fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSyste
         owner: uuid::Uuid::new_v4(),
         settings: ActorSettings {
             lease_ttl: settings.lease_ttl,
+            provision_timeout: settings.provision_timeout,
             ..ActorSettings::default()
         },
         terminal: TerminalSettings {

@@ -24,6 +24,8 @@ pub struct ActorSettings {
     pub restart_backoff: Duration,
     /// A child that panics this many times in a row is given up on.
     pub max_restarts: u32,
+    /// Provisioning that has not finished after this long fails.
+    pub provision_timeout: Duration,
 }
 
 impl Default for ActorSettings {
@@ -34,6 +36,7 @@ impl Default for ActorSettings {
             supervisor_idle: Duration::from_secs(300),
             restart_backoff: Duration::from_millis(200),
             max_restarts: 5,
+            provision_timeout: Duration::from_secs(30 * 60),
         }
     }
 }

@@ -386,6 +386,14 @@ impl Handler<Lifecycle> for EnvironmentActor {
             (_, Status::Creating, _) => Err(format!(
                 "the environment is still being created ({phase}); wait until it is running"
             )),
+            (Command::Start | Command::Restart, Status::Error, _)
+                if self.install == InstallState::Complete && self.record.provider_ref.is_some() =>
+            {
+                Ok((
+                    Transition::new(Status::Stopped, Phase::Starting, 100),
+                    Op::Start,
+                ))
+            }
             (_, Status::Error, _) => Err(
                 "the environment failed to provision; delete it and create a new one".to_owned(),
             ),
@@ -566,7 +574,14 @@ impl Work {
 
     async fn provision(self) {
         let started = Instant::now();
-        let outcome = self.try_provision().await;
+        let limit = self.deps.settings.provision_timeout;
+        let outcome = match tokio::time::timeout(limit, self.try_provision()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!(
+                "provisioning did not finish within {} minutes (the bootstrap hung or the machine restarted); see the provisioning log",
+                limit.as_secs().div_ceil(60)
+            )),
+        };
         let provider = self.provider.name();
         match outcome {
             Ok(()) => {

@@ -351,6 +351,7 @@ fn settings() -> ActorSettings {
         supervisor_idle: Duration::from_secs(300),
         restart_backoff: BACKOFF,
         max_restarts: MAX_RESTARTS,
+        ..ActorSettings::default()
     }
 }
 

@@ -278,16 +278,20 @@ impl DbStore {
         self.pool.get().await.map_err(store_err)
     }
 
-    fn open(&self, sealed: &Option<Vec<u8>>) -> Result<Option<String>, StoreError> {
-        sealed
-            .as_ref()
-            .map(|s| {
-                self.secrets
-                    .open(s)
-                    .map_err(store_err)
-                    .and_then(|b| String::from_utf8(b).map_err(store_err))
-            })
-            .transpose()
+    /// A sealed key, or `None` when it cannot be opened (after a `SECRET_KEY`
+    /// change): the machine gets fresh keys at its next start, and it can always be
+    /// deleted.
+    fn open(&self, id: Uuid, sealed: &Option<Vec<u8>>) -> Result<Option<String>, StoreError> {
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        match self.secrets.open(sealed).map(String::from_utf8) {
+            Ok(Ok(key)) => Ok(Some(key)),
+            _ => {
+                tracing::warn!(environment_id = %id, "a stored machine key could not be decrypted (was SECRET_KEY changed?); new keys will be made");
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -323,9 +327,9 @@ impl Store for DbStore {
             return Ok(None);
         };
         let keys = match (
-            self.open(&env.host_private_key)?,
+            self.open(env.id, &env.host_private_key)?,
             env.host_public_key.clone(),
-            self.open(&env.user_private_key)?,
+            self.open(env.id, &env.user_private_key)?,
             env.user_public_key.clone(),
         ) {
             (Some(host_private), Some(host_public), Some(user_private), Some(user_public)) => {

@@ -5,6 +5,7 @@ pub mod environments;
 pub mod health;
 pub mod info;
 pub mod templates;
+pub mod ws_common;
 pub mod ws_logs;
 pub mod ws_terminal;
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{CloseCode, CloseReason, Message, Session};
+use actix_ws::{CloseCode, Message, Session};
 use devpocket_actors::environment::{InstallState, SubscribeLogs};
 use devpocket_actors::logs::{self, LogEvent, Progress};
 use serde::Deserialize;
@@ -14,9 +14,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::auth::AuthUser;
+use super::ws_common::{authenticate, close};
 use crate::db::environments as db;
-use crate::error::ApiError;
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -35,15 +34,6 @@ struct LogsQuery {
     after: Option<i64>,
 }
 
-async fn close(session: Session, code: CloseCode, reason: &str) {
-    let _ = session
-        .close(Some(CloseReason {
-            code,
-            description: Some(reason.to_owned()),
-        }))
-        .await;
-}
-
 async fn logs_socket(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -56,18 +46,9 @@ async fn logs_socket(
     let query = query.into_inner();
     let id = id.into_inner();
     actix_web::rt::spawn(async move {
-        let caller = match query.token.as_deref() {
-            None | Some("") => Err("missing token: connect with ?token=ACCESS_TOKEN".to_owned()),
-            Some(token) => AuthUser::from_token(&state, token)
-                .await
-                .map_err(|e| match e {
-                    ApiError::Unauthorized(m) => m,
-                    other => other.to_string(),
-                }),
-        };
-        let caller = match caller {
+        let caller = match authenticate(&state, query.token.as_deref()).await {
             Ok(c) => c,
-            Err(reason) => return close(session, CloseCode::Policy, &reason).await,
+            Err((code, reason)) => return close(session, code, &reason).await,
         };
         let Ok(env_id) = Uuid::parse_str(&id) else {
             return close(session, CloseCode::Policy, "environment not found").await;

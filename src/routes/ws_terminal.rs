@@ -14,16 +14,15 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{CloseCode, CloseReason, Message, Session};
+use actix_ws::{CloseCode, Message, Session};
 use devpocket_actors::terminal::{Attach, Detach, Input, Resize, TermEvent, TerminalActor};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::auth::AuthUser;
+use super::ws_common::{authenticate, close};
 use crate::db::environments as db;
-use crate::error::ApiError;
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -104,15 +103,6 @@ fn clamp_size(cols: Option<u32>, rows: Option<u32>) -> (u32, u32) {
     )
 }
 
-async fn close(session: Session, code: CloseCode, reason: &str) {
-    let _ = session
-        .close(Some(CloseReason {
-            code,
-            description: Some(reason.to_owned()),
-        }))
-        .await;
-}
-
 async fn send(session: &mut Session, frame: Value) -> bool {
     session.text(frame.to_string()).await.is_ok()
 }
@@ -129,18 +119,9 @@ async fn terminal_socket(
     let query = query.into_inner();
     let id = id.into_inner();
     actix_web::rt::spawn(async move {
-        let caller = match query.token.as_deref() {
-            None | Some("") => Err("missing token: connect with ?token=ACCESS_TOKEN".to_owned()),
-            Some(token) => AuthUser::from_token(&state, token)
-                .await
-                .map_err(|e| match e {
-                    ApiError::Unauthorized(m) => m,
-                    other => other.to_string(),
-                }),
-        };
-        let caller = match caller {
+        let caller = match authenticate(&state, query.token.as_deref()).await {
             Ok(c) => c,
-            Err(reason) => return close(session, CloseCode::Policy, &reason).await,
+            Err((code, reason)) => return close(session, code, &reason).await,
         };
         let name = query.session.clone().unwrap_or_else(|| "main".to_owned());
         if !valid_session_name(&name) {

@@ -309,37 +309,66 @@ impl LocalProvider {
         Ok(port)
     }
 
-    /// Runs the bootstrap as the machine's init, exactly once per machine.
+    /// The environment's variables, for the init and for every login shell; written
+    /// at each create and start, so a change takes effect at the next start.
+    fn write_environment(
+        &self,
+        spec: &MachineSpec,
+        layout: &Layout,
+        account: &Account,
+    ) -> Result<(), ProviderError> {
+        let mut env_file = String::from(
+            "# Environment variables of this DevPocket environment (rewritten at start)\n",
+        );
+        for (key, value) in &spec.environment_variables {
+            env_file.push_str(&format!("export {key}={}\n", shell_quote(value)));
+        }
+        let path = layout.state.join("environment.sh");
+        write_file(&path, env_file.as_bytes(), 0o600)?;
+        let hook =
+            "[ -f \"$HOME/.devpocket/environment.sh\" ] && . \"$HOME/.devpocket/environment.sh\"\n";
+        let mut owned = vec![path];
+        for rc in [".profile", ".bashrc"] {
+            let rc = layout.home.join(rc);
+            let current = fs::read_to_string(&rc).unwrap_or_default();
+            if !current.contains(".devpocket/environment.sh") {
+                let mut file = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o644)
+                    .open(&rc)
+                    .map_err(|e| failed("writing the shell profile", e))?;
+                file.write_all(hook.as_bytes())
+                    .map_err(|e| failed("writing the shell profile", e))?;
+            }
+            owned.push(rc);
+        }
+        if self.as_root {
+            for file in &owned {
+                chown(file, account)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the bootstrap as the machine's init, once per machine: the init takes an
+    /// atomic lock (`mkdir`) before anything else, so a second launch — a resumed
+    /// create after a crash — exits at once.
     fn launch_bootstrap(
         &self,
         spec: &MachineSpec,
         layout: &Layout,
         account: &Account,
     ) -> Result<(), ProviderError> {
-        let started = layout.machine.join("init.started");
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&started)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-            Err(e) => return Err(failed("marking the init as started", e)),
+        if layout.state.join("init.lock").exists() {
+            return Ok(());
         }
         let bootstrap = layout.state.join("bootstrap.sh");
         write_file(&bootstrap, spec.bootstrap.as_bytes(), 0o700)?;
-        let mut env_file = String::from("# Environment variables of this DevPocket environment\n");
-        for (key, value) in &spec.environment_variables {
-            env_file.push_str(&format!("export {key}={}\n", shell_quote(value)));
-        }
-        write_file(
-            &layout.state.join("environment.sh"),
-            env_file.as_bytes(),
-            0o600,
-        )?;
         let init = format!(
             "#!/bin/sh\n\
              # The machine's init: run the bootstrap once, then say how it ended.\n\
+             mkdir \"$HOME/.devpocket/init.lock\" 2>/dev/null || exit 0\n\
              umask 077\n\
              cd \"$HOME\"\n\
              . \"$HOME/.devpocket/environment.sh\"\n\
@@ -356,12 +385,7 @@ impl LocalProvider {
             .open(layout.log())
             .map_err(|e| failed("opening the provisioning log", e))?;
         if self.as_root {
-            for file in [
-                &bootstrap,
-                &init_path,
-                &layout.log(),
-                &layout.state.join("environment.sh"),
-            ] {
+            for file in [&bootstrap, &init_path, &layout.log()] {
                 chown(file, account)?;
             }
         }
@@ -379,6 +403,7 @@ impl LocalProvider {
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("LANG", "C.UTF-8")
             .env("DEVPOCKET_ENVIRONMENT_ID", spec.environment_id.to_string())
+            .env("DEVPOCKET_ENVIRONMENT", &spec.slug)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err_log)
@@ -515,6 +540,7 @@ impl Provider for LocalProvider {
             let id = spec.environment_id.to_string();
             let layout = Layout::new(&this.root, &id);
             let account = this.prepare(&spec, &layout)?;
+            this.write_environment(&spec, &layout, &account)?;
             let port = this.ensure_sshd(&layout, &account)?;
             this.launch_bootstrap(&spec, &layout, &account)?;
             Ok(this.machine(&layout, &account, port, &id, &spec.keys.host_public))
@@ -539,6 +565,7 @@ impl Provider for LocalProvider {
                 )));
             }
             let account = this.prepare(&spec, &layout)?;
+            this.write_environment(&spec, &layout, &account)?;
             let port = this.ensure_sshd(&layout, &account)?;
             Ok(this.machine(&layout, &account, port, &id, &spec.keys.host_public))
         })
