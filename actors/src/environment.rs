@@ -93,7 +93,7 @@ impl EnvironmentActor {
     ) -> Self {
         let install = match record.status {
             Status::Creating => InstallState::InProgress,
-            Status::Error => InstallState::Failed(
+            Status::Error if !record.provisioned => InstallState::Failed(
                 record
                     .status_message
                     .clone()
@@ -392,6 +392,14 @@ impl Handler<Lifecycle> for EnvironmentActor {
                 Ok((
                     Transition::new(Status::Stopped, Phase::Starting, 100),
                     Op::Start,
+                ))
+            }
+            (Command::Stop, Status::Error, _)
+                if self.install == InstallState::Complete && self.record.provider_ref.is_some() =>
+            {
+                Ok((
+                    Transition::new(Status::Error, Phase::Stopping, 100),
+                    Op::Stop,
                 ))
             }
             (_, Status::Error, _) => Err(
@@ -727,7 +735,11 @@ impl Work {
         Ok(())
     }
 
-    async fn start(self, already_running: bool) {
+    async fn start(mut self, already_running: bool) {
+        // Variables may have changed (PUT) since this actor loaded its record.
+        if let Ok(Some(fresh)) = self.deps.store.load(self.record.id).await {
+            self.record.environment_variables = fresh.environment_variables;
+        }
         let result = async {
             let keys = self.keys().await?;
             let provider_ref = self

@@ -136,6 +136,9 @@ pub struct EnvironmentRecord {
     pub provider_ref: Option<String>,
     /// The highest provisioning-log line already stored.
     pub log_seq: i64,
+    /// Provisioning completed once (the machine has been up): a later failure is
+    /// one of starting or stopping, not of the bootstrap.
+    pub provisioned: bool,
 }
 
 /// A state change, written durably before anyone hears of it.

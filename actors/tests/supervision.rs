@@ -376,6 +376,7 @@ fn queued_record(user_id: Uuid) -> EnvironmentRecord {
         machine: None,
         provider_ref: None,
         log_seq: 0,
+        provisioned: false,
     }
 }
 

@@ -375,6 +375,7 @@ impl Store for DbStore {
             machine,
             provider_ref: env.provider_ref,
             log_seq: env.log_seq,
+            provisioned: env.started_at.is_some(),
         }))
     }
 

@@ -25,7 +25,7 @@ async fn info(state: web::Data<AppState>) -> HttpResponse {
         "features": {
             "accounts": true,
             "environments": true,
-            "terminals": false,
+            "terminals": true,
             "provisioning_logs": true,
             "google_sign_in": false,
         },

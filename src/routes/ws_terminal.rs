@@ -219,26 +219,27 @@ impl Connection {
             let env = match self.state.pool.get().await {
                 Ok(mut conn) => db::find_owned(&mut conn, self.user, self.env_id)
                     .await
-                    .ok()
-                    .flatten(),
-                Err(_) => None,
+                    .map_err(|_| ()),
+                Err(_) => Err(()),
             };
-            let Some((env, _)) = env else {
-                return close(self.session, CloseCode::Normal, "environment deleted").await;
+            let message = match env {
+                Ok(None) => {
+                    return close(self.session, CloseCode::Normal, "environment deleted").await;
+                }
+                Ok(Some((env, _))) if env.status == "running" && env.phase == "ready" => break,
+                Ok(Some((env, _))) => format!(
+                    "the environment is {} ({}); the terminal attaches when it is running",
+                    env.status, env.phase
+                ),
+                // A database hiccup is not a reason to drop the phone: keep waiting.
+                Err(()) => "the server is busy; the terminal attaches shortly".to_owned(),
             };
-            if env.status == "running" && env.phase == "ready" {
-                break;
-            }
             if !welcomed {
                 if !send(&mut self.session, welcome.clone()).await {
                     return;
                 }
                 welcomed = true;
             }
-            let message = format!(
-                "the environment is {} ({}); the terminal attaches when it is running",
-                env.status, env.phase
-            );
             if !send(
                 &mut self.session,
                 json!({"type": "status", "state": "reconnecting", "message": message}),

@@ -2,24 +2,13 @@
 //! port opens, admin commands on the same database as the server (embedded or not,
 //! with or without a server running), and the embedded cluster's lifecycle.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{PASSWORD, SECRET_KEY, TestApp, test_root};
+use crate::helpers::{PASSWORD, TestApp, devpocket, serve, test_root};
 use serde_json::Value;
-
-fn devpocket() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_devpocket"));
-    // Only what a test sets: no DATABASE_URL or .env leaking in from the caller.
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DEVPOCKET_LOG_FORMAT", "json")
-        .env("SECRET_KEY", SECRET_KEY)
-        .current_dir(env!("CARGO_TARGET_TMPDIR"));
-    cmd
-}
 
 fn create_user(
     cmd: &mut Command,
@@ -143,37 +132,11 @@ async fn create_user_and_migrate_use_the_configured_database() {
     assert!(String::from_utf8_lossy(&migrate.stdout).contains("up to date"));
 }
 
-/// Starts `devpocket serve` and returns it with its address, read from its log.
+/// Starts `devpocket serve` on the embedded database in `data_dir`.
 fn start_server(data_dir: &Path) -> (Child, String) {
-    let mut child = devpocket()
-        .env("DEVPOCKET_DATA_DIR", data_dir)
-        .env("DEVPOCKET_LISTEN", "127.0.0.1:0")
-        .env("DEVPOCKET_WORKERS", "1")
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let Ok(json) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if json["fields"]["message"] == "DevPocket is listening" {
-                let _ = tx.send(
-                    json["fields"]["address"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let address = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("server did not start");
-    (child, address)
+    let mut cmd = devpocket();
+    cmd.env("DEVPOCKET_DATA_DIR", data_dir);
+    serve(cmd)
 }
 
 fn status(data_dir: &Path) -> String {

@@ -1,12 +1,11 @@
 //! What a local environment's shell can reach: its own home, not another
 //! environment's files, not the server's data.
 
-use crate::helpers::{SECRET_KEY, TestApp, ws_until};
+use crate::helpers::{SECRET_KEY, TestApp};
 use devpocket::crypto::SecretBox;
 use devpocket_actors::model::MachineAccess;
 use devpocket_actors::ssh::SshSession;
 use diesel_async::RunQueryDsl;
-use serde_json::{Value, json};
 use std::time::Duration;
 
 #[derive(diesel::QueryableByName)]
@@ -23,8 +22,8 @@ struct Access {
     user_private_key: Vec<u8>,
 }
 
-/// Opens SSH to an environment the way the server does, with its stored keys.
-async fn ssh(app: &TestApp, id: &str) -> SshSession {
+/// How the server reaches an environment: its stored address and decrypted key.
+async fn machine_access(app: &TestApp, id: &str) -> (MachineAccess, String) {
     let mut conn = app.db.connect().await;
     let row: Access = diesel::sql_query(
         "SELECT ip_address, ssh_port, ssh_user, host_public_key, user_private_key FROM environments WHERE id = $1",
@@ -47,6 +46,12 @@ async fn ssh(app: &TestApp, id: &str) -> SshSession {
         user: row.ssh_user,
         host_public_key: row.host_public_key,
     };
+    (access, key)
+}
+
+/// Opens SSH to an environment the way the server does.
+async fn ssh(app: &TestApp, id: &str) -> SshSession {
+    let (access, key) = machine_access(app, id).await;
     SshSession::connect(&access, &key).await.unwrap()
 }
 
@@ -60,29 +65,12 @@ async fn run(session: &SshSession, command: &str) -> (u32, String) {
     (out.status.unwrap_or(255), text)
 }
 
-async fn ready_environment(app: &TestApp, token: &str, name: &str) -> String {
-    let env: Value = app
-        .authed_client(token)
-        .post(
-            "/api/v1/environments",
-            &json!({"name": name, "template_id": "ubuntu"}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = env["id"].as_str().unwrap().to_owned();
-    let mut ws = app.ws(&format!("/api/v1/ws/logs/{id}?token={token}")).await;
-    ws_until(&mut ws, "installation_complete").await;
-    id
-}
-
 #[actix_web::test]
 async fn an_environment_cannot_read_its_neighbours_or_the_server() {
     let app = TestApp::spawn().await;
     let admin = app.admin_token("isolation_admin").await;
-    let a = ready_environment(&app, &admin, "first").await;
-    let b = ready_environment(&app, &admin, "second").await;
+    let a = app.ready_environment(&admin, "first", "ubuntu").await;
+    let b = app.ready_environment(&admin, "second", "ubuntu").await;
     let shell = ssh(&app, &a).await;
 
     let (_, home) = run(&shell, "cd && pwd && ls -a").await;
@@ -151,7 +139,7 @@ async fn an_environment_cannot_read_its_neighbours_or_the_server() {
 async fn a_host_key_that_does_not_match_is_refused() {
     let app = TestApp::spawn().await;
     let admin = app.admin_token("pinning_admin").await;
-    let a = ready_environment(&app, &admin, "pinned").await;
+    let a = app.ready_environment(&admin, "pinned", "ubuntu").await;
     let mut conn = app.db.connect().await;
     // Pretend the machine's host key is another one.
     let (_, other_public) = devpocket_actors::ssh::generate_keypair("impostor").unwrap();
@@ -161,25 +149,7 @@ async fn a_host_key_that_does_not_match_is_refused() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let row: Access = diesel::sql_query(
-        "SELECT ip_address, ssh_port, ssh_user, host_public_key, user_private_key FROM environments WHERE id = $1",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(uuid::Uuid::parse_str(&a).unwrap())
-    .get_result(&mut conn)
-    .await
-    .unwrap();
-    let key = String::from_utf8(
-        SecretBox::new(SECRET_KEY.as_bytes())
-            .open(&row.user_private_key)
-            .unwrap(),
-    )
-    .unwrap();
-    let access = MachineAccess {
-        host: row.ip_address,
-        port: u16::try_from(row.ssh_port).unwrap(),
-        user: row.ssh_user,
-        host_public_key: row.host_public_key,
-    };
+    let (access, key) = machine_access(&app, &a).await;
     let err = SshSession::connect(&access, &key)
         .await
         .err()

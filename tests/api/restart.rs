@@ -2,13 +2,12 @@
 //! then started again: provisioning resumes, the bootstrap ran once, and no log
 //! line is lost or duplicated.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::helpers::{
-    PASSWORD, SECRET_KEY, TestDatabase, WsEvent, shut_down_machines, test_root, ws_next,
+    PASSWORD, TestDatabase, WsEvent, devpocket, serve, shut_down_machines, test_root, ws_next,
 };
 use serde_json::{Value, json};
 
@@ -34,42 +33,12 @@ bootstrap: |
 "#;
 
 fn start_server(db_url: &str, data_dir: &Path, templates: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_devpocket"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", db_url)
+    let mut cmd = devpocket();
+    cmd.env("DATABASE_URL", db_url)
         .env("DEVPOCKET_DATA_DIR", data_dir)
         .env("DEVPOCKET_TEMPLATES_DIR", templates)
-        .env("DEVPOCKET_LEASE_TTL", "2s")
-        .env("DEVPOCKET_LISTEN", "127.0.0.1:0")
-        .env("DEVPOCKET_WORKERS", "1")
-        .env("DEVPOCKET_LOG_FORMAT", "json")
-        .env("SECRET_KEY", SECRET_KEY)
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let Ok(json) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if json["fields"]["message"] == "DevPocket is listening" {
-                let _ = tx.send(
-                    json["fields"]["address"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let address = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("server did not start");
-    (child, address)
+        .env("DEVPOCKET_LEASE_TTL", "2s");
+    serve(cmd)
 }
 
 async fn ws(address: &str, path: &str) -> crate::helpers::Ws {

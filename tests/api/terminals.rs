@@ -5,25 +5,6 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-async fn ready_environment(app: &TestApp, token: &str, name: &str) -> String {
-    let env: Value = app
-        .authed_client(token)
-        .post(
-            "/api/v1/environments",
-            &json!({"name": name, "template_id": "ubuntu"}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = env["id"].as_str().unwrap().to_owned();
-    let mut ws = app.ws(&format!("/api/v1/ws/logs/{id}?token={token}")).await;
-    ws_until(&mut ws, "installation_complete").await;
-    app.wait_for_env(token, &id, |e| e["status"] == "running")
-        .await;
-    id
-}
-
 async fn send(ws: &mut Ws, frame: Value) {
     ws.send(Message::Text(frame.to_string().into()))
         .await
@@ -74,7 +55,7 @@ async fn open(app: &TestApp, token: &str, id: &str, extra: &str) -> Ws {
 async fn clients_share_a_session_late_joiners_see_the_screen_and_resume_has_no_gap() {
     let app = TestApp::spawn().await;
     let token = app.admin_token("term_admin").await;
-    let id = ready_environment(&app, &token, "shared").await;
+    let id = app.ready_environment(&token, "shared", "ubuntu").await;
 
     let mut phone = open(&app, &token, &id, "&session=work&cols=100&rows=30").await;
     let mut laptop = open(&app, &token, &id, "&session=work").await;
@@ -130,7 +111,7 @@ async fn clients_share_a_session_late_joiners_see_the_screen_and_resume_has_no_g
 async fn the_shell_survives_a_dropped_ssh_connection() {
     let app = TestApp::spawn().await;
     let token = app.admin_token("recover_admin").await;
-    let id = ready_environment(&app, &token, "sturdy").await;
+    let id = app.ready_environment(&token, "sturdy", "ubuntu").await;
     let mut ws = open(&app, &token, &id, "").await;
     input(&mut ws, "export KEPT=survivor-$((40+2)); echo set-$KEPT\r").await;
     output_until(&mut ws, "set-survivor-42").await;
@@ -174,7 +155,7 @@ async fn the_shell_survives_a_dropped_ssh_connection() {
 async fn bytes_arrive_right_multibyte_and_large_pastes() {
     let app = TestApp::spawn().await;
     let token = app.admin_token("bytes_admin").await;
-    let id = ready_environment(&app, &token, "bytes").await;
+    let id = app.ready_environment(&token, "bytes", "ubuntu").await;
     let mut ws = open(&app, &token, &id, "").await;
 
     // Thousands of multi-byte characters cross many SSH reads.
@@ -294,4 +275,43 @@ async fn terminal_auth_isolation_waiting_and_limits() {
             .unwrap()
             .contains("too many input frames")
     );
+}
+
+#[actix_web::test]
+async fn the_most_recently_active_clients_size_wins() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token("size_admin").await;
+    let id = app.ready_environment(&token, "sizes", "ubuntu").await;
+    let mut phone = open(&app, &token, &id, "&cols=50&rows=20").await;
+    let mut laptop = open(&app, &token, &id, "&cols=120&rows=40").await;
+
+    assert_eq!(columns_seen(&mut laptop, 0, 120).await, 120);
+    // The phone rotates: it is now the active client, its size wins.
+    send(
+        &mut phone,
+        json!({"type": "resize", "cols": 70, "rows": 30}),
+    )
+    .await;
+    assert_eq!(columns_seen(&mut phone, 100, 70).await, 70);
+    // Back on the laptop: its screen is restored to its own size.
+    assert_eq!(columns_seen(&mut laptop, 200, 120).await, 120);
+}
+
+/// The width the shell sees after `ws` becomes the active client. A resize reaches
+/// the shell through tmux a moment after the keys that caused it, so ask (a bounded
+/// number of times, each answer awaited, never slept for) until it is `expected`.
+async fn columns_seen(ws: &mut Ws, base: u32, expected: u32) -> u32 {
+    let mut last = 0;
+    for n in base..base + 20 {
+        input(ws, &format!("echo cols-$(tput cols)-$(({n}+100000))\r")).await;
+        let marker = format!("-{}", n + 100_000);
+        let (text, _) = output_until(ws, &format!("{marker}\r")).await;
+        let end = text.rfind(&format!("{marker}\r")).unwrap();
+        let start = text[..end].rfind("cols-").unwrap() + 5;
+        last = text[start..end].parse().unwrap_or(0);
+        if last == expected {
+            return last;
+        }
+    }
+    last
 }
