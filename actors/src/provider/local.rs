@@ -428,15 +428,7 @@ impl LocalProvider {
         Ok(())
     }
 
-    fn machine(
-        &self,
-        layout: &Layout,
-        account: &Account,
-        port: u16,
-        id: &str,
-        host_public: &str,
-    ) -> Machine {
-        let _ = layout;
+    fn machine(account: &Account, port: u16, id: &str, host_public: &str) -> Machine {
         Machine {
             access: MachineAccess {
                 host: HOST.to_owned(),
@@ -543,7 +535,7 @@ impl Provider for LocalProvider {
             this.write_environment(&spec, &layout, &account)?;
             let port = this.ensure_sshd(&layout, &account)?;
             this.launch_bootstrap(&spec, &layout, &account)?;
-            Ok(this.machine(&layout, &account, port, &id, &spec.keys.host_public))
+            Ok(Self::machine(&account, port, &id, &spec.keys.host_public))
         })
         .await
     }
@@ -567,7 +559,7 @@ impl Provider for LocalProvider {
             let account = this.prepare(&spec, &layout)?;
             this.write_environment(&spec, &layout, &account)?;
             let port = this.ensure_sshd(&layout, &account)?;
-            Ok(this.machine(&layout, &account, port, &id, &spec.keys.host_public))
+            Ok(Self::machine(&account, port, &id, &spec.keys.host_public))
         })
         .await
     }
