@@ -315,3 +315,44 @@ async fn columns_seen(ws: &mut Ws, base: u32, expected: u32) -> u32 {
     }
     last
 }
+
+#[actix_web::test]
+async fn a_stalled_client_does_not_stall_the_others() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token("stall_admin").await;
+    let id = app.ready_environment(&token, "stall", "ubuntu").await;
+    let mut stalled = open(&app, &token, &id, "").await;
+    let mut reader = open(&app, &token, &id, "").await;
+
+    // `stalled` reads nothing while thousands of frames go by; `reader` gets them all.
+    input(
+        &mut reader,
+        "for i in $(seq 1 3000); do echo tick-$i; sleep 0.001; done; echo flood-$((2*2))-done\r",
+    )
+    .await;
+    let (_, flood_end) = output_until(&mut reader, "flood-4-done").await;
+    input(&mut reader, "echo after-$((3*3))\r").await;
+    output_until(&mut reader, "after-9").await;
+
+    // When it reads again, it either caught up in order, or was dropped with a
+    // close code that says how to resume — never a gap.
+    let mut last = 0u64;
+    loop {
+        match ws_next(&mut stalled).await {
+            WsEvent::Json(f) if f["type"] == "output" => {
+                let seq = f["seq"].as_u64().unwrap();
+                assert!(last == 0 || seq == last + 1, "gap: {last} then {seq}");
+                last = seq;
+                if last >= flood_end {
+                    break;
+                }
+            }
+            WsEvent::Json(_) => {}
+            WsEvent::Closed(Some((1013, reason))) => {
+                assert!(reason.contains("resume="), "{reason}");
+                break;
+            }
+            WsEvent::Closed(other) => panic!("unexpected close: {other:?}"),
+        }
+    }
+}
