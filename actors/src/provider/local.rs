@@ -255,8 +255,16 @@ impl LocalProvider {
         let saved_port: Option<u16> = fs::read_to_string(layout.port_file())
             .ok()
             .and_then(|p| p.trim().parse().ok());
-        if let (Some(port), Some(_)) = (saved_port, Self::sshd_pid(layout)) {
-            return Ok(port);
+        // Running means answering on its port: a pid alone can be a zombie that
+        // nobody reaped yet (after a crash of the host side, say).
+        match (saved_port, Self::sshd_pid(layout)) {
+            (Some(port), Some(_)) if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() => {
+                return Ok(port);
+            }
+            (_, Some(stale)) => {
+                let _ = kill(stale, Signal::SIGKILL);
+            }
+            _ => {}
         }
         // Keep the port across restarts when it is still free.
         let port = match saved_port {
