@@ -131,6 +131,8 @@ pub struct Settings {
     pub provision_timeout: Duration,
     /// Terminal output kept per session for resuming clients.
     pub terminal_buffer_bytes: usize,
+    /// Terminal output queued per client before it is dropped as too slow.
+    pub terminal_client_queue_bytes: usize,
     /// How long a terminal stays connected after its last client leaves.
     pub terminal_linger: Duration,
 }
@@ -371,6 +373,17 @@ impl Settings {
             256 * 1024usize,
             "a number of bytes",
         )?;
+        let terminal_client_queue_bytes = source.parse(
+            "DEVPOCKET_TERMINAL_CLIENT_QUEUE_BYTES",
+            1024 * 1024usize,
+            "a number of bytes",
+        )?;
+        if terminal_client_queue_bytes < 64 * 1024 {
+            return Err(invalid(
+                "DEVPOCKET_TERMINAL_CLIENT_QUEUE_BYTES",
+                "must be at least 65536 (one SSH packet is up to 32 KiB)".to_owned(),
+            ));
+        }
         let terminal_linger =
             source.duration("DEVPOCKET_TERMINAL_LINGER", Duration::from_secs(60))?;
 
@@ -416,6 +429,7 @@ impl Settings {
             lease_ttl,
             provision_timeout,
             terminal_buffer_bytes,
+            terminal_client_queue_bytes,
             terminal_linger,
         })
     }

@@ -77,6 +77,7 @@ fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSyste
         },
         terminal: TerminalSettings {
             buffer_bytes: settings.terminal_buffer_bytes,
+            client_queue_bytes: settings.terminal_client_queue_bytes,
             linger: settings.terminal_linger,
             ..TerminalSettings::default()
         },
@@ -155,6 +156,13 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)
+        // Terminal echo is a small frame behind a stream of output: without
+        // TCP_NODELAY, Nagle holds it until the client's delayed ACK (~40 ms).
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .disable_signals()
         .listen(listener)?
         .run();

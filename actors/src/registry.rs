@@ -139,6 +139,7 @@ impl ActorSystem {
         user_id: Uuid,
         environment_id: Uuid,
         name: String,
+        mode: crate::terminal::SessionMode,
     ) -> Result<Addr<crate::terminal::TerminalActor>, EnvError> {
         let mailbox = |e: MailboxError| EnvError::Unavailable(format!("actor system: {e}"));
         let supervisor = self
@@ -150,6 +151,7 @@ impl ActorSystem {
             .send(crate::supervisor::GetTerminal {
                 environment_id,
                 name,
+                mode,
             })
             .await
             .map_err(mailbox)

@@ -14,7 +14,7 @@ use crate::deps::Deps;
 use crate::environment::{EnvError, EnvironmentActor};
 use crate::model::Transition;
 use crate::registry::{Registry, SupervisorStopped};
-use crate::terminal::TerminalActor;
+use crate::terminal::{SessionMode, TerminalActor};
 
 pub struct UserSupervisor {
     user_id: Uuid,
@@ -23,7 +23,7 @@ pub struct UserSupervisor {
     children: HashMap<Uuid, Addr<EnvironmentActor>>,
     /// Consecutive crashes per child.
     crashes: HashMap<Uuid, u32>,
-    terminals: HashMap<(Uuid, String), Addr<TerminalActor>>,
+    terminals: HashMap<(Uuid, String, SessionMode), Addr<TerminalActor>>,
     last_activity: Instant,
 }
 
@@ -180,6 +180,7 @@ impl Handler<ChildCount> for UserSupervisor {
 pub struct GetTerminal {
     pub environment_id: Uuid,
     pub name: String,
+    pub mode: SessionMode,
 }
 
 impl Handler<GetTerminal> for UserSupervisor {
@@ -187,7 +188,7 @@ impl Handler<GetTerminal> for UserSupervisor {
 
     fn handle(&mut self, msg: GetTerminal, _: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
-        let key = (msg.environment_id, msg.name.clone());
+        let key = (msg.environment_id, msg.name.clone(), msg.mode);
         if let Some(addr) = self.terminals.get(&key).filter(|a| a.connected()) {
             return MessageResult(addr.clone());
         }
@@ -196,6 +197,7 @@ impl Handler<GetTerminal> for UserSupervisor {
             self.deps.terminal.clone(),
             msg.environment_id,
             msg.name,
+            msg.mode,
         )
         .start();
         self.terminals.insert(key, addr.clone());

@@ -10,7 +10,8 @@
 //! client leaves, the actor lingers, then closes SSH (tmux keeps the shell).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -30,6 +31,8 @@ pub struct TerminalSettings {
     pub buffer_bytes: usize,
     /// Frames queued per client before it is dropped as too slow.
     pub client_queue: usize,
+    /// Output bytes queued per client before it is dropped as too slow.
+    pub client_queue_bytes: usize,
     /// How long the actor stays connected after its last client leaves.
     pub linger: Duration,
 }
@@ -39,18 +42,52 @@ impl Default for TerminalSettings {
         Self {
             buffer_bytes: 256 * 1024,
             client_queue: 256,
+            client_queue_bytes: 1024 * 1024,
             linger: Duration::from_secs(60),
         }
+    }
+}
+
+/// What a session runs in its PTY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionMode {
+    /// `tmux new-session -A -s NAME`: the shell survives disconnects and is shared.
+    Tmux,
+    /// A login shell straight on the PTY, without tmux: nothing survives a lost SSH
+    /// connection and a late joiner gets no redraw. For scripted use and for
+    /// measuring the bridge itself.
+    Shell,
+}
+
+/// One numbered piece of output, shared by the replay buffer and every client's
+/// queue: it is stored once however many clients there are.
+#[derive(Debug)]
+pub struct Chunk {
+    pub seq: u64,
+    pub data: String,
+    wire: OnceLock<bytestring::ByteString>,
+}
+
+impl Chunk {
+    fn new(seq: u64, data: String) -> Self {
+        Self {
+            seq,
+            data,
+            wire: OnceLock::new(),
+        }
+    }
+
+    /// The chunk as a wire frame, built by the first client that sends it and
+    /// shared (not copied) by the others.
+    pub fn wire(&self, build: impl FnOnce(&Chunk) -> String) -> bytestring::ByteString {
+        self.wire.get_or_init(|| build(self).into()).clone()
     }
 }
 
 /// What a client receives.
 #[derive(Debug, Clone)]
 pub enum TermEvent {
-    Output {
-        seq: u64,
-        data: Arc<str>,
-    },
+    Output(Arc<Chunk>),
     /// `connected`, `reconnecting` or `closed`.
     Status {
         state: &'static str,
@@ -120,10 +157,59 @@ mod bytes_utf8 {
     }
 }
 
+/// The actor's end of a client's bounded queue.
 struct Client {
     tx: mpsc::Sender<TermEvent>,
+    /// Output bytes queued and not yet taken by the client's connection.
+    queued: Arc<AtomicUsize>,
     cols: u32,
     rows: u32,
+}
+
+/// Why an event could not be queued for a client.
+enum Refused {
+    /// The client fell behind: its queue is full.
+    Full,
+    /// The client is gone.
+    Closed,
+}
+
+impl Client {
+    fn offer(&self, event: TermEvent, budget: usize) -> Result<(), Refused> {
+        let len = match &event {
+            TermEvent::Output(chunk) => chunk.data.len(),
+            TermEvent::Status { .. } => 0,
+        };
+        if len > 0 && self.queued.load(Ordering::Relaxed) + len > budget {
+            return Err(Refused::Full);
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.tx.try_send(event).map_err(|e| {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(_) => Refused::Full,
+                mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+            }
+        })
+    }
+}
+
+/// A client's end of its queue: at most `client_queue` events and
+/// `client_queue_bytes` bytes of output. A client that would exceed either is
+/// dropped by the actor; it then receives what was queued, and `None`.
+pub struct ClientQueue {
+    rx: mpsc::Receiver<TermEvent>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl ClientQueue {
+    pub async fn recv(&mut self) -> Option<TermEvent> {
+        let event = self.rx.recv().await?;
+        if let TermEvent::Output(chunk) = &event {
+            self.queued.fetch_sub(chunk.data.len(), Ordering::Relaxed);
+        }
+        Some(event)
+    }
 }
 
 enum WriterCmd {
@@ -136,9 +222,10 @@ pub struct TerminalActor {
     settings: TerminalSettings,
     environment_id: Uuid,
     name: String,
+    mode: SessionMode,
     clients: HashMap<u64, Client>,
     next_client: u64,
-    ring: VecDeque<(u64, Arc<str>)>,
+    ring: VecDeque<Arc<Chunk>>,
     ring_bytes: usize,
     /// The seq of the last output frame.
     seq: u64,
@@ -149,7 +236,10 @@ pub struct TerminalActor {
     generation: u64,
     attempts: u32,
     linger: Option<SpawnHandle>,
+    redraw_pending: bool,
 }
+
+const REDRAW_COALESCE: Duration = Duration::from_millis(20);
 
 impl TerminalActor {
     pub fn new(
@@ -157,12 +247,14 @@ impl TerminalActor {
         settings: TerminalSettings,
         environment_id: Uuid,
         name: String,
+        mode: SessionMode,
     ) -> Self {
         Self {
             deps,
             settings,
             environment_id,
             name,
+            mode,
             clients: HashMap::new(),
             next_client: 1,
             ring: VecDeque::new(),
@@ -174,18 +266,20 @@ impl TerminalActor {
             generation: 0,
             attempts: 0,
             linger: None,
+            redraw_pending: false,
         }
     }
 
     fn broadcast(&mut self, event: &TermEvent) {
+        let budget = self.settings.client_queue_bytes;
         self.clients
-            .retain(|id, client| match client.tx.try_send(event.clone()) {
+            .retain(|id, client| match client.offer(event.clone(), budget) {
                 Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(Refused::Full) => {
                     tracing::info!(client = id, "dropping a terminal client that fell behind");
                     false
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(Refused::Closed) => false,
             });
     }
 
@@ -202,19 +296,16 @@ impl TerminalActor {
             return;
         }
         self.seq += 1;
-        let data: Arc<str> = data.into();
-        self.ring_bytes += data.len();
-        self.ring.push_back((self.seq, data.clone()));
+        let chunk = Arc::new(Chunk::new(self.seq, data));
+        self.ring_bytes += chunk.data.len();
+        self.ring.push_back(chunk.clone());
         while self.ring_bytes > self.settings.buffer_bytes {
             match self.ring.pop_front() {
-                Some((_, old)) => self.ring_bytes -= old.len(),
+                Some(old) => self.ring_bytes -= old.data.len(),
                 None => break,
             }
         }
-        self.broadcast(&TermEvent::Output {
-            seq: self.seq,
-            data,
-        });
+        self.broadcast(&TermEvent::Output(chunk));
     }
 
     /// The most recently active client's size wins (like tmux's `latest`).
@@ -233,16 +324,25 @@ impl TerminalActor {
 
     /// Asks tmux to repaint the whole screen, so a client that joined (or fell out
     /// of the replay buffer) sees the current screen instead of a garbled tail.
-    fn redraw(&self) {
-        let Some(session) = self.session.clone() else {
+    /// Requests within `REDRAW_COALESCE` make one repaint: a hundred clients
+    /// joining at once cost the others one repaint, not a hundred.
+    fn redraw(&mut self, ctx: &mut Context<Self>) {
+        if self.mode != SessionMode::Tmux || self.redraw_pending {
             return;
-        };
-        let command = format!(
-            "tmux refresh-client -t {} 2>/dev/null || tmux refresh-client",
-            shell_quote(&self.name)
-        );
-        actix::spawn(async move {
-            let _ = session.run(&command, Duration::from_secs(5)).await;
+        }
+        self.redraw_pending = true;
+        ctx.run_later(REDRAW_COALESCE, |act, _| {
+            act.redraw_pending = false;
+            let Some(session) = act.session.clone() else {
+                return;
+            };
+            let command = format!(
+                "tmux refresh-client -t {} 2>/dev/null || tmux refresh-client",
+                shell_quote(&act.name)
+            );
+            actix::spawn(async move {
+                let _ = session.run(&command, Duration::from_secs(5)).await;
+            });
         });
     }
 
@@ -250,7 +350,7 @@ impl TerminalActor {
         self.generation += 1;
         let generation = self.generation;
         let (store, id) = (self.deps.store.clone(), self.environment_id);
-        let (name, (cols, rows)) = (self.name.clone(), self.size);
+        let (name, mode, (cols, rows)) = (self.name.clone(), self.mode, self.size);
         let me = ctx.address();
         let fut = async move {
             let record = store
@@ -270,7 +370,12 @@ impl TerminalActor {
             let session = SshSession::connect(&machine, &keys.user_private)
                 .await
                 .map_err(|e| e.to_string())?;
-            let command = format!("cd; exec tmux new-session -A -s {}", shell_quote(&name));
+            let command = match mode {
+                SessionMode::Tmux => {
+                    format!("cd; exec tmux new-session -A -s {}", shell_quote(&name))
+                }
+                SessionMode::Shell => "cd; exec \"${SHELL:-/bin/sh}\" -l".to_owned(),
+            };
             let channel = session
                 .pty(&command, cols, rows)
                 .await
@@ -317,7 +422,7 @@ impl TerminalActor {
                     act.writer = Some(wtx);
                     act.attempts = 0;
                     act.status("connected", "terminal attached");
-                    act.redraw();
+                    act.redraw(ctx);
                 }
                 Err(message) => act.retry(message, ctx),
             }
@@ -395,22 +500,22 @@ impl Handler<Disconnected> for TerminalActor {
 }
 
 /// Joins the session. With `resume` (the last seq the client saw), the missing
-/// output is replayed if the buffer still holds it; otherwise the client gets a
-/// fresh screen.
+/// output is replayed if the buffer still holds it (and it fits the client's
+/// queue); otherwise the client gets a fresh screen.
 #[derive(Message)]
 #[rtype(result = "Attached")]
 pub struct Attach {
-    pub tx: mpsc::Sender<TermEvent>,
     pub cols: u32,
     pub rows: u32,
     pub resume: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy)]
 pub struct Attached {
     pub client: u64,
     pub clients: usize,
     pub connected: bool,
+    /// Where this client's output and status events arrive.
+    pub queue: ClientQueue,
 }
 
 impl Handler<Attach> for TerminalActor {
@@ -420,50 +525,52 @@ impl Handler<Attach> for TerminalActor {
         if let Some(handle) = self.linger.take() {
             ctx.cancel_future(handle);
         }
-        let client = self.next_client;
+        let id = self.next_client;
         self.next_client += 1;
-        let oldest = self.ring.front().map_or(self.seq + 1, |(s, _)| *s);
-        let replay = msg
+        let (tx, rx) = mpsc::channel(self.settings.client_queue);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let client = Client {
+            tx,
+            queued: queued.clone(),
+            cols: msg.cols,
+            rows: msg.rows,
+        };
+        let oldest = self.ring.front().map_or(self.seq + 1, |c| c.seq);
+        let replay: Option<Vec<Arc<Chunk>>> = msg
             .resume
             .filter(|r| *r <= self.seq && r + 1 >= oldest)
-            .map(|r| {
-                self.ring
-                    .iter()
-                    .filter(|(s, _)| *s > r)
-                    .cloned()
-                    .collect::<Vec<_>>()
-            });
+            .map(|r| self.ring.iter().filter(|c| c.seq > r).cloned().collect());
+        let budget = self.settings.client_queue_bytes;
+        let fits = |frames: &Vec<Arc<Chunk>>| {
+            frames.len() < self.settings.client_queue
+                && frames.iter().map(|c| c.data.len()).sum::<usize>() <= budget
+        };
         let mut fresh_screen = true;
-        if let Some(frames) = replay
-            && frames.len() < self.settings.client_queue
-        {
-            for (seq, data) in frames {
-                let _ = msg.tx.try_send(TermEvent::Output { seq, data });
+        if let Some(frames) = replay.filter(fits) {
+            for chunk in frames {
+                let _ = client.offer(TermEvent::Output(chunk), budget);
             }
             fresh_screen = false;
         }
         if self.session.is_some() {
-            let _ = msg.tx.try_send(TermEvent::Status {
-                state: "connected",
-                message: "terminal attached".into(),
-            });
+            let _ = client.offer(
+                TermEvent::Status {
+                    state: "connected",
+                    message: "terminal attached".into(),
+                },
+                budget,
+            );
         }
-        self.clients.insert(
-            client,
-            Client {
-                tx: msg.tx,
-                cols: msg.cols,
-                rows: msg.rows,
-            },
-        );
-        self.use_size_of(client);
+        self.clients.insert(id, client);
+        self.use_size_of(id);
         if fresh_screen {
-            self.redraw();
+            self.redraw(ctx);
         }
         MessageResult(Attached {
-            client,
+            client: id,
             clients: self.clients.len(),
             connected: self.session.is_some(),
+            queue: ClientQueue { rx, queued },
         })
     }
 }

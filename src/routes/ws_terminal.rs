@@ -1,5 +1,6 @@
-//! `WS /api/v1/ws/terminal/{environment_id}?token=…[&session=NAME][&cols=&rows=][&resume=SEQ]`:
-//! one WebSocket client of a shared terminal session. JSON text frames:
+//! `WS /api/v1/ws/terminal/{environment_id}?token=…[&session=NAME][&cols=&rows=][&resume=SEQ][&mode=shell]`:
+//! one WebSocket client of a shared terminal session (`mode=shell`: a login shell
+//! without tmux, for scripts and measurements; nothing survives a lost connection). JSON text frames:
 //! client → `input {data}`, `resize {cols, rows}`, `ping`; server → `welcome`,
 //! `output {data, seq}`, `pong`, `status {state, message}`, `error {message}`.
 //!
@@ -15,10 +16,11 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, Message, Session};
-use devpocket_actors::terminal::{Attach, Detach, Input, Resize, TermEvent, TerminalActor};
+use devpocket_actors::terminal::{
+    Attach, Detach, Input, Resize, SessionMode, TermEvent, TerminalActor,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::ws_common::{authenticate, close};
@@ -35,6 +37,8 @@ pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 /// Frames larger than this break the WebSocket protocol limit and close it (1009).
 const PROTOCOL_FRAME_LIMIT: usize = 4 * 1024 * 1024;
 const HEARTBEAT: Duration = Duration::from_secs(30);
+/// A client whose socket takes no frame for this long is disconnected.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client that answers nothing for this long is removed.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Input frames per second per connection.
@@ -87,6 +91,7 @@ struct TerminalQuery {
     cols: Option<u32>,
     rows: Option<u32>,
     resume: Option<u64>,
+    mode: Option<String>,
 }
 
 fn valid_session_name(name: &str) -> bool {
@@ -132,6 +137,18 @@ async fn terminal_socket(
             )
             .await;
         }
+        let mode = match query.mode.as_deref() {
+            None | Some("tmux") => SessionMode::Tmux,
+            Some("shell") => SessionMode::Shell,
+            Some(_) => {
+                return close(
+                    session,
+                    CloseCode::Policy,
+                    "mode is tmux (default) or shell",
+                )
+                .await;
+            }
+        };
         let Ok(env_id) = Uuid::parse_str(&id) else {
             return close(session, CloseCode::Policy, "environment not found").await;
         };
@@ -178,6 +195,7 @@ async fn terminal_socket(
             user: caller.user.id,
             env_id,
             name,
+            mode,
             cols,
             rows,
             last_seen: Instant::now(),
@@ -197,6 +215,7 @@ struct Connection {
     user: Uuid,
     env_id: Uuid,
     name: String,
+    mode: SessionMode,
     cols: u32,
     rows: u32,
     last_seen: Instant,
@@ -263,16 +282,14 @@ impl Connection {
         let terminal = match self
             .state
             .actors
-            .terminal(self.user, self.env_id, self.name.clone())
+            .terminal(self.user, self.env_id, self.name.clone(), self.mode)
             .await
         {
             Ok(t) => t,
             Err(e) => return close(self.session, CloseCode::Again, &e.to_string()).await,
         };
-        let (tx, mut rx) = mpsc::channel(self.state.actors.deps.terminal.client_queue);
-        let attached = match terminal
+        let mut attached = match terminal
             .send(Attach {
-                tx,
                 cols: self.cols,
                 rows: self.rows,
                 resume,
@@ -303,11 +320,12 @@ impl Connection {
         heartbeat.tick().await;
         let outcome = loop {
             tokio::select! {
-                event = rx.recv() => {
+                event = attached.queue.recv() => {
                     let frame = match event {
-                        Some(TermEvent::Output { seq, data }) => {
-                            last_seq = seq;
-                            json!({"type": "output", "data": &*data, "seq": seq})
+                        Some(TermEvent::Output(chunk)) => {
+                            last_seq = chunk.seq;
+                            // Serialised once, shared by every client of the session.
+                            chunk.wire(|c| json!({"type": "output", "data": c.data, "seq": c.seq}).to_string())
                         }
                         Some(TermEvent::Status { state, message }) => {
                             let closed = state == "closed";
@@ -316,12 +334,14 @@ impl Connection {
                                 let _ = send(&mut self.session, frame).await;
                                 break Some((CloseCode::Normal, "the terminal closed".to_owned()));
                             }
-                            frame
+                            frame.to_string().into()
                         }
                         None => break Some((CloseCode::Again, format!("fell behind; reconnect with resume={last_seq}"))),
                     };
-                    if !send(&mut self.session, frame).await {
-                        break None;
+                    match tokio::time::timeout(SEND_TIMEOUT, self.session.text(frame)).await {
+                        Ok(Ok(())) => {}
+                        // A closed socket, or one that took nothing for SEND_TIMEOUT.
+                        Ok(Err(_)) | Err(_) => break None,
                     }
                 }
                 msg = self.stream.recv() => match self.client_frame(msg, Some((&terminal, attached.client))).await {

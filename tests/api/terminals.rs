@@ -292,26 +292,29 @@ async fn the_most_recently_active_clients_size_wins() {
         json!({"type": "resize", "cols": 70, "rows": 30}),
     )
     .await;
-    assert_eq!(columns_seen(&mut phone, 100, 70).await, 70);
+    assert_eq!(columns_seen(&mut phone, 1000, 70).await, 70);
     // Back on the laptop: its screen is restored to its own size.
-    assert_eq!(columns_seen(&mut laptop, 200, 120).await, 120);
+    assert_eq!(columns_seen(&mut laptop, 2000, 120).await, 120);
 }
 
-/// The width the shell sees after `ws` becomes the active client. A resize reaches
-/// the shell through tmux a moment after the keys that caused it, so ask (a bounded
-/// number of times, each answer awaited, never slept for) until it is `expected`.
+/// The width the shell sees after `ws` becomes the active client. tmux applies a
+/// client's new size a moment after the keys that caused it (it coalesces
+/// resizes), and nothing announces it, so ask — every answer awaited, spaced so as
+/// not to trip the input limit — until it is `expected`, for at most 10 seconds.
 async fn columns_seen(ws: &mut Ws, base: u32, expected: u32) -> u32 {
     let mut last = 0;
-    for n in base..base + 20 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for n in base.. {
         input(ws, &format!("echo cols-$(tput cols)-$(({n}+100000))\r")).await;
         let marker = format!("-{}", n + 100_000);
         let (text, _) = output_until(ws, &format!("{marker}\r")).await;
         let end = text.rfind(&format!("{marker}\r")).unwrap();
         let start = text[..end].rfind("cols-").unwrap() + 5;
         last = text[start..end].parse().unwrap_or(0);
-        if last == expected {
-            return last;
+        if last == expected || std::time::Instant::now() > deadline {
+            break;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     last
 }
