@@ -238,15 +238,6 @@ impl RateLimits {
         }
         self.ws_connect.sweep();
     }
-
-    /// Keys held over every keyed limit.
-    pub fn keys(&self) -> usize {
-        self.ip.len()
-            + self.auth_ip.len()
-            + self.auth_account.len()
-            + self.users.iter().map(|(_, l)| l.len()).sum::<usize>()
-            + self.ws_connect.len()
-    }
 }
 
 /// Sweeps `limits` every [`SWEEP_EVERY`] until they are dropped (the server stopped).
