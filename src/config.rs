@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -102,6 +103,62 @@ impl std::str::FromStr for IpNet {
     }
 }
 
+/// A rate limit: at most `count` in any `per`, as `N/DURATION` (`5/1m`, `300/m`, `10/30s`).
+/// Enforced as GCRA: a burst of `count` at once, then one more every `per / count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: NonZeroU32,
+    pub per: Duration,
+}
+
+impl Rate {
+    pub const fn new(count: NonZeroU32, per: Duration) -> Self {
+        Self { count, per }
+    }
+
+    /// The time one unit takes to come back.
+    pub fn interval(&self) -> Duration {
+        self.per / self.count.get()
+    }
+
+    /// `factor` times as many in the same period.
+    pub fn scaled(self, factor: NonZeroU32) -> Self {
+        Self {
+            count: self.count.saturating_mul(factor),
+            per: self.per,
+        }
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}s", self.count, self.per.as_secs())
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not a rate such as 5/1m, 300/m or 10/30s");
+        let (count, per) = s.split_once('/').ok_or_else(bad)?;
+        let count: NonZeroU32 = count.trim().parse().map_err(|_| bad())?;
+        let per = per.trim();
+        // `5/m` reads as `5/1m`.
+        let per = if per.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            parse_duration(&format!("1{per}"))
+        } else {
+            parse_duration(per)
+        }
+        .filter(|d| !d.is_zero())
+        .ok_or_else(bad)?;
+        let rate = Self { count, per };
+        if rate.interval() < Duration::from_micros(1) {
+            return Err(format!("`{s}`: at most a million per second"));
+        }
+        Ok(rate)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub mode: RunMode,
@@ -135,6 +192,18 @@ pub struct Settings {
     pub terminal_client_queue_bytes: usize,
     /// How long a terminal stays connected after its last client leaves.
     pub terminal_linger: Duration,
+    /// Requests per client address on `/api/v1`.
+    pub rate_limit_ip: Rate,
+    /// Requests per signed-in user on the free plan; other plans scale it.
+    pub rate_limit_user: Rate,
+    /// Sign-up, sign-in and refresh requests per client address.
+    pub rate_limit_auth_ip: Rate,
+    /// Sign-in attempts per account.
+    pub rate_limit_auth_account: Rate,
+    /// WebSocket connection attempts per user.
+    pub rate_limit_ws_connect: Rate,
+    /// Terminal `input` frames per second per WebSocket connection.
+    pub ws_input_per_second: NonZeroU32,
 }
 
 /// A setting that could not be used, naming the key and what to fix.
@@ -241,6 +310,21 @@ impl Source {
                 )
             }),
         }
+    }
+
+    fn rate(&self, key: &'static str, default: Rate) -> Result<Rate, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|m| invalid(key, m)),
+        }
+    }
+}
+
+/// `n`, or 1 for 0: for defaults, which are never 0.
+const fn nonzero(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
     }
 }
 
@@ -387,6 +471,20 @@ impl Settings {
         let terminal_linger =
             source.duration("DEVPOCKET_TERMINAL_LINGER", Duration::from_secs(60))?;
 
+        let per_minute = |count| Rate::new(nonzero(count), Duration::from_secs(60));
+        let rate_limit_ip = source.rate("DEVPOCKET_RATE_LIMIT_IP", per_minute(1200))?;
+        let rate_limit_user = source.rate("DEVPOCKET_RATE_LIMIT_USER", per_minute(300))?;
+        let rate_limit_auth_ip = source.rate("DEVPOCKET_RATE_LIMIT_AUTH_IP", per_minute(5))?;
+        let rate_limit_auth_account =
+            source.rate("DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT", per_minute(5))?;
+        let rate_limit_ws_connect =
+            source.rate("DEVPOCKET_RATE_LIMIT_WS_CONNECT", per_minute(60))?;
+        let ws_input_per_second = source.parse(
+            "DEVPOCKET_WS_INPUT_PER_SECOND",
+            nonzero(200),
+            "a whole number of at least 1",
+        )?;
+
         let secret_key = match source.get("SECRET_KEY") {
             Some(key) if key.len() >= MIN_SECRET_LEN => key.as_bytes().to_vec(),
             Some(_) => {
@@ -431,6 +529,12 @@ impl Settings {
             terminal_buffer_bytes,
             terminal_client_queue_bytes,
             terminal_linger,
+            rate_limit_ip,
+            rate_limit_user,
+            rate_limit_auth_ip,
+            rate_limit_auth_account,
+            rate_limit_ws_connect,
+            ws_input_per_second,
         })
     }
 }
@@ -543,6 +647,12 @@ mod tests {
             ("DATABASE_URL", "mysql://x"),
             ("ALLOWED_ORIGINS", "example.com"),
             ("DEVPOCKET_TRUSTED_PROXIES", "10.0.0.0/99"),
+            ("DEVPOCKET_RATE_LIMIT_IP", "100"),
+            ("DEVPOCKET_RATE_LIMIT_USER", "0/1m"),
+            ("DEVPOCKET_RATE_LIMIT_AUTH_IP", "5/0s"),
+            ("DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT", "5/fortnight"),
+            ("DEVPOCKET_RATE_LIMIT_WS_CONNECT", "2000000/1s"),
+            ("DEVPOCKET_WS_INPUT_PER_SECOND", "0"),
             ("SECRET_KEY", "short"),
         ] {
             let mut pairs = vec![(key, value)];
@@ -563,6 +673,26 @@ mod tests {
         assert_eq!(first.secret_key, second.secret_key);
         assert!(first.secret_key.expose().len() >= MIN_SECRET_LEN);
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn rates_read_as_count_per_duration() {
+        let rate: Rate = "5/1m".parse().expect("rate");
+        assert_eq!(rate.count.get(), 5);
+        assert_eq!(rate.per, Duration::from_secs(60));
+        assert_eq!(rate.interval(), Duration::from_secs(12));
+        assert_eq!("5/m".parse::<Rate>(), Ok(rate));
+        assert_eq!("5 / 60".parse::<Rate>(), Ok(rate));
+        let hourly: Rate = "100/h".parse().expect("rate");
+        assert_eq!(hourly.per, Duration::from_secs(3600));
+        for bad in ["5", "/1m", "x/1m", "5/", "5/0", "-1/1m", "5/1w"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+        let s =
+            load(&[("SECRET_KEY", KEY), ("DEVPOCKET_RATE_LIMIT_USER", "10/30s")]).expect("loads");
+        assert_eq!(s.rate_limit_user.count.get(), 10);
+        assert_eq!(s.rate_limit_auth_ip.to_string(), "5/60s");
+        assert_eq!(s.ws_input_per_second.get(), 200);
     }
 
     #[test]

@@ -37,10 +37,11 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// Over a rate limit: 429 with `Retry-After` and `RateLimit-*` headers.
     #[error("{detail}")]
-    TooManyRequests {
+    RateLimited {
         detail: String,
-        retry_after: Duration,
+        status: crate::ratelimit::Status,
     },
     #[error("{0}")]
     ServiceUnavailable(String),
@@ -118,7 +119,7 @@ impl ApiError {
             Self::Locked { .. } => "account_locked",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
-            Self::TooManyRequests { .. } => "rate_limited",
+            Self::RateLimited { .. } => "rate_limited",
             Self::DatabaseUnavailable(_) | Self::ServiceUnavailable(_) => "service_unavailable",
             Self::Internal(_) => "internal_error",
         }
@@ -128,9 +129,13 @@ impl ApiError {
         match self {
             Self::Validation(v) => json!({ "fields": v.fields }),
             Self::Conflict { context, .. } => context.clone(),
-            Self::Locked { retry_after, .. } | Self::TooManyRequests { retry_after, .. } => {
+            Self::Locked { retry_after, .. } => {
                 json!({ "retry_after_seconds": retry_after.as_secs().max(1) })
             }
+            Self::RateLimited { status, .. } => json!({
+                "retry_after_seconds": status.retry_after_seconds(),
+                "limit": status.limit,
+            }),
             _ => json!({}),
         }
     }
@@ -167,7 +172,7 @@ impl ResponseError for ApiError {
             Self::Locked { .. } => StatusCode::LOCKED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::DatabaseUnavailable(_) | Self::ServiceUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -189,11 +194,18 @@ impl ResponseError for ApiError {
             other => other.to_string(),
         };
         let mut response = envelope(status, self.code(), &detail, self.context());
-        if let Self::Locked { retry_after, .. } | Self::TooManyRequests { retry_after, .. } = self {
-            let secs = retry_after.as_secs().max(1).to_string();
-            if let Ok(value) = HeaderValue::from_str(&secs) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
+        let retry_after = match self {
+            Self::Locked { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            Self::RateLimited { status, .. } => {
+                crate::ratelimit::insert_headers(response.headers_mut(), *status);
+                Some(status.retry_after_seconds())
             }
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -11,6 +11,7 @@ pub mod environments;
 pub mod error;
 pub mod http;
 pub mod plans;
+pub mod ratelimit;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

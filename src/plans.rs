@@ -1,6 +1,7 @@
 //! Subscription plans and what each allows. One table, read by quotas and `/api/v1/info`.
 
 use std::io::Write;
+use std::num::NonZeroU32;
 
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::expression::AsExpression;
@@ -72,6 +73,19 @@ impl Plan {
                 max_size: "xlarge",
                 terminal_connections: None,
             },
+        }
+    }
+}
+
+impl Plan {
+    /// How many times `DEVPOCKET_RATE_LIMIT_USER` (the free plan's rate) the plan may
+    /// make; `None`: no per-user limit (the per-address limit still applies).
+    pub fn rate_limit_multiplier(self) -> Option<NonZeroU32> {
+        match self {
+            Plan::Free => NonZeroU32::new(1),
+            Plan::Starter => NonZeroU32::new(2),
+            Plan::Pro => NonZeroU32::new(4),
+            Plan::Admin => None,
         }
     }
 }

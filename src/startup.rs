@@ -25,6 +25,7 @@ use crate::crypto::SecretBox;
 use crate::db::environments::DbStore;
 use crate::db::{self, DbPool, embedded};
 use crate::http::{self, json::JsonLimit};
+use crate::ratelimit::{self, RateLimits};
 use crate::routes;
 
 /// Everything a handler may need, shared by all workers.
@@ -38,6 +39,7 @@ pub struct AppState {
     /// The provider new environments use.
     pub default_provider: String,
     pub terminal_connections: Arc<crate::routes::ws_terminal::TerminalConnections>,
+    pub ratelimits: Arc<RateLimits>,
 }
 
 /// The system group of local environments' users (when running as root).
@@ -124,6 +126,8 @@ impl Application {
             .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
         let workers = settings.workers;
+        let ratelimits = Arc::new(RateLimits::new(&settings));
+        ratelimit::spawn_sweeper(&ratelimits);
         let settings = Arc::new(settings);
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -134,6 +138,7 @@ impl Application {
             actors,
             default_provider: "local".to_owned(),
             terminal_connections: Arc::default(),
+            ratelimits,
         });
 
         let server = HttpServer::new(move || {
@@ -186,7 +191,13 @@ fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
         .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
-        .expose_headers(["x-request-id", "retry-after"])
+        .expose_headers([
+            "x-request-id",
+            "retry-after",
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+        ])
         .max_age(3600);
     for origin in origins {
         cors = if origin == "*" {

@@ -1,5 +1,6 @@
 //! `AuthUser`: the authenticated caller, checked on every request against the
-//! session store so that logout, token reuse and deactivation take effect at once.
+//! session store so that logout, token reuse and deactivation take effect at once,
+//! and counted against the per-user rate limit of their plan.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use super::tokens::TokenKind;
 use crate::db::sessions;
 use crate::db::users::User;
 use crate::error::ApiError;
+use crate::ratelimit;
 use crate::startup::AppState;
 
 #[derive(Debug, Clone)]
@@ -54,6 +56,7 @@ impl FromRequest for AuthUser {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let token = bearer(req);
+        let req = req.clone();
         Box::pin(async move {
             let state = state
                 .ok_or_else(|| ApiError::internal(anyhow::anyhow!("application state missing")))?;
@@ -62,7 +65,12 @@ impl FromRequest for AuthUser {
                     "Authentication required: send `Authorization: Bearer <access_token>`.".into(),
                 )
             })?;
-            AuthUser::from_token(&state, &token).await
+            let caller = AuthUser::from_token(&state, &token).await?;
+            // Per user, scaled by plan: known only now, after the session check.
+            if let Some(status) = state.ratelimits.check_user(&caller.user)? {
+                ratelimit::record(&req, status);
+            }
+            Ok(caller)
         })
     }
 }

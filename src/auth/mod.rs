@@ -170,6 +170,9 @@ pub async fn login(
     {
         return Err(locked(until));
     }
+    // Per account, from any address: bounds guessing from many addresses.
+    let account = crate::ratelimit::Account::of(user.as_ref(), login);
+    state.ratelimits.check_login(&account)?;
     // Do not hold a pooled connection across the (slow) hash.
     drop(conn);
     let ok = state

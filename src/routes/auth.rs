@@ -1,5 +1,6 @@
 //! `/api/v1/auth/*`: register, login, refresh, logout, me.
 
+use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,14 +11,17 @@ use crate::db::users::User;
 use crate::error::ApiError;
 use crate::http::{Json, client_ip};
 use crate::plans::Plan;
+use crate::ratelimit;
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // Routes that take credentials are under a stricter per-address limit too.
+    let limited = |path| web::resource(path).wrap(from_fn(ratelimit::limit_auth_by_ip));
     cfg.service(
         web::scope("/auth")
-            .route("/register", web::post().to(register))
-            .route("/login", web::post().to(login))
-            .route("/refresh", web::post().to(refresh))
+            .service(limited("/register").route(web::post().to(register)))
+            .service(limited("/login").route(web::post().to(login)))
+            .service(limited("/refresh").route(web::post().to(refresh)))
             .route("/logout", web::post().to(logout))
             .route("/me", web::get().to(me)),
     );

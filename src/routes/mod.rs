@@ -9,13 +9,16 @@ pub mod ws_common;
 pub mod ws_logs;
 pub mod ws_terminal;
 
+use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(health::configure).service(
+        // Health probes stay outside the limits (load balancers poll them).
         web::scope("/api/v1")
+            .wrap(from_fn(crate::ratelimit::limit_by_ip))
             .configure(auth::configure)
             .configure(info::configure)
             .configure(templates::configure)

@@ -9,12 +9,13 @@ use crate::error::ApiError;
 use crate::startup::AppState;
 
 /// The caller behind `?token=`, or how to close: 1008 for bad credentials, 1013
-/// (try again) when the server cannot check them right now.
+/// (try again) when the server cannot check them right now or the user is over the
+/// limit of connection attempts.
 pub async fn authenticate(
     state: &AppState,
     token: Option<&str>,
 ) -> Result<AuthUser, (CloseCode, String)> {
-    match token {
+    let caller = match token {
         None | Some("") => Err((
             CloseCode::Policy,
             "missing token: connect with ?token=ACCESS_TOKEN".to_owned(),
@@ -25,7 +26,20 @@ pub async fn authenticate(
                 ApiError::Unauthorized(m) => (CloseCode::Policy, m),
                 other => (CloseCode::Again, format!("{other}; reconnect")),
             }),
-    }
+    }?;
+    state
+        .ratelimits
+        .check_ws_connect(caller.user.id)
+        .map_err(|s| {
+            (
+                CloseCode::Again,
+                format!(
+                    "too many connection attempts; retry in {} s",
+                    s.retry_after_seconds()
+                ),
+            )
+        })?;
+    Ok(caller)
 }
 
 pub async fn close(session: Session, code: CloseCode, reason: &str) {

@@ -41,8 +41,6 @@ const HEARTBEAT: Duration = Duration::from_secs(30);
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client that answers nothing for this long is removed.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
-/// Input frames per second per connection.
-const INPUT_FRAMES_PER_SECOND: u32 = 200;
 const WAIT_POLL: Duration = Duration::from_secs(1);
 
 /// Open terminal connections per user, for the plan's cap.
@@ -188,6 +186,7 @@ async fn terminal_socket(
             "session": {"name": name, "clients": 0},
         });
         let (cols, rows) = clamp_size(query.cols, query.rows);
+        let input_limit = state.ratelimits.ws_input_limiter();
         let conn = Connection {
             state,
             session,
@@ -199,8 +198,7 @@ async fn terminal_socket(
             cols,
             rows,
             last_seen: Instant::now(),
-            window_start: Instant::now(),
-            frames_in_window: 0,
+            input_limit,
             _slot: slot,
         };
         conn.run(welcome, query.resume).await;
@@ -219,8 +217,7 @@ struct Connection {
     cols: u32,
     rows: u32,
     last_seen: Instant,
-    window_start: Instant,
-    frames_in_window: u32,
+    input_limit: governor::DefaultDirectRateLimiter,
     _slot: ConnectionSlot,
 }
 
@@ -425,14 +422,12 @@ impl Connection {
                 let Some(data) = frame["data"].as_str() else {
                     return self.error("input needs a string \"data\"").await;
                 };
-                if self.window_start.elapsed() >= Duration::from_secs(1) {
-                    self.window_start = Instant::now();
-                    self.frames_in_window = 0;
-                }
-                self.frames_in_window += 1;
-                if self.frames_in_window > INPUT_FRAMES_PER_SECOND {
+                if self.input_limit.check().is_err() {
+                    let max = self.state.settings.ws_input_per_second;
                     return self
-                        .error(&format!("too many input frames (at most {INPUT_FRAMES_PER_SECOND} per second); input dropped"))
+                        .error(&format!(
+                            "too many input frames (at most {max} per second); input dropped"
+                        ))
                         .await;
                 }
                 let Some((terminal, client)) = attached else {

@@ -9,6 +9,7 @@ mod health;
 mod helpers;
 mod http;
 mod isolation;
+mod ratelimit;
 mod restart;
 mod templates;
 mod terminals;

@@ -1,0 +1,329 @@
+//! Rate limits (GCRA, on `governor`): requests per client address on the API,
+//! sign-up/sign-in/refresh per address and sign-in per account, requests per signed-in
+//! user scaled by plan, WebSocket connection attempts per user, and terminal input
+//! frames per connection. Keyed state lives in DashMaps that a background task sweeps,
+//! so memory follows the keys seen lately, not every key ever seen. See README, Security.
+
+mod middleware;
+
+pub use middleware::{insert_headers, limit_auth_by_ip, limit_by_ip, record};
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use uuid::Uuid;
+
+use crate::config::{Rate, Settings};
+use crate::db::users::User;
+use crate::error::ApiError;
+use crate::plans::Plan;
+
+/// How often keys that are back to a full allowance are dropped.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Where a caller stands with one limit: what the `RateLimit-*` headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// The burst allowance.
+    pub limit: u32,
+    pub remaining: u32,
+    /// Allowed: until the whole allowance is back. Refused: until the next request
+    /// may pass (the `Retry-After`).
+    pub reset: Duration,
+}
+
+impl Status {
+    /// `reset` in whole seconds, rounded up, so that waiting that long is enough.
+    pub fn reset_seconds(&self) -> u64 {
+        self.reset.as_secs() + u64::from(self.reset.subsec_nanos() > 0)
+    }
+
+    /// Seconds to wait after a refusal: at least 1.
+    pub fn retry_after_seconds(&self) -> u64 {
+        self.reset_seconds().max(1)
+    }
+}
+
+fn quota(rate: Rate) -> Quota {
+    // `Rate` guarantees a non-zero interval; the fallback is never used.
+    Quota::with_period(rate.interval())
+        .unwrap_or_else(|| Quota::per_second(rate.count))
+        .allow_burst(rate.count)
+}
+
+/// One limit, with a state per key (address, user, account).
+pub struct Keyed<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
+    limiter: RateLimiter<K, DashMapStateStore<K>, C, StateInformationMiddleware>,
+}
+
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    pub fn new(rate: Rate) -> Self {
+        Self::with_clock(rate, DefaultClock::default())
+    }
+}
+
+impl<K: Hash + Eq + Clone, C: Clock> Keyed<K, C> {
+    pub fn with_clock(rate: Rate, clock: C) -> Self {
+        Self {
+            limiter: RateLimiter::dashmap_with_clock(quota(rate), clock)
+                .with_middleware::<StateInformationMiddleware>(),
+        }
+    }
+
+    /// Counts one request for `key`: `Ok` with what is left, `Err` with when to retry.
+    /// A refused request costs nothing.
+    pub fn check(&self, key: &K) -> Result<Status, Status> {
+        match self.limiter.check_key(key) {
+            Ok(snapshot) => {
+                let quota = snapshot.quota();
+                let limit = quota.burst_size().get();
+                let remaining = snapshot.remaining_burst_capacity();
+                Ok(Status {
+                    limit,
+                    remaining,
+                    reset: quota.replenish_interval() * limit.saturating_sub(remaining),
+                })
+            }
+            Err(not_until) => Err(Status {
+                limit: not_until.quota().burst_size().get(),
+                remaining: 0,
+                reset: not_until.wait_time_from(self.limiter.clock().now()),
+            }),
+        }
+    }
+
+    /// Drops the keys whose allowance is full again (they are the same as absent
+    /// ones) and gives the memory back.
+    pub fn sweep(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
+    }
+}
+
+/// Whose sign-in attempts are counted together: an account that exists, by id (its
+/// username and e-mail address share one allowance), or else what was typed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Account {
+    User(Uuid),
+    Login(String),
+}
+
+impl Account {
+    pub fn of(user: Option<&User>, login: &str) -> Self {
+        match user {
+            Some(user) => Self::User(user.id),
+            None => Self::Login(login.trim().to_lowercase()),
+        }
+    }
+}
+
+/// The key of a client address: IPv6 clients usually hold a whole /64, so they
+/// count as one.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
+fn refused(what: &str, status: Status) -> ApiError {
+    ApiError::RateLimited {
+        detail: format!("{what}; retry in {} s.", status.retry_after_seconds()),
+        status,
+    }
+}
+
+/// Every limit of the server, shared by all workers (one process counts its own).
+pub struct RateLimits {
+    ip: Keyed<IpAddr>,
+    auth_ip: Keyed<IpAddr>,
+    auth_account: Keyed<Account>,
+    /// One per plan that has a per-user limit.
+    users: Vec<(Plan, Keyed<Uuid>)>,
+    ws_connect: Keyed<Uuid>,
+    ws_input: Quota,
+}
+
+impl RateLimits {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            ip: Keyed::new(settings.rate_limit_ip),
+            auth_ip: Keyed::new(settings.rate_limit_auth_ip),
+            auth_account: Keyed::new(settings.rate_limit_auth_account),
+            users: Plan::ALL
+                .into_iter()
+                .filter_map(|plan| {
+                    let factor = plan.rate_limit_multiplier()?;
+                    Some((plan, Keyed::new(settings.rate_limit_user.scaled(factor))))
+                })
+                .collect(),
+            ws_connect: Keyed::new(settings.rate_limit_ws_connect),
+            ws_input: Quota::per_second(settings.ws_input_per_second),
+        }
+    }
+
+    /// Any request to the API from `ip`.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<Status, ApiError> {
+        self.ip
+            .check(&address_key(ip))
+            .map_err(|s| refused("Too many requests from your network address", s))
+    }
+
+    /// Sign-up, sign-in or refresh from `ip`.
+    pub fn check_auth_ip(&self, ip: IpAddr) -> Result<Status, ApiError> {
+        self.auth_ip.check(&address_key(ip)).map_err(|s| {
+            refused(
+                "Too many sign-up, sign-in or refresh requests from your network address",
+                s,
+            )
+        })
+    }
+
+    /// A sign-in attempt on `account`, from wherever.
+    pub fn check_login(&self, account: &Account) -> Result<Status, ApiError> {
+        self.auth_account
+            .check(account)
+            .map_err(|s| refused("Too many sign-in attempts for this account", s))
+    }
+
+    /// An authenticated request; `None` when the user's plan has no per-user limit.
+    pub fn check_user(&self, user: &User) -> Result<Option<Status>, ApiError> {
+        let plan = user.subscription_plan;
+        let Some((_, limiter)) = self.users.iter().find(|(p, _)| *p == plan) else {
+            return Ok(None);
+        };
+        limiter.check(&user.id).map(Some).map_err(|s| {
+            refused(
+                &format!("Too many requests for your account on the {plan} plan"),
+                s,
+            )
+        })
+    }
+
+    /// A WebSocket connection by `user`: `Err` with how long to wait.
+    pub fn check_ws_connect(&self, user: Uuid) -> Result<(), Status> {
+        self.ws_connect.check(&user).map(|_| ())
+    }
+
+    /// A limiter for the input frames of one terminal connection.
+    pub fn ws_input_limiter(&self) -> DefaultDirectRateLimiter {
+        RateLimiter::direct(self.ws_input)
+    }
+
+    /// Sweeps every keyed limit.
+    pub fn sweep(&self) {
+        self.ip.sweep();
+        self.auth_ip.sweep();
+        self.auth_account.sweep();
+        for (_, limiter) in &self.users {
+            limiter.sweep();
+        }
+        self.ws_connect.sweep();
+    }
+}
+
+/// Sweeps `limits` every [`SWEEP_EVERY`] until they are dropped (the server stopped).
+pub fn spawn_sweeper(limits: &Arc<RateLimits>) {
+    let limits = Arc::downgrade(limits);
+    actix_web::rt::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let Some(limits) = limits.upgrade() else {
+                break;
+            };
+            // Many keys take a moment: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || limits.sweep()).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+    use std::num::NonZeroU32;
+
+    fn rate(count: u32, secs: u64) -> Rate {
+        Rate::new(
+            NonZeroU32::new(count).expect("non-zero"),
+            Duration::from_secs(secs),
+        )
+    }
+
+    #[test]
+    fn allows_the_burst_then_says_when_to_retry() {
+        let clock = FakeRelativeClock::default();
+        let limit = Keyed::with_clock(rate(3, 60), clock.clone());
+        let statuses: Vec<Status> = (0..3)
+            .map(|_| limit.check(&"k").expect("allowed"))
+            .collect();
+        assert_eq!(
+            statuses.iter().map(|s| s.remaining).collect::<Vec<_>>(),
+            [2, 1, 0]
+        );
+        assert_eq!(statuses[0].limit, 3);
+        assert_eq!(statuses[2].reset, Duration::from_secs(60));
+        let refused = limit.check(&"k").expect_err("limited");
+        assert_eq!(refused.remaining, 0);
+        assert_eq!(refused.reset, Duration::from_secs(20));
+        assert_eq!(refused.retry_after_seconds(), 20);
+        // Another key has its own allowance.
+        assert!(limit.check(&"other").is_ok());
+        clock.advance(Duration::from_secs(20));
+        assert!(limit.check(&"k").is_ok());
+        assert!(limit.check(&"k").is_err());
+    }
+
+    #[test]
+    fn sweeping_bounds_memory() {
+        let clock = FakeRelativeClock::default();
+        let limit = Keyed::with_clock(rate(5, 60), clock.clone());
+        for n in 0..100_000u32 {
+            limit.check(&n).expect("first request of a key");
+        }
+        assert_eq!(limit.len(), 100_000);
+        // Sweeping early keeps keys whose allowance is not back yet.
+        limit.sweep();
+        assert_eq!(limit.len(), 100_000);
+        // One request takes 12 s to come back; governor keeps a key one interval more.
+        clock.advance(Duration::from_secs(25));
+        limit.check(&7).expect("a recent key");
+        limit.sweep();
+        assert_eq!(limit.len(), 1, "only the key used since is kept");
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
+        assert_eq!(
+            address_key(mapped),
+            "192.0.2.1".parse::<IpAddr>().expect("ip")
+        );
+    }
+}

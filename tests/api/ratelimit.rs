@@ -1,0 +1,330 @@
+//! Rate limits: per client address (believing `X-Forwarded-For` from trusted proxies
+//! only), stricter on credential routes, per account on sign-in, per user by plan,
+//! WebSocket connection attempts per user and terminal input per connection.
+
+use std::time::Duration;
+
+use crate::helpers::{PASSWORD, TestApp, Ws, WsEvent, assert_error, ws_next, ws_until};
+use diesel_async::RunQueryDsl;
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+fn number(response: &reqwest::Response, name: &str) -> u64 {
+    response.headers()[name]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not a number"))
+}
+
+/// Asserts a refusal: 429, `Retry-After`, `RateLimit-*` and the envelope. Returns
+/// the advertised wait.
+async fn assert_limited(response: reqwest::Response, limit: u64) -> u64 {
+    let retry_after = number(&response, "retry-after");
+    assert!(retry_after >= 1);
+    assert_eq!(number(&response, "ratelimit-limit"), limit);
+    assert_eq!(number(&response, "ratelimit-remaining"), 0);
+    assert_eq!(number(&response, "ratelimit-reset"), retry_after);
+    let body = assert_error(response, 429, "rate_limited").await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("retry in {retry_after} s")),
+        "{body}"
+    );
+    assert_eq!(body["context"]["retry_after_seconds"], retry_after);
+    retry_after
+}
+
+async fn get_as(app: &TestApp, path: &str, forwarded_for: String) -> reqwest::Response {
+    app.client
+        .get(app.url(path))
+        .header("x-forwarded-for", forwarded_for)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn login_as(app: &TestApp, login: &str, password: &str, from: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", from)
+        .json(&json!({"username_or_email": login, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Sends `send` until it is refused (at most `bound` times); returns how many
+/// passed and the refusal.
+async fn until_limited<F, Fut>(bound: usize, mut send: F) -> (usize, reqwest::Response)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Response>,
+{
+    for passed in 0..bound {
+        let response = send().await;
+        if response.status() == 429 {
+            return (passed, response);
+        }
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+    panic!("never limited after {bound} requests");
+}
+
+#[actix_web::test]
+async fn a_burst_from_one_address_is_refused_with_headers_then_recovers() {
+    let app = TestApp::spawn_with(&[("DEVPOCKET_RATE_LIMIT_IP", "3/3s")]).await;
+
+    let first = app.get("/api/v1/info").await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(number(&first, "ratelimit-limit"), 3);
+    assert_eq!(number(&first, "ratelimit-remaining"), 2);
+    assert!(number(&first, "ratelimit-reset") >= 1);
+
+    let (passed, refused) = until_limited(50, || app.get("/api/v1/info")).await;
+    assert!(passed >= 2, "the burst is 3: {passed} more passed");
+    let retry_after = assert_limited(refused, 3).await;
+
+    // Load balancers' probes are not limited.
+    let health = app.get("/health/live").await;
+    assert_eq!(health.status(), 200);
+    assert!(health.headers().get("ratelimit-limit").is_none());
+
+    // Waiting as long as advertised is enough.
+    actix_web::rt::time::sleep(Duration::from_secs(retry_after)).await;
+    assert_eq!(app.get("/api/v1/info").await.status(), 200);
+}
+
+#[actix_web::test]
+async fn forwarded_for_counts_only_from_a_trusted_proxy() {
+    // Anybody may send the header: from an untrusted peer it changes nothing.
+    let app = TestApp::spawn_with(&[("DEVPOCKET_RATE_LIMIT_IP", "2/1m")]).await;
+    let mut n = 0;
+    let (passed, refused) = until_limited(10, || {
+        n += 1;
+        get_as(&app, "/api/v1/info", format!("203.0.113.{n}"))
+    })
+    .await;
+    assert_eq!(passed, 2);
+    assert_limited(refused, 2).await;
+    drop(app);
+
+    // Behind a trusted proxy, each forwarded client has its own allowance.
+    let app = TestApp::spawn_with(&[
+        ("DEVPOCKET_RATE_LIMIT_IP", "2/1m"),
+        ("DEVPOCKET_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    let (passed, refused) =
+        until_limited(10, || get_as(&app, "/api/v1/info", "203.0.113.1".into())).await;
+    assert_eq!(passed, 2);
+    assert_limited(refused, 2).await;
+    let other = get_as(&app, "/api/v1/info", "203.0.113.2".into()).await;
+    assert_eq!(other.status(), 200);
+    assert_eq!(number(&other, "ratelimit-remaining"), 1);
+}
+
+#[actix_web::test]
+async fn credential_routes_have_a_stricter_limit_per_address() {
+    let app = TestApp::spawn_with(&[("DEVPOCKET_RATE_LIMIT_AUTH_IP", "3/1m")]).await;
+    let session = app.signed_up("strict").await;
+    let token = session["access_token"].as_str().unwrap();
+    assert_eq!(app.login("strict", PASSWORD).await.status(), 200);
+    let refreshed = app
+        .post_json(
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": session["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(refreshed.status(), 200);
+
+    assert_limited(app.login("strict", PASSWORD).await, 3).await;
+    let register = app.register("another").await;
+    assert_limited(register, 3).await;
+
+    // The rest of the API is under the general limit only.
+    assert_eq!(
+        app.authed_client(token)
+            .get("/api/v1/auth/me")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.get("/api/v1/info").await.status(), 200);
+}
+
+#[actix_web::test]
+async fn sign_in_is_limited_per_account_from_any_address() {
+    let app = TestApp::spawn_with(&[
+        ("DEVPOCKET_TRUSTED_PROXIES", "127.0.0.1"),
+        ("DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT", "3/1m"),
+    ])
+    .await;
+    app.signed_up("victim").await;
+    app.signed_up("bystander").await;
+
+    // Three guesses from three addresses, by username and by e-mail: one account.
+    for (n, login) in ["victim", "VICTIM", "victim@example.com"]
+        .iter()
+        .enumerate()
+    {
+        let from = format!("198.51.100.{}", n + 1);
+        let response = login_as(&app, login, "Wrong-password-1", &from).await;
+        assert_error(response, 401, "unauthorized").await;
+    }
+    // A fourth address, even with the right password, waits.
+    let refused = login_as(&app, "victim", PASSWORD, "198.51.100.4").await;
+    let retry_after = assert_limited(refused, 3).await;
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+
+    // Other accounts from the same address are not affected.
+    let other = login_as(&app, "bystander", PASSWORD, "198.51.100.4").await;
+    assert_eq!(other.status(), 200);
+}
+
+async fn me(app: &TestApp, token: &str) -> reqwest::Response {
+    app.authed_client(token).get("/api/v1/auth/me").await
+}
+
+#[actix_web::test]
+async fn signed_in_requests_are_limited_per_user_scaled_by_plan() {
+    let app = TestApp::spawn_with(&[("DEVPOCKET_RATE_LIMIT_USER", "2/1m")]).await;
+    let free = app.user_token("free_user").await;
+    let free_me = || me(&app, &free);
+
+    // The headers describe the tightest limit: the user's, not the address's.
+    let first = free_me().await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(number(&first, "ratelimit-limit"), 2);
+    assert_eq!(number(&first, "ratelimit-remaining"), 1);
+    let (passed, refused) = until_limited(10, free_me).await;
+    assert_eq!(passed, 1);
+    assert_eq!(number(&refused, "ratelimit-limit"), 2);
+    let body = assert_error(refused, 429, "rate_limited").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("free plan"),
+        "{body}"
+    );
+
+    // Another user from the same address has their own allowance.
+    let other = app.user_token("other_user").await;
+    assert_eq!(
+        app.authed_client(&other)
+            .get("/api/v1/auth/me")
+            .await
+            .status(),
+        200
+    );
+
+    // Starter doubles the allowance; admin has no per-user limit.
+    let starter = app.user_token("starter_user").await;
+    let mut conn = app.db.connect().await;
+    diesel::sql_query(
+        "UPDATE users SET subscription_plan = 'starter' WHERE username = 'starter_user'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (passed, refused) = until_limited(20, || me(&app, &starter)).await;
+    assert_eq!(passed, 4);
+    assert_limited(refused, 4).await;
+
+    let admin = app.admin_token("unlimited_admin").await;
+    for _ in 0..10 {
+        let response = app.authed_client(&admin).get("/api/v1/auth/me").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(number(&response, "ratelimit-limit"), 1200, "the address's");
+    }
+}
+
+async fn close_of(ws: &mut Ws) -> (u16, String) {
+    match ws_next(ws).await {
+        WsEvent::Closed(Some(close)) => close,
+        other => panic!("expected a close, got {other:?}"),
+    }
+}
+
+#[actix_web::test]
+async fn websocket_connection_attempts_are_limited_per_user() {
+    let app = TestApp::spawn_with(&[("DEVPOCKET_RATE_LIMIT_WS_CONNECT", "2/1m")]).await;
+    let token = app.user_token("ws_flooder").await;
+    // Authentication comes first; an unknown environment is enough to count.
+    let nowhere = uuid::Uuid::new_v4();
+    let terminal = format!("/api/v1/ws/terminal/{nowhere}?token={token}");
+    for _ in 0..2 {
+        let (code, reason) = close_of(&mut app.ws(&terminal).await).await;
+        assert_eq!((code, reason.as_str()), (1008, "environment not found"));
+    }
+    let (code, reason) = close_of(&mut app.ws(&terminal).await).await;
+    assert_eq!(code, 1013, "{reason}");
+    assert!(
+        reason.starts_with("too many connection attempts; retry in "),
+        "{reason}"
+    );
+    // The log stream counts against the same allowance.
+    let logs = format!("/api/v1/ws/logs/{nowhere}?token={token}");
+    assert_eq!(close_of(&mut app.ws(&logs).await).await.0, 1013);
+
+    // Another user has their own.
+    let other = app.user_token("ws_patient").await;
+    let (code, _) = close_of(
+        &mut app
+            .ws(&format!("/api/v1/ws/terminal/{nowhere}?token={other}"))
+            .await,
+    )
+    .await;
+    assert_eq!(code, 1008);
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+}
+
+#[actix_web::test]
+async fn a_terminal_input_flood_gets_an_error_frame_and_the_connection_stays() {
+    let app = TestApp::spawn_with(&[("DEVPOCKET_WS_INPUT_PER_SECOND", "5")]).await;
+    let token = app.admin_token("flood_admin").await;
+    let id = app.ready_environment(&token, "flood", "ubuntu").await;
+    let mut ws = app
+        .ws(&format!("/api/v1/ws/terminal/{id}?token={token}"))
+        .await;
+    let frames = ws_until(&mut ws, "status").await;
+    assert_eq!(frames.last().unwrap()["state"], "connected", "{frames:?}");
+
+    for _ in 0..30 {
+        send(&mut ws, json!({"type": "input", "data": ""})).await;
+    }
+    send(&mut ws, json!({"type": "ping", "timestamp": 1})).await;
+    let frames = ws_until(&mut ws, "pong").await;
+    let errors: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "error")
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    assert!(!errors.is_empty(), "no error frame: {frames:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|m| *m == "too many input frames (at most 5 per second); input dropped"),
+        "{errors:?}"
+    );
+
+    // Still connected: after a second's allowance comes back, input goes through.
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    send(
+        &mut ws,
+        json!({"type": "input", "data": "echo alive-$((40+2))\r"}),
+    )
+    .await;
+    let mut text = String::new();
+    while !text.contains("alive-42") {
+        match ws_next(&mut ws).await {
+            WsEvent::Json(f) if f["type"] == "output" => text.push_str(f["data"].as_str().unwrap()),
+            WsEvent::Json(f) => assert_ne!(f["type"], "error", "{f}"),
+            WsEvent::Closed(c) => panic!("closed: {c:?}"),
+        }
+    }
+}
