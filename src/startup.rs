@@ -18,6 +18,7 @@ use devpocket_actors::provider::local::LocalProvider;
 use devpocket_actors::terminal::TerminalSettings;
 use devpocket_actors::{ActorSettings, ActorSystem, Deps, Gauges};
 
+use crate::audit::{AuditLog, AuditWriter};
 use crate::auth::password::PasswordHasher;
 use crate::auth::tokens::TokenKeys;
 use crate::config::{DatabaseSetting, Settings};
@@ -38,6 +39,8 @@ pub struct AppState {
     /// The provider new environments use.
     pub default_provider: String,
     pub terminal_connections: Arc<crate::routes::ws_terminal::TerminalConnections>,
+    /// Where handlers record audit events (never blocks; see `audit`).
+    pub audit: AuditLog,
 }
 
 /// The system group of local environments' users (when running as root).
@@ -88,6 +91,7 @@ fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSyste
 pub struct Application {
     port: u16,
     server: Server,
+    audit: AuditWriter,
 }
 
 impl Application {
@@ -124,6 +128,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let workers = settings.workers;
         let settings = Arc::new(settings);
+        let (audit, audit_writer) = AuditLog::start(pool.clone());
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             pool,
@@ -133,6 +138,7 @@ impl Application {
             actors,
             default_provider: "local".to_owned(),
             terminal_connections: Arc::default(),
+            audit,
         });
 
         let server = HttpServer::new(move || {
@@ -158,7 +164,11 @@ impl Application {
         .disable_signals()
         .listen(listener)?
         .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            audit: audit_writer,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -169,8 +179,11 @@ impl Application {
         self.server.handle()
     }
 
+    /// Serves until stopped, then writes the audit events still queued.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        self.audit.finish().await;
+        result
     }
 }
 
