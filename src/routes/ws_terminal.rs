@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::ws_common::{authenticate, close};
+use crate::audit::{Action, Origin, TerminalAudit};
 use crate::db::environments as db;
 use crate::startup::AppState;
 
@@ -115,6 +116,7 @@ async fn terminal_socket(
     query: web::Query<TerminalQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let (response, session, stream) = actix_ws::handle(&req, payload)?;
+    let origin = Origin::of(&req, &state.settings.trusted_proxies);
     let stream = stream.max_frame_size(PROTOCOL_FRAME_LIMIT);
     let query = query.into_inner();
     let id = id.into_inner();
@@ -171,6 +173,7 @@ async fn terminal_socket(
             "session": {"name": name, "clients": 0},
         });
         let (cols, rows) = clamp_size(query.cols, query.rows);
+        let audit = TerminalAudit::new(&state, origin, caller.user.id, env_id, &name);
         let conn = Connection {
             state,
             session,
@@ -184,6 +187,7 @@ async fn terminal_socket(
             window_start: Instant::now(),
             frames_in_window: 0,
             _slot: slot,
+            audit,
         };
         conn.run(welcome, query.resume).await;
     });
@@ -203,6 +207,7 @@ struct Connection {
     window_start: Instant,
     frames_in_window: u32,
     _slot: ConnectionSlot,
+    audit: TerminalAudit,
 }
 
 /// What to do after a client frame.
@@ -289,12 +294,14 @@ impl Connection {
                 .await;
             }
         };
+        self.audit.record(Action::TerminalAttach);
         if !welcomed {
             welcome["session"]["clients"] = json!(attached.clients);
             if !send(&mut self.session, welcome).await {
                 terminal.do_send(Detach {
                     client: attached.client,
                 });
+                self.audit.record(Action::TerminalDetach);
                 return;
             }
         }
@@ -341,6 +348,7 @@ impl Connection {
         terminal.do_send(Detach {
             client: attached.client,
         });
+        self.audit.record(Action::TerminalDetach);
         if let Some((code, reason)) = outcome {
             close(self.session, code, &reason).await;
         }
