@@ -7,12 +7,12 @@
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -358,6 +358,10 @@ struct Losses {
 pub struct AuditLog {
     tx: mpsc::Sender<NewAuditEvent>,
     losses: Arc<Losses>,
+    /// The last `created_at` given out, in microseconds: each event gets a later
+    /// one, so events of this process list in the order they were recorded even
+    /// when the clock reads the same microsecond twice.
+    last_stamp: Arc<AtomicI64>,
 }
 
 /// The background writer; `finish` flushes what is queued at shutdown.
@@ -392,7 +396,25 @@ impl AuditLog {
     fn channel(capacity: usize) -> (Self, mpsc::Receiver<NewAuditEvent>) {
         let (tx, rx) = mpsc::channel(capacity);
         let losses = Arc::new(Losses::default());
-        (Self { tx, losses }, rx)
+        let log = Self {
+            tx,
+            losses,
+            last_stamp: Arc::default(),
+        };
+        (log, rx)
+    }
+
+    /// Now, or just after the previous event's time if the clock has not moved on.
+    fn stamp(&self) -> DateTime<Utc> {
+        let now = Utc::now();
+        let micros = now.timestamp_micros();
+        let previous = self
+            .last_stamp
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(micros.max(last + 1))
+            })
+            .unwrap_or(micros);
+        DateTime::from_timestamp_micros(micros.max(previous + 1)).unwrap_or(now)
     }
 
     /// Queues `event`; never waits. A full (or closed) queue drops it.
@@ -407,7 +429,7 @@ impl AuditLog {
             ip: origin.ip.clone(),
             user_agent: origin.user_agent.clone(),
             outcome: event.outcome.as_str(),
-            created_at: Utc::now(),
+            created_at: self.stamp(),
         };
         if let Err(err) = self.tx.try_send(row) {
             let dropped = self.losses.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -573,6 +595,19 @@ mod tests {
         );
         assert!(rx.try_recv().is_ok());
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn events_recorded_together_keep_their_order() {
+        let (log, mut rx) = AuditLog::channel(100);
+        for _ in 0..100 {
+            log.record(&origin(), Event::new(Action::Login, Outcome::Success));
+        }
+        let mut previous = None;
+        while let Ok(event) = rx.try_recv() {
+            assert!(previous < Some(event.created_at));
+            previous = Some(event.created_at);
+        }
     }
 
     #[test]

@@ -128,7 +128,7 @@ async fn create_environment(
                 .by(caller.user.id)
                 .details(json!({
                     "name": name,
-                    "template": env.map(|e| &e.template_id),
+                    "template_id": env.map(|e| &e.template_id),
                     "size": env.map(|e| &e.size),
                 })),
         );

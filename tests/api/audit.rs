@@ -1,0 +1,570 @@
+//! The audit log: one row per audited action saying who, what, on which resource,
+//! from where and how it ended; the filters and pages of `GET /api/v1/admin/audit`;
+//! and recording that never fails the request it records. Writes are asynchronous,
+//! so tests poll the endpoint until the rows they expect are there (bounded).
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use diesel_async::RunQueryDsl;
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, TestApp, WsEvent, assert_error, ws_next};
+
+pub const AGENT: &str = "DevPocketTest/1.0 (audit)";
+
+/// Events matching `query`, newest first, once `done` holds for them (polled for
+/// at most 20 s).
+pub async fn audit_until(
+    app: &TestApp,
+    admin: &str,
+    query: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = app
+            .authed_client(admin)
+            .get(&format!("/api/v1/admin/audit?per_page=200&{query}"))
+            .await;
+        assert_eq!(response.status(), 200, "audit query {query}");
+        let body: Value = response.json().await.unwrap();
+        let items = body["items"].as_array().unwrap().clone();
+        if done(&items) {
+            return items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the audit events for {query} never matched: {items:#?}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The action names of `events`, newest first.
+pub fn actions(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect()
+}
+
+/// A POST with our user agent, maybe a token and maybe an `X-Forwarded-For`.
+async fn post(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+    forwarded: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .post(app.url(path))
+        .header("user-agent", AGENT)
+        .json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(forwarded) = forwarded {
+        request = request.header("x-forwarded-for", forwarded);
+    }
+    request.send().await.unwrap()
+}
+
+fn claim(token: &str, name: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    claims[name].as_str().unwrap().to_owned()
+}
+
+#[actix_web::test]
+async fn sign_in_events_say_who_what_where_and_how() {
+    // Behind a trusted proxy the forwarded client address is the one recorded.
+    let app = TestApp::spawn_with(&[("DEVPOCKET_TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let admin = app.admin_token("root").await;
+    let from = "203.0.113.7";
+    let via_proxy = Some(from);
+    let login =
+        |password: &'static str| json!({"username_or_email": "alice", "password": password});
+
+    let registered = post(
+        &app,
+        "/api/v1/auth/register",
+        None,
+        via_proxy,
+        &json!({"username": "alice", "email": "alice@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(registered.status(), 201);
+    let registered: Value = registered.json().await.unwrap();
+    let alice = registered["user"]["id"].as_str().unwrap().to_owned();
+    let first_access = registered["access_token"].as_str().unwrap().to_owned();
+
+    let wrong = post(
+        &app,
+        "/api/v1/auth/login",
+        None,
+        via_proxy,
+        &login("Wrong-horse-1"),
+    )
+    .await;
+    assert_error(wrong, 401, "unauthorized").await;
+    let signed_in = post(
+        &app,
+        "/api/v1/auth/login",
+        None,
+        via_proxy,
+        &login(PASSWORD),
+    )
+    .await;
+    assert_eq!(signed_in.status(), 200);
+    let signed_in: Value = signed_in.json().await.unwrap();
+    let refresh = json!({"refresh_token": signed_in["refresh_token"]});
+    let rotated = post(&app, "/api/v1/auth/refresh", None, via_proxy, &refresh).await;
+    assert_eq!(rotated.status(), 200);
+    let reused = post(&app, "/api/v1/auth/refresh", None, via_proxy, &refresh).await;
+    assert_error(reused, 401, "unauthorized").await;
+    let logout = post(
+        &app,
+        "/api/v1/auth/logout",
+        Some(&first_access),
+        via_proxy,
+        &json!({}),
+    )
+    .await;
+    assert_eq!(logout.status(), 200);
+    let stranger = post(
+        &app,
+        "/api/v1/auth/login",
+        None,
+        via_proxy,
+        &json!({"username_or_email": "nobody", "password": PASSWORD}),
+    )
+    .await;
+    assert_error(stranger, 401, "unauthorized").await;
+
+    // The queue is written in order: once the last event is there, all are.
+    let events = audit_until(&app, &admin, &format!("user={alice}"), |e| {
+        e.first().is_some_and(|e| e["action"] == "auth.logout")
+    })
+    .await;
+    assert_eq!(
+        actions(&events),
+        [
+            "auth.logout",
+            "auth.refresh_reuse",
+            "auth.login",
+            "auth.login_failed",
+            "auth.register"
+        ],
+        "{events:#?}"
+    );
+    for event in &events {
+        assert_eq!(event["user_id"], alice.as_str(), "{event}");
+        assert_eq!(event["username"], "alice", "{event}");
+        assert_eq!(event["ip"], from, "{event}");
+        assert_eq!(event["user_agent"], AGENT, "{event}");
+        assert!(event["created_at"].as_str().unwrap().ends_with('Z'));
+    }
+    let outcome_and_resource = |e: &Value| {
+        (
+            e["outcome"].as_str().unwrap().to_owned(),
+            e["resource_type"].as_str().unwrap().to_owned(),
+            e["resource_id"].as_str().unwrap().to_owned(),
+        )
+    };
+    let user = |outcome: &str| (outcome.to_owned(), "user".to_owned(), alice.clone());
+    let session = |outcome: &str, token: &str| {
+        (
+            outcome.to_owned(),
+            "session".to_owned(),
+            claim(token, "sid"),
+        )
+    };
+    let resources: Vec<_> = events.iter().map(outcome_and_resource).collect();
+    assert_eq!(
+        resources,
+        [
+            session("success", &first_access),
+            session("denied", signed_in["refresh_token"].as_str().unwrap()),
+            user("success"),
+            user("failure"),
+            user("success"),
+        ]
+    );
+    assert_eq!(events[3]["details"]["reason"], "wrong_password");
+
+    // A login for no known account is recorded without a user, naming the attempt.
+    let failed = audit_until(&app, &admin, "action=auth.login_failed", |e| e.len() == 2).await;
+    assert_eq!(failed[0]["user_id"], Value::Null);
+    assert_eq!(failed[0]["outcome"], "failure");
+    assert_eq!(failed[0]["details"]["reason"], "unknown_account");
+    assert_eq!(failed[0]["details"]["login"], "nobody");
+    assert_eq!(failed[0]["ip"], from);
+}
+
+#[actix_web::test]
+async fn a_lockout_and_attempts_while_locked_are_recorded() {
+    let app = TestApp::spawn_with(&[("DEVPOCKET_LOCKOUT_THRESHOLD", "2")]).await;
+    let admin = app.admin_token("root").await;
+    let bob = app.signed_up("bob").await["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.login("bob", "Wrong-horse-1").await.status(), 401);
+    assert_eq!(app.login("bob", "Wrong-horse-2").await.status(), 423);
+    assert_eq!(app.login("bob", PASSWORD).await.status(), 423);
+
+    let events = audit_until(&app, &admin, &format!("user={bob}"), |e| e.len() >= 5).await;
+    let summary: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+                e["details"]["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("auth.login_failed", "denied", "locked"),
+            ("auth.lockout", "denied", ""),
+            ("auth.login_failed", "failure", "wrong_password"),
+            ("auth.login_failed", "failure", "wrong_password"),
+            ("auth.register", "success", ""),
+        ]
+    );
+    assert_eq!(events[1]["details"]["failures"], 2);
+    assert!(events[1]["details"]["locked_until"].is_string());
+    assert!(events.iter().all(|e| e["ip"] == "127.0.0.1"));
+}
+
+/// Opens a terminal with our user agent and waits until it is attached.
+async fn open_terminal(app: &TestApp, token: &str, id: &str) -> crate::helpers::Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "{}/api/v1/ws/terminal/{id}?token={token}",
+        app.address.replacen("http://", "ws://", 1)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("user-agent", AGENT.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    loop {
+        match ws_next(&mut ws).await {
+            WsEvent::Json(f) if f["type"] == "status" && f["state"] == "connected" => return ws,
+            WsEvent::Json(_) => {}
+            WsEvent::Closed(c) => panic!("terminal closed: {c:?}"),
+        }
+    }
+}
+
+#[actix_web::test]
+async fn environment_lifecycle_and_terminal_sessions_are_recorded() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token("root").await;
+    let token = app.user_token("carol").await;
+    let carol = app.authed_client(&token);
+    let carol_id = carol
+        .get("/api/v1/auth/me")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let local = "127.0.0.1";
+    let create = |name: &str| json!({"name": name, "template_id": "ubuntu"});
+
+    let created = post(
+        &app,
+        "/api/v1/environments",
+        Some(&token),
+        None,
+        &create("audited"),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    // The free plan has room for one: the second is refused, and that is recorded.
+    let refused = post(
+        &app,
+        "/api/v1/environments",
+        Some(&token),
+        None,
+        &create("second"),
+    )
+    .await;
+    assert_error(refused, 403, "forbidden").await;
+
+    app.wait_for_env(&token, &id, |e| e["status"] == "running")
+        .await;
+    let mut ws = open_terminal(&app, &token, &id).await;
+    audit_until(&app, &admin, "action=terminal.attach", |e| e.len() == 1).await;
+    ws.close(None).await.unwrap();
+    audit_until(&app, &admin, "action=terminal.detach", |e| e.len() == 1).await;
+
+    let stop = post(
+        &app,
+        &format!("/api/v1/environments/{id}/stop"),
+        Some(&token),
+        None,
+        &json!({}),
+    )
+    .await;
+    assert_eq!(stop.status(), 202);
+    app.wait_for_env(&token, &id, |e| e["status"] == "stopped")
+        .await;
+    let delete = app
+        .client
+        .delete(app.url(&format!("/api/v1/environments/{id}")))
+        .bearer_auth(&token)
+        .header("user-agent", AGENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 202);
+
+    let events = audit_until(
+        &app,
+        &admin,
+        &format!("resource_type=environment&resource_id={id}"),
+        |e| {
+            e.first()
+                .is_some_and(|e| e["action"] == "environment.delete")
+        },
+    )
+    .await;
+    assert_eq!(
+        actions(&events),
+        [
+            "environment.delete",
+            "environment.stop",
+            "terminal.detach",
+            "terminal.attach",
+            "environment.create"
+        ]
+    );
+    for event in &events {
+        assert_eq!(event["user_id"], carol_id.as_str(), "{event}");
+        assert_eq!(event["outcome"], "success", "{event}");
+        assert_eq!(event["ip"], local, "{event}");
+        assert_eq!(event["user_agent"], AGENT, "{event}");
+    }
+    assert_eq!(events[2]["details"]["session"], "main");
+    assert_eq!(events[3]["details"]["session"], "main");
+    assert_eq!(events[4]["details"]["name"], "audited");
+    assert_eq!(events[4]["details"]["template_id"], created["template_id"]);
+    assert_eq!(events[4]["details"]["size"], "small");
+
+    let denied = audit_until(
+        &app,
+        &admin,
+        "action=environment.create&outcome=denied",
+        |e| e.len() == 1,
+    )
+    .await;
+    assert_eq!(denied[0]["user_id"], carol_id.as_str());
+    assert_eq!(denied[0]["resource_id"], Value::Null);
+    assert_eq!(denied[0]["details"]["name"], "second");
+    assert_eq!(denied[0]["details"]["error"], "forbidden");
+}
+
+/// Seeds 30 events a minute apart from 2026-01-01T00:00:00Z: actions alternate
+/// start/stop, the first ten are on `env-a` and the rest on `env-b`, even ones
+/// are `user`'s, and every third one failed.
+async fn seed_events(app: &TestApp, user: &str) {
+    let mut conn = app.db.connect().await;
+    diesel::sql_query(format!(
+        "INSERT INTO audit_events (id, user_id, action, resource_type, resource_id, details, ip, user_agent, outcome, created_at) \
+         SELECT gen_random_uuid(), CASE WHEN i % 2 = 0 THEN '{user}'::uuid END, \
+                CASE WHEN i % 2 = 0 THEN 'environment.start' ELSE 'environment.stop' END, \
+                'environment', CASE WHEN i < 10 THEN 'env-a' ELSE 'env-b' END, \
+                jsonb_build_object('i', i), '192.0.2.1', 'seed', \
+                CASE WHEN i % 3 = 0 THEN 'failure' ELSE 'success' END, \
+                '2026-01-01T00:00:00Z'::timestamptz + i * interval '1 minute' \
+         FROM generate_series(0, 29) AS i"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+async fn page(app: &TestApp, admin: &str, query: &str) -> Value {
+    let response = app
+        .authed_client(admin)
+        .get(&format!("/api/v1/admin/audit?{query}"))
+        .await;
+    assert_eq!(response.status(), 200, "{query}");
+    response.json().await.unwrap()
+}
+
+#[actix_web::test]
+async fn the_audit_log_filters_and_pages() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token("root").await;
+    let dave = app.signed_up("dave").await["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    seed_events(&app, &dave).await;
+    let seeded = "until=2026-01-02T00:00:00Z";
+    let total = |body: &Value| body["total"].as_i64().unwrap();
+
+    // Inclusive time bounds, in any offset.
+    let window = page(
+        &app,
+        &admin,
+        "since=2026-01-01T00:10:00Z&until=2026-01-01T01:19:00%2B01:00",
+    )
+    .await;
+    assert_eq!(total(&window), 10);
+    assert_eq!(window["items"][0]["details"]["i"], 19);
+    assert_eq!(window["items"][9]["details"]["i"], 10);
+
+    let by_user = page(&app, &admin, &format!("user={dave}&{seeded}")).await;
+    assert_eq!(total(&by_user), 15);
+    assert!(
+        by_user["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["user_id"] == dave.as_str() && e["username"] == "dave")
+    );
+    // The live events are there too: dave's registration, root's.
+    let dave_all = audit_until(&app, &admin, &format!("user={dave}"), |e| e.len() == 16).await;
+    assert_eq!(dave_all[0]["action"], "auth.register");
+
+    let stops = page(&app, &admin, &format!("action=environment.stop&{seeded}")).await;
+    assert_eq!(total(&stops), 15);
+    let on_a = page(&app, &admin, "resource_type=environment&resource_id=env-a").await;
+    assert_eq!(total(&on_a), 10);
+    let failures = page(&app, &admin, &format!("outcome=failure&{seeded}")).await;
+    assert_eq!(total(&failures), 10);
+    let combined = page(
+        &app,
+        &admin,
+        &format!("user={dave}&action=environment.start&resource_id=env-b&outcome=failure"),
+    )
+    .await;
+    // Even, from 10, multiples of 3: 12, 18, 24.
+    assert_eq!(total(&combined), 3);
+
+    // Pages: newest first, no overlap, no gap.
+    let mut seen = Vec::new();
+    for n in 1..=5 {
+        let body = page(&app, &admin, &format!("{seeded}&per_page=7&page={n}")).await;
+        assert_eq!(
+            (
+                total(&body),
+                body["page"].as_i64(),
+                body["per_page"].as_i64()
+            ),
+            (30, Some(n), Some(7))
+        );
+        assert_eq!(body["has_more"], n < 5, "page {n}");
+        let items = body["items"].as_array().unwrap();
+        assert_eq!(items.len(), if n < 5 { 7 } else { 2 });
+        seen.extend(items.iter().map(|e| e["details"]["i"].as_i64().unwrap()));
+    }
+    assert_eq!(seen, (0..30).rev().collect::<Vec<i64>>());
+    let beyond = page(&app, &admin, &format!("{seeded}&per_page=7&page=6")).await;
+    assert_eq!(beyond["items"], json!([]));
+    assert_eq!(beyond["has_more"], false);
+    let default = page(&app, &admin, seeded).await;
+    assert_eq!(default["per_page"], 50);
+    assert_eq!(page(&app, &admin, "per_page=200").await["per_page"], 200);
+
+    // Bad filters: 422 naming the parameter.
+    for (query, field) in [
+        ("per_page=201", "per_page"),
+        ("per_page=0", "per_page"),
+        ("page=0", "page"),
+        ("page=two", "page"),
+        ("user=not-a-uuid", "user"),
+        ("action=auth.dance", "action"),
+        ("resource_type=planet", "resource_type"),
+        ("outcome=maybe", "outcome"),
+        ("since=yesterday", "since"),
+        ("until=2026-13-01T00:00:00Z", "until"),
+        (
+            "since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z",
+            "until",
+        ),
+        ("usr=x", "usr"),
+        ("action=auth.login&action=auth.logout", "action"),
+    ] {
+        let response = app
+            .authed_client(&admin)
+            .get(&format!("/api/v1/admin/audit?{query}"))
+            .await;
+        let body = assert_error(response, 422, "validation_error").await;
+        assert!(
+            body["context"]["fields"][field].is_array(),
+            "{query}: {body}"
+        );
+        assert!(body["detail"].as_str().unwrap().contains(field), "{body}");
+    }
+}
+
+#[actix_web::test]
+async fn a_failing_audit_write_does_not_fail_the_request() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token("root").await;
+    // From now on the database refuses any event from this user agent.
+    let mut conn = app.db.connect().await;
+    diesel::sql_query(
+        "ALTER TABLE audit_events ADD CONSTRAINT refuse_evil \
+         CHECK (user_agent IS DISTINCT FROM 'evil-agent')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let as_evil = |path: &str, body: Value| {
+        app.client
+            .post(app.url(path))
+            .header("user-agent", "evil-agent")
+            .json(&body)
+            .send()
+    };
+    let registered = as_evil(
+        "/api/v1/auth/register",
+        json!({"username": "erin", "email": "erin@example.com", "password": PASSWORD}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(registered.status(), 201);
+    let erin = registered.json::<Value>().await.unwrap()["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..3 {
+        let login = as_evil(
+            "/api/v1/auth/login",
+            json!({"username_or_email": "erin", "password": PASSWORD}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(login.status(), 200);
+    }
+
+    // The writer survives, and a refused event costs only itself.
+    let login = post(
+        &app,
+        "/api/v1/auth/login",
+        None,
+        None,
+        &json!({"username_or_email": "erin", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(login.status(), 200);
+    let events = audit_until(&app, &admin, &format!("user={erin}"), |e| !e.is_empty()).await;
+    assert_eq!(actions(&events), ["auth.login"]);
+    assert_eq!(events[0]["user_agent"], AGENT);
+}
