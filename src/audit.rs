@@ -296,14 +296,6 @@ impl Event {
     pub fn for_result<T>(action: Action, result: &Result<T, ApiError>) -> Option<Self> {
         Outcome::of(result).map(|outcome| Self::new(action, outcome).error(result))
     }
-
-    pub fn action(&self) -> Action {
-        self.action
-    }
-
-    pub fn outcome(&self) -> Outcome {
-        self.outcome
-    }
 }
 
 /// What a terminal connection records when its client attaches and detaches.
@@ -653,16 +645,19 @@ mod tests {
 
     #[test]
     fn the_user_agent_is_cut_and_cleaned() {
-        let long = format!("agent\u{7}{}", "x".repeat(1000));
+        // A tab and a byte that is not UTF-8, then far too much.
+        let mut long = b"agent\t\xff".to_vec();
+        long.extend(std::iter::repeat_n(b'x', 1000));
+        let value = header::HeaderValue::from_bytes(&long).expect("header");
         let req = TestRequest::default()
             .peer_addr("198.51.100.4:1234".parse().expect("addr"))
-            .insert_header((header::USER_AGENT, long))
+            .insert_header((header::USER_AGENT, value))
             .to_http_request();
         let origin = Origin::of(&req, &[]);
         assert_eq!(origin.ip.as_deref(), Some("198.51.100.4"));
         let agent = origin.user_agent.expect("agent");
         assert_eq!(agent.chars().count(), USER_AGENT_MAX_CHARS);
-        assert!(agent.starts_with("agentx"));
+        assert!(agent.starts_with("agent\u{fffd}x"), "{agent}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! credentials, 403 for anyone but an administrator). Lists are pages:
 //! `{items, total, page, per_page, has_more}` from `?page=&per_page=`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -54,6 +54,7 @@ impl Params {
     fn parse(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Self, ApiError> {
         let mut errors = ValidationErrors::default();
         let mut map = HashMap::new();
+        let mut seen = HashSet::new();
         for (key, value) in pairs {
             if !allowed.contains(&key.as_str()) {
                 errors.add(
@@ -65,10 +66,12 @@ impl Params {
                 );
                 continue;
             }
-            let value = value.trim().to_owned();
-            if map.contains_key(&key) {
+            if !seen.insert(key.clone()) {
                 errors.add(&key, "is given more than once");
-            } else if !value.is_empty() {
+                continue;
+            }
+            let value = value.trim().to_owned();
+            if !value.is_empty() {
                 map.insert(key, value);
             }
         }
