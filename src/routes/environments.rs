@@ -339,7 +339,7 @@ async fn lifecycle(
         state.audit.record(
             origin,
             event
-                .on(ResourceType::Environment, Some(raw_id))
+                .on(ResourceType::Environment, Uuid::parse_str(raw_id).ok())
                 .by(caller.user.id),
         );
     }
