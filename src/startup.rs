@@ -18,6 +18,7 @@ use devpocket_actors::provider::local::LocalProvider;
 use devpocket_actors::terminal::TerminalSettings;
 use devpocket_actors::{ActorSettings, ActorSystem, Deps, Gauges};
 
+use crate::audit::{AuditLog, AuditWriter};
 use crate::auth::password::PasswordHasher;
 use crate::auth::tokens::TokenKeys;
 use crate::config::{DatabaseSetting, Settings};
@@ -40,6 +41,8 @@ pub struct AppState {
     pub default_provider: String,
     pub terminal_connections: Arc<crate::routes::ws_terminal::TerminalConnections>,
     pub ratelimits: Arc<RateLimits>,
+    /// Where handlers record audit events (never blocks; see `audit`).
+    pub audit: AuditLog,
 }
 
 /// The system group of local environments' users (when running as root).
@@ -91,6 +94,7 @@ fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSyste
 pub struct Application {
     port: u16,
     server: Server,
+    audit: AuditWriter,
 }
 
 impl Application {
@@ -129,6 +133,7 @@ impl Application {
         let ratelimits = Arc::new(RateLimits::new(&settings));
         ratelimit::spawn_sweeper(&ratelimits);
         let settings = Arc::new(settings);
+        let (audit, audit_writer) = AuditLog::start(pool.clone());
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             pool,
@@ -139,6 +144,7 @@ impl Application {
             default_provider: "local".to_owned(),
             terminal_connections: Arc::default(),
             ratelimits,
+            audit,
         });
 
         let server = HttpServer::new(move || {
@@ -171,7 +177,11 @@ impl Application {
         .disable_signals()
         .listen(listener)?
         .run();
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            audit: audit_writer,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -182,8 +192,11 @@ impl Application {
         self.server.handle()
     }
 
+    /// Serves until stopped, then writes the audit events still queued.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        self.audit.finish().await;
+        result
     }
 }
 

@@ -10,6 +10,7 @@ use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use uuid::Uuid;
 
 use super::tokens::TokenKind;
+use crate::audit::{Action, Event, Origin, Outcome, ResourceType};
 use crate::db::sessions;
 use crate::db::users::User;
 use crate::error::ApiError;
@@ -71,6 +72,47 @@ impl FromRequest for AuthUser {
                 ratelimit::record(&req, status);
             }
             Ok(caller)
+        })
+    }
+}
+
+/// An authenticated administrator: 401 without credentials, 403 for anyone else.
+/// A refusal is recorded in the audit log (`admin.access_denied`).
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequest for AdminUser {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let caller = AuthUser::from_request(req, payload);
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let endpoint = format!(
+            "{} {}",
+            req.method(),
+            req.match_pattern().unwrap_or_else(|| req.path().to_owned())
+        );
+        let origin = state
+            .as_ref()
+            .map(|s| Origin::of(req, &s.settings.trusted_proxies))
+            .unwrap_or_default();
+        Box::pin(async move {
+            let caller = caller.await?;
+            if caller.user.subscription_plan == crate::plans::Plan::Admin {
+                return Ok(Self(caller));
+            }
+            if let Some(state) = state {
+                state.audit.record(
+                    &origin,
+                    Event::new(Action::AdminDenied, Outcome::Denied)
+                        .on(ResourceType::Endpoint, Some(endpoint))
+                        .by(caller.user.id),
+                );
+            }
+            Err(ApiError::Forbidden(
+                "This is an administrator's endpoint; your account is not an administrator.".into(),
+            ))
         })
     }
 }

@@ -14,9 +14,10 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-pub use extractor::AuthUser;
+pub use extractor::{AdminUser, AuthUser};
 use tokens::{TokenError, TokenKind};
 
+use crate::audit::{Action, Event, Origin, Outcome, ResourceType};
 use crate::db::users::{Duplicate, InsertOutcome, NewUser, User};
 use crate::db::{DbPool, sessions, users};
 use crate::error::{ApiError, ValidationErrors};
@@ -154,20 +155,31 @@ fn locked(until: chrono::DateTime<Utc>) -> ApiError {
     }
 }
 
+/// The longest attempted login name kept in the audit log.
+const AUDITED_LOGIN_CHARS: usize = 254;
+
 /// Checks a password and starts a session. Consecutive failures lock the
-/// (account, client address) pair; see README, Security.
+/// (account, client address) pair; see README, Security. Every attempt that gets
+/// as far as checking is audited.
 pub async fn login(
     state: &AppState,
     login: &str,
     password: String,
-    client_ip: &str,
+    origin: &Origin,
 ) -> Result<(User, TokenPair), ApiError> {
     let wrong = || ApiError::Unauthorized("Wrong username, e-mail or password.".into());
+    let client_ip = origin.ip.as_deref().unwrap_or_default();
+    let failed = |outcome: Outcome, reason: &str| {
+        Event::new(Action::LoginFailed, outcome).details(json!({ "reason": reason }))
+    };
     let mut conn = state.pool.get().await?;
     let user = users::find_by_login(&mut conn, login.trim()).await?;
     if let Some(user) = &user
         && let Some(until) = users::lock_in_force(&mut conn, user.id, client_ip).await?
     {
+        state
+            .audit
+            .record(origin, failed(Outcome::Denied, "locked").by(user.id));
         return Err(locked(until));
     }
     // Per account, from any address: bounds guessing from many addresses.
@@ -182,27 +194,48 @@ pub async fn login(
         .map_err(ApiError::internal)?;
     let mut conn = state.pool.get().await?;
     let Some(user) = user else {
+        let attempted: String = login.trim().chars().take(AUDITED_LOGIN_CHARS).collect();
+        state.audit.record(
+            origin,
+            failed(Outcome::Failure, "unknown_account").details(json!({ "login": attempted })),
+        );
         return Err(wrong());
     };
     if !ok {
         let settings = &state.settings;
-        return match users::record_failure(
+        let lock = users::record_failure(
             &mut conn,
             user.id,
             client_ip,
             settings.lockout_threshold,
             settings.lockout_duration,
         )
-        .await?
-        {
+        .await?;
+        state.audit.record(
+            origin,
+            failed(Outcome::Failure, "wrong_password").by(user.id),
+        );
+        return match lock {
             Some(until) => {
                 tracing::warn!(user_id = %user.id, "login locked after repeated wrong passwords");
+                state.audit.record(
+                    origin,
+                    Event::new(Action::Lockout, Outcome::Denied)
+                        .by(user.id)
+                        .details(json!({
+                            "locked_until": until,
+                            "failures": settings.lockout_threshold,
+                        })),
+                );
                 Err(locked(until))
             }
             None => Err(wrong()),
         };
     }
     if !user.is_active {
+        state
+            .audit
+            .record(origin, failed(Outcome::Denied, "deactivated").by(user.id));
         return Err(ApiError::Forbidden(
             "This account is deactivated; contact support.".into(),
         ));
@@ -210,12 +243,20 @@ pub async fn login(
     users::clear_failures(&mut conn, user.id, client_ip).await?;
     let user = users::record_login(&mut conn, user.id).await?;
     let pair = start_session(state, &mut conn, &user).await?;
+    state.audit.record(
+        origin,
+        Event::new(Action::Login, Outcome::Success).by(user.id),
+    );
     Ok((user, pair))
 }
 
 /// Rotates a refresh token. Presenting one that was already used revokes its whole
 /// family, signing out whoever holds the newer tokens too.
-pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<TokenPair, ApiError> {
+pub async fn refresh(
+    state: &AppState,
+    refresh_token: &str,
+    origin: &Origin,
+) -> Result<TokenPair, ApiError> {
     let claims = state.tokens.decode(refresh_token, TokenKind::Refresh)?;
     let mut conn = state.pool.get().await?;
     match sessions::consume_refresh_token(&mut conn, claims.jti).await? {
@@ -237,6 +278,12 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<TokenPair,
         }
         sessions::Consumed::Reused => {
             tracing::warn!(user_id = %claims.sub, session_id = %claims.sid, "refresh token reuse: session revoked");
+            state.audit.record(
+                origin,
+                Event::new(Action::RefreshReuse, Outcome::Denied)
+                    .on(ResourceType::Session, Some(claims.sid))
+                    .by(claims.sub),
+            );
             Err(ApiError::Unauthorized(
                 "This refresh token was already used, so the session was signed out everywhere for safety; sign in again.".into(),
             ))
@@ -247,8 +294,14 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<TokenPair,
     }
 }
 
-pub async fn logout(state: &AppState, session_id: Uuid) -> Result<(), ApiError> {
+pub async fn logout(state: &AppState, caller: &AuthUser, origin: &Origin) -> Result<(), ApiError> {
     let mut conn = state.pool.get().await?;
-    sessions::revoke(&mut conn, session_id, "logout").await?;
+    sessions::revoke(&mut conn, caller.session_id, "logout").await?;
+    state.audit.record(
+        origin,
+        Event::new(Action::Logout, Outcome::Success)
+            .on(ResourceType::Session, Some(caller.session_id))
+            .by(caller.user.id),
+    );
     Ok(())
 }

@@ -1,6 +1,21 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    audit_events (id) {
+        id -> Uuid,
+        user_id -> Nullable<Uuid>,
+        action -> Text,
+        resource_type -> Text,
+        resource_id -> Nullable<Text>,
+        details -> Jsonb,
+        ip -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+        outcome -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     auth_sessions (id) {
         id -> Uuid,
         user_id -> Uuid,
@@ -117,6 +132,7 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(audit_events -> users (user_id));
 diesel::joinable!(auth_sessions -> users (user_id));
 diesel::joinable!(environment_logs -> environments (environment_id));
 diesel::joinable!(environments -> templates (template_id));
@@ -125,6 +141,7 @@ diesel::joinable!(login_failures -> users (user_id));
 diesel::joinable!(refresh_tokens -> auth_sessions (session_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    audit_events,
     auth_sessions,
     environment_logs,
     environments,

@@ -154,3 +154,22 @@ pub async fn active_user(
         .await
         .optional()
 }
+
+/// Revokes every live session of a user; returns how many there were.
+pub async fn revoke_all(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    reason: &str,
+) -> QueryResult<usize> {
+    diesel::update(
+        auth_sessions::table
+            .filter(auth_sessions::user_id.eq(user_id))
+            .filter(auth_sessions::revoked_at.is_null()),
+    )
+    .set((
+        auth_sessions::revoked_at.eq(diesel::dsl::now),
+        auth_sessions::revoked_reason.eq(reason),
+    ))
+    .execute(conn)
+    .await
+}

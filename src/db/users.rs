@@ -176,3 +176,96 @@ pub async fn clear_failures(
         .await
         .map(drop)
 }
+
+/// One page of users, oldest first, whose username or e-mail contains `search`
+/// (ignoring case), and how many match in all.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    search: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> QueryResult<(Vec<User>, i64)> {
+    let matching = || {
+        let mut query = users::table.into_boxed();
+        if let Some(search) = search {
+            // `%`, `_` and `\` in the search are literal characters.
+            let pattern = format!(
+                "%{}%",
+                search
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            );
+            query = query.filter(
+                users::username
+                    .ilike(pattern.clone())
+                    .or(users::email.ilike(pattern)),
+            );
+        }
+        query
+    };
+    let total = matching().count().get_result(conn).await?;
+    let page = matching()
+        .order((users::created_at.asc(), users::id.asc()))
+        .limit(limit)
+        .offset(offset)
+        .select(User::as_select())
+        .load(conn)
+        .await?;
+    Ok((page, total))
+}
+
+/// What an administrator may change on an account; `None` leaves it as it is.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = users)]
+pub struct AccountChanges {
+    pub subscription_plan: Option<Plan>,
+    pub is_active: Option<bool>,
+}
+
+/// An account before and after an administrator's change.
+pub struct AccountUpdate {
+    pub before: User,
+    pub after: User,
+    /// Sign-in sessions ended because the account was deactivated.
+    pub sessions_revoked: usize,
+}
+
+/// Applies `changes` to user `id` (`None` when there is no such user). Setting
+/// `is_active: false` also revokes every session, in the same transaction, so the
+/// account's tokens stop working at once and stay dead after a reactivation.
+pub async fn update_account(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    changes: &AccountChanges,
+) -> QueryResult<Option<AccountUpdate>> {
+    use diesel_async::AsyncConnection as _;
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        let Some(before) = users::table
+            .find(id)
+            .for_update()
+            .select(User::as_select())
+            .first(&mut *conn)
+            .await
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let after = diesel::update(users::table.find(id))
+            .set((changes, users::updated_at.eq(diesel::dsl::now)))
+            .returning(User::as_returning())
+            .get_result(&mut *conn)
+            .await?;
+        let sessions_revoked = if changes.is_active == Some(false) {
+            super::sessions::revoke_all(conn, id, "deactivated").await?
+        } else {
+            0
+        };
+        Ok(Some(AccountUpdate {
+            before,
+            after,
+            sessions_revoked,
+        }))
+    })
+    .await
+}

@@ -1,15 +1,16 @@
 //! `/api/v1/auth/*`: register, login, refresh, logout, me.
 
 use actix_web::middleware::from_fn;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::audit::{Action, Event, Origin, Outcome};
 use crate::auth::{self, AuthUser, Registration, TokenPair};
 use crate::db::users::User;
 use crate::error::ApiError;
-use crate::http::{Json, client_ip};
+use crate::http::Json;
 use crate::plans::Plan;
 use crate::ratelimit;
 use crate::startup::AppState;
@@ -76,6 +77,7 @@ struct RegisterRequest {
 
 async fn register(
     state: web::Data<AppState>,
+    origin: Origin,
     body: Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -90,6 +92,10 @@ async fn register(
         plan: Plan::Free,
     };
     let user = auth::create_user(&state.pool, &state.hasher, input).await?;
+    state.audit.record(
+        &origin,
+        Event::new(Action::Register, Outcome::Success).by(user.id),
+    );
     let mut conn = state.pool.get().await?;
     let tokens = auth::start_session(&state, &mut conn, &user).await?;
     Ok(HttpResponse::Created().json(SessionResponse {
@@ -106,14 +112,12 @@ struct LoginRequest {
 
 async fn login(
     state: web::Data<AppState>,
-    req: HttpRequest,
+    origin: Origin,
     body: Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let ip = client_ip(&req, &state.settings.trusted_proxies)
-        .map(|ip| ip.to_string())
-        .unwrap_or_default();
-    let (user, tokens) = auth::login(&state, &body.username_or_email, body.password, &ip).await?;
+    let (user, tokens) =
+        auth::login(&state, &body.username_or_email, body.password, &origin).await?;
     Ok(HttpResponse::Ok().json(SessionResponse {
         tokens,
         user: user.into(),
@@ -127,14 +131,19 @@ struct RefreshRequest {
 
 async fn refresh(
     state: web::Data<AppState>,
+    origin: Origin,
     body: Json<RefreshRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let tokens = auth::refresh(&state, &body.into_inner().refresh_token).await?;
+    let tokens = auth::refresh(&state, &body.into_inner().refresh_token, &origin).await?;
     Ok(HttpResponse::Ok().json(tokens))
 }
 
-async fn logout(state: web::Data<AppState>, caller: AuthUser) -> Result<HttpResponse, ApiError> {
-    auth::logout(&state, caller.session_id).await?;
+async fn logout(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    origin: Origin,
+) -> Result<HttpResponse, ApiError> {
+    auth::logout(&state, &caller, &origin).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "success": true })))
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::audit::{Action, Event, Origin, ResourceType};
 use crate::auth::AuthUser;
 use crate::db::environments::{self as db, NewEnvironment};
 use crate::db::templates as template_db;
@@ -112,9 +113,35 @@ struct CreateRequest {
 async fn create_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
+    origin: Origin,
     body: Json<CreateRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    let name = body.name.trim().to_owned();
+    let result = create(&state, &caller, body).await;
+    if let Some(event) = Event::for_result(Action::EnvironmentCreate, &result) {
+        let env = result.as_ref().ok();
+        state.audit.record(
+            &origin,
+            event
+                .on(ResourceType::Environment, env.map(|e| e.id))
+                .by(caller.user.id)
+                .details(json!({
+                    "name": name,
+                    "template_id": env.map(|e| &e.template_id),
+                    "size": env.map(|e| &e.size),
+                })),
+        );
+    }
+    Ok(HttpResponse::Created().json(result?))
+}
+
+/// Validates and inserts a new environment within the plan, then starts its actor.
+async fn create(
+    state: &AppState,
+    caller: &AuthUser,
+    body: CreateRequest,
+) -> Result<EnvironmentResponse, ApiError> {
     let name = body.name.trim().to_owned();
     let mut errors = ValidationErrors::default();
     rules::validate_name(&name, &mut errors);
@@ -207,9 +234,8 @@ async fn create_environment(
     rules::insert_within_quota(&mut conn, &caller.user, &new).await?;
     drop(conn);
     // The actor starts provisioning at once; the answer does not wait for it.
-    actor(&state, &caller, id).await?;
-    let env = load(&state, &caller, id).await?;
-    Ok(HttpResponse::Created().json(env))
+    actor(state, caller, id).await?;
+    load(state, caller, id).await
 }
 
 #[derive(Deserialize)]
@@ -293,8 +319,34 @@ async fn update_environment(
     Ok(HttpResponse::Ok().json(load(&state, &caller, id).await?))
 }
 
-/// Sends a lifecycle command; 202 with the environment in its new phase.
+/// Sends a lifecycle command; 202 with the environment in its new phase. Audited
+/// (see `Outcome::of` for what is not).
 async fn lifecycle(
+    state: &AppState,
+    caller: &AuthUser,
+    origin: &Origin,
+    raw_id: &str,
+    command: Command,
+) -> Result<HttpResponse, ApiError> {
+    let action = match command {
+        Command::Start => Action::EnvironmentStart,
+        Command::Stop => Action::EnvironmentStop,
+        Command::Restart => Action::EnvironmentRestart,
+        Command::Delete => Action::EnvironmentDelete,
+    };
+    let result = send_lifecycle(state, caller, raw_id, command).await;
+    if let Some(event) = Event::for_result(action, &result) {
+        state.audit.record(
+            origin,
+            event
+                .on(ResourceType::Environment, Uuid::parse_str(raw_id).ok())
+                .by(caller.user.id),
+        );
+    }
+    result
+}
+
+async fn send_lifecycle(
     state: &AppState,
     caller: &AuthUser,
     raw_id: &str,
@@ -327,33 +379,37 @@ async fn lifecycle(
 async fn delete_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
+    origin: Origin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    lifecycle(&state, &caller, &id, Command::Delete).await
+    lifecycle(&state, &caller, &origin, &id, Command::Delete).await
 }
 
 async fn start_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
+    origin: Origin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    lifecycle(&state, &caller, &id, Command::Start).await
+    lifecycle(&state, &caller, &origin, &id, Command::Start).await
 }
 
 async fn stop_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
+    origin: Origin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    lifecycle(&state, &caller, &id, Command::Stop).await
+    lifecycle(&state, &caller, &origin, &id, Command::Stop).await
 }
 
 async fn restart_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
+    origin: Origin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    lifecycle(&state, &caller, &id, Command::Restart).await
+    lifecycle(&state, &caller, &origin, &id, Command::Restart).await
 }
 
 async fn get_metrics(

@@ -1,5 +1,6 @@
 //! The HTTP surface: one module per resource, wired here.
 
+pub mod admin;
 pub mod auth;
 pub mod environments;
 pub mod health;
@@ -24,7 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(templates::configure)
             .configure(environments::configure)
             .configure(ws_logs::configure)
-            .configure(ws_terminal::configure),
+            .configure(ws_terminal::configure)
+            .configure(admin::configure),
     );
 }
 

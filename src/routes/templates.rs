@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use crate::audit::{Action, Event, Origin, ResourceType};
 use crate::auth::AuthUser;
 use crate::db::templates::{self as store, ListFilter, Template};
 use crate::error::ApiError;
@@ -192,33 +193,63 @@ async fn get_template(
         .await?
         .filter(|t| admin || t.status != Status::Deprecated)
         .ok_or_else(|| templates::not_found(&key))?;
-    respond(&mut conn, HttpResponse::Ok(), template, admin).await
+    respond_on(&mut conn, HttpResponse::Ok(), template, admin).await
 }
 
 /// `POST /templates` (admin): the body is a template as in a file → 201.
 async fn create_template(
     state: web::Data<AppState>,
     caller: AuthUser,
+    origin: Origin,
     body: Json<Map<String, Value>>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&caller)?;
-    let spec = TemplateSpec::from_json(body.into_inner())?;
-    let mut conn = state.pool.get().await?;
-    let template = templates::create(&mut conn, &spec).await?;
-    respond(&mut conn, HttpResponse::Created(), template, true).await
+    let name = body
+        .0
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let result = async {
+        require_admin(&caller)?;
+        let spec = TemplateSpec::from_json(body.into_inner())?;
+        let mut conn = state.pool.get().await?;
+        templates::create(&mut conn, &spec).await
+    }
+    .await;
+    audit(
+        &state,
+        &caller,
+        &origin,
+        Action::TemplateCreate,
+        name,
+        &result,
+    );
+    respond(&state, HttpResponse::Created(), result?, true).await
 }
 
 /// `PUT /templates/{id or name}` (admin): the fields sent replace the stored ones.
 async fn update_template(
     state: web::Data<AppState>,
     caller: AuthUser,
+    origin: Origin,
     key: web::Path<String>,
     body: Json<Map<String, Value>>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&caller)?;
-    let mut conn = state.pool.get().await?;
-    let template = templates::update(&mut conn, &key, body.into_inner()).await?;
-    respond(&mut conn, HttpResponse::Ok(), template, true).await
+    let result = async {
+        require_admin(&caller)?;
+        let mut conn = state.pool.get().await?;
+        templates::update(&mut conn, &key, body.into_inner()).await
+    }
+    .await;
+    let key = key.into_inner();
+    audit(
+        &state,
+        &caller,
+        &origin,
+        Action::TemplateUpdate,
+        Some(key),
+        &result,
+    );
+    respond(&state, HttpResponse::Ok(), result?, true).await
 }
 
 /// `DELETE /templates/{id or name}` (admin): marks it deprecated and answers 200
@@ -226,16 +257,62 @@ async fn update_template(
 async fn delete_template(
     state: web::Data<AppState>,
     caller: AuthUser,
+    origin: Origin,
     key: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&caller)?;
+    let result = async {
+        require_admin(&caller)?;
+        let mut conn = state.pool.get().await?;
+        templates::deprecate(&mut conn, &key).await
+    }
+    .await;
+    let key = key.into_inner();
+    audit(
+        &state,
+        &caller,
+        &origin,
+        Action::TemplateDeprecate,
+        Some(key),
+        &result,
+    );
+    respond(&state, HttpResponse::Ok(), result?, true).await
+}
+
+/// Records an admin change to a template: the template's id once known, and the
+/// name or key the request used.
+fn audit(
+    state: &AppState,
+    caller: &AuthUser,
+    origin: &Origin,
+    action: Action,
+    key: Option<String>,
+    result: &Result<Template, ApiError>,
+) {
+    if let Some(event) = Event::for_result(action, result) {
+        let template = result.as_ref().ok();
+        state.audit.record(
+            origin,
+            event
+                .on(ResourceType::Template, template.map(|t| t.id))
+                .by(caller.user.id)
+                .details(json!({ "template": template.map(|t| &t.name).or(key.as_ref()) })),
+        );
+    }
+}
+
+/// Answers with one template as an admin sees it, on a connection of its own.
+async fn respond(
+    state: &AppState,
+    builder: actix_web::HttpResponseBuilder,
+    template: Template,
+    admin: bool,
+) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
-    let template = templates::deprecate(&mut conn, &key).await?;
-    respond(&mut conn, HttpResponse::Ok(), template, true).await
+    respond_on(&mut conn, builder, template, admin).await
 }
 
 /// Answers with one template as an admin sees it (or not), counting its environments.
-async fn respond(
+async fn respond_on(
     conn: &mut diesel_async::AsyncPgConnection,
     mut builder: actix_web::HttpResponseBuilder,
     template: Template,

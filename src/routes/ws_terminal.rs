@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::ws_common::{authenticate, close};
+use crate::audit::{Action, Origin, TerminalAudit};
 use crate::db::environments as db;
 use crate::startup::AppState;
 
@@ -118,6 +119,7 @@ async fn terminal_socket(
     query: web::Query<TerminalQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let (response, session, stream) = actix_ws::handle(&req, payload)?;
+    let origin = Origin::of(&req, &state.settings.trusted_proxies);
     let stream = stream.max_frame_size(PROTOCOL_FRAME_LIMIT);
     let query = query.into_inner();
     let id = id.into_inner();
@@ -187,6 +189,7 @@ async fn terminal_socket(
         });
         let (cols, rows) = clamp_size(query.cols, query.rows);
         let input_limit = state.ratelimits.ws_input_limiter();
+        let audit = TerminalAudit::new(&state, origin, caller.user.id, env_id, &name);
         let conn = Connection {
             state,
             session,
@@ -200,6 +203,7 @@ async fn terminal_socket(
             last_seen: Instant::now(),
             input_limit,
             _slot: slot,
+            audit,
         };
         conn.run(welcome, query.resume).await;
     });
@@ -219,6 +223,7 @@ struct Connection {
     last_seen: Instant,
     input_limit: governor::DefaultDirectRateLimiter,
     _slot: ConnectionSlot,
+    audit: TerminalAudit,
 }
 
 /// What to do after a client frame.
@@ -303,12 +308,14 @@ impl Connection {
                 .await;
             }
         };
+        self.audit.record(Action::TerminalAttach);
         if !welcomed {
             welcome["session"]["clients"] = json!(attached.clients);
             if !send(&mut self.session, welcome).await {
                 terminal.do_send(Detach {
                     client: attached.client,
                 });
+                self.audit.record(Action::TerminalDetach);
                 return;
             }
         }
@@ -358,6 +365,7 @@ impl Connection {
         terminal.do_send(Detach {
             client: attached.client,
         });
+        self.audit.record(Action::TerminalDetach);
         if let Some((code, reason)) = outcome {
             close(self.session, code, &reason).await;
         }

@@ -2,6 +2,8 @@
 //! per test (cloned from a migrated template), driven over HTTP like the mobile app.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
+mod audit;
 mod auth;
 mod cli;
 mod environments;
