@@ -359,3 +359,47 @@ async fn a_stalled_client_does_not_stall_the_others() {
         }
     }
 }
+
+#[actix_web::test]
+async fn stopping_the_environment_closes_its_terminals_and_shell_mode_runs_without_tmux() {
+    let app = TestApp::spawn().await;
+    let token = app.user_token("closing_user").await;
+    let id = app.ready_environment(&token, "closing", "ubuntu").await;
+
+    // A `shell` session is a login shell straight on the PTY; the default is tmux.
+    let mut shell = open(&app, &token, &id, "&session=raw&mode=shell").await;
+    input(&mut shell, "echo in-tmux-[${TMUX:+yes}]\r").await;
+    output_until(&mut shell, "in-tmux-[]").await;
+    let mut tmux = open(&app, &token, &id, "").await;
+    input(&mut tmux, "echo in-tmux-[${TMUX:+yes}]\r").await;
+    output_until(&mut tmux, "in-tmux-[yes]").await;
+    let mut bad = app
+        .ws(&format!(
+            "/api/v1/ws/terminal/{id}?token={token}&mode=screen"
+        ))
+        .await;
+    match ws_next(&mut bad).await {
+        WsEvent::Closed(Some((1008, reason))) => assert!(reason.contains("mode"), "{reason}"),
+        other => panic!("expected 1008 for a bad mode, got {other:?}"),
+    }
+
+    let response = app
+        .authed_client(&token)
+        .post(&format!("/api/v1/environments/{id}/stop"), &json!({}))
+        .await;
+    assert!(response.status().is_success(), "{}", response.status());
+    for ws in [&mut shell, &mut tmux] {
+        let frames = loop {
+            match ws_next(ws).await {
+                WsEvent::Json(f) if f["type"] == "status" && f["state"] == "closed" => break f,
+                WsEvent::Json(_) => {}
+                WsEvent::Closed(c) => panic!("closed without a closed status: {c:?}"),
+            }
+        };
+        assert!(!frames["message"].as_str().unwrap().is_empty());
+        match ws_next(ws).await {
+            WsEvent::Closed(Some((1000, _))) => {}
+            other => panic!("expected a clean close, got {other:?}"),
+        }
+    }
+}
