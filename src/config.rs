@@ -204,6 +204,10 @@ pub struct Settings {
     pub rate_limit_ws_connect: Rate,
     /// Terminal `input` frames per second per WebSocket connection.
     pub ws_input_per_second: NonZeroU32,
+    /// When set, `/metrics` needs `Authorization: Bearer` this.
+    pub metrics_token: Option<Secret<String>>,
+    /// When set, `/metrics` is served there instead of on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A setting that could not be used, naming the key and what to fix.
@@ -479,6 +483,24 @@ impl Settings {
             source.rate("DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT", per_minute(5))?;
         let rate_limit_ws_connect =
             source.rate("DEVPOCKET_RATE_LIMIT_WS_CONNECT", per_minute(60))?;
+        let metrics_token = match source.get("DEVPOCKET_METRICS_TOKEN") {
+            Some(t) if t.len() < 16 => {
+                return Err(invalid(
+                    "DEVPOCKET_METRICS_TOKEN",
+                    "must be at least 16 characters (for example: openssl rand -hex 24)",
+                ));
+            }
+            t => t.map(|t| Secret::new(t.to_owned())),
+        };
+        let metrics_listen = match source.get("DEVPOCKET_METRICS_LISTEN") {
+            None => None,
+            Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "DEVPOCKET_METRICS_LISTEN",
+                    format!("`{v}` is not an address such as 127.0.0.1:9100"),
+                )
+            })?),
+        };
         let ws_input_per_second = source.parse(
             "DEVPOCKET_WS_INPUT_PER_SECOND",
             nonzero(200),
@@ -535,6 +557,8 @@ impl Settings {
             rate_limit_auth_account,
             rate_limit_ws_connect,
             ws_input_per_second,
+            metrics_token,
+            metrics_listen,
         })
     }
 }

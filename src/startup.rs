@@ -13,6 +13,7 @@ use actix_web::middleware::{DefaultHeaders, ErrorHandlers, NormalizePath, Traili
 use actix_web::{App, HttpServer, http::header, web};
 use anyhow::Context;
 
+use devpocket_actors::inspect::Inspector;
 use devpocket_actors::provider::Provider;
 use devpocket_actors::provider::local::LocalProvider;
 use devpocket_actors::terminal::TerminalSettings;
@@ -26,6 +27,7 @@ use crate::crypto::SecretBox;
 use crate::db::environments::DbStore;
 use crate::db::{self, DbPool, embedded};
 use crate::http::{self, json::JsonLimit};
+use crate::metrics::Metrics;
 use crate::ratelimit::{self, RateLimits};
 use crate::routes;
 
@@ -43,13 +45,18 @@ pub struct AppState {
     pub ratelimits: Arc<RateLimits>,
     /// Where handlers record audit events (never blocks; see `audit`).
     pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The system group of local environments' users (when running as root).
 const ENVIRONMENT_GROUP: &str = "devpocket-env";
 
 /// Starts the actor system with the configured providers, on the durable store.
-fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSystem> {
+fn start_actors(
+    settings: &Settings,
+    pool: &DbPool,
+    metrics: &Metrics,
+) -> anyhow::Result<ActorSystem> {
     let environments = settings.data_dir.join("environments");
     let group = if nix::unistd::Uid::effective().is_root() {
         // Each environment runs as its own user in this group; the group may pass
@@ -87,6 +94,8 @@ fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSyste
             ..TerminalSettings::default()
         },
         gauges: Gauges::default(),
+        inspector: Inspector::new(&*metrics.recorder()),
+        recorder: metrics.recorder(),
     };
     Ok(ActorSystem::start(Arc::new(deps)))
 }
@@ -94,6 +103,7 @@ fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSyste
 pub struct Application {
     port: u16,
     server: Server,
+    metrics_server: Option<Server>,
     audit: AuditWriter,
 }
 
@@ -121,7 +131,8 @@ impl Application {
             settings.access_token_ttl,
             settings.refresh_token_ttl,
         );
-        let actors = start_actors(&settings, &pool)?;
+        let metrics = Arc::new(Metrics::new()?);
+        let actors = start_actors(&settings, &pool, &metrics)?;
         let resumed = actors.resume_all().await.context("resuming environments")?;
         if resumed > 0 {
             tracing::info!(resumed, "environments resumed");
@@ -130,7 +141,7 @@ impl Application {
             .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
         let workers = settings.workers;
-        let ratelimits = Arc::new(RateLimits::new(&settings));
+        let ratelimits = Arc::new(RateLimits::new(&settings, &metrics));
         ratelimit::spawn_sweeper(&ratelimits);
         let settings = Arc::new(settings);
         let (audit, audit_writer) = AuditLog::start(pool.clone());
@@ -145,7 +156,17 @@ impl Application {
             terminal_connections: Arc::default(),
             ratelimits,
             audit,
+            metrics,
         });
+        let metrics_listener = match settings.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .with_context(|| format!("binding DEVPOCKET_METRICS_LISTEN {address}"))?,
+            ),
+            None => None,
+        };
+        let metrics_on_main = metrics_listener.is_none();
+        let metrics_state = state.clone();
 
         let server = HttpServer::new(move || {
             App::new()
@@ -164,6 +185,11 @@ impl Application {
                 // without a redirect (the app does not follow a redirected POST).
                 .wrap(NormalizePath::new(TrailingSlash::Trim))
                 .configure(routes::configure)
+                .configure(|cfg| {
+                    if metrics_on_main {
+                        routes::metrics::configure(cfg);
+                    }
+                })
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)
@@ -177,9 +203,27 @@ impl Application {
         .disable_signals()
         .listen(listener)?
         .run();
+        // A separate listener for Prometheus, when configured: `/metrics` only.
+        let metrics_server = match metrics_listener {
+            Some(listener) => Some(
+                HttpServer::new(move || {
+                    App::new()
+                        .app_data(metrics_state.clone())
+                        .wrap(ErrorHandlers::new().default_handler(http::envelope_fallback))
+                        .configure(routes::metrics::configure)
+                        .default_service(web::to(routes::not_found))
+                })
+                .workers(1)
+                .disable_signals()
+                .listen(listener)?
+                .run(),
+            ),
+            None => None,
+        };
         Ok(Self {
             port,
             server,
+            metrics_server,
             audit: audit_writer,
         })
     }
@@ -194,7 +238,15 @@ impl Application {
 
     /// Serves until stopped, then writes the audit events still queued.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let metrics = self.metrics_server.map(|server| {
+            let handle = server.handle();
+            actix_web::rt::spawn(server);
+            handle
+        });
         let result = self.server.await;
+        if let Some(metrics) = metrics {
+            metrics.stop(true).await;
+        }
         self.audit.finish().await;
         result
     }

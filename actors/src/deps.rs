@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::inspect::Inspector;
 use crate::provider::Provider;
 use crate::store::Store;
 
@@ -41,29 +42,11 @@ impl Default for ActorSettings {
     }
 }
 
-/// Live counts of actors by kind.
+/// Counters that tests read directly.
 #[derive(Debug, Default)]
 pub struct Gauges {
-    pub supervisors: AtomicI64,
-    pub environments: AtomicI64,
+    /// Environment actors re-created after a panic.
     pub restarts: AtomicI64,
-}
-
-impl Gauges {
-    pub fn environment_started(&self) {
-        self.environments.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn environment_stopped(&self) {
-        self.environments.fetch_sub(1, Ordering::Relaxed);
-    }
-    pub fn provisioned(&self, provider: &str, outcome: &str, took: Duration) {
-        tracing::info!(
-            provider,
-            outcome,
-            seconds = took.as_secs_f64(),
-            "provisioning finished"
-        );
-    }
 }
 
 pub struct Deps {
@@ -74,4 +57,40 @@ pub struct Deps {
     pub settings: ActorSettings,
     pub terminal: crate::terminal::TerminalSettings,
     pub gauges: Gauges,
+    /// Every live actor, for the admin API and the actor gauges.
+    pub inspector: Arc<Inspector>,
+    /// Where metrics go (the server's Prometheus recorder).
+    pub recorder: Arc<dyn ::metrics::Recorder + Send + Sync>,
+}
+
+impl Deps {
+    /// Records metrics into this system's recorder, e.g.
+    /// `deps.metric(|| metrics::counter!("…").increment(1))`.
+    pub fn metric<R>(&self, f: impl FnOnce() -> R) -> R {
+        ::metrics::with_local_recorder(&*self.recorder, f)
+    }
+
+    pub fn provisioned(&self, provider: &str, outcome: &'static str, took: Duration) {
+        tracing::info!(
+            provider,
+            outcome,
+            seconds = took.as_secs_f64(),
+            "provisioning finished"
+        );
+        let provider = provider.to_owned();
+        self.metric(|| {
+            ::metrics::histogram!("devpocket_provisioning_duration_seconds", "provider" => provider, "outcome" => outcome)
+                .record(took.as_secs_f64());
+        });
+    }
+
+    /// An SSH connection attempt to a machine: `outcome` is `ok` or `error`;
+    /// `purpose` says what for (`terminal`, `logs`, `metrics`, …).
+    pub fn ssh_connect(&self, purpose: &'static str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.metric(|| {
+            ::metrics::counter!("devpocket_ssh_connects_total", "purpose" => purpose, "outcome" => outcome)
+                .increment(1);
+        });
+    }
 }

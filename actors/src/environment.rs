@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::deps::Deps;
+use crate::inspect::{ActorStats, Instrumented, Kind, Registration};
 use crate::logs::{self, LineSplitter, LogEvent, LogLine, Progress};
 use crate::metrics::{self, Metrics};
 use crate::model::{
@@ -83,6 +84,7 @@ pub struct EnvironmentActor {
     has_lease: bool,
     /// A restart is a stop followed by a start.
     restart_after_stop: bool,
+    registration: Registration,
 }
 
 impl EnvironmentActor {
@@ -101,6 +103,14 @@ impl EnvironmentActor {
             ),
             _ => InstallState::Complete,
         };
+        let registration = deps.inspector.register(
+            Kind::Environment,
+            format!("environment:{}", record.id),
+            vec![format!("user:{}", record.user_id)],
+        );
+        registration
+            .stats
+            .set_state(format!("{}/{}", record.status, record.phase));
         Self {
             guard: ExitGuard {
                 id: record.id,
@@ -116,7 +126,13 @@ impl EnvironmentActor {
             metrics: None,
             has_lease: false,
             restart_after_stop: false,
+            registration,
         }
+    }
+
+    /// This actor's figures, for a [`Handle`](crate::inspect::Handle) to it.
+    pub fn stats_handle(&self) -> Arc<ActorStats> {
+        self.registration.stats.clone()
     }
 
     fn provider(&self) -> Result<Arc<dyn Provider>, String> {
@@ -147,6 +163,7 @@ impl EnvironmentActor {
                     false
                 }
             });
+        self.registration.stats.set_clients(self.subscribers.len());
     }
 
     fn apply(&mut self, t: &Transition) {
@@ -154,6 +171,9 @@ impl EnvironmentActor {
         self.record.phase = t.phase;
         self.record.progress = t.progress;
         self.record.status_message = t.message.clone();
+        self.registration
+            .stats
+            .set_state(format!("{}/{}", t.status, t.phase));
     }
 
     /// Picks up whatever the durable state says is unfinished.
@@ -222,7 +242,6 @@ impl Actor for EnvironmentActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.deps.gauges.environment_started();
         let ttl = self.deps.settings.lease_ttl;
         // Renew the lease well before it runs out.
         ctx.run_interval(ttl / 3, |act, ctx| act.renew_lease(ctx));
@@ -239,7 +258,6 @@ impl Actor for EnvironmentActor {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         tracing::debug!(environment_id = %self.record.id, "environment actor stopped");
-        self.deps.gauges.environment_stopped();
         // actix also calls `stopped()` from `ContextFut`'s `Drop`, which tokio runs
         // while a panic in this actor unwinds: that is not a clean stop.
         self.guard.clean = !std::thread::panicking();
@@ -251,6 +269,14 @@ impl Actor for EnvironmentActor {
         }
     }
 }
+
+impl Instrumented for EnvironmentActor {
+    fn stats(&self) -> &ActorStats {
+        &self.registration.stats
+    }
+}
+
+crate::instrumented!(EnvironmentActor);
 
 impl EnvironmentActor {
     fn renew_lease(&mut self, ctx: &mut Context<Self>) {
@@ -457,6 +483,7 @@ impl Handler<SubscribeLogs> for EnvironmentActor {
     fn handle(&mut self, msg: SubscribeLogs, _: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
         self.subscribers.push(msg.tx);
+        self.registration.stats.set_clients(self.subscribers.len());
         tracing::debug!(environment_id = %self.record.id, subscribers = self.subscribers.len(), "log subscriber added");
         MessageResult(LogSubscription {
             last_seq: self.record.log_seq,
@@ -594,12 +621,10 @@ impl Work {
         match outcome {
             Ok(()) => {
                 self.deps
-                    .gauges
                     .provisioned(provider, "success", started.elapsed());
             }
             Err(message) => {
                 self.deps
-                    .gauges
                     .provisioned(provider, "failure", started.elapsed());
                 tracing::warn!(environment_id = %self.record.id, %message, "provisioning failed");
                 fail(self.deps.clone(), self.record.id, message, self.me.clone()).await;

@@ -7,6 +7,7 @@
 
 pub mod deps;
 pub mod environment;
+pub mod inspect;
 pub mod logs;
 pub mod metrics;
 pub mod model;

@@ -9,11 +9,12 @@ use uuid::Uuid;
 
 use crate::deps::Deps;
 use crate::environment::{EnvError, EnvironmentActor};
+use crate::inspect::Handle;
 use crate::supervisor::{GetEnvironment, UserSupervisor};
 
 pub struct Registry {
     deps: Arc<Deps>,
-    supervisors: HashMap<Uuid, Addr<UserSupervisor>>,
+    supervisors: HashMap<Uuid, Handle<UserSupervisor>>,
 }
 
 impl Registry {
@@ -24,13 +25,18 @@ impl Registry {
         }
     }
 
-    fn supervisor(&mut self, user_id: Uuid, ctx: &mut Context<Self>) -> Addr<UserSupervisor> {
-        if let Some(addr) = self.supervisors.get(&user_id).filter(|a| a.connected()) {
-            return addr.clone();
+    fn supervisor(&mut self, user_id: Uuid, ctx: &mut Context<Self>) -> Handle<UserSupervisor> {
+        if let Some(handle) = self.supervisors.get(&user_id).filter(|a| a.connected()) {
+            return handle.clone();
         }
-        let addr = UserSupervisor::new(user_id, self.deps.clone(), ctx.address()).start();
-        self.supervisors.insert(user_id, addr.clone());
-        addr
+        let actor = UserSupervisor::new(user_id, self.deps.clone(), ctx.address());
+        let stats = actor.stats_handle();
+        let handle = Handle {
+            addr: actor.start(),
+            stats,
+        };
+        self.supervisors.insert(user_id, handle.clone());
+        handle
     }
 }
 
@@ -39,7 +45,7 @@ impl Actor for Registry {
 }
 
 #[derive(Message)]
-#[rtype(result = "Addr<UserSupervisor>")]
+#[rtype(result = "Handle<UserSupervisor>")]
 pub struct SupervisorFor {
     pub user_id: Uuid,
 }
@@ -63,7 +69,11 @@ impl Handler<SupervisorStopped> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: SupervisorStopped, _: &mut Context<Self>) {
-        if self.supervisors.get(&msg.user_id) == Some(&msg.supervisor) {
+        if self
+            .supervisors
+            .get(&msg.user_id)
+            .is_some_and(|h| h.addr == msg.supervisor)
+        {
             self.supervisors.remove(&msg.user_id);
         }
     }
@@ -119,7 +129,7 @@ impl ActorSystem {
         &self,
         user_id: Uuid,
         id: Uuid,
-    ) -> Result<Option<Addr<EnvironmentActor>>, EnvError> {
+    ) -> Result<Option<Handle<EnvironmentActor>>, EnvError> {
         let mailbox = |e: MailboxError| EnvError::Unavailable(format!("actor system: {e}"));
         let supervisor = self
             .registry
@@ -140,7 +150,7 @@ impl ActorSystem {
         environment_id: Uuid,
         name: String,
         mode: crate::terminal::SessionMode,
-    ) -> Result<Addr<crate::terminal::TerminalActor>, EnvError> {
+    ) -> Result<Handle<crate::terminal::TerminalActor>, EnvError> {
         let mailbox = |e: MailboxError| EnvError::Unavailable(format!("actor system: {e}"));
         let supervisor = self
             .registry

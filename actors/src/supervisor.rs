@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::deps::Deps;
 use crate::environment::{EnvError, EnvironmentActor};
+use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
 use crate::model::Transition;
 use crate::registry::{Registry, SupervisorStopped};
 use crate::terminal::{SessionMode, TerminalActor};
@@ -20,16 +21,22 @@ pub struct UserSupervisor {
     user_id: Uuid,
     deps: Arc<Deps>,
     registry: Addr<Registry>,
-    children: HashMap<Uuid, Addr<EnvironmentActor>>,
+    children: HashMap<Uuid, Handle<EnvironmentActor>>,
     /// Consecutive crashes per child.
     crashes: HashMap<Uuid, u32>,
-    terminals: HashMap<(Uuid, String, SessionMode), Addr<TerminalActor>>,
+    terminals: HashMap<(Uuid, String, SessionMode), Handle<TerminalActor>>,
     last_activity: Instant,
+    registration: Registration,
 }
 
 impl UserSupervisor {
     pub fn new(user_id: Uuid, deps: Arc<Deps>, registry: Addr<Registry>) -> Self {
+        let registration =
+            deps.inspector
+                .register(Kind::UserSupervisor, format!("user:{user_id}"), Vec::new());
+        registration.stats.set_state("active");
         Self {
+            registration,
             user_id,
             deps,
             registry,
@@ -41,11 +48,42 @@ impl UserSupervisor {
     }
 }
 
+impl UserSupervisor {
+    fn start_child(
+        &mut self,
+        record: crate::model::EnvironmentRecord,
+        ctx: &mut Context<Self>,
+    ) -> Handle<EnvironmentActor> {
+        let id = record.id;
+        let actor = EnvironmentActor::new(self.deps.clone(), record, ctx.address().recipient());
+        let stats = actor.stats_handle();
+        let handle = Handle {
+            addr: actor.start(),
+            stats,
+        };
+        self.children.insert(id, handle.clone());
+        self.registration.stats.set_clients(self.children.len());
+        handle
+    }
+
+    /// This actor's figures, for a [`Handle`] to it.
+    pub fn stats_handle(&self) -> Arc<ActorStats> {
+        self.registration.stats.clone()
+    }
+}
+
+impl Instrumented for UserSupervisor {
+    fn stats(&self) -> &ActorStats {
+        &self.registration.stats
+    }
+}
+
+crate::instrumented!(UserSupervisor);
+
 impl Actor for UserSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.deps.gauges.supervisors.fetch_add(1, Ordering::Relaxed);
         let every = (self.deps.settings.supervisor_idle / 4).max(Duration::from_millis(100));
         ctx.run_interval(every, |act, ctx| {
             if act.children.is_empty()
@@ -57,7 +95,6 @@ impl Actor for UserSupervisor {
     }
 
     fn stopped(&mut self, ctx: &mut Context<Self>) {
-        self.deps.gauges.supervisors.fetch_sub(1, Ordering::Relaxed);
         self.registry.do_send(SupervisorStopped {
             user_id: self.user_id,
             supervisor: ctx.address(),
@@ -69,13 +106,13 @@ impl Actor for UserSupervisor {
 /// is not running. `None` when the environment does not exist (or is another
 /// user's).
 #[derive(Message)]
-#[rtype(result = "Result<Option<Addr<EnvironmentActor>>, EnvError>")]
+#[rtype(result = "Result<Option<Handle<EnvironmentActor>>, EnvError>")]
 pub struct GetEnvironment {
     pub id: Uuid,
 }
 
 impl Handler<GetEnvironment> for UserSupervisor {
-    type Result = AtomicResponse<Self, Result<Option<Addr<EnvironmentActor>>, EnvError>>;
+    type Result = AtomicResponse<Self, Result<Option<Handle<EnvironmentActor>>, EnvError>>;
 
     fn handle(&mut self, msg: GetEnvironment, _: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
@@ -91,11 +128,8 @@ impl Handler<GetEnvironment> for UserSupervisor {
                     if record.user_id != act.user_id {
                         return Ok(None);
                     }
-                    let addr =
-                        EnvironmentActor::new(act.deps.clone(), record, ctx.address().recipient())
-                            .start();
-                    act.children.insert(id, addr.clone());
-                    Ok(Some(addr))
+                    let handle = act.start_child(record, ctx);
+                    Ok(Some(handle))
                 }),
         ))
     }
@@ -115,10 +149,11 @@ impl Handler<ChildExited> for UserSupervisor {
     fn handle(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
         self.last_activity = Instant::now();
         // A newer child may already stand in this one's place.
-        if self.children.get(&msg.id).is_some_and(Addr::connected) {
+        if self.children.get(&msg.id).is_some_and(Handle::connected) {
             return;
         }
         self.children.remove(&msg.id);
+        self.registration.stats.set_clients(self.children.len());
         if !msg.crashed {
             self.crashes.remove(&msg.id);
             return;
@@ -127,6 +162,10 @@ impl Handler<ChildExited> for UserSupervisor {
         *crashes += 1;
         let attempt = *crashes;
         self.deps.gauges.restarts.fetch_add(1, Ordering::Relaxed);
+        self.deps.metric(|| {
+            ::metrics::counter!("devpocket_actor_restarts_total", "kind" => "environment")
+                .increment(1);
+        });
         tracing::error!(environment_id = %msg.id, attempt, "environment actor panicked");
         if attempt > self.deps.settings.max_restarts {
             // Give up: record why, durably, instead of crashing forever.
@@ -149,8 +188,7 @@ impl Handler<ChildExited> for UserSupervisor {
             ctx.spawn(async move { store.load(id).await }.into_actor(act).map(move |res, act, ctx| {
                 match res {
                     Ok(Some(record)) => {
-                        let addr = EnvironmentActor::new(act.deps.clone(), record, ctx.address().recipient()).start();
-                        act.children.insert(id, addr);
+                        act.start_child(record, ctx);
                     }
                     Ok(None) => {}
                     Err(err) => tracing::error!(environment_id = %id, error = %err, "could not re-create environment actor"),
@@ -176,7 +214,7 @@ impl Handler<ChildCount> for UserSupervisor {
 /// The terminal actor of one of this user's environments and a session name,
 /// created on first attach. The caller has checked that the environment is theirs.
 #[derive(Message)]
-#[rtype(result = "Addr<TerminalActor>")]
+#[rtype(result = "Handle<TerminalActor>")]
 pub struct GetTerminal {
     pub environment_id: Uuid,
     pub name: String,
@@ -189,18 +227,24 @@ impl Handler<GetTerminal> for UserSupervisor {
     fn handle(&mut self, msg: GetTerminal, _: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
         let key = (msg.environment_id, msg.name.clone(), msg.mode);
-        if let Some(addr) = self.terminals.get(&key).filter(|a| a.connected()) {
-            return MessageResult(addr.clone());
+        if let Some(handle) = self.terminals.get(&key).filter(|a| a.connected()) {
+            return MessageResult(handle.clone());
         }
-        let addr = TerminalActor::new(
+        self.terminals.retain(|_, t| t.connected());
+        let actor = TerminalActor::new(
             self.deps.clone(),
             self.deps.terminal.clone(),
+            self.user_id,
             msg.environment_id,
             msg.name,
             msg.mode,
-        )
-        .start();
-        self.terminals.insert(key, addr.clone());
-        MessageResult(addr)
+        );
+        let stats = actor.stats_handle();
+        let handle = Handle {
+            addr: actor.start(),
+            stats,
+        };
+        self.terminals.insert(key, handle.clone());
+        MessageResult(handle)
     }
 }

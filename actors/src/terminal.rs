@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::deps::Deps;
+use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
 use crate::model::{Phase, Status};
 use crate::ssh::{SshSession, shell_quote};
 
@@ -237,6 +238,7 @@ pub struct TerminalActor {
     attempts: u32,
     linger: Option<SpawnHandle>,
     redraw_pending: bool,
+    registration: Registration,
 }
 
 const REDRAW_COALESCE: Duration = Duration::from_millis(20);
@@ -245,11 +247,26 @@ impl TerminalActor {
     pub fn new(
         deps: Arc<Deps>,
         settings: TerminalSettings,
+        user_id: Uuid,
         environment_id: Uuid,
         name: String,
         mode: SessionMode,
     ) -> Self {
+        let id = match mode {
+            SessionMode::Tmux => format!("terminal:{environment_id}:{name}"),
+            SessionMode::Shell => format!("terminal:{environment_id}:shell:{name}"),
+        };
+        let registration = deps.inspector.register(
+            Kind::Terminal,
+            id,
+            vec![
+                format!("environment:{environment_id}"),
+                format!("user:{user_id}"),
+            ],
+        );
+        registration.stats.set_state("connecting");
         Self {
+            registration,
             deps,
             settings,
             environment_id,
@@ -270,8 +287,14 @@ impl TerminalActor {
         }
     }
 
+    /// This actor's figures, for a [`Handle`] to it.
+    pub fn stats_handle(&self) -> Arc<ActorStats> {
+        self.registration.stats.clone()
+    }
+
     fn broadcast(&mut self, event: &TermEvent) {
         let budget = self.settings.client_queue_bytes;
+        let before = self.clients.len();
         self.clients
             .retain(|id, client| match client.offer(event.clone(), budget) {
                 Ok(()) => true,
@@ -281,9 +304,13 @@ impl TerminalActor {
                 }
                 Err(Refused::Closed) => false,
             });
+        if self.clients.len() != before {
+            self.registration.stats.set_clients(self.clients.len());
+        }
     }
 
     fn status(&mut self, state: &'static str, message: impl Into<String>) {
+        self.registration.stats.set_state(state);
         let event = TermEvent::Status {
             state,
             message: message.into(),
@@ -351,7 +378,11 @@ impl TerminalActor {
         let generation = self.generation;
         let (store, id) = (self.deps.store.clone(), self.environment_id);
         let (name, mode, (cols, rows)) = (self.name.clone(), self.mode, self.size);
-        let me = ctx.address();
+        let me = Handle {
+            addr: ctx.address(),
+            stats: self.registration.stats.clone(),
+        };
+        let deps = self.deps.clone();
         let fut = async move {
             let record = store
                 .load(id)
@@ -367,9 +398,9 @@ impl TerminalActor {
             let (Some(machine), Some(keys)) = (record.machine, record.keys) else {
                 return Err("the environment has no machine".to_owned());
             };
-            let session = SshSession::connect(&machine, &keys.user_private)
-                .await
-                .map_err(|e| e.to_string())?;
+            let session = SshSession::connect(&machine, &keys.user_private).await;
+            deps.ssh_connect("terminal", session.is_ok());
+            let session = session.map_err(|e| e.to_string())?;
             let command = match mode {
                 SessionMode::Tmux => {
                     format!("cd; exec tmux new-session -A -s {}", shell_quote(&name))
@@ -441,6 +472,10 @@ impl TerminalActor {
             return;
         }
         self.attempts += 1;
+        self.deps.metric(|| {
+            ::metrics::counter!("devpocket_ssh_reconnects_total", "purpose" => "terminal")
+                .increment(1);
+        });
         let delay = Duration::from_millis(200 * 2u64.saturating_pow(self.attempts.min(5)));
         self.status(
             "reconnecting",
@@ -453,6 +488,14 @@ impl TerminalActor {
         });
     }
 }
+
+impl Instrumented for TerminalActor {
+    fn stats(&self) -> &ActorStats {
+        &self.registration.stats
+    }
+}
+
+crate::instrumented!(TerminalActor);
 
 impl Actor for TerminalActor {
     type Context = Context<Self>;
@@ -562,6 +605,7 @@ impl Handler<Attach> for TerminalActor {
             );
         }
         self.clients.insert(id, client);
+        self.registration.stats.set_clients(self.clients.len());
         self.use_size_of(id);
         if fresh_screen {
             self.redraw(ctx);
@@ -586,6 +630,7 @@ impl Handler<Detach> for TerminalActor {
 
     fn handle(&mut self, msg: Detach, ctx: &mut Context<Self>) {
         self.clients.remove(&msg.client);
+        self.registration.stats.set_clients(self.clients.len());
         if self.clients.is_empty() && self.linger.is_none() {
             self.linger = Some(ctx.run_later(self.settings.linger, |act, ctx| {
                 if act.clients.is_empty() {

@@ -405,6 +405,8 @@ impl Harness {
             settings: settings(),
             terminal: Default::default(),
             gauges: Gauges::default(),
+            inspector: devpocket_actors::inspect::Inspector::new(&metrics::NoopRecorder),
+            recorder: Arc::new(metrics::NoopRecorder),
         }));
         let actor = system
             .environment(user_id, env_id)

@@ -36,7 +36,13 @@ impl WsClient {
         loop {
             match self.ws.next().await? {
                 Ok(Message::Text(text)) => return serde_json::from_str(&text).ok(),
-                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(Message::Close(frame)) => {
+                    if let Some(f) = frame.filter(|f| u16::from(f.code) != 1000) {
+                        eprintln!("closed by the server: {} {}", u16::from(f.code), f.reason);
+                    }
+                    return None;
+                }
+                Err(_) => return None,
                 Ok(_) => {}
             }
         }

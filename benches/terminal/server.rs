@@ -50,7 +50,9 @@ fn devpocket(dir: &std::path::Path, secret: &str) -> Command {
         .env("DEVPOCKET_DATA_DIR", dir)
         .env("DEVPOCKET_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
-        // The benchmark opens hundreds of connections and types fast on purpose.
+        // The benchmark opens hundreds of connections from one address on purpose.
+        .env("DEVPOCKET_RATE_LIMIT_IP", "1000000/1m")
+        .env("DEVPOCKET_RATE_LIMIT_WS_CONNECT", "1000000/1m")
         .env("DEVPOCKET_TERMINAL_LINGER", "5s");
     cmd
 }

@@ -40,6 +40,10 @@ pub async fn request_context(
         path = %req.path(),
     );
     let started = Instant::now();
+    let metrics = req
+        .app_data::<actix_web::web::Data<crate::startup::AppState>>()
+        .map(|state| state.metrics.clone());
+    let method = req.method().clone();
     // Handlers turn their errors into responses; an `Err` here comes from a
     // middleware and is rendered by actix (and enveloped by the error handlers).
     let mut res = next.call(req).instrument(span.clone()).await?;
@@ -48,6 +52,14 @@ pub async fn request_context(
     }
     let status = res.status().as_u16();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Some(metrics) = metrics {
+        // The route template, not the path: ids would make a series per request.
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        metrics.http_request(method.as_str(), route, status, elapsed_ms / 1000.0);
+    }
     span.in_scope(|| {
         if status >= 500 {
             tracing::error!(status, elapsed_ms, "request failed");

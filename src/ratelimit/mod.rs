@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::config::{Rate, Settings};
 use crate::db::users::User;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::plans::Plan;
 
 /// How often keys that are back to a full allowance are dropped.
@@ -160,11 +161,37 @@ pub struct RateLimits {
     users: Vec<(Plan, Keyed<Uuid>)>,
     ws_connect: Keyed<Uuid>,
     ws_input: Quota,
+    rejected: Rejections,
+}
+
+/// `devpocket_rate_limit_rejections_total{limiter}`, one counter per limiter.
+struct Rejections {
+    ip: ::metrics::Counter,
+    auth_ip: ::metrics::Counter,
+    auth_account: ::metrics::Counter,
+    user: ::metrics::Counter,
+    ws_connect: ::metrics::Counter,
+    ws_input: ::metrics::Counter,
+}
+
+impl Rejections {
+    fn new(metrics: &Metrics) -> Self {
+        let counter = |limiter: &'static str| ::metrics::counter!("devpocket_rate_limit_rejections_total", "limiter" => limiter);
+        metrics.record(|| Self {
+            ip: counter("ip"),
+            auth_ip: counter("auth_ip"),
+            auth_account: counter("auth_account"),
+            user: counter("user"),
+            ws_connect: counter("ws_connect"),
+            ws_input: counter("ws_input"),
+        })
+    }
 }
 
 impl RateLimits {
-    pub fn new(settings: &Settings) -> Self {
+    pub fn new(settings: &Settings, metrics: &Metrics) -> Self {
         Self {
+            rejected: Rejections::new(metrics),
             ip: Keyed::new(settings.rate_limit_ip),
             auth_ip: Keyed::new(settings.rate_limit_auth_ip),
             auth_account: Keyed::new(settings.rate_limit_auth_account),
@@ -182,14 +209,16 @@ impl RateLimits {
 
     /// Any request to the API from `ip`.
     pub fn check_ip(&self, ip: IpAddr) -> Result<Status, ApiError> {
-        self.ip
-            .check(&address_key(ip))
-            .map_err(|s| refused("Too many requests from your network address", s))
+        self.ip.check(&address_key(ip)).map_err(|s| {
+            self.rejected.ip.increment(1);
+            refused("Too many requests from your network address", s)
+        })
     }
 
     /// Sign-up, sign-in or refresh from `ip`.
     pub fn check_auth_ip(&self, ip: IpAddr) -> Result<Status, ApiError> {
         self.auth_ip.check(&address_key(ip)).map_err(|s| {
+            self.rejected.auth_ip.increment(1);
             refused(
                 "Too many sign-up, sign-in or refresh requests from your network address",
                 s,
@@ -199,9 +228,10 @@ impl RateLimits {
 
     /// A sign-in attempt on `account`, from wherever.
     pub fn check_login(&self, account: &Account) -> Result<Status, ApiError> {
-        self.auth_account
-            .check(account)
-            .map_err(|s| refused("Too many sign-in attempts for this account", s))
+        self.auth_account.check(account).map_err(|s| {
+            self.rejected.auth_account.increment(1);
+            refused("Too many sign-in attempts for this account", s)
+        })
     }
 
     /// An authenticated request; `None` when the user's plan has no per-user limit.
@@ -211,6 +241,7 @@ impl RateLimits {
             return Ok(None);
         };
         limiter.check(&user.id).map(Some).map_err(|s| {
+            self.rejected.user.increment(1);
             refused(
                 &format!("Too many requests for your account on the {plan} plan"),
                 s,
@@ -220,7 +251,14 @@ impl RateLimits {
 
     /// A WebSocket connection by `user`: `Err` with how long to wait.
     pub fn check_ws_connect(&self, user: Uuid) -> Result<(), Status> {
-        self.ws_connect.check(&user).map(|_| ())
+        self.ws_connect.check(&user).map(|_| ()).inspect_err(|_| {
+            self.rejected.ws_connect.increment(1);
+        })
+    }
+
+    /// Counts an input frame refused by a [`ws_input_limiter`](Self::ws_input_limiter).
+    pub fn rejected_ws_input(&self) {
+        self.rejected.ws_input.increment(1);
     }
 
     /// A limiter for the input frames of one terminal connection.

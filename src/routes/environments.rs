@@ -2,10 +2,10 @@
 //! metrics and provisioning logs. The work happens in the environment's actor;
 //! these handlers validate, authorize, send one message and map the answer.
 
-use actix::Addr;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use devpocket_actors::environment::{Command, EnvError, EnvironmentActor, GetMetrics, Lifecycle};
+use devpocket_actors::inspect::Handle;
 use devpocket_actors::model::{Phase, Status};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -88,7 +88,7 @@ pub async fn actor(
     state: &AppState,
     caller: &AuthUser,
     id: Uuid,
-) -> Result<Addr<EnvironmentActor>, ApiError> {
+) -> Result<Handle<EnvironmentActor>, ApiError> {
     state
         .actors
         .environment(caller.user.id, id)

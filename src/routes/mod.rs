@@ -1,10 +1,12 @@
 //! The HTTP surface: one module per resource, wired here.
 
 pub mod admin;
+pub mod admin_actors;
 pub mod auth;
 pub mod environments;
 pub mod health;
 pub mod info;
+pub mod metrics;
 pub mod templates;
 pub mod ws_common;
 pub mod ws_logs;
@@ -26,7 +28,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(environments::configure)
             .configure(ws_logs::configure)
             .configure(ws_terminal::configure)
-            .configure(admin::configure),
+            .configure(admin::configure)
+            .configure(admin_actors::configure),
     );
 }
 

@@ -3,6 +3,7 @@
 //! that says why.
 
 use actix_ws::{CloseCode, CloseReason, Session};
+use devpocket_actors::inspect::{Kind, Registration};
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -49,4 +50,61 @@ pub async fn close(session: Session, code: CloseCode, reason: &str) {
             description: Some(reason.to_owned()),
         }))
         .await;
+}
+
+/// One WebSocket connection as operators see it: a node of the actor tree
+/// (`websocket:<id>`, under its terminal, environment or user), the
+/// `devpocket_websocket_connections` gauge, and frames and bytes both ways.
+pub struct WsSession {
+    registration: Registration,
+    connections: ::metrics::Gauge,
+    bytes_in: ::metrics::Counter,
+    bytes_out: ::metrics::Counter,
+}
+
+impl WsSession {
+    /// `endpoint` is `terminal` or `logs`; `parents` as in the actor tree, nearest
+    /// first.
+    pub fn open(state: &AppState, endpoint: &'static str, parents: Vec<String>) -> Self {
+        let registration = state.actors.deps.inspector.register(
+            Kind::WebSocket,
+            format!("websocket:{}", uuid::Uuid::new_v4().simple()),
+            parents,
+        );
+        registration.stats.set_state("open");
+        let (connections, bytes_in, bytes_out) = state.metrics.record(|| {
+            (
+                ::metrics::gauge!("devpocket_websocket_connections", "endpoint" => endpoint),
+                ::metrics::counter!("devpocket_websocket_received_bytes_total", "endpoint" => endpoint),
+                ::metrics::counter!("devpocket_websocket_sent_bytes_total", "endpoint" => endpoint),
+            )
+        });
+        connections.increment(1.0);
+        Self {
+            registration,
+            connections,
+            bytes_in,
+            bytes_out,
+        }
+    }
+
+    pub fn received(&self, bytes: usize) {
+        self.registration.stats.activity();
+        self.bytes_in.increment(bytes as u64);
+    }
+
+    pub fn sent(&self, bytes: usize) {
+        self.registration.stats.activity();
+        self.bytes_out.increment(bytes as u64);
+    }
+
+    pub fn set_state(&self, state: &str) {
+        self.registration.stats.set_state(state);
+    }
+}
+
+impl Drop for WsSession {
+    fn drop(&mut self) {
+        self.connections.decrement(1.0);
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::ws_common::{authenticate, close};
+use super::ws_common::{WsSession, authenticate, close};
 use crate::db::environments as db;
 use crate::startup::AppState;
 
@@ -55,11 +55,20 @@ async fn logs_socket(
         };
         match state.actors.environment(caller.user.id, env_id).await {
             Ok(Some(addr)) => {
+                let ws = WsSession::open(
+                    &state,
+                    "logs",
+                    vec![
+                        format!("environment:{env_id}"),
+                        format!("user:{}", caller.user.id),
+                    ],
+                );
                 let (tx, rx) = mpsc::channel(QUEUE);
                 match addr.send(SubscribeLogs { tx }).await {
                     Ok(sub) => {
                         serve(
                             state,
+                            ws,
                             session,
                             stream,
                             env_id,
@@ -96,8 +105,10 @@ fn progress_frame(p: &Progress) -> String {
         .to_string()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     state: web::Data<AppState>,
+    ws: WsSession,
     mut session: Session,
     mut stream: actix_ws::MessageStream,
     env_id: Uuid,
@@ -133,7 +144,9 @@ async fn serve(
             break;
         }
         for (seq, line, at) in &rows {
-            if session.text(line_frame(*seq, line, *at)).await.is_err() {
+            let frame = line_frame(*seq, line, *at);
+            ws.sent(frame.len());
+            if session.text(frame).await.is_err() {
                 return;
             }
             if let Some(p) = logs::parse_stage(line)
@@ -175,6 +188,7 @@ async fn serve(
                     // Dropped for falling behind: the client resumes with after=SEQ.
                     None => return close(session, CloseCode::Again, &format!("too slow; reconnect with after={cursor}")).await,
                 };
+                ws.sent(frame.len());
                 if session.text(frame).await.is_err() {
                     return;
                 }
@@ -184,6 +198,7 @@ async fn serve(
                     if session.pong(&bytes).await.is_err() { return; }
                 }
                 Some(Ok(Message::Text(text))) => {
+                    ws.received(text.len());
                     if text.contains("\"ping\"") && session.text(json!({"type": "pong"}).to_string()).await.is_err() {
                         return;
                     }

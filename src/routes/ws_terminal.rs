@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, Message, Session};
+use devpocket_actors::inspect::Handle;
 use devpocket_actors::terminal::{
     Attach, Detach, Input, Resize, SessionMode, TermEvent, TerminalActor,
 };
@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::ws_common::{authenticate, close};
+use super::ws_common::{WsSession, authenticate, close};
 use crate::audit::{Action, Origin, TerminalAudit};
 use crate::db::environments as db;
 use crate::startup::AppState;
@@ -107,10 +107,6 @@ fn clamp_size(cols: Option<u32>, rows: Option<u32>) -> (u32, u32) {
     )
 }
 
-async fn send(session: &mut Session, frame: Value) -> bool {
-    session.text(frame.to_string()).await.is_ok()
-}
-
 async fn terminal_socket(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -190,7 +186,22 @@ async fn terminal_socket(
         let (cols, rows) = clamp_size(query.cols, query.rows);
         let input_limit = state.ratelimits.ws_input_limiter();
         let audit = TerminalAudit::new(&state, origin, caller.user.id, env_id, &name);
+        let terminal_node = match mode {
+            SessionMode::Tmux => format!("terminal:{env_id}:{name}"),
+            SessionMode::Shell => format!("terminal:{env_id}:shell:{name}"),
+        };
+        let ws = WsSession::open(
+            &state,
+            "terminal",
+            vec![
+                terminal_node,
+                format!("environment:{env_id}"),
+                format!("user:{}", caller.user.id),
+            ],
+        );
+        ws.set_state("waiting");
         let conn = Connection {
+            ws,
             state,
             session,
             stream,
@@ -224,6 +235,7 @@ struct Connection {
     input_limit: governor::DefaultDirectRateLimiter,
     _slot: ConnectionSlot,
     audit: TerminalAudit,
+    ws: WsSession,
 }
 
 /// What to do after a client frame.
@@ -233,6 +245,12 @@ enum Next {
 }
 
 impl Connection {
+    async fn send(&mut self, frame: Value) -> bool {
+        let text = frame.to_string();
+        self.ws.sent(text.len());
+        self.session.text(text).await.is_ok()
+    }
+
     async fn run(mut self, mut welcome: Value, resume: Option<u64>) {
         // Until the machine runs: status frames, pings answered.
         let mut welcomed = false;
@@ -256,16 +274,14 @@ impl Connection {
                 Err(()) => "the server is busy; the terminal attaches shortly".to_owned(),
             };
             if !welcomed {
-                if !send(&mut self.session, welcome.clone()).await {
+                if !self.send(welcome.clone()).await {
                     return;
                 }
                 welcomed = true;
             }
-            if !send(
-                &mut self.session,
-                json!({"type": "status", "state": "reconnecting", "message": message}),
-            )
-            .await
+            if !self
+                .send(json!({"type": "status", "state": "reconnecting", "message": message}))
+                .await
             {
                 return;
             }
@@ -311,7 +327,7 @@ impl Connection {
         self.audit.record(Action::TerminalAttach);
         if !welcomed {
             welcome["session"]["clients"] = json!(attached.clients);
-            if !send(&mut self.session, welcome).await {
+            if !self.send(welcome).await {
                 terminal.do_send(Detach {
                     client: attached.client,
                 });
@@ -319,6 +335,7 @@ impl Connection {
                 return;
             }
         }
+        self.ws.set_state("attached");
         let mut last_seq = resume.unwrap_or(0);
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
@@ -335,13 +352,14 @@ impl Connection {
                             let closed = state == "closed";
                             let frame = json!({"type": "status", "state": state, "message": message});
                             if closed {
-                                let _ = send(&mut self.session, frame).await;
+                                let _ = self.send(frame).await;
                                 break Some((CloseCode::Normal, "the terminal closed".to_owned()));
                             }
                             frame.to_string().into()
                         }
                         None => break Some((CloseCode::Again, format!("fell behind; reconnect with resume={last_seq}"))),
                     };
+                    self.ws.sent(frame.len());
                     match tokio::time::timeout(SEND_TIMEOUT, self.session.text(frame)).await {
                         Ok(Ok(())) => {}
                         // A closed socket, or one that took nothing for SEND_TIMEOUT.
@@ -375,11 +393,14 @@ impl Connection {
     async fn client_frame(
         &mut self,
         msg: Option<Result<Message, actix_ws::ProtocolError>>,
-        attached: Option<(&Addr<TerminalActor>, u64)>,
+        attached: Option<(&Handle<TerminalActor>, u64)>,
     ) -> Next {
         self.last_seen = Instant::now();
         let text = match msg {
-            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Text(text))) => {
+                self.ws.received(text.len());
+                text
+            }
             Some(Ok(Message::Ping(bytes))) => {
                 return if self.session.pong(&bytes).await.is_ok() {
                     Next::Continue
@@ -420,7 +441,7 @@ impl Connection {
                 if let Some(ts) = frame.get("timestamp") {
                     pong["timestamp"] = ts.clone();
                 }
-                if send(&mut self.session, pong).await {
+                if self.send(pong).await {
                     Next::Continue
                 } else {
                     Next::Stop
@@ -431,6 +452,7 @@ impl Connection {
                     return self.error("input needs a string \"data\"").await;
                 };
                 if self.input_limit.check().is_err() {
+                    self.state.ratelimits.rejected_ws_input();
                     let max = self.state.settings.ws_input_per_second;
                     return self
                         .error(&format!(
@@ -484,11 +506,9 @@ impl Connection {
     }
 
     async fn error(&mut self, message: &str) -> Next {
-        if send(
-            &mut self.session,
-            json!({"type": "error", "message": message}),
-        )
-        .await
+        if self
+            .send(json!({"type": "error", "message": message}))
+            .await
         {
             Next::Continue
         } else {

@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod http;
 mod isolation;
+mod observability;
 mod ratelimit;
 mod restart;
 mod templates;

@@ -1,0 +1,81 @@
+//! Prometheus metrics, through the `metrics` facade and its Prometheus exporter.
+//!
+//! Each `Application` has its own recorder (tests run several applications in one
+//! process), passed to where metrics are recorded — never a global one. Gauges that
+//! describe live state (actors, mailboxes, the database pool) are read from that
+//! state when `/metrics` is scraped, so they always agree with the admin API.
+
+use std::sync::Arc;
+
+use ::metrics::{Recorder, counter, gauge, histogram};
+use devpocket_actors::inspect::{Inspector, Kind};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::db::DbPool;
+
+/// Bucket bounds for every `*_seconds` histogram: from sub-millisecond HTTP
+/// requests and mailbox waits up to provisioning that takes minutes.
+const SECONDS_BUCKETS: [f64; 18] = [
+    0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 60.0, 300.0, 1800.0,
+];
+
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)?
+            .build_recorder();
+        let handle = recorder.handle();
+        Ok(Self {
+            recorder: Arc::new(recorder),
+            handle,
+        })
+    }
+
+    pub fn recorder(&self) -> Arc<dyn Recorder + Send + Sync> {
+        self.recorder.clone()
+    }
+
+    /// Runs `f` with this application's recorder, e.g.
+    /// `metrics.record(|| counter!("…").increment(1))`.
+    pub fn record<R>(&self, f: impl FnOnce() -> R) -> R {
+        ::metrics::with_local_recorder(&*self.recorder, f)
+    }
+
+    pub fn http_request(&self, method: &str, route: String, status: u16, seconds: f64) {
+        let method = method.to_owned();
+        self.record(|| {
+            counter!("devpocket_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
+                .increment(1);
+            histogram!("devpocket_http_request_duration_seconds", "method" => method, "route" => route)
+                .record(seconds);
+        });
+    }
+
+    /// The exposition text, with the live-state gauges read now.
+    pub fn render(&self, inspector: &Inspector, pool: &DbPool) -> String {
+        self.record(|| {
+            let alive = inspector.alive();
+            for kind in Kind::ALL {
+                let n = alive.get(&kind).copied().unwrap_or(0);
+                gauge!("devpocket_actors", "kind" => kind.as_str()).set(n as f64);
+                gauge!("devpocket_actor_mailbox_depth", "kind" => kind.as_str())
+                    .set(inspector.mailbox_depth(kind) as f64);
+            }
+            let status = pool.status();
+            let in_use = status.size.saturating_sub(status.available);
+            gauge!("devpocket_db_pool_connections", "state" => "in_use").set(in_use as f64);
+            gauge!("devpocket_db_pool_connections", "state" => "idle").set(status.available as f64);
+            gauge!("devpocket_db_pool_max_connections").set(status.max_size as f64);
+            gauge!("devpocket_db_pool_waiting").set(status.waiting as f64);
+        });
+        self.handle.render()
+    }
+}
