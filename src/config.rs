@@ -463,7 +463,7 @@ impl Settings {
         )?;
         let terminal_client_queue_bytes = source.parse(
             "DEVPOCKET_TERMINAL_CLIENT_QUEUE_BYTES",
-            1024 * 1024usize,
+            4 * 1024 * 1024usize,
             "a number of bytes",
         )?;
         if terminal_client_queue_bytes < 64 * 1024 {

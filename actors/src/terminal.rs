@@ -43,7 +43,7 @@ impl Default for TerminalSettings {
         Self {
             buffer_bytes: 256 * 1024,
             client_queue: 256,
-            client_queue_bytes: 1024 * 1024,
+            client_queue_bytes: 4 * 1024 * 1024,
             linger: Duration::from_secs(60),
         }
     }

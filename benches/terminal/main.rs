@@ -309,7 +309,7 @@ async fn slow_client(bench: &Bench, scale: &Scale) -> anyhow::Result<String> {
          | Typist | p50 ms | p99 ms |\n|---|---|---|\n| before the stall ({} samples) | {b50:.2} | {b99:.2} |\n\
          | during the stall ({} samples) | {d50:.2} | {d99:.2} |\n| **p99 change** (target < 10 %) | | **{:+.1} %** |\n\n\
          Server RSS: {:.1} MiB before, {:.1} MiB at most during the stall (+{:.1} MiB; the stated bound \
-         for one stalled client is 1 MiB of queued output plus 32 WebSocket frames). The stalled \
+         for one stalled client is 4 MiB of queued output plus 32 WebSocket frames). The stalled \
          client, once it read again: {outcome}.\n",
         scale.stall.as_secs(),
         before.len(),
