@@ -130,11 +130,6 @@ impl EnvironmentActor {
         }
     }
 
-    /// This actor's figures, for a [`Handle`](crate::inspect::Handle) to it.
-    pub fn stats_handle(&self) -> Arc<ActorStats> {
-        self.registration.stats.clone()
-    }
-
     fn provider(&self) -> Result<Arc<dyn Provider>, String> {
         self.deps
             .providers
@@ -271,7 +266,7 @@ impl Actor for EnvironmentActor {
 }
 
 impl Instrumented for EnvironmentActor {
-    fn stats(&self) -> &ActorStats {
+    fn stats(&self) -> &Arc<ActorStats> {
         &self.registration.stats
     }
 }

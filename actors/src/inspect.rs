@@ -68,13 +68,11 @@ impl ActorStats {
     /// A message was put into this actor's mailbox.
     pub fn sent(&self) {
         self.queued.fetch_add(1, Ordering::Relaxed);
-        self.totals.queued.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A message sent at `sent_at` is being handled.
     pub fn received(&self, sent_at: Instant) {
         self.queued.fetch_sub(1, Ordering::Relaxed);
-        self.totals.queued.fetch_sub(1, Ordering::Relaxed);
         self.activity();
         self.totals
             .queue_seconds
@@ -145,8 +143,6 @@ pub struct KindTotals {
     handled: ::metrics::Counter,
     /// `devpocket_actor_queue_seconds{kind}`
     queue_seconds: ::metrics::Histogram,
-    /// Messages in the mailboxes of this kind's live actors.
-    queued: AtomicI64,
 }
 
 impl KindTotals {
@@ -154,12 +150,7 @@ impl KindTotals {
         ::metrics::with_local_recorder(recorder, || Self {
             handled: ::metrics::counter!("devpocket_actor_messages_total", "kind" => kind.as_str()),
             queue_seconds: ::metrics::histogram!("devpocket_actor_queue_seconds", "kind" => kind.as_str()),
-            queued: AtomicI64::new(0),
         })
-    }
-
-    pub fn mailbox_depth(&self) -> i64 {
-        self.queued.load(Ordering::Relaxed).max(0)
     }
 }
 
@@ -184,9 +175,6 @@ impl Drop for Registration {
         if let Ok(mut nodes) = self.inspector.nodes.lock() {
             nodes.remove(&self.key);
         }
-        // Messages still in a dead actor's mailbox are gone with it.
-        let left = self.stats.queued.swap(0, Ordering::Relaxed);
-        self.stats.totals.queued.fetch_sub(left, Ordering::Relaxed);
     }
 }
 
@@ -241,9 +229,16 @@ impl Inspector {
         }
     }
 
-    /// Messages waiting in the mailboxes of live actors of `kind`.
+    /// Messages waiting in the mailboxes of live actors of `kind` (what a dead
+    /// actor's mailbox held is gone with it).
     pub fn mailbox_depth(&self, kind: Kind) -> i64 {
-        self.totals.get(&kind).map_or(0, |t| t.mailbox_depth())
+        self.nodes.lock().map_or(0, |nodes| {
+            nodes
+                .values()
+                .filter(|s| s.kind == kind)
+                .map(|s| s.queued.load(Ordering::Relaxed).max(0))
+                .sum()
+        })
     }
 
     /// Live actors by kind.
@@ -342,7 +337,7 @@ where
 
 /// An actor whose messages are measured; see [`instrumented!`](crate::instrumented).
 pub trait Instrumented: Actor {
-    fn stats(&self) -> &ActorStats;
+    fn stats(&self) -> &Arc<ActorStats>;
 }
 
 /// Implements `Handler<Tracked<M>>` for an [`Instrumented`] actor, for every
@@ -400,6 +395,20 @@ impl<A: Actor> Clone for Handle<A> {
         Self {
             addr: self.addr.clone(),
             stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<A> Handle<A>
+where
+    A: Instrumented<Context = Context<A>>,
+{
+    /// Starts `actor` and returns its handle.
+    pub fn start(actor: A) -> Self {
+        let stats = actor.stats().clone();
+        Self {
+            addr: actor.start(),
+            stats,
         }
     }
 }

@@ -29,12 +29,11 @@ impl Registry {
         if let Some(handle) = self.supervisors.get(&user_id).filter(|a| a.connected()) {
             return handle.clone();
         }
-        let actor = UserSupervisor::new(user_id, self.deps.clone(), ctx.address());
-        let stats = actor.stats_handle();
-        let handle = Handle {
-            addr: actor.start(),
-            stats,
-        };
+        let handle = Handle::start(UserSupervisor::new(
+            user_id,
+            self.deps.clone(),
+            ctx.address(),
+        ));
         self.supervisors.insert(user_id, handle.clone());
         handle
     }

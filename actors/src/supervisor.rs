@@ -55,25 +55,19 @@ impl UserSupervisor {
         ctx: &mut Context<Self>,
     ) -> Handle<EnvironmentActor> {
         let id = record.id;
-        let actor = EnvironmentActor::new(self.deps.clone(), record, ctx.address().recipient());
-        let stats = actor.stats_handle();
-        let handle = Handle {
-            addr: actor.start(),
-            stats,
-        };
+        let handle = Handle::start(EnvironmentActor::new(
+            self.deps.clone(),
+            record,
+            ctx.address().recipient(),
+        ));
         self.children.insert(id, handle.clone());
         self.registration.stats.set_clients(self.children.len());
         handle
     }
-
-    /// This actor's figures, for a [`Handle`] to it.
-    pub fn stats_handle(&self) -> Arc<ActorStats> {
-        self.registration.stats.clone()
-    }
 }
 
 impl Instrumented for UserSupervisor {
-    fn stats(&self) -> &ActorStats {
+    fn stats(&self) -> &Arc<ActorStats> {
         &self.registration.stats
     }
 }
@@ -231,19 +225,14 @@ impl Handler<GetTerminal> for UserSupervisor {
             return MessageResult(handle.clone());
         }
         self.terminals.retain(|_, t| t.connected());
-        let actor = TerminalActor::new(
+        let handle = Handle::start(TerminalActor::new(
             self.deps.clone(),
             self.deps.terminal.clone(),
             self.user_id,
             msg.environment_id,
             msg.name,
             msg.mode,
-        );
-        let stats = actor.stats_handle();
-        let handle = Handle {
-            addr: actor.start(),
-            stats,
-        };
+        ));
         self.terminals.insert(key, handle.clone());
         MessageResult(handle)
     }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes_utf8::Utf8Carry;
+use futures_util::FutureExt;
 use russh::ChannelMsg;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -242,6 +243,8 @@ pub struct TerminalActor {
 }
 
 const REDRAW_COALESCE: Duration = Duration::from_millis(20);
+/// Output already received is joined into frames of up to this size.
+const COALESCE_BYTES: usize = 64 * 1024;
 
 impl TerminalActor {
     pub fn new(
@@ -285,11 +288,6 @@ impl TerminalActor {
             linger: None,
             redraw_pending: false,
         }
-    }
-
-    /// This actor's figures, for a [`Handle`] to it.
-    pub fn stats_handle(&self) -> Arc<ActorStats> {
-        self.registration.stats.clone()
     }
 
     fn broadcast(&mut self, event: &TermEvent) {
@@ -441,11 +439,31 @@ impl TerminalActor {
                     let me2 = me.clone();
                     actix::spawn(async move {
                         let mut carry = Utf8Carry::default();
-                        while let Some(msg) = reader.wait().await {
-                            if let ChannelMsg::Data { data } = msg {
-                                let text = carry.push(&data);
-                                me2.do_send(Output { generation, text });
+                        let mut open = true;
+                        while open {
+                            let Some(msg) = reader.wait().await else {
+                                break;
+                            };
+                            let ChannelMsg::Data { data } = msg else {
+                                continue;
+                            };
+                            let mut text = carry.push(&data);
+                            // Output already waiting joins this frame: a flood makes
+                            // fewer, larger frames; a keystroke's echo is not delayed.
+                            while text.len() < COALESCE_BYTES {
+                                match reader.wait().now_or_never() {
+                                    Some(Some(ChannelMsg::Data { data })) => {
+                                        text.push_str(&carry.push(&data));
+                                    }
+                                    Some(Some(_)) => {}
+                                    Some(None) => {
+                                        open = false;
+                                        break;
+                                    }
+                                    None => break,
+                                }
                             }
+                            me2.do_send(Output { generation, text });
                         }
                         me2.do_send(Disconnected { generation });
                     });
@@ -490,7 +508,7 @@ impl TerminalActor {
 }
 
 impl Instrumented for TerminalActor {
-    fn stats(&self) -> &ActorStats {
+    fn stats(&self) -> &Arc<ActorStats> {
         &self.registration.stats
     }
 }
