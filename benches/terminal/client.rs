@@ -15,6 +15,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    url: String,
+    /// The last output seq received, and how many were missing in between.
+    pub last_seq: u64,
+    pub gaps: u64,
 }
 
 impl WsClient {
@@ -22,7 +26,22 @@ impl WsClient {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .with_context(|| format!("connecting {url}"))?;
-        Ok(Self { ws })
+        Ok(Self {
+            ws,
+            url: url.to_owned(),
+            last_seq: 0,
+            gaps: 0,
+        })
+    }
+
+    /// Reconnects as the app does after a close: with `resume` = the last seq seen.
+    pub async fn reconnect(&mut self) -> anyhow::Result<()> {
+        let url = format!("{}&resume={}", self.url, self.last_seq);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+            .await
+            .with_context(|| format!("connecting {url}"))?;
+        self.ws = ws;
+        Ok(())
     }
 
     pub async fn input(&mut self, data: &str) -> anyhow::Result<()> {
@@ -53,7 +72,14 @@ impl WsClient {
         loop {
             let frame = self.frame().await?;
             match frame["type"].as_str() {
-                Some("output") => return frame["data"].as_str().map(str::to_owned),
+                Some("output") => {
+                    let seq = frame["seq"].as_u64().unwrap_or(0);
+                    if self.last_seq > 0 && seq != self.last_seq + 1 {
+                        self.gaps += 1;
+                    }
+                    self.last_seq = seq;
+                    return frame["data"].as_str().map(str::to_owned);
+                }
                 Some("status") if frame["state"] == "closed" => return None,
                 Some("error") => eprintln!("server error frame: {}", frame["message"]),
                 _ => {}
