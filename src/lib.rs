@@ -11,6 +11,7 @@ pub mod db;
 pub mod environments;
 pub mod error;
 pub mod http;
+pub mod openapi;
 pub mod plans;
 pub mod ratelimit;
 pub mod routes;

@@ -39,9 +39,9 @@ pub fn is_builtin(name: &str) -> bool {
 /// Declares a closed set of snake_case words stored as `text` and sent as strings.
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AsExpression, FromSqlRow)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AsExpression, FromSqlRow, utoipa::ToSchema)]
         #[diesel(sql_type = Text)]
+        $(#[$meta])*
         pub enum $name {
             $(#[serde(rename = $text)] $variant),+
         }
@@ -98,6 +98,7 @@ text_enum!(
 
 text_enum!(
     /// Deprecated templates are hidden from non-admins and cannot be chosen.
+    #[schema(as = TemplateStatus)]
     Status {
         Active => "active",
         Beta => "beta",
@@ -107,7 +108,7 @@ text_enum!(
 
 /// One template as written in a file or sent by an admin. Unknown fields are refused
 /// so that a typo is an error rather than a silently missing setting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
     pub name: String,
@@ -138,6 +139,7 @@ pub struct TemplateSpec {
     pub packages: Vec<String>,
     /// Extra cloud-config merged into a cloud machine's user-data.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub cloud_init: Map<String, Value>,
     /// A POSIX sh script run as the machine's cloud-init, printing stage markers.
     pub bootstrap: String,

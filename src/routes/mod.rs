@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod docs;
 pub mod environments;
 pub mod health;
 pub mod info;
@@ -26,7 +27,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(environments::configure)
             .configure(ws_logs::configure)
             .configure(ws_terminal::configure)
-            .configure(admin::configure),
+            .configure(admin::configure)
+            .configure(docs::configure),
     );
 }
 
