@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod http;
 mod isolation;
+mod openapi;
 mod ratelimit;
 mod restart;
 mod templates;
