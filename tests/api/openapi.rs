@@ -217,6 +217,24 @@ fn parameters_match_each_path() {
     }
 }
 
+/// The words an enum schema lists are the ones its type serialises to.
+#[test]
+fn enum_schemas_list_the_serialised_values() {
+    fn words<T: serde::Serialize>(all: &[T]) -> Value {
+        serde_json::to_value(all).unwrap()
+    }
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    use devpocket::templates::{Category, Status};
+    assert_eq!(schemas["Category"]["enum"], words(Category::ALL));
+    assert_eq!(schemas["TemplateStatus"]["enum"], words(Status::ALL));
+    assert_eq!(schemas["Plan"]["enum"], words(&devpocket::plans::Plan::ALL));
+    let environment = &schemas["Environment"]["properties"];
+    use devpocket_actors::model::{Phase, Status as EnvStatus};
+    assert_eq!(environment["status"]["enum"], words(EnvStatus::ALL));
+    assert_eq!(environment["phase"]["enum"], words(Phase::ALL));
+}
+
 #[test]
 fn errors_are_the_envelope_and_rate_limits_are_documented() {
     let doc = document();
