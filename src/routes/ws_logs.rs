@@ -33,7 +33,9 @@ const MAX_CLIENT_FRAME: usize = 64 * 1024;
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct LogsQuery {
-    /// An access token (required; WebSocket clients cannot send headers).
+    /// An access token (WebSocket clients cannot send headers). Without a valid
+    /// one the socket is closed with 1008.
+    #[param(required = true)]
     token: Option<String>,
     /// Send only the stored lines after line SEQ (all kept lines without it).
     after: Option<i64>,

@@ -88,7 +88,9 @@ impl TerminalConnections {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct TerminalQuery {
-    /// An access token (required; WebSocket clients cannot send headers).
+    /// An access token (WebSocket clients cannot send headers). Without a valid
+    /// one the socket is closed with 1008.
+    #[param(required = true)]
     token: Option<String>,
     /// 1–32 of `A-Z a-z 0-9 _ -` (default `main`). Clients with the same name
     /// share one shell.
