@@ -138,7 +138,7 @@ fn paged<T>(items: Vec<T>, total: i64, page: i64, per_page: i64) -> Page<T> {
     get,
     path = "/api/v1/admin/users",
     tag = "admin",
-    summary = "List users",
+    summary = "List users.",
     description = "Oldest first. An unknown or repeated parameter, or a bad value, is 422 \
         naming it; empty parameters mean no filter.",
     params(
@@ -228,7 +228,7 @@ struct UserUpdateRequest {
     patch,
     path = "/api/v1/admin/users/{id}",
     tag = "admin",
-    summary = "Change a user's plan or deactivate them",
+    summary = "Change a user's plan or deactivate them.",
     description = "Deactivating signs the user out everywhere at once. Administrators cannot \
         deactivate themselves or leave the `admin` plan (422).",
     params(("id" = Uuid, Path, description = "The user's id; a malformed one is a 404.")),
@@ -352,7 +352,7 @@ fn one_of<T>(all: &[T], name: impl Fn(&T) -> &'static str) -> String {
     get,
     path = "/api/v1/admin/audit",
     tag = "admin",
-    summary = "Read the audit log",
+    summary = "Read the audit log.",
     description = "Matching events, newest first. An unknown or repeated parameter, or a bad \
         value, is 422 naming it; empty parameters mean no filter. To page a fixed view, pass \
         the first page's newest `created_at` as `until`.",

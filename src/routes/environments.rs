@@ -105,6 +105,7 @@ pub async fn actor(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[schema(as = CreateEnvironmentRequest)]
 struct CreateRequest {
     /// Free text as typed: 1–64 characters, no control characters, unique per
     /// user regardless of case.
@@ -606,6 +607,7 @@ async fn restart_environment(
 
 /// Resource use measured on the machine.
 #[derive(Serialize, ToSchema)]
+#[schema(as = Metrics)]
 struct MetricsResponse {
     /// Percent of CPU time busy over a 0.2 s sample.
     cpu_usage: f64,
@@ -705,7 +707,7 @@ const MAX_LOG_LINES: i64 = 1000;
     get,
     path = "/api/v1/environments/{id}/logs",
     tag = "environments",
-    summary = "Read the provisioning log",
+    summary = "Read the provisioning log.",
     description = "Without `after`: the newest `lines` lines (at or after `since` when given). \
         With `after=SEQ`: the first `lines` lines after line SEQ.",
     params(

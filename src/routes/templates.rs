@@ -195,7 +195,7 @@ impl ListQuery {
     get,
     path = "/api/v1/templates",
     tag = "templates",
-    summary = "List templates",
+    summary = "List templates.",
     description = "A bare array sorted by name. Deprecated templates are listed for admins only.",
     params(ListQuery),
     security(("bearer" = [])),
@@ -233,7 +233,7 @@ async fn list_templates(
     get,
     path = "/api/v1/templates/{id}",
     tag = "templates",
-    summary = "Get a template",
+    summary = "Get a template.",
     description = "A deprecated template is a 404 for non-admins.",
     params(("id" = String, Path, description = "The template's id or its name (case-insensitive).")),
     security(("bearer" = [])),
@@ -264,7 +264,7 @@ async fn get_template(
     post,
     path = "/api/v1/templates",
     tag = "templates",
-    summary = "Create a template (admin)",
+    summary = "Create a template (admin).",
     description = "The body is a template as in a template file, as JSON. Read-only fields of the \
         template object (`id`, `created_at`, `updated_at`, `usage_count`, `image`, `icon`, \
         `featured`, `config`) are ignored, so a fetched template can be sent back.",
@@ -317,7 +317,7 @@ async fn create_template(
     put,
     path = "/api/v1/templates/{id}",
     tag = "templates",
-    summary = "Change a template (admin)",
+    summary = "Change a template (admin).",
     description = "The fields sent (any of `TemplateSpec`'s) replace the stored ones; `null` \
         clears an optional one. The result is validated as a whole.",
     params(("id" = String, Path, description = "The template's id or its name (case-insensitive).")),
@@ -368,7 +368,7 @@ async fn update_template(
     delete,
     path = "/api/v1/templates/{id}",
     tag = "templates",
-    summary = "Deprecate a template (admin)",
+    summary = "Deprecate a template (admin).",
     description = "Deprecates rather than removes, so environments made from it keep working; \
         a `PUT` with `status: active` brings it back.",
     params(("id" = String, Path, description = "The template's id or its name (case-insensitive).")),
