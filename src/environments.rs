@@ -4,9 +4,12 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use devpocket_actors::model::{Phase, Status};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use uuid::Uuid;
 
 use crate::db::environments::{self as db, Environment, NewEnvironment};
@@ -183,16 +186,27 @@ pub async fn insert_within_quota(
 }
 
 /// The environment object of the mobile contract, plus DevPocket's own fields.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Environment)]
 pub struct EnvironmentResponse {
     pub id: Uuid,
+    /// As the person typed it ("My Awesome Project").
     pub name: String,
+    /// The template's id.
     pub template_id: String,
+    /// The template's id again, for older apps.
     pub template: String,
     pub template_name: String,
+    #[schema(schema_with = status_schema)]
     pub status: String,
+    /// The values given at creation, else the size's; members may be null.
+    #[schema(value_type = ResourceLimits)]
     pub resource_limits: Value,
+    /// `resource_limits` as strings, for older apps.
+    #[schema(value_type = Resources)]
     pub resources: Value,
+    /// `{}` when none.
+    #[schema(value_type = BTreeMap<String, String>)]
     pub environment_variables: Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -200,15 +214,83 @@ pub struct EnvironmentResponse {
     pub external_url: Option<String>,
     pub web_port: Option<i32>,
     pub ssh_port: Option<i32>,
+    #[schema(example = "local")]
     pub provider: String,
+    #[schema(example = "local")]
     pub region: String,
+    /// `small`, `medium`, `large` or `xlarge`.
+    #[schema(example = "small")]
     pub size: String,
+    #[schema(schema_with = phase_schema)]
     pub phase: String,
+    /// How far provisioning got, 0–100.
     pub progress: i32,
+    /// The current bootstrap stage while installing; what went wrong for `error`.
     pub status_message: Option<String>,
     pub ip_address: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub stopped_at: Option<DateTime<Utc>>,
+}
+
+/// `resource_limits` of the environment object. Each member is as given at
+/// creation (a string or a number) or the size's (a string), or null;
+/// `max_instances` is 1 unless given.
+#[derive(ToSchema)]
+pub struct ResourceLimits {
+    #[schema(schema_with = limit_schema)]
+    pub cpu: Option<Value>,
+    #[schema(schema_with = limit_schema)]
+    pub memory: Option<Value>,
+    #[schema(schema_with = limit_schema)]
+    pub storage: Option<Value>,
+    #[schema(schema_with = limit_schema)]
+    pub max_instances: Option<Value>,
+}
+
+/// `resources` of the environment object: `resource_limits` as strings.
+#[derive(ToSchema)]
+pub struct Resources {
+    #[schema(example = "1")]
+    pub cpu: Option<String>,
+    #[schema(example = "1Gi")]
+    pub memory: Option<String>,
+    #[schema(example = "10Gi")]
+    pub storage: Option<String>,
+}
+
+/// A string schema whose values are `words`.
+fn one_of(words: impl IntoIterator<Item = &'static str>, description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(words))
+        .description(Some(description))
+        .build()
+}
+
+fn status_schema() -> Object {
+    one_of(
+        Status::ALL.iter().map(|s| s.as_str()),
+        "Exactly one of the five values the app knows; `phase` has the detail.",
+    )
+}
+
+fn phase_schema() -> Object {
+    one_of(
+        Phase::ALL.iter().map(|p| p.as_str()),
+        "Where the environment is within its `status`.",
+    )
+}
+
+/// A member of `resource_limits`: as given (a string or a number), or null.
+fn limit_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([
+            Type::String,
+            Type::Number,
+            Type::Null,
+        ]))
+        .examples([json!("1Gi")])
+        .build()
 }
 
 impl EnvironmentResponse {

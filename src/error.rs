@@ -141,11 +141,25 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    detail: &'a str,
-    code: &'a str,
-    context: Value,
+/// The body of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "detail": "Invalid input: password: must contain a digit",
+    "code": "validation_error",
+    "context": {"fields": {"password": ["must contain a digit"]}}
+}))]
+pub struct ErrorBody<'a> {
+    /// One human-readable sentence, always a string.
+    pub detail: &'a str,
+    /// A stable snake_case code: `validation_error`, `unauthorized`, `forbidden`,
+    /// `not_found`, `conflict`, `account_locked`, `rate_limited`, `malformed_json`,
+    /// `service_unavailable`, …
+    pub code: &'a str,
+    /// Details that depend on the code: `fields` (per-field messages) for
+    /// `validation_error`, `field` for some conflicts, `retry_after_seconds` (and
+    /// `limit`) for `account_locked` and `rate_limited`; `{}` otherwise.
+    #[schema(value_type = Object)]
+    pub context: Value,
 }
 
 /// Builds the envelope for any status; used for errors raised outside handlers too
@@ -153,7 +167,7 @@ struct Envelope<'a> {
 pub fn envelope(status: StatusCode, code: &str, detail: &str, context: Value) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(Envelope {
+        .json(ErrorBody {
             detail,
             code,
             context,

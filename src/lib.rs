@@ -12,6 +12,7 @@ pub mod environments;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod plans;
 pub mod ratelimit;
 pub mod routes;

@@ -11,7 +11,17 @@ use diesel::sql_types::Text;
 use serde::{Deserialize, Serialize};
 
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AsExpression, FromSqlRow,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    AsExpression,
+    FromSqlRow,
+    utoipa::ToSchema,
 )]
 #[diesel(sql_type = Text)]
 #[serde(rename_all = "snake_case")]
@@ -23,15 +33,16 @@ pub enum Plan {
 }
 
 /// What a plan allows. `None` means unlimited.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct PlanLimits {
-    /// Environments that are not stopped.
+    /// Environments that are not stopped (`null`: unlimited).
     pub active_environments: Option<u32>,
-    /// Environments in total, stopped ones included.
+    /// Environments in total, stopped ones included (`null`: unlimited).
     pub total_environments: Option<u32>,
     /// The largest machine size the plan may use.
+    #[schema(example = "small")]
     pub max_size: &'static str,
-    /// Concurrent terminal connections.
+    /// Concurrent terminal connections (`null`: unlimited).
     pub terminal_connections: Option<u32>,
 }
 

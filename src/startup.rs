@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_cors::Cors;
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{DefaultHeaders, ErrorHandlers, NormalizePath, TrailingSlash, from_fn};
 use actix_web::{App, HttpServer, http::header, web};
 use anyhow::Context;
@@ -165,44 +166,20 @@ impl Application {
             ),
             None => None,
         };
-        let metrics_on_main = metrics_listener.is_none();
         let metrics_state = state.clone();
 
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(JsonLimit(settings.max_json_bytes))
-                .wrap(cors(&settings.allowed_origins))
-                .wrap(
-                    DefaultHeaders::new()
-                        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-                        .add((header::X_FRAME_OPTIONS, "DENY"))
-                        .add((header::REFERRER_POLICY, "no-referrer")),
-                )
-                .wrap(ErrorHandlers::new().default_handler(http::envelope_fallback))
-                .wrap(from_fn(http::request_context))
-                // Serve `/api/v1/environments/` and `/api/v1/environments` alike,
-                // without a redirect (the app does not follow a redirected POST).
-                .wrap(NormalizePath::new(TrailingSlash::Trim))
-                .configure(routes::configure)
-                .configure(|cfg| {
-                    if metrics_on_main {
-                        routes::metrics::configure(cfg);
-                    }
-                })
-                .default_service(web::to(routes::not_found))
-        })
-        .workers(workers)
-        // Terminal echo is a small frame behind a stream of output: without
-        // TCP_NODELAY, Nagle holds it until the client's delayed ACK (~40 ms).
-        .on_connect(|conn, _| {
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-            }
-        })
-        .disable_signals()
-        .listen(listener)?
-        .run();
+        let server = HttpServer::new(move || app(&settings).app_data(state.clone()))
+            .workers(workers)
+            // Terminal echo is a small frame behind a stream of output: without
+            // TCP_NODELAY, Nagle holds it until the client's delayed ACK (~40 ms).
+            .on_connect(|conn, _| {
+                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                    let _ = tcp.set_nodelay(true);
+                }
+            })
+            .disable_signals()
+            .listen(listener)?
+            .run();
         // A separate listener for Prometheus, when configured: `/metrics` only.
         let metrics_server = match metrics_listener {
             Some(listener) => Some(
@@ -250,6 +227,45 @@ impl Application {
         self.audit.finish().await;
         result
     }
+}
+
+/// The application without its shared state: middleware, every route, and the
+/// envelope for unknown paths. `Application::build` adds the state; tests list
+/// the routes it registers (`tests/api/openapi.rs`).
+pub fn app(
+    settings: &Settings,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody + use<>>,
+        Error = actix_web::Error,
+        InitError = (),
+    > + use<>,
+> {
+    let metrics_on_main = settings.metrics_listen.is_none();
+    App::new()
+        .app_data(JsonLimit(settings.max_json_bytes))
+        .wrap(cors(&settings.allowed_origins))
+        .wrap(
+            DefaultHeaders::new()
+                .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                .add((header::X_FRAME_OPTIONS, "DENY"))
+                .add((header::REFERRER_POLICY, "no-referrer")),
+        )
+        .wrap(ErrorHandlers::new().default_handler(http::envelope_fallback))
+        .wrap(from_fn(http::request_context))
+        // Serve `/api/v1/environments/` and `/api/v1/environments` alike,
+        // without a redirect (the app does not follow a redirected POST).
+        .wrap(NormalizePath::new(TrailingSlash::Trim))
+        .configure(routes::configure)
+        .configure(|cfg| {
+            // `/metrics` is here unless it has a listener of its own.
+            if metrics_on_main {
+                routes::metrics::configure(cfg);
+            }
+        })
+        .default_service(web::to(routes::not_found))
 }
 
 fn cors(origins: &[String]) -> Cors {

@@ -36,10 +36,11 @@ pub fn is_builtin(name: &str) -> bool {
         .any(|(file, _)| file.strip_suffix(".yaml") == Some(name))
 }
 
-/// Declares a closed set of snake_case words stored as `text` and sent as strings.
+/// Declares a closed set of snake_case words stored as `text` and sent as strings,
+/// and its OpenAPI schema under the name `$schema`.
 macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
+    ($(#[doc = $doc:literal])* $name:ident as $schema:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[doc = $doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AsExpression, FromSqlRow)]
         #[diesel(sql_type = Text)]
         pub enum $name {
@@ -70,6 +71,22 @@ macro_rules! text_enum {
             }
         }
 
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .description(Some(concat!($($doc),*).trim()))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed($schema)
+            }
+        }
+
         impl ToSql<Text, Pg> for $name {
             fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
                 out.write_all(self.as_str().as_bytes())?;
@@ -87,7 +104,7 @@ macro_rules! text_enum {
 
 text_enum!(
     /// What kind of environment a template makes; the app knows exactly these.
-    Category {
+    Category as "Category" {
         ProgrammingLanguage => "programming_language",
         Framework => "framework",
         Database => "database",
@@ -98,7 +115,7 @@ text_enum!(
 
 text_enum!(
     /// Deprecated templates are hidden from non-admins and cannot be chosen.
-    Status {
+    Status as "TemplateStatus" {
         Active => "active",
         Beta => "beta",
         Deprecated => "deprecated",
@@ -107,7 +124,7 @@ text_enum!(
 
 /// One template as written in a file or sent by an admin. Unknown fields are refused
 /// so that a typo is an error rather than a silently missing setting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
     pub name: String,
@@ -138,6 +155,7 @@ pub struct TemplateSpec {
     pub packages: Vec<String>,
     /// Extra cloud-config merged into a cloud machine's user-data.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub cloud_init: Map<String, Value>,
     /// A POSIX sh script run as the machine's cloud-init, printing stage markers.
     pub bootstrap: String,

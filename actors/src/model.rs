@@ -40,6 +40,8 @@ pub enum Phase {
 macro_rules! str_enum {
     ($ty:ty { $($variant:ident => $s:literal),+ $(,)? }) => {
         impl $ty {
+            pub const ALL: &[$ty] = &[$(Self::$variant),+];
+
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$variant => $s),+ }
             }

@@ -121,7 +121,9 @@ async fn throughput(bench: &Bench, machine: &Machine, scale: &Scale) -> anyhow::
                     break;
                 }
                 Err(e) => {
-                    let Term::Ws(ws) = &mut ours else { return Err(e) };
+                    let Term::Ws(ws) = &mut ours else {
+                        return Err(e);
+                    };
                     if reconnects > 20 {
                         return Err(e);
                     }

@@ -26,12 +26,17 @@ use crate::startup::AppState;
 use password::PasswordHasher;
 
 /// The token half of the login/register/refresh answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenPair {
+    /// A JWT for `Authorization: Bearer …` (and `?token=` on WebSockets).
     pub access_token: String,
+    /// For `/auth/refresh`; works once.
     pub refresh_token: String,
+    /// Always `bearer`.
+    #[schema(example = "bearer")]
     pub token_type: &'static str,
     /// Seconds until the access token expires.
+    #[schema(example = 86400)]
     pub expires_in: u64,
 }
 

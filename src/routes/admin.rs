@@ -9,6 +9,7 @@ use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit::{Action, Event, Origin, Outcome, ResourceType};
@@ -17,6 +18,10 @@ use crate::db::audit::{self as audit_db, AuditEvent, AuditFilter};
 use crate::db::users::{self, AccountChanges};
 use crate::error::{ApiError, ValidationErrors};
 use crate::http::Json;
+use crate::openapi::{
+    BadRequest, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable,
+    Unprocessable, UnsupportedMediaType,
+};
 use crate::plans::Plan;
 use crate::routes::auth::UserResponse;
 use crate::startup::AppState;
@@ -36,10 +41,12 @@ const MAX_SEARCH_CHARS: usize = 100;
 const MAX_RESOURCE_ID_CHARS: usize = 200;
 
 /// A page of a list, as every admin list answers.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Page<T> {
     items: Vec<T>,
+    /// Items matching, over all pages.
     total: i64,
+    /// From 1.
     page: i64,
     per_page: i64,
     has_more: bool,
@@ -127,6 +134,28 @@ fn paged<T>(items: Vec<T>, total: i64, page: i64, per_page: i64) -> Page<T> {
 
 /// `GET /admin/users?q=&page=&per_page=`: users oldest first; `q` searches
 /// usernames and e-mail addresses (case-insensitive substring).
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/users",
+    tag = "admin",
+    summary = "List users.",
+    description = "Oldest first. An unknown or repeated parameter, or a bad value, is 422 \
+        naming it; empty parameters mean no filter.",
+    params(
+        ("q" = Option<String>, Query, description = "Users whose username or e-mail address contains this, ignoring case (at most 100 characters)."),
+        ("page" = Option<i64>, Query, minimum = 1, description = "The page, from 1 (default 1)."),
+        ("per_page" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Items per page, 1–200 (default 50)."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Page<UserResponse>),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn list_users(
     state: web::Data<AppState>,
     _admin: AdminUser,
@@ -182,9 +211,42 @@ fn account_changes(body: Map<String, Value>) -> Result<AccountChanges, ApiError>
     Ok(changes)
 }
 
+/// The body of `PATCH /admin/users/{id}`: at least one field; `null` leaves a
+/// field as it is, any other field is 422.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the JSON object `account_changes` reads field by field.
+struct UserUpdateRequest {
+    subscription_plan: Option<Plan>,
+    /// `false` deactivates the account and revokes all its sign-in sessions.
+    is_active: Option<bool>,
+}
+
 /// `PATCH /admin/users/{id}` with `{subscription_plan?, is_active?}` → 200, the
 /// user. Deactivating signs the user out everywhere at once. Administrators
 /// cannot deactivate or demote themselves (so at least one always remains).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/admin/users/{id}",
+    tag = "admin",
+    summary = "Change a user's plan or deactivate them.",
+    description = "Deactivating signs the user out everywhere at once. Administrators cannot \
+        deactivate themselves or leave the `admin` plan (422).",
+    params(("id" = Uuid, Path, description = "The user's id; a malformed one is a 404.")),
+    request_body = UserUpdateRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn update_user(
     state: web::Data<AppState>,
     admin: AdminUser,
@@ -244,7 +306,8 @@ async fn update_user(
 }
 
 /// One audit event as admins read it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditEvent)]
 struct AuditEventResponse {
     id: Uuid,
     created_at: DateTime<Utc>,
@@ -257,6 +320,7 @@ struct AuditEventResponse {
     outcome: String,
     ip: Option<String>,
     user_agent: Option<String>,
+    #[schema(value_type = Object)]
     details: Value,
 }
 
@@ -284,6 +348,35 @@ fn one_of<T>(all: &[T], name: impl Fn(&T) -> &'static str) -> String {
 
 /// `GET /admin/audit?user=&action=&resource_type=&resource_id=&outcome=&since=&until=&page=&per_page=`:
 /// matching events, newest first. `since` and `until` are inclusive.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/audit",
+    tag = "admin",
+    summary = "Read the audit log.",
+    description = "Matching events, newest first. An unknown or repeated parameter, or a bad \
+        value, is 422 naming it; empty parameters mean no filter. To page a fixed view, pass \
+        the first page's newest `created_at` as `until`.",
+    params(
+        ("user" = Option<Uuid>, Query, description = "Events by this user."),
+        ("action" = Option<String>, Query, description = "An action name, such as `auth.login` or `environment.create`."),
+        ("resource_type" = Option<String>, Query, description = "`user`, `session`, `environment`, `template` or `endpoint`."),
+        ("resource_id" = Option<String>, Query, description = "The resource's id (at most 200 characters)."),
+        ("outcome" = Option<String>, Query, description = "`success`, `failure` or `denied`."),
+        ("since" = Option<DateTime<Utc>>, Query, description = "Events at or after this time (RFC 3339)."),
+        ("until" = Option<DateTime<Utc>>, Query, description = "Events at or before this time (RFC 3339)."),
+        ("page" = Option<i64>, Query, minimum = 1, description = "The page, from 1 (default 1)."),
+        ("per_page" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Items per page, 1–200 (default 50)."),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Page<AuditEventResponse>),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn list_audit_events(
     state: web::Data<AppState>,
     _admin: AdminUser,

@@ -4,6 +4,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit::{Action, Event, Origin, Outcome};
@@ -11,6 +12,10 @@ use crate::auth::{self, AuthUser, Registration, TokenPair};
 use crate::db::users::User;
 use crate::error::ApiError;
 use crate::http::Json;
+use crate::openapi::{
+    BadRequest, Conflict, Forbidden, Locked, PayloadTooLarge, TooManyRequests, Unauthorized,
+    Unavailable, Unprocessable, UnsupportedMediaType,
+};
 use crate::plans::Plan;
 use crate::ratelimit;
 use crate::startup::AppState;
@@ -29,7 +34,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The user object the app reads. Never carries a hash or a token.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(as = User)]
 pub struct UserResponse {
     pub id: Uuid,
     pub username: String,
@@ -60,21 +66,45 @@ impl From<User> for UserResponse {
     }
 }
 
-#[derive(Serialize)]
+/// A new sign-in: the tokens and the user.
+#[derive(Serialize, ToSchema)]
 struct SessionResponse {
     #[serde(flatten)]
     tokens: TokenPair,
     user: UserResponse,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RegisterRequest {
+    /// 3–30 of `A-Z a-z 0-9 _ -`; unique regardless of case.
+    #[schema(example = "alice")]
     username: String,
+    /// Unique regardless of case.
+    #[schema(example = "alice@example.com")]
     email: String,
+    /// 8–128 characters with a lower-case letter, an upper-case letter and a digit.
+    #[schema(example = "Correct-horse-9")]
     password: String,
     full_name: Option<String>,
 }
 
+/// Create an account and sign in.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/register",
+    tag = "accounts",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Signed up and signed in.", body = SessionResponse),
+        (status = 400, response = BadRequest),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn register(
     state: web::Data<AppState>,
     origin: Origin,
@@ -104,12 +134,37 @@ async fn register(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct LoginRequest {
+    /// The username or the e-mail address, in any case.
+    #[schema(example = "alice")]
     username_or_email: String,
+    #[schema(example = "Correct-horse-9")]
     password: String,
 }
 
+/// Sign in.
+///
+/// Wrong credentials are 401; too many wrong passwords from one address lock
+/// sign-in for that account and address (423); a deactivated account is 403.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "accounts",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in.", body = SessionResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 423, response = Locked),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn login(
     state: web::Data<AppState>,
     origin: Origin,
@@ -124,11 +179,31 @@ async fn login(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RefreshRequest {
     refresh_token: String,
 }
 
+/// Exchange a refresh token for a new pair.
+///
+/// A refresh token works once. Presenting a used one again revokes its whole
+/// sign-in session (401).
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    tag = "accounts",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new access and refresh token.", body = TokenPair),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn refresh(
     state: web::Data<AppState>,
     origin: Origin,
@@ -138,15 +213,49 @@ async fn refresh(
     Ok(HttpResponse::Ok().json(tokens))
 }
 
+/// `{"success": true}`.
+#[derive(Serialize, ToSchema)]
+struct LogoutResponse {
+    success: bool,
+}
+
+/// Sign out: ends this sign-in session.
+///
+/// Its access and refresh tokens stop working at once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Signed out.", body = LogoutResponse),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn logout(
     state: web::Data<AppState>,
     caller: AuthUser,
     origin: Origin,
 ) -> Result<HttpResponse, ApiError> {
     auth::logout(&state, &caller, &origin).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "success": true })))
+    Ok(HttpResponse::Ok().json(LogoutResponse { success: true }))
 }
 
+/// The signed-in user.
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/me",
+    tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = UserResponse),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn me(caller: AuthUser) -> HttpResponse {
     HttpResponse::Ok().json(UserResponse::from(caller.user))
 }

@@ -2,13 +2,17 @@
 //! metrics and provisioning logs. The work happens in the environment's actor;
 //! these handlers validate, authorize, send one message and map the answer.
 
+use std::collections::BTreeMap;
+
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use devpocket_actors::environment::{Command, EnvError, EnvironmentActor, GetMetrics, Lifecycle};
 use devpocket_actors::inspect::Handle;
+use devpocket_actors::metrics::Metrics;
 use devpocket_actors::model::{Phase, Status};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::audit::{Action, Event, Origin, ResourceType};
@@ -18,6 +22,10 @@ use crate::db::templates as template_db;
 use crate::environments::{self as rules, EnvironmentResponse};
 use crate::error::{ApiError, ValidationErrors};
 use crate::http::Json;
+use crate::openapi::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized,
+    Unavailable, Unprocessable, UnsupportedMediaType,
+};
 use crate::startup::AppState;
 use crate::templates::Status as TemplateStatus;
 
@@ -96,20 +104,59 @@ pub async fn actor(
         .ok_or_else(|| not_found(&id.to_string()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CreateEnvironmentRequest)]
 struct CreateRequest {
+    /// Free text as typed: 1–64 characters, no control characters, unique per
+    /// user regardless of case.
+    #[schema(example = "My Awesome Project")]
     name: String,
+    /// A template's id or name (case-insensitive); required unless `template` is
+    /// given. An unknown one is 422 listing the valid names.
+    #[schema(example = "python")]
     template_id: Option<String>,
     /// Older apps send `template`.
     template: Option<String>,
+    /// `local` (the default).
     region: Option<String>,
+    /// `small` (the default), `medium`, `large` or `xlarge`; above the plan's
+    /// largest is 403.
     size: Option<String>,
+    /// Kept as given and shown in `resource_limits`.
+    #[schema(value_type = Option<Object>)]
     resource_limits: Option<Value>,
     /// Older apps send `resources`.
+    #[schema(value_type = Option<Object>)]
     resources: Option<Value>,
+    /// At most 100 names of letters, digits and `_` (not starting with a digit) to
+    /// strings of at most 4096 bytes; numbers and booleans are stored as strings.
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     environment_variables: Option<Value>,
 }
 
+/// Create an environment.
+///
+/// Answers at once with `status: creating`; provisioning goes on in the
+/// background (follow it with `GET /api/v1/ws/logs/{id}` or by polling).
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments",
+    tag = "environments",
+    request_body = CreateRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created; provisioning has started.", body = EnvironmentResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn create_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -238,11 +285,31 @@ async fn create(
     load(state, caller, id).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only environments in this status: `creating`, `running`, `stopped`,
+    /// `terminated` or `error`. Empty: all.
     status: Option<String>,
 }
 
+/// List the caller's environments.
+///
+/// A bare array, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/environments",
+    tag = "environments",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<EnvironmentResponse>),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn list_environments(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -266,6 +333,21 @@ async fn list_environments(
     Ok(HttpResponse::Ok().json(body))
 }
 
+/// Get an environment.
+#[utoipa::path(
+    get,
+    path = "/api/v1/environments/{id}",
+    tag = "environments",
+    params(("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = EnvironmentResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn get_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -275,6 +357,38 @@ async fn get_environment(
     Ok(HttpResponse::Ok().json(load(&state, &caller, id).await?))
 }
 
+/// The body of `PUT /environments/{id}`: what may change; other fields are
+/// ignored, `null` leaves a field as it is.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the JSON object `update_environment` reads field by field.
+struct UpdateEnvironmentRequest {
+    /// As for a new environment.
+    name: Option<String>,
+    /// Replaces the stored variables; the machine sees them at its next start.
+    environment_variables: Option<BTreeMap<String, String>>,
+}
+
+/// Rename an environment or replace its variables.
+#[utoipa::path(
+    put,
+    path = "/api/v1/environments/{id}",
+    tag = "environments",
+    params(("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404.")),
+    request_body = UpdateEnvironmentRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = EnvironmentResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn update_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -376,6 +490,26 @@ async fn send_lifecycle(
     }
 }
 
+/// Delete an environment.
+///
+/// From any state but while deleting. Answers with the environment in
+/// `terminated`/`deleting`, or `{id, status: "terminated", phase: "deleted"}` when it
+/// is already gone; afterwards it is a 404.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/environments/{id}",
+    tag = "environments",
+    params(("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Deletion has started.", body = EnvironmentResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn delete_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -385,6 +519,26 @@ async fn delete_environment(
     lifecycle(&state, &caller, &origin, &id, Command::Delete).await
 }
 
+/// Start an environment.
+///
+/// From `stopped` (or, after a failed start, stop or delete, from `error`); 409 otherwise. Starting counts against the plan's environments that are not stopped (403). Answers with the environment in its new
+/// phase, `starting` or further along.
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/start",
+    tag = "environments",
+    params(("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted.", body = EnvironmentResponse),
+        (status = 403, response = Forbidden),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn start_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -394,6 +548,25 @@ async fn start_environment(
     lifecycle(&state, &caller, &origin, &id, Command::Start).await
 }
 
+/// Stop an environment.
+///
+/// From `running`; 409 otherwise. Answers with the environment in its new
+/// phase, `stopping` or further along.
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/stop",
+    tag = "environments",
+    params(("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted.", body = EnvironmentResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn stop_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -403,6 +576,26 @@ async fn stop_environment(
     lifecycle(&state, &caller, &origin, &id, Command::Stop).await
 }
 
+/// Restart an environment.
+///
+/// From `running` or `stopped`; 409 otherwise. Starting counts against the plan's environments that are not stopped (403). Answers with the environment in its new
+/// phase, `restarting` or further along.
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/restart",
+    tag = "environments",
+    params(("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted.", body = EnvironmentResponse),
+        (status = 403, response = Forbidden),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn restart_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -412,6 +605,56 @@ async fn restart_environment(
     lifecycle(&state, &caller, &origin, &id, Command::Restart).await
 }
 
+/// Resource use measured on the machine.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Metrics)]
+struct MetricsResponse {
+    /// Percent of CPU time busy over a 0.2 s sample.
+    cpu_usage: f64,
+    /// Percent of memory in use.
+    memory_usage: f64,
+    /// Percent of the home file system in use.
+    disk_usage: f64,
+    /// Bytes received since boot, all interfaces but loopback.
+    network_in: u64,
+    /// Bytes sent since boot, all interfaces but loopback.
+    network_out: u64,
+    /// When the sample was taken (reused for 5 s).
+    timestamp: DateTime<Utc>,
+}
+
+impl From<Metrics> for MetricsResponse {
+    fn from(m: Metrics) -> Self {
+        Self {
+            cpu_usage: m.cpu_usage,
+            memory_usage: m.memory_usage,
+            disk_usage: m.disk_usage,
+            network_in: m.network_in,
+            network_out: m.network_out,
+            timestamp: m.timestamp,
+        }
+    }
+}
+
+/// Measure an environment's resource use.
+///
+/// Measured on the machine over SSH; a machine that is not `running`/`ready` is
+/// 409, one that cannot be reached 503.
+#[utoipa::path(
+    get,
+    path = "/api/v1/environments/{id}/metrics",
+    tag = "environments",
+    params(("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404.")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = MetricsResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn get_metrics(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -424,20 +667,64 @@ async fn get_metrics(
             "The environment's controller is restarting ({e}); try again."
         ))
     })??;
-    Ok(HttpResponse::Ok().json(metrics))
+    Ok(HttpResponse::Ok().json(MetricsResponse::from(metrics)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogsQuery {
+    /// How many lines, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     lines: Option<i64>,
+    /// Without `after`: only lines stored at or after this time (RFC 3339).
+    #[param(example = "2026-11-23T10:00:00Z")]
     since: Option<String>,
+    /// The first lines after line SEQ instead of the newest ones (`since` does not
+    /// apply).
     after: Option<i64>,
+}
+
+/// A page of the provisioning log.
+#[derive(Serialize, ToSchema)]
+struct LogsPage {
+    /// The lines as plain strings, oldest first.
+    logs: Vec<String>,
+    /// Stored lines that match (without `after`), or lines after `after`.
+    total: i64,
+    /// Whether older lines were left out (without `after`) or more follow (with it).
+    has_more: bool,
+    /// The number of the first line returned; `null` when none.
+    first_seq: Option<i64>,
+    /// The number of the last line returned: ask again with `after=last_seq`.
+    last_seq: Option<i64>,
 }
 
 const MAX_LOG_LINES: i64 = 1000;
 
 /// `{logs: [string], total, has_more}` as the app reads it, plus `first_seq` and
 /// `last_seq` for exact resumption with `after=SEQ`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/environments/{id}/logs",
+    tag = "environments",
+    summary = "Read the provisioning log.",
+    description = "Without `after`: the newest `lines` lines (at or after `since` when given). \
+        With `after=SEQ`: the first `lines` lines after line SEQ.",
+    params(
+        ("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404."),
+        LogsQuery,
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = LogsPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn get_logs(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -482,11 +769,11 @@ async fn get_logs(
             (rows, total, has_more)
         }
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "logs": rows.iter().map(|(_, line, _)| line).collect::<Vec<_>>(),
-        "total": total,
-        "has_more": has_more,
-        "first_seq": rows.first().map(|r| r.0),
-        "last_seq": rows.last().map(|r| r.0),
-    })))
+    Ok(HttpResponse::Ok().json(LogsPage {
+        first_seq: rows.first().map(|r| r.0),
+        last_seq: rows.last().map(|r| r.0),
+        logs: rows.into_iter().map(|(_, line, _)| line).collect(),
+        total,
+        has_more,
+    }))
 }

@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
 use diesel_async::RunQueryDsl;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::openapi::Unavailable;
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -36,29 +38,90 @@ async fn probe_database(state: &AppState) -> Result<Duration, ApiError> {
     }
 }
 
+/// `/health`: always 200; `status` says whether the database answers.
+#[derive(Serialize, ToSchema)]
+pub struct HealthResponse {
+    /// `ok`, or `degraded` while the database does not answer.
+    #[schema(example = "ok")]
+    status: &'static str,
+    version: &'static str,
+    database: DatabaseHealth,
+    uptime_seconds: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DatabaseHealth {
+    /// `up` or `down`.
+    #[schema(example = "up")]
+    status: &'static str,
+    /// The round trip of `SELECT 1`, when up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
+}
+
+/// The answer of `/health/live` (`ok`) and `/health/ready` (`ready`).
+#[derive(Serialize, ToSchema)]
+pub struct ProbeResponse {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Health in detail.
+///
+/// Answers 200 even while the database is down: `status` is then `degraded`.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    responses((status = 200, body = HealthResponse))
+)]
 async fn health(state: web::Data<AppState>) -> HttpResponse {
     let database = match probe_database(&state).await {
-        Ok(latency) => json!({ "status": "up", "latency_ms": latency.as_secs_f64() * 1000.0 }),
-        Err(_) => json!({ "status": "down" }),
+        Ok(latency) => DatabaseHealth {
+            status: "up",
+            latency_ms: Some(latency.as_secs_f64() * 1000.0),
+        },
+        Err(_) => DatabaseHealth {
+            status: "down",
+            latency_ms: None,
+        },
     };
-    let status = if database["status"] == "up" {
-        "ok"
-    } else {
-        "degraded"
-    };
-    HttpResponse::Ok().json(json!({
-        "status": status,
-        "version": env!("CARGO_PKG_VERSION"),
-        "database": database,
-        "uptime_seconds": state.started_at.elapsed().as_secs(),
-    }))
+    HttpResponse::Ok().json(HealthResponse {
+        status: if database.latency_ms.is_some() {
+            "ok"
+        } else {
+            "degraded"
+        },
+        version: env!("CARGO_PKG_VERSION"),
+        database,
+        uptime_seconds: state.started_at.elapsed().as_secs(),
+    })
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "health",
+    responses((status = 200, body = ProbeResponse, example = json!({"status": "ok"})))
+)]
 async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+    HttpResponse::Ok().json(ProbeResponse { status: "ok" })
 }
 
+/// Readiness: the database answers.
+///
+/// 503 while it does not; recovers by itself.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "health",
+    responses(
+        (status = 200, body = ProbeResponse, example = json!({"status": "ready"})),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     probe_database(&state).await?;
-    Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
+    Ok(HttpResponse::Ok().json(ProbeResponse { status: "ready" }))
 }

@@ -7,13 +7,30 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+use crate::openapi::Unauthorized;
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(metrics));
 }
 
-async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    summary = "Prometheus metrics.",
+    description = "Text exposition format. Needs `Authorization: Bearer DEVPOCKET_METRICS_TOKEN` \
+        when that setting is set; served on `DEVPOCKET_METRICS_LISTEN` instead when that is set.",
+    security((), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "The metrics.", content_type = "text/plain", body = String),
+        (status = 401, response = Unauthorized),
+    )
+)]
+pub(crate) async fn metrics(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     if let Some(expected) = &state.settings.metrics_token {
         let given = req
             .headers()

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod admin_actors;
 pub mod auth;
+pub mod docs;
 pub mod environments;
 pub mod health;
 pub mod info;
@@ -29,7 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(ws_logs::configure)
             .configure(ws_terminal::configure)
             .configure(admin::configure)
-            .configure(admin_actors::configure),
+            .configure(admin_actors::configure)
+            .configure(docs::configure),
     );
 }
 

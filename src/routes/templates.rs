@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::audit::{Action, Event, Origin, ResourceType};
@@ -13,6 +14,10 @@ use crate::auth::AuthUser;
 use crate::db::templates::{self as store, ListFilter, Template};
 use crate::error::ApiError;
 use crate::http::Json;
+use crate::openapi::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized,
+    Unavailable, Unprocessable, UnsupportedMediaType,
+};
 use crate::plans::Plan;
 use crate::startup::AppState;
 use crate::templates::{self, Category, Status, TemplateSpec};
@@ -34,35 +39,56 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The template object of the app's contract, plus what older app versions read
 /// (`image`, `icon`, `featured`, `config`). The script and the machine set-up
 /// (`bootstrap`, `packages`, `cloud_init`) are shown to admins only.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Template)]
 pub struct TemplateResponse {
     pub id: Uuid,
+    /// Unique, case-insensitive; `template_id` of a new environment may name it.
+    #[schema(example = "python")]
     pub name: String,
+    #[schema(example = "Python 3")]
     pub display_name: String,
     pub description: String,
     pub category: Category,
+    #[schema(value_type = Vec<String>)]
     pub tags: Value,
+    #[schema(example = "ubuntu:22.04")]
     pub docker_image: String,
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"cpu": "1", "memory": "1Gi", "storage": "10Gi"}))]
     pub default_resources: Value,
+    #[schema(value_type = BTreeMap<String, String>)]
     pub environment_variables: Value,
+    #[schema(value_type = Vec<String>)]
     pub startup_commands: Value,
     pub status: Status,
+    #[schema(example = "1.0.0")]
     pub version: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Environments made from it, deleted ones included.
     pub usage_count: i64,
     pub default_port: Option<i32>,
     pub documentation_url: Option<String>,
     pub icon_url: Option<String>,
+    /// `docker_image` again, for older apps.
     pub image: String,
+    /// `icon_url` again, for older apps.
     pub icon: Option<String>,
+    /// True for the built-in templates (older apps).
     pub featured: bool,
+    /// `{default_port, default_resources, startup_commands}`, for older apps.
+    #[schema(value_type = Object)]
     pub config: Value,
+    /// Admins only: the bootstrap script.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<String>,
+    /// Admins only: apt packages a cloud machine installs.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
     pub packages: Option<Value>,
+    /// Admins only: extra cloud-config.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub cloud_init: Option<Value>,
 }
 
@@ -122,9 +148,14 @@ fn require_admin(caller: &AuthUser) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this category: `programming_language`, `framework`, `database`,
+    /// `devops` or `operating_system`. Empty: any.
     category: Option<String>,
+    /// At most 100 characters, matched case-insensitively against the name,
+    /// display name, description and tags. Empty: no filter.
     search: Option<String>,
 }
 
@@ -160,6 +191,22 @@ impl ListQuery {
 }
 
 /// `GET /templates`: a bare array, by name; deprecated ones only for admins.
+#[utoipa::path(
+    get,
+    path = "/api/v1/templates",
+    tag = "templates",
+    summary = "List templates.",
+    description = "A bare array sorted by name. Deprecated templates are listed for admins only.",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = Vec<TemplateResponse>),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn list_templates(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -182,6 +229,22 @@ async fn list_templates(
 }
 
 /// `GET /templates/{id or name}`. A deprecated template is a 404 for non-admins.
+#[utoipa::path(
+    get,
+    path = "/api/v1/templates/{id}",
+    tag = "templates",
+    summary = "Get a template.",
+    description = "A deprecated template is a 404 for non-admins.",
+    params(("id" = String, Path, description = "The template's id or its name (case-insensitive).")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = TemplateResponse),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn get_template(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -197,6 +260,29 @@ async fn get_template(
 }
 
 /// `POST /templates` (admin): the body is a template as in a file → 201.
+#[utoipa::path(
+    post,
+    path = "/api/v1/templates",
+    tag = "templates",
+    summary = "Create a template (admin).",
+    description = "The body is a template as in a template file, as JSON. Read-only fields of the \
+        template object (`id`, `created_at`, `updated_at`, `usage_count`, `image`, `icon`, \
+        `featured`, `config`) are ignored, so a fetched template can be sent back.",
+    request_body = TemplateSpec,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created; as admins see it.", body = TemplateResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn create_template(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -227,6 +313,30 @@ async fn create_template(
 }
 
 /// `PUT /templates/{id or name}` (admin): the fields sent replace the stored ones.
+#[utoipa::path(
+    put,
+    path = "/api/v1/templates/{id}",
+    tag = "templates",
+    summary = "Change a template (admin).",
+    description = "The fields sent (any of `TemplateSpec`'s) replace the stored ones; `null` \
+        clears an optional one. The result is validated as a whole.",
+    params(("id" = String, Path, description = "The template's id or its name (case-insensitive).")),
+    request_body(content = Object, description = "Some fields of a `TemplateSpec`."),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Changed; as admins see it.", body = TemplateResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn update_template(
     state: web::Data<AppState>,
     caller: AuthUser,
@@ -254,6 +364,24 @@ async fn update_template(
 
 /// `DELETE /templates/{id or name}` (admin): marks it deprecated and answers 200
 /// with the template, so the caller sees the new status.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/templates/{id}",
+    tag = "templates",
+    summary = "Deprecate a template (admin).",
+    description = "Deprecates rather than removes, so environments made from it keep working; \
+        a `PUT` with `status: active` brings it back.",
+    params(("id" = String, Path, description = "The template's id or its name (case-insensitive).")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The template, now `deprecated`.", body = TemplateResponse),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn delete_template(
     state: web::Data<AppState>,
     caller: AuthUser,

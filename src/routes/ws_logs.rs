@@ -12,10 +12,12 @@ use devpocket_actors::logs::{self, LogEvent, Progress};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::ws_common::{WsSession, authenticate, close};
 use crate::db::environments as db;
+use crate::openapi::{BadRequest, TooManyRequests};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -28,12 +30,55 @@ const HISTORY_BATCH: i64 = 500;
 const HEARTBEAT: Duration = Duration::from_secs(30);
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogsQuery {
+    /// An access token (WebSocket clients cannot send headers). Without a valid
+    /// one the socket is closed with 1008.
+    #[param(required = true)]
     token: Option<String>,
+    /// Send only the stored lines after line SEQ (all kept lines without it).
     after: Option<i64>,
 }
 
+/// The frame protocol, for the OpenAPI document.
+const PROTOCOL: &str = "\
+Upgrades to a WebSocket carrying the provisioning log: the stored lines after `after`, \
+then `installation_complete` or `installation_error` if provisioning has ended, then \
+live events, with no gap and no duplicate where history meets live. JSON text frames.
+
+Server frames:
+
+| Frame | When |
+|---|---|
+| `{\"type\": \"installation_log\", \"data\", \"seq\", \"timestamp\"}` | one per line |
+| `{\"type\": \"installation_progress\", \"stage\", \"step\", \"total\", \"percent\"}` | after a stage marker line |
+| `{\"type\": \"installation_complete\"}` | the bootstrap exited with status 0 |
+| `{\"type\": \"installation_error\", \"error\"}` | provisioning failed |
+| `{\"type\": \"pong\"}` | answer to any client text frame, such as `{\"type\": \"ping\"}` |
+
+A well-formed upgrade is always accepted; a refusal comes afterwards as a close frame \
+with a reason: 1008 bad or missing token, or unknown environment (another user's too); \
+1000 the environment was deleted; 1013 try again (fell behind: reconnect with \
+`after=SEQ`; the server cannot check the token right now; too many connection \
+attempts); 1009 a client frame over 64 KiB. The server pings every 30 s.";
+
+/// Follow an environment's provisioning log (WebSocket).
+#[utoipa::path(
+    get,
+    path = "/api/v1/ws/logs/{id}",
+    tag = "websockets",
+    description = PROTOCOL,
+    params(
+        ("id" = String, Path, description = "The environment's id."),
+        LogsQuery,
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open."),
+        (status = 400, response = BadRequest),
+        (status = 429, response = TooManyRequests),
+    )
+)]
 async fn logs_socket(
     state: web::Data<AppState>,
     req: HttpRequest,

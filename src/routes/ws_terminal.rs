@@ -21,11 +21,13 @@ use devpocket_actors::terminal::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::ws_common::{WsSession, authenticate, close};
 use crate::audit::{Action, Origin, TerminalAudit};
 use crate::db::environments as db;
+use crate::openapi::{BadRequest, TooManyRequests};
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -83,15 +85,62 @@ impl TerminalConnections {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TerminalQuery {
+    /// An access token (WebSocket clients cannot send headers). Without a valid
+    /// one the socket is closed with 1008.
+    #[param(required = true)]
     token: Option<String>,
+    /// 1–32 of `A-Z a-z 0-9 _ -` (default `main`). Clients with the same name
+    /// share one shell.
     session: Option<String>,
+    /// The client's width, clamped to 10–1000 (default 80).
     cols: Option<u32>,
+    /// The client's height, clamped to 5–500 (default 24).
     rows: Option<u32>,
+    /// The `seq` of the last output frame the client showed, to get exactly what
+    /// it missed.
     resume: Option<u64>,
+    /// `tmux` (default) or `shell`: a login shell without tmux, for scripts and
+    /// measurements.
     mode: Option<String>,
 }
+
+/// The frame protocol, for the OpenAPI document.
+const PROTOCOL: &str = "\
+Upgrades to a WebSocket with a terminal on the environment: a shell in tmux, shared by \
+every client of the same `session`, that outlives dropped connections. The socket is \
+accepted whatever the environment's state: until it runs, the client gets `status` \
+frames (`reconnecting`) every second, and the terminal attaches as soon as it runs. \
+JSON text frames only, each an object with a `type`.
+
+Client frames:
+
+| Frame | Meaning |
+|---|---|
+| `{\"type\": \"input\", \"data\": \"ls -la\\r\"}` | keystrokes or pasted text, written as they are |
+| `{\"type\": \"resize\", \"cols\": 120, \"rows\": 40}` | the client's new size |
+| `{\"type\": \"ping\", \"timestamp\": 1712345678}` | answered with a `pong` echoing `timestamp` |
+
+Server frames:
+
+| Frame | Meaning |
+|---|---|
+| `{\"type\": \"welcome\", \"message\", \"environment\": {\"id\", \"name\", \"template\", \"status\"}, \"session\": {\"name\", \"clients\"}}` | the first frame |
+| `{\"type\": \"output\", \"data\", \"seq\"}` | terminal output, numbered 1, 2, 3… per session |
+| `{\"type\": \"status\", \"state\", \"message\"}` | `connected`, `reconnecting`, or `closed` (stopped or deleted; the socket then closes with 1000) |
+| `{\"type\": \"pong\", \"timestamp\"}` | the answer to a `ping` |
+| `{\"type\": \"error\", \"message\"}` | a client frame was refused; the connection stays open |
+
+A text frame over 256 KiB gets an `error` frame. A well-formed upgrade is always \
+accepted; a refusal comes afterwards as a close frame with a reason: 1008 bad or \
+missing token, unknown environment (another user's too), invalid session name, or too \
+many terminal connections for the plan; 1013 try again (the server cannot check the \
+token or reach the environment right now, the client fell behind: reconnect with \
+`resume=SEQ`, or too many connection attempts); 1009 a frame over 4 MiB; 1001 nothing \
+received for 90 s; 1000 the environment was stopped or deleted. The server pings every \
+30 s while attached.";
 
 fn valid_session_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
@@ -107,6 +156,22 @@ fn clamp_size(cols: Option<u32>, rows: Option<u32>) -> (u32, u32) {
     )
 }
 
+/// Open a terminal on an environment (WebSocket).
+#[utoipa::path(
+    get,
+    path = "/api/v1/ws/terminal/{id}",
+    tag = "websockets",
+    description = PROTOCOL,
+    params(
+        ("id" = String, Path, description = "The environment's id."),
+        TerminalQuery,
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open."),
+        (status = 400, response = BadRequest),
+        (status = 429, response = TooManyRequests),
+    )
+)]
 async fn terminal_socket(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -12,6 +12,7 @@ mod helpers;
 mod http;
 mod isolation;
 mod observability;
+mod openapi;
 mod ratelimit;
 mod restart;
 mod templates;
