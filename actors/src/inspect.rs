@@ -403,11 +403,23 @@ impl<A> Handle<A>
 where
     A: Instrumented<Context = Context<A>>,
 {
-    /// Starts `actor` and returns its handle.
+    /// Starts `actor` (on the current arbiter) and returns its handle.
     pub fn start(actor: A) -> Self {
         let stats = actor.stats().clone();
         Self {
             addr: actor.start(),
+            stats,
+        }
+    }
+
+    /// Starts `actor` on `arbiter` and returns its handle.
+    pub fn start_in(actor: A, arbiter: &ArbiterHandle) -> Self
+    where
+        A: Send,
+    {
+        let stats = actor.stats().clone();
+        Self {
+            addr: A::start_in_arbiter(arbiter, move |_| actor),
             stats,
         }
     }

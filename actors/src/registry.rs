@@ -113,8 +113,11 @@ pub struct ActorSystem {
 }
 
 impl ActorSystem {
-    /// Starts the registry on its own arbiter (thread), so actor work never runs
-    /// on the HTTP workers.
+    /// Starts the registry on its own arbiter (thread): supervisors and
+    /// environment actors run there, off the HTTP workers. Terminal actors are the
+    /// exception: each runs on the worker of the client that opened it, next to
+    /// that client's WebSocket, because a keystroke's round trip is what they are
+    /// for.
     pub fn start(deps: Arc<Deps>) -> Self {
         let arbiter = Arbiter::new();
         let d = deps.clone();
@@ -142,7 +145,7 @@ impl ActorSystem {
     }
 
     /// The terminal actor for a session of `user_id`'s environment (the caller has
-    /// checked ownership).
+    /// checked ownership). A new one runs on the caller's arbiter (thread).
     pub async fn terminal(
         &self,
         user_id: Uuid,
@@ -161,6 +164,7 @@ impl ActorSystem {
                 environment_id,
                 name,
                 mode,
+                arbiter: Arbiter::current(),
             })
             .await
             .map_err(mailbox)

@@ -213,6 +213,9 @@ pub struct GetTerminal {
     pub environment_id: Uuid,
     pub name: String,
     pub mode: SessionMode,
+    /// Where a new terminal actor runs: the caller's thread, so that the first
+    /// client's keystrokes and echo cross no thread on their way to SSH and back.
+    pub arbiter: ArbiterHandle,
 }
 
 impl Handler<GetTerminal> for UserSupervisor {
@@ -225,14 +228,17 @@ impl Handler<GetTerminal> for UserSupervisor {
             return MessageResult(handle.clone());
         }
         self.terminals.retain(|_, t| t.connected());
-        let handle = Handle::start(TerminalActor::new(
-            self.deps.clone(),
-            self.deps.terminal.clone(),
-            self.user_id,
-            msg.environment_id,
-            msg.name,
-            msg.mode,
-        ));
+        let handle = Handle::start_in(
+            TerminalActor::new(
+                self.deps.clone(),
+                self.deps.terminal.clone(),
+                self.user_id,
+                msg.environment_id,
+                msg.name,
+                msg.mode,
+            ),
+            &msg.arbiter,
+        );
         self.terminals.insert(key, handle.clone());
         MessageResult(handle)
     }
