@@ -188,7 +188,8 @@ impl Bench {
             "# Terminal benchmarks\n\n- Date: {}\n- Command: `cargo bench --bench terminal`\n\
              - Machine: {}, {} cores, {} ; {}\n- Peers: {}, {}\n\
              - Everything on loopback: server (release build), its embedded PostgreSQL, the \
-             environment's sshd and tmux, and the clients (this program) share the machine.\n",
+             environment's sshd and tmux, and the clients (this program) share the machine.\n\
+             - Load average when the run began (1, 5, 15 min): {}\n",
             sh("date -u +'%Y-%m-%d %H:%M UTC'"),
             sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
             std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -196,6 +197,7 @@ impl Bench {
             sh("uname -sr"),
             sh("ssh -V"),
             sh("tmux -V"),
+            sh("cut -d' ' -f1-3 /proc/loadavg"),
         )
     }
 
