@@ -57,7 +57,8 @@ pub struct ActorStats {
     started_at: DateTime<Utc>,
     handled: AtomicU64,
     queued: AtomicI64,
-    /// Milliseconds after `started` of the last handled message.
+    /// One more than the milliseconds after `started` of the last activity (0:
+    /// none yet).
     last_activity_ms: AtomicU64,
     clients: AtomicI64,
     state: Mutex<String>,
@@ -83,8 +84,8 @@ impl ActorStats {
     pub fn activity(&self) {
         self.handled.fetch_add(1, Ordering::Relaxed);
         self.totals.handled.increment(1);
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_activity_ms.store(ms + 1, Ordering::Relaxed);
     }
 
     pub fn set_state(&self, state: impl Into<String>) {
@@ -110,10 +111,11 @@ impl ActorStats {
             mailbox_depth: self.queued.load(Ordering::Relaxed).max(0),
             messages_handled: self.handled.load(Ordering::Relaxed),
             clients: self.clients.load(Ordering::Relaxed),
-            last_activity_at: (last > 0).then(|| {
-                self.started_at
-                    + chrono::Duration::milliseconds(i64::try_from(last).unwrap_or(i64::MAX))
-            }),
+            last_activity_at: last
+                .checked_sub(1)
+                .and_then(|ms| i64::try_from(ms).ok())
+                .and_then(chrono::Duration::try_milliseconds)
+                .and_then(|d| self.started_at.checked_add_signed(d)),
             children: Vec::new(),
         }
     }
