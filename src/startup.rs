@@ -14,6 +14,7 @@ use actix_web::{App, HttpServer, http::header, web};
 use anyhow::Context;
 
 use devpocket_actors::provider::Provider;
+use devpocket_actors::provider::digitalocean::{DigitalOceanConfig, DigitalOceanProvider};
 use devpocket_actors::provider::local::LocalProvider;
 use devpocket_actors::terminal::TerminalSettings;
 use devpocket_actors::{ActorSettings, ActorSystem, Deps, Gauges};
@@ -39,6 +40,8 @@ pub struct AppState {
     pub actors: ActorSystem,
     /// The provider new environments use.
     pub default_provider: String,
+    /// Every provider this server drives.
+    pub providers: Vec<String>,
     pub terminal_connections: Arc<crate::routes::ws_terminal::TerminalConnections>,
     pub ratelimits: Arc<RateLimits>,
     /// Where handlers record audit events (never blocks; see `audit`).
@@ -67,6 +70,9 @@ fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSyste
     let local = LocalProvider::new(environments, group).context("preparing the local provider")?;
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     providers.insert(local.name().to_owned(), Arc::new(local));
+    if let Some(digitalocean) = digitalocean_provider(settings)? {
+        providers.insert(digitalocean.name().to_owned(), Arc::new(digitalocean));
+    }
     let store = DbStore {
         pool: pool.clone(),
         secrets: SecretBox::new(settings.secret_key.expose()),
@@ -89,6 +95,28 @@ fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSyste
         gauges: Gauges::default(),
     };
     Ok(ActorSystem::start(Arc::new(deps)))
+}
+
+/// The DigitalOcean provider, when a token is configured.
+fn digitalocean_provider(settings: &Settings) -> anyhow::Result<Option<DigitalOceanProvider>> {
+    let Some(d) = &settings.digitalocean else {
+        return Ok(None);
+    };
+    let config = DigitalOceanConfig {
+        api_url: d.api_url.clone(),
+        region: d.region.clone(),
+        size: d.size.clone(),
+        image: d.image.clone(),
+        volume_gigabytes: d.volume_gigabytes,
+        request_timeout: d.request_timeout,
+        requests_per_minute: d.requests_per_minute,
+        poll_interval: d.poll_interval,
+        shutdown_timeout: d.shutdown_timeout,
+        ..DigitalOceanConfig::new(d.token.expose().clone())
+    };
+    let provider =
+        DigitalOceanProvider::new(config).context("preparing the DigitalOcean provider")?;
+    Ok(Some(provider))
 }
 
 pub struct Application {
@@ -141,7 +169,14 @@ impl Application {
             hasher,
             started_at: Instant::now(),
             actors,
-            default_provider: "local".to_owned(),
+            default_provider: settings.default_provider().to_owned(),
+            providers: {
+                let mut names = vec!["local".to_owned()];
+                if settings.digitalocean.is_some() {
+                    names.push("digitalocean".to_owned());
+                }
+                names
+            },
             terminal_connections: Arc::default(),
             ratelimits,
             audit,

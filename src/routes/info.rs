@@ -30,7 +30,7 @@ async fn info(state: web::Data<AppState>) -> HttpResponse {
             "google_sign_in": false,
         },
         "plans": plans,
-        "providers": [state.default_provider],
+        "providers": state.providers,
         "default_provider": state.default_provider,
     }))
 }
