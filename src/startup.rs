@@ -42,6 +42,8 @@ pub struct AppState {
     pub default_provider: String,
     /// Every provider this server drives.
     pub providers: Vec<String>,
+    /// The DigitalOcean provider, when configured (regions and sizes).
+    pub digitalocean: Option<Arc<DigitalOceanProvider>>,
     pub terminal_connections: Arc<crate::routes::ws_terminal::TerminalConnections>,
     pub ratelimits: Arc<RateLimits>,
     /// Where handlers record audit events (never blocks; see `audit`).
@@ -52,7 +54,11 @@ pub struct AppState {
 const ENVIRONMENT_GROUP: &str = "devpocket-env";
 
 /// Starts the actor system with the configured providers, on the durable store.
-fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSystem> {
+fn start_actors(
+    settings: &Settings,
+    pool: &DbPool,
+    digitalocean: Option<Arc<DigitalOceanProvider>>,
+) -> anyhow::Result<ActorSystem> {
     let environments = settings.data_dir.join("environments");
     let group = if nix::unistd::Uid::effective().is_root() {
         // Each environment runs as its own user in this group; the group may pass
@@ -70,8 +76,8 @@ fn start_actors(settings: &Settings, pool: &DbPool) -> anyhow::Result<ActorSyste
     let local = LocalProvider::new(environments, group).context("preparing the local provider")?;
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     providers.insert(local.name().to_owned(), Arc::new(local));
-    if let Some(digitalocean) = digitalocean_provider(settings)? {
-        providers.insert(digitalocean.name().to_owned(), Arc::new(digitalocean));
+    if let Some(digitalocean) = digitalocean {
+        providers.insert(digitalocean.name().to_owned(), digitalocean);
     }
     let store = DbStore {
         pool: pool.clone(),
@@ -149,7 +155,8 @@ impl Application {
             settings.access_token_ttl,
             settings.refresh_token_ttl,
         );
-        let actors = start_actors(&settings, &pool)?;
+        let digitalocean = digitalocean_provider(&settings)?.map(Arc::new);
+        let actors = start_actors(&settings, &pool, digitalocean.clone())?;
         let resumed = actors.resume_all().await.context("resuming environments")?;
         if resumed > 0 {
             tracing::info!(resumed, "environments resumed");
@@ -177,6 +184,7 @@ impl Application {
                 }
                 names
             },
+            digitalocean,
             terminal_connections: Arc::default(),
             ratelimits,
             audit,

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod catalog;
 pub mod environments;
 pub mod health;
 pub mod info;
@@ -24,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(info::configure)
             .configure(templates::configure)
             .configure(environments::configure)
+            .configure(catalog::configure)
             .configure(ws_logs::configure)
             .configure(ws_terminal::configure)
             .configure(admin::configure),
