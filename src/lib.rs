@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod plans;
 pub mod ratelimit;
+pub mod reconcile;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

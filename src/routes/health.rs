@@ -46,12 +46,16 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     } else {
         "degraded"
     };
-    HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "database": database,
         "uptime_seconds": state.started_at.elapsed().as_secs(),
-    }))
+    });
+    if let Some(r) = &state.reconcile {
+        body["digitalocean"] = r.report();
+    }
+    HttpResponse::Ok().json(body)
 }
 
 async fn live() -> HttpResponse {
