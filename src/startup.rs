@@ -32,6 +32,19 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{self, RateLimits};
 use crate::routes;
 
+/// Unsent bytes the kernel may hold for one connection; see [`tune_socket`].
+const SOCKET_UNSENT_BYTES: u32 = 128 * 1024;
+
+/// Terminal echo is a small frame behind a stream of output: without TCP_NODELAY,
+/// Nagle holds it until the client's delayed ACK (~40 ms). TCP_NOTSENT_LOWAT keeps
+/// a stalled client's backlog in our bounded queue, where it is counted and can be
+/// skipped, instead of letting the kernel's send buffer grow to megabytes for it
+/// (data in flight is not limited, so a fast client on a long path is not slowed).
+fn tune_socket(tcp: &actix_web::rt::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let _ = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(SOCKET_UNSENT_BYTES);
+}
+
 /// Everything a handler may need, shared by all workers.
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -170,11 +183,9 @@ impl Application {
 
         let server = HttpServer::new(move || app(&settings).app_data(state.clone()))
             .workers(workers)
-            // Terminal echo is a small frame behind a stream of output: without
-            // TCP_NODELAY, Nagle holds it until the client's delayed ACK (~40 ms).
             .on_connect(|conn, _| {
                 if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                    let _ = tcp.set_nodelay(true);
+                    tune_socket(tcp);
                 }
             })
             .disable_signals()

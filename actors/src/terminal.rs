@@ -3,14 +3,15 @@
 //! `tmux new-session -A -s NAME`, always drains it (an unread russh channel stalls
 //! the whole connection), numbers the output, keeps a bounded replay buffer for
 //! resuming clients, and fans output out through a bounded queue per client: a
-//! client that cannot keep up is dropped, never waited for.
+//! client that cannot keep up is never waited for — it is skipped ahead to a fresh
+//! screen (tmux sessions) or dropped with a close code that says how to resume.
 //!
 //! tmux is the persistence layer: if SSH drops, the actor reconnects with backoff
 //! and re-attaches to the same tmux session, so the shell survives. After the last
 //! client leaves, the actor lingers, then closes SSH (tmux keeps the shell).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use actix::prelude::*;
 use bytes_utf8::Utf8Carry;
 use futures_util::FutureExt;
 use russh::ChannelMsg;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::deps::Deps;
@@ -166,6 +167,8 @@ struct Client {
     queued: Arc<AtomicUsize>,
     cols: u32,
     rows: u32,
+    /// Fell behind: gets no output until it catches up, then a fresh screen.
+    skipping: bool,
 }
 
 /// Why an event could not be queued for a client.
@@ -232,17 +235,24 @@ pub struct TerminalActor {
     /// The seq of the last output frame.
     seq: u64,
     size: (u32, u32),
-    writer: Option<mpsc::Sender<WriterCmd>>,
+    /// The client whose size applies (the most recently active one).
+    size_owner: Arc<AtomicU64>,
+    /// The SSH channel's writer while connected, shared with every client's
+    /// [`InputPort`] so keystrokes skip the actor's mailbox.
+    writer: watch::Sender<Option<mpsc::Sender<WriterCmd>>>,
     session: Option<Arc<SshSession>>,
     /// Which connection attempt is current; messages from older ones are ignored.
     generation: u64,
     attempts: u32,
     linger: Option<SpawnHandle>,
     redraw_pending: bool,
+    /// Polls clients that are being skipped ahead.
+    catch_up: Option<SpawnHandle>,
     registration: Registration,
 }
 
 const REDRAW_COALESCE: Duration = Duration::from_millis(20);
+const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 /// Output already received is joined into frames of up to this size.
 const COALESCE_BYTES: usize = 64 * 1024;
 
@@ -281,30 +291,86 @@ impl TerminalActor {
             ring_bytes: 0,
             seq: 0,
             size: (80, 24),
-            writer: None,
+            size_owner: Arc::new(AtomicU64::new(0)),
+            writer: watch::Sender::new(None),
             session: None,
             generation: 0,
             attempts: 0,
             linger: None,
             redraw_pending: false,
+            catch_up: None,
         }
     }
 
+    fn own_handle(&self, ctx: &Context<Self>) -> Handle<Self> {
+        Handle {
+            addr: ctx.address(),
+            stats: self.registration.stats.clone(),
+        }
+    }
+
+    /// Offers an event to every client. A client whose queue is full is skipped
+    /// ahead in a tmux session (no more output until it has taken what was queued,
+    /// then a fresh screen: see [`Self::watch_skipping`]); without tmux there is no
+    /// screen to redraw, so it is dropped and told to resume.
     fn broadcast(&mut self, event: &TermEvent) {
         let budget = self.settings.client_queue_bytes;
+        let output = matches!(event, TermEvent::Output(_));
+        let skip_ahead = output && self.mode == SessionMode::Tmux;
         let before = self.clients.len();
-        self.clients
-            .retain(|id, client| match client.offer(event.clone(), budget) {
+        self.clients.retain(|id, client| {
+            if output && client.skipping {
+                return true;
+            }
+            match client.offer(event.clone(), budget) {
                 Ok(()) => true,
+                Err(Refused::Full) if skip_ahead => {
+                    tracing::info!(
+                        client = id,
+                        "a terminal client fell behind; skipping it ahead"
+                    );
+                    client.skipping = true;
+                    true
+                }
                 Err(Refused::Full) => {
                     tracing::info!(client = id, "dropping a terminal client that fell behind");
                     false
                 }
                 Err(Refused::Closed) => false,
-            });
+            }
+        });
         if self.clients.len() != before {
             self.registration.stats.set_clients(self.clients.len());
         }
+    }
+
+    /// While a client is being skipped ahead, checks every `CATCH_UP_POLL` whether
+    /// it has taken most of what was queued; then it gets live output again and a
+    /// repaint, so its screen is whole.
+    fn watch_skipping(&mut self, ctx: &mut Context<Self>) {
+        if self.catch_up.is_some() || !self.clients.values().any(|c| c.skipping) {
+            return;
+        }
+        let low_water = self.settings.client_queue_bytes / 4;
+        self.catch_up = Some(ctx.run_interval(CATCH_UP_POLL, move |act, ctx| {
+            let mut caught_up = false;
+            for client in act.clients.values_mut().filter(|c| c.skipping) {
+                if client.queued.load(Ordering::Relaxed) <= low_water
+                    && client.tx.capacity() >= client.tx.max_capacity() / 2
+                {
+                    client.skipping = false;
+                    caught_up = true;
+                }
+            }
+            if caught_up {
+                act.redraw(ctx);
+            }
+            if !act.clients.values().any(|c| c.skipping)
+                && let Some(handle) = act.catch_up.take()
+            {
+                ctx.cancel_future(handle);
+            }
+        }));
     }
 
     fn status(&mut self, state: &'static str, message: impl Into<String>) {
@@ -338,10 +404,11 @@ impl TerminalActor {
         let Some(c) = self.clients.get(&client) else {
             return;
         };
+        self.size_owner.store(client, Ordering::Relaxed);
         let size = (c.cols, c.rows);
         if size != self.size {
             self.size = size;
-            if let Some(w) = &self.writer {
+            if let Some(w) = &*self.writer.borrow() {
                 let _ = w.try_send(WriterCmd::Resize(size.0, size.1));
             }
         }
@@ -361,8 +428,11 @@ impl TerminalActor {
             let Some(session) = act.session.clone() else {
                 return;
             };
+            // Every client of this session (ours among them); a bare
+            // `refresh-client` would repaint whichever client was used last.
             let command = format!(
-                "tmux refresh-client -t {} 2>/dev/null || tmux refresh-client",
+                "tmux list-clients -t ={} -F '#{{client_name}}' | \
+                 while read -r c; do tmux refresh-client -t \"$c\"; done",
                 shell_quote(&act.name)
             );
             actix::spawn(async move {
@@ -376,10 +446,7 @@ impl TerminalActor {
         let generation = self.generation;
         let (store, id) = (self.deps.store.clone(), self.environment_id);
         let (name, mode, (cols, rows)) = (self.name.clone(), self.mode, self.size);
-        let me = Handle {
-            addr: ctx.address(),
-            stats: self.registration.stats.clone(),
-        };
+        let me = self.own_handle(ctx);
         let deps = self.deps.clone();
         let fut = async move {
             let record = store
@@ -468,7 +535,7 @@ impl TerminalActor {
                         me2.do_send(Disconnected { generation });
                     });
                     act.session = Some(session);
-                    act.writer = Some(wtx);
+                    act.writer.send_replace(Some(wtx));
                     act.attempts = 0;
                     act.status("connected", "terminal attached");
                     act.redraw(ctx);
@@ -482,7 +549,7 @@ impl TerminalActor {
     /// everyone the terminal is closed.
     fn retry(&mut self, message: String, ctx: &mut Context<Self>) {
         self.session = None;
-        self.writer = None;
+        self.writer.send_replace(None);
         if message.contains("deleted") || message.contains("the environment is") {
             self.status("closed", message);
             self.clients.clear();
@@ -538,9 +605,10 @@ struct Output {
 
 impl Handler<Output> for TerminalActor {
     type Result = ();
-    fn handle(&mut self, msg: Output, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Output, ctx: &mut Context<Self>) {
         if msg.generation == self.generation {
             self.push_output(msg.text);
+            self.watch_skipping(ctx);
         }
     }
 }
@@ -577,6 +645,8 @@ pub struct Attached {
     pub connected: bool,
     /// Where this client's output and status events arrive.
     pub queue: ClientQueue,
+    /// Where this client's keystrokes go.
+    pub input: InputPort,
 }
 
 impl Handler<Attach> for TerminalActor {
@@ -595,6 +665,7 @@ impl Handler<Attach> for TerminalActor {
             queued: queued.clone(),
             cols: msg.cols,
             rows: msg.rows,
+            skipping: false,
         };
         let oldest = self.ring.front().map_or(self.seq + 1, |c| c.seq);
         let replay: Option<Vec<Arc<Chunk>>> = msg
@@ -633,6 +704,12 @@ impl Handler<Attach> for TerminalActor {
             clients: self.clients.len(),
             connected: self.session.is_some(),
             queue: ClientQueue { rx, queued },
+            input: InputPort {
+                client: id,
+                writer: self.writer.subscribe(),
+                size_owner: self.size_owner.clone(),
+                actor: self.own_handle(ctx),
+            },
         })
     }
 }
@@ -659,26 +736,48 @@ impl Handler<Detach> for TerminalActor {
     }
 }
 
-/// Keystrokes from a client.
-#[derive(Message)]
-#[rtype(result = "Result<(), String>")]
-pub struct Input {
-    pub client: u64,
-    pub data: String,
+/// A client's way to type: keystrokes go from its connection straight to the SSH
+/// channel's writer (in order, never through the actor's mailbox, so a flood of
+/// output being fanned out does not delay an echo). The actor only hears about a
+/// keystroke when it makes another client's size the one that applies.
+pub struct InputPort {
+    client: u64,
+    writer: watch::Receiver<Option<mpsc::Sender<WriterCmd>>>,
+    size_owner: Arc<AtomicU64>,
+    actor: Handle<TerminalActor>,
 }
 
-impl Handler<Input> for TerminalActor {
-    type Result = Result<(), String>;
-
-    fn handle(&mut self, msg: Input, _: &mut Context<Self>) -> Self::Result {
-        self.use_size_of(msg.client);
+impl InputPort {
+    /// Sends keystrokes; the error says why they were not sent.
+    pub fn send(&self, data: String) -> Result<(), &'static str> {
+        if self.size_owner.load(Ordering::Relaxed) != self.client {
+            self.actor.do_send(Active {
+                client: self.client,
+            });
+        }
         let writer = self
             .writer
-            .as_ref()
-            .ok_or_else(|| "the terminal is reconnecting; input was not sent".to_owned())?;
+            .borrow()
+            .clone()
+            .ok_or("the terminal is reconnecting; input was not sent")?;
         writer
-            .try_send(WriterCmd::Input(msg.data.into_bytes()))
-            .map_err(|_| "input is arriving faster than the machine takes it; slow down".to_owned())
+            .try_send(WriterCmd::Input(data.into_bytes()))
+            .map_err(|_| "input is arriving faster than the machine takes it; slow down")
+    }
+}
+
+/// A client typed: its size applies now.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Active {
+    client: u64,
+}
+
+impl Handler<Active> for TerminalActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Active, _: &mut Context<Self>) {
+        self.use_size_of(msg.client);
     }
 }
 

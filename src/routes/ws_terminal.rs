@@ -17,7 +17,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, Message, Session};
 use devpocket_actors::inspect::Handle;
 use devpocket_actors::terminal::{
-    Attach, Detach, Input, Resize, SessionMode, TermEvent, TerminalActor,
+    Attach, Detach, InputPort, Resize, SessionMode, TermEvent, TerminalActor,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -431,7 +431,7 @@ impl Connection {
                         Ok(Err(_)) | Err(_) => break None,
                     }
                 }
-                msg = self.stream.recv() => match self.client_frame(msg, Some((&terminal, attached.client))).await {
+                msg = self.stream.recv() => match self.client_frame(msg, Some((&terminal, &attached.input, attached.client))).await {
                     Next::Continue => {}
                     Next::Stop => break None,
                 },
@@ -458,7 +458,7 @@ impl Connection {
     async fn client_frame(
         &mut self,
         msg: Option<Result<Message, actix_ws::ProtocolError>>,
-        attached: Option<(&Handle<TerminalActor>, u64)>,
+        attached: Option<(&Handle<TerminalActor>, &InputPort, u64)>,
     ) -> Next {
         self.last_seen = Instant::now();
         let text = match msg {
@@ -525,21 +525,14 @@ impl Connection {
                         ))
                         .await;
                 }
-                let Some((terminal, client)) = attached else {
+                let Some((_, input, _)) = attached else {
                     return self
                         .error("the terminal is not attached yet; input was not sent")
                         .await;
                 };
-                match terminal
-                    .send(Input {
-                        client,
-                        data: data.to_owned(),
-                    })
-                    .await
-                {
-                    Ok(Ok(())) => Next::Continue,
-                    Ok(Err(message)) => self.error(&message).await,
-                    Err(_) => Next::Stop,
+                match input.send(data.to_owned()) {
+                    Ok(()) => Next::Continue,
+                    Err(message) => self.error(message).await,
                 }
             }
             Some("resize") => {
@@ -552,7 +545,7 @@ impl Connection {
                 let (cols, rows) = clamp_size(u32::try_from(cols).ok(), u32::try_from(rows).ok());
                 self.cols = cols;
                 self.rows = rows;
-                if let Some((terminal, client)) = attached {
+                if let Some((terminal, _, client)) = attached {
                     terminal.do_send(Resize { client, cols, rows });
                 }
                 Next::Continue

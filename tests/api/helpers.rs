@@ -534,6 +534,25 @@ impl TestApp {
         ws
     }
 
+    /// A WebSocket whose socket has a small receive buffer, so a test can make it
+    /// fall behind without pushing megabytes through the kernel first.
+    pub async fn ws_small_buffer(&self, path: &str) -> Ws {
+        let addr: std::net::SocketAddr = self
+            .address
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a socket address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        let url = format!("{}{path}", self.address.replacen("http://", "ws://", 1));
+        let (ws, _) =
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+                .await
+                .expect("websocket connect");
+        ws
+    }
+
     /// Polls an environment until `pred` holds (bounded: 120 s).
     pub async fn wait_for_env(
         &self,

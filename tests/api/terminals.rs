@@ -65,7 +65,12 @@ async fn clients_share_a_session_late_joiners_see_the_screen_and_resume_has_no_g
     input(&mut laptop, "echo from-laptop-$((2+3))\r").await;
     let (_, phone_seq) = output_until(&mut phone, "from-laptop-5").await;
 
-    // A third client joins late and is shown the current screen.
+    // Another session of the same machine is used last (tmux's "current client")...
+    let mut other = open(&app, &token, &id, "&session=other").await;
+    input(&mut other, "echo other-$((1+1))\r").await;
+    output_until(&mut other, "other-2").await;
+
+    // ...and a third client joins `work` late: it is shown `work`'s current screen.
     let mut tablet = open(&app, &token, &id, "&session=work").await;
     output_until(&mut tablet, "from-laptop-5").await;
 
@@ -319,26 +324,86 @@ async fn columns_seen(ws: &mut Ws, base: u32, expected: u32) -> u32 {
     last
 }
 
+/// Reads output until `needle` appears, keeping only a tail (a flood is megabytes).
+async fn flood_until(ws: &mut Ws, needle: &str) -> u64 {
+    let mut tail = String::new();
+    loop {
+        match ws_next(ws).await {
+            WsEvent::Json(f) if f["type"] == "output" => {
+                tail.push_str(f["data"].as_str().unwrap());
+                if tail.contains(needle) {
+                    return f["seq"].as_u64().unwrap();
+                }
+                let keep = tail.len().saturating_sub(needle.len());
+                let cut = (keep..=tail.len())
+                    .find(|i| tail.is_char_boundary(*i))
+                    .unwrap();
+                tail.drain(..cut);
+            }
+            WsEvent::Json(_) => {}
+            WsEvent::Closed(c) => panic!("closed before {needle:?}: {c:?}"),
+        }
+    }
+}
+
 #[actix_web::test]
-async fn a_stalled_client_does_not_stall_the_others() {
-    let app = TestApp::spawn().await;
+async fn a_stalled_client_does_not_stall_the_others_and_is_skipped_ahead() {
+    // A small per-client budget, so the stalled client overflows it quickly.
+    let app = TestApp::spawn_with(&[("DEVPOCKET_TERMINAL_CLIENT_QUEUE_BYTES", "65536")]).await;
     let token = app.admin_token("stall_admin").await;
     let id = app.ready_environment(&token, "stall", "ubuntu").await;
-    let mut stalled = open(&app, &token, &id, "").await;
+    let mut stalled = app
+        .ws_small_buffer(&format!("/api/v1/ws/terminal/{id}?token={token}"))
+        .await;
+    ws_until(&mut stalled, "status").await;
     let mut reader = open(&app, &token, &id, "").await;
 
-    // `stalled` reads nothing while thousands of frames go by; `reader` gets them all.
-    input(
-        &mut reader,
-        "for i in $(seq 1 3000); do echo tick-$i; sleep 0.001; done; echo flood-$((2*2))-done\r",
-    )
-    .await;
-    let (_, flood_end) = output_until(&mut reader, "flood-4-done").await;
+    // `stalled` reads nothing while megabytes go by (more than the socket buffers
+    // and its queue hold); `reader` gets them all, then later output.
+    input(&mut reader, "seq 1 1000000; echo flood-$((2*2))-done\r").await;
+    flood_until(&mut reader, "flood-4-done").await;
     input(&mut reader, "echo after-$((3*3))\r").await;
-    output_until(&mut reader, "after-9").await;
+    flood_until(&mut reader, "after-9").await;
 
-    // When it reads again, it either caught up in order, or was dropped with a
-    // close code that says how to resume — never a gap.
+    // When it reads again, it gets what was queued in order, then — skipped ahead,
+    // not dropped — a jump in `seq` and a repaint of the current screen.
+    let mut last = 0u64;
+    let mut after_gap: Option<String> = None;
+    loop {
+        match ws_next(&mut stalled).await {
+            WsEvent::Json(f) if f["type"] == "output" => {
+                let seq = f["seq"].as_u64().unwrap();
+                let data = f["data"].as_str().unwrap();
+                if last != 0 && seq != last + 1 {
+                    assert!(seq > last, "seq went back: {last} then {seq}");
+                    after_gap.get_or_insert_default();
+                }
+                last = seq;
+                if let Some(text) = &mut after_gap {
+                    text.push_str(data);
+                    if text.contains("after-9") {
+                        break;
+                    }
+                }
+            }
+            WsEvent::Json(_) => {}
+            WsEvent::Closed(other) => panic!("a stalled client was closed: {other:?}"),
+        }
+    }
+
+    // Both still work.
+    input(&mut stalled, "echo both-$((4*4))\r").await;
+    flood_until(&mut stalled, "both-16").await;
+    flood_until(&mut reader, "both-16").await;
+
+    // Without tmux there is no screen to repaint: a client that falls behind is
+    // sent what was queued, then closed with a reason that says how to resume.
+    let shell = "&session=raw&mode=shell";
+    let mut stalled = app
+        .ws_small_buffer(&format!("/api/v1/ws/terminal/{id}?token={token}{shell}"))
+        .await;
+    ws_until(&mut stalled, "status").await;
+    input(&mut stalled, "seq 1 300000\r").await;
     let mut last = 0u64;
     loop {
         match ws_next(&mut stalled).await {
@@ -346,13 +411,10 @@ async fn a_stalled_client_does_not_stall_the_others() {
                 let seq = f["seq"].as_u64().unwrap();
                 assert!(last == 0 || seq == last + 1, "gap: {last} then {seq}");
                 last = seq;
-                if last >= flood_end {
-                    break;
-                }
             }
             WsEvent::Json(_) => {}
             WsEvent::Closed(Some((1013, reason))) => {
-                assert!(reason.contains("resume="), "{reason}");
+                assert!(reason.contains(&format!("resume={last}")), "{reason}");
                 break;
             }
             WsEvent::Closed(other) => panic!("unexpected close: {other:?}"),
