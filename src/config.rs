@@ -202,6 +202,8 @@ pub struct Settings {
     pub rate_limit_auth_account: Rate,
     /// WebSocket connection attempts per user.
     pub rate_limit_ws_connect: Rate,
+    /// How often the limiters drop the keys whose allowance is full again.
+    pub rate_limit_sweep: Duration,
     /// Terminal `input` frames per second per WebSocket connection.
     pub ws_input_per_second: NonZeroU32,
     /// When set, `/metrics` needs `Authorization: Bearer` this.
@@ -483,6 +485,8 @@ impl Settings {
             source.rate("DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT", per_minute(5))?;
         let rate_limit_ws_connect =
             source.rate("DEVPOCKET_RATE_LIMIT_WS_CONNECT", per_minute(60))?;
+        let rate_limit_sweep =
+            source.duration("DEVPOCKET_RATE_LIMIT_SWEEP", Duration::from_secs(60))?;
         let metrics_token = match source.get("DEVPOCKET_METRICS_TOKEN") {
             Some(t) if t.len() < 16 => {
                 return Err(invalid(
@@ -556,6 +560,7 @@ impl Settings {
             rate_limit_auth_ip,
             rate_limit_auth_account,
             rate_limit_ws_connect,
+            rate_limit_sweep,
             ws_input_per_second,
             metrics_token,
             metrics_listen,
@@ -676,6 +681,7 @@ mod tests {
             ("DEVPOCKET_RATE_LIMIT_AUTH_IP", "5/0s"),
             ("DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT", "5/fortnight"),
             ("DEVPOCKET_RATE_LIMIT_WS_CONNECT", "2000000/1s"),
+            ("DEVPOCKET_RATE_LIMIT_SWEEP", "0"),
             ("DEVPOCKET_WS_INPUT_PER_SECOND", "0"),
             ("SECRET_KEY", "short"),
         ] {
@@ -717,6 +723,9 @@ mod tests {
         assert_eq!(s.rate_limit_user.count.get(), 10);
         assert_eq!(s.rate_limit_auth_ip.to_string(), "5/60s");
         assert_eq!(s.ws_input_per_second.get(), 200);
+        assert_eq!(s.rate_limit_sweep, Duration::from_secs(60));
+        let s = load(&[("SECRET_KEY", KEY), ("DEVPOCKET_RATE_LIMIT_SWEEP", "5s")]).expect("loads");
+        assert_eq!(s.rate_limit_sweep, Duration::from_secs(5));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Each `Application` has its own recorder (tests run several applications in one
 //! process), passed to where metrics are recorded — never a global one. Gauges that
-//! describe live state (actors, mailboxes, the database pool) are read from that
-//! state when `/metrics` is scraped, so they always agree with the admin API.
+//! describe live state (actors, mailboxes, the database pool, rate-limit keys) are
+//! read from that state when `/metrics` is scraped, so they always agree with the
+//! admin API.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::db::DbPool;
+use crate::ratelimit::RateLimits;
 
 /// Bucket bounds for every `*_seconds` histogram: from sub-millisecond HTTP
 /// requests and mailbox waits up to provisioning that takes minutes.
@@ -60,7 +62,7 @@ impl Metrics {
     }
 
     /// The exposition text, with the live-state gauges read now.
-    pub fn render(&self, inspector: &Inspector, pool: &DbPool) -> String {
+    pub fn render(&self, inspector: &Inspector, pool: &DbPool, limits: &RateLimits) -> String {
         self.record(|| {
             let alive = inspector.alive();
             for kind in Kind::ALL {
@@ -75,6 +77,9 @@ impl Metrics {
             gauge!("devpocket_db_pool_connections", "state" => "idle").set(status.available as f64);
             gauge!("devpocket_db_pool_max_connections").set(status.max_size as f64);
             gauge!("devpocket_db_pool_waiting").set(status.waiting as f64);
+            for (limiter, keys) in limits.keys() {
+                gauge!("devpocket_rate_limit_keys", "limiter" => limiter).set(keys as f64);
+            }
         });
         self.handle.render()
     }

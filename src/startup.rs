@@ -156,7 +156,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let workers = settings.workers;
         let ratelimits = Arc::new(RateLimits::new(&settings, &metrics));
-        ratelimit::spawn_sweeper(&ratelimits);
+        ratelimit::spawn_sweeper(&ratelimits, settings.rate_limit_sweep);
         let settings = Arc::new(settings);
         let (audit, audit_writer) = AuditLog::start(pool.clone());
         let state = web::Data::new(AppState {

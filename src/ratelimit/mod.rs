@@ -25,9 +25,6 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::plans::Plan;
 
-/// How often keys that are back to a full allowance are dropped.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
 /// Where a caller stands with one limit: what the `RateLimit-*` headers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status {
@@ -266,6 +263,18 @@ impl RateLimits {
         RateLimiter::direct(self.ws_input)
     }
 
+    /// Keys held per limiter, named as in `devpocket_rate_limit_keys{limiter}` (the
+    /// per-user limits of all plans count together as `user`).
+    pub fn keys(&self) -> [(&'static str, usize); 5] {
+        [
+            ("ip", self.ip.len()),
+            ("auth_ip", self.auth_ip.len()),
+            ("auth_account", self.auth_account.len()),
+            ("user", self.users.iter().map(|(_, l)| l.len()).sum()),
+            ("ws_connect", self.ws_connect.len()),
+        ]
+    }
+
     /// Sweeps every keyed limit.
     pub fn sweep(&self) {
         self.ip.sweep();
@@ -278,11 +287,12 @@ impl RateLimits {
     }
 }
 
-/// Sweeps `limits` every [`SWEEP_EVERY`] until they are dropped (the server stopped).
-pub fn spawn_sweeper(limits: &Arc<RateLimits>) {
+/// Sweeps `limits` every `period` (`DEVPOCKET_RATE_LIMIT_SWEEP`) until they are
+/// dropped (the server stopped).
+pub fn spawn_sweeper(limits: &Arc<RateLimits>, period: Duration) {
     let limits = Arc::downgrade(limits);
     actix_web::rt::spawn(async move {
-        let mut every = tokio::time::interval(SWEEP_EVERY);
+        let mut every = tokio::time::interval(period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.tick().await;
         loop {

@@ -47,7 +47,7 @@ pub(crate) async fn metrics(
     }
     let body = state
         .metrics
-        .render(&state.actors.deps.inspector, &state.pool);
+        .render(&state.actors.deps.inspector, &state.pool, &state.ratelimits);
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(body))

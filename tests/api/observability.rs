@@ -5,13 +5,13 @@ use crate::helpers::{TestApp, Ws, ws_until};
 use serde_json::Value;
 
 /// The value of one series in Prometheus text, 0 when absent.
-fn series(text: &str, name_and_labels: &str) -> f64 {
+pub fn series(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
-async fn scrape(app: &TestApp) -> String {
+pub async fn scrape(app: &TestApp) -> String {
     let response = app.get("/metrics").await;
     assert_eq!(response.status(), 200);
     assert!(

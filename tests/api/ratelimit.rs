@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::helpers::{PASSWORD, TestApp, Ws, WsEvent, assert_error, ws_next, ws_until};
+use crate::observability::{scrape, series};
 use diesel_async::RunQueryDsl;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -123,6 +124,46 @@ async fn forwarded_for_counts_only_from_a_trusted_proxy() {
     let other = get_as(&app, "/api/v1/info", "203.0.113.2".into()).await;
     assert_eq!(other.status(), 200);
     assert_eq!(number(&other, "ratelimit-remaining"), 1);
+}
+
+#[actix_web::test]
+async fn clients_are_held_until_their_allowance_is_back_then_swept() {
+    let app = TestApp::spawn_with(&[
+        // One request is back after 2 s; swept every second after that.
+        ("DEVPOCKET_RATE_LIMIT_IP", "10/20s"),
+        ("DEVPOCKET_TRUSTED_PROXIES", "127.0.0.1"),
+        ("DEVPOCKET_RATE_LIMIT_SWEEP", "1s"),
+    ])
+    .await;
+    let ip_keys = "devpocket_rate_limit_keys{limiter=\"ip\"}";
+    let metrics = scrape(&app).await;
+    assert!(metrics.contains(ip_keys), "{metrics}");
+    assert_eq!(series(&metrics, ip_keys), 0.0);
+    for n in 0..50 {
+        let response = get_as(&app, "/api/v1/info", format!("198.51.100.{n}")).await;
+        assert_eq!(response.status(), 200);
+    }
+    // `/metrics` is not under `/api/v1`: scraping adds no key.
+    assert_eq!(series(&scrape(&app).await, ip_keys), 50.0);
+    for limiter in ["auth_ip", "auth_account", "user", "ws_connect"] {
+        let label = format!("devpocket_rate_limit_keys{{limiter=\"{limiter}\"}}");
+        assert_eq!(series(&scrape(&app).await, &label), 0.0, "{label}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let held = series(&scrape(&app).await, ip_keys);
+        if held == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{held} keys still held"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A swept client starts again with its whole allowance.
+    let again = get_as(&app, "/api/v1/info", "198.51.100.7".into()).await;
+    assert_eq!(number(&again, "ratelimit-remaining"), 9);
 }
 
 #[actix_web::test]
