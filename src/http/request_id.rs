@@ -60,12 +60,13 @@ pub async fn request_context(
             .unwrap_or_else(|| "unmatched".to_owned());
         metrics.http_request(method.as_str(), route, status, elapsed_ms / 1000.0);
     }
-    span.in_scope(|| {
-        if status >= 500 {
-            tracing::error!(status, elapsed_ms, "request failed");
-        } else {
-            tracing::info!(status, elapsed_ms, "request");
-        }
+    // One line per request; a refusal by a rate limit at debug level only, so a
+    // flood costs neither the log nor the disk (it is counted in
+    // `devpocket_rate_limit_rejections_total`).
+    span.in_scope(|| match status {
+        500.. => tracing::error!(status, elapsed_ms, "request failed"),
+        429 => tracing::debug!(status, elapsed_ms, "request"),
+        _ => tracing::info!(status, elapsed_ms, "request"),
     });
     Ok(res)
 }
