@@ -204,6 +204,7 @@ pub struct Settings {
     pub rate_limit_ws_connect: Rate,
     /// How often the limiters drop the keys whose allowance is full again.
     pub rate_limit_sweep: Duration,
+    pub session_cache_ttl: Duration,
     /// Terminal `input` frames per second per WebSocket connection.
     pub ws_input_per_second: NonZeroU32,
     /// When set, `/metrics` needs `Authorization: Bearer` this.
@@ -487,6 +488,15 @@ impl Settings {
             source.rate("DEVPOCKET_RATE_LIMIT_WS_CONNECT", per_minute(60))?;
         let rate_limit_sweep =
             source.duration("DEVPOCKET_RATE_LIMIT_SWEEP", Duration::from_secs(60))?;
+        let session_cache_ttl = match source.get("DEVPOCKET_SESSION_CACHE_TTL") {
+            None => Duration::from_secs(2),
+            Some(v) => parse_duration(v).ok_or_else(|| {
+                invalid(
+                    "DEVPOCKET_SESSION_CACHE_TTL",
+                    format!("`{v}` is not a duration such as 0, 2s or 1m"),
+                )
+            })?,
+        };
         let metrics_token = match source.get("DEVPOCKET_METRICS_TOKEN") {
             Some(t) if t.len() < 16 => {
                 return Err(invalid(
@@ -561,6 +571,7 @@ impl Settings {
             rate_limit_auth_account,
             rate_limit_ws_connect,
             rate_limit_sweep,
+            session_cache_ttl,
             ws_input_per_second,
             metrics_token,
             metrics_listen,
@@ -726,6 +737,19 @@ mod tests {
         assert_eq!(s.rate_limit_sweep, Duration::from_secs(60));
         let s = load(&[("SECRET_KEY", KEY), ("DEVPOCKET_RATE_LIMIT_SWEEP", "5s")]).expect("loads");
         assert_eq!(s.rate_limit_sweep, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_session_cache_can_be_turned_off_but_not_misspelt() {
+        let s = load(&[("SECRET_KEY", KEY)]).expect("loads");
+        assert_eq!(s.session_cache_ttl, Duration::from_secs(2));
+        let s = load(&[("SECRET_KEY", KEY), ("DEVPOCKET_SESSION_CACHE_TTL", "0")]).expect("loads");
+        assert_eq!(s.session_cache_ttl, Duration::ZERO);
+        let e = load(&[
+            ("SECRET_KEY", KEY),
+            ("DEVPOCKET_SESSION_CACHE_TTL", "2 secs"),
+        ]);
+        assert!(e.is_err_and(|e| e.to_string().contains("DEVPOCKET_SESSION_CACHE_TTL")));
     }
 
     #[test]

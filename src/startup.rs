@@ -22,6 +22,7 @@ use devpocket_actors::{ActorSettings, ActorSystem, Deps, Gauges};
 
 use crate::audit::{AuditLog, AuditWriter};
 use crate::auth::password::PasswordHasher;
+use crate::auth::session_cache::SessionCache;
 use crate::auth::tokens::TokenKeys;
 use crate::config::{DatabaseSetting, Settings};
 use crate::crypto::SecretBox;
@@ -60,6 +61,8 @@ pub struct AppState {
     /// Where handlers record audit events (never blocks; see `audit`).
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
+    /// Live sessions seen recently (see `auth::session_cache`).
+    pub sessions: SessionCache,
 }
 
 /// The system group of local environments' users (when running as root).
@@ -171,6 +174,7 @@ impl Application {
             ratelimits,
             audit,
             metrics,
+            sessions: SessionCache::new(settings.session_cache_ttl),
         });
         let metrics_listener = match settings.metrics_listen {
             Some(address) => Some(

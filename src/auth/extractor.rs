@@ -1,6 +1,7 @@
 //! `AuthUser`: the authenticated caller, checked on every request against the
-//! session store so that logout, token reuse and deactivation take effect at once,
-//! and counted against the per-user rate limit of their plan.
+//! session store (through a short-lived cache that this process's logouts, token
+//! reuse and account changes clear, see `session_cache`) so that they take effect
+//! at once, and counted against the per-user rate limit of their plan.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,12 +38,21 @@ impl AuthUser {
     /// Resolves an access token (from a header or, for WebSockets, a query parameter).
     pub async fn from_token(state: &AppState, token: &str) -> Result<Self, ApiError> {
         let claims = state.tokens.decode(token, TokenKind::Access)?;
-        let mut conn = state.pool.get().await?;
-        match sessions::active_user(&mut conn, claims.sid, claims.sub).await? {
-            Some(user) => Ok(Self {
+        if let Some(user) = state.sessions.get(claims.sid, claims.sub) {
+            return Ok(Self {
                 user,
                 session_id: claims.sid,
-            }),
+            });
+        }
+        let mut conn = state.pool.get().await?;
+        match sessions::active_user(&mut conn, claims.sid, claims.sub).await? {
+            Some(user) => {
+                state.sessions.put(claims.sid, &user);
+                Ok(Self {
+                    user,
+                    session_id: claims.sid,
+                })
+            }
             None => Err(ApiError::Unauthorized(
                 "This session has ended (signed out, revoked or account deactivated); sign in again.".into(),
             )),

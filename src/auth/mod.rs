@@ -3,6 +3,7 @@
 
 pub mod extractor;
 pub mod password;
+pub mod session_cache;
 pub mod tokens;
 pub mod validation;
 
@@ -282,6 +283,7 @@ pub async fn refresh(
             issue_pair(state, &mut conn, claims.sub, session_id).await
         }
         sessions::Consumed::Reused => {
+            state.sessions.forget_session(claims.sid);
             tracing::warn!(user_id = %claims.sub, session_id = %claims.sid, "refresh token reuse: session revoked");
             state.audit.record(
                 origin,
@@ -302,6 +304,7 @@ pub async fn refresh(
 pub async fn logout(state: &AppState, caller: &AuthUser, origin: &Origin) -> Result<(), ApiError> {
     let mut conn = state.pool.get().await?;
     sessions::revoke(&mut conn, caller.session_id, "logout").await?;
+    state.sessions.forget_session(caller.session_id);
     state.audit.record(
         origin,
         Event::new(Action::Logout, Outcome::Success)
