@@ -597,6 +597,8 @@ impl Work {
             region: self.record.region.clone(),
             size: self.record.size.clone(),
             bootstrap: self.record.bootstrap.clone(),
+            packages: self.record.packages.clone(),
+            cloud_init: self.record.cloud_init.clone(),
             environment_variables: self.record.environment_variables.clone(),
             keys,
         }

@@ -132,6 +132,9 @@ pub struct EnvironmentRecord {
     pub status_message: Option<String>,
     pub template_name: String,
     pub bootstrap: String,
+    /// The template's apt packages and extra cloud-config (cloud machines).
+    pub packages: Vec<String>,
+    pub cloud_init: serde_json::Map<String, serde_json::Value>,
     pub environment_variables: BTreeMap<String, String>,
     pub keys: Option<MachineKeys>,
     pub machine: Option<MachineAccess>,

@@ -371,6 +371,8 @@ fn queued_record(user_id: Uuid) -> EnvironmentRecord {
         status_message: None,
         template_name: "ubuntu".into(),
         bootstrap: "#!/bin/sh\necho hello\n".into(),
+        packages: Vec::new(),
+        cloud_init: serde_json::Map::new(),
         environment_variables: BTreeMap::new(),
         keys: None,
         machine: None,

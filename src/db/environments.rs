@@ -310,7 +310,8 @@ fn string_map(value: &Value) -> BTreeMap<String, String> {
 impl Store for DbStore {
     async fn load(&self, id: Uuid) -> Result<Option<EnvironmentRecord>, StoreError> {
         let mut conn = self.conn().await?;
-        let row: Option<(Environment, String, String)> = environments::table
+        type Row = (Environment, String, String, Value, Value);
+        let row: Option<Row> = environments::table
             .inner_join(templates::table)
             .filter(environments::id.eq(id))
             .filter(environments::deleted_at.is_null())
@@ -318,12 +319,14 @@ impl Store for DbStore {
                 Environment::as_select(),
                 templates::name,
                 templates::bootstrap,
+                templates::packages,
+                templates::cloud_init,
             ))
             .first(&mut conn)
             .await
             .optional()
             .map_err(store_err)?;
-        let Some((env, template_name, bootstrap)) = row else {
+        let Some((env, template_name, bootstrap, packages, cloud_init)) = row else {
             return Ok(None);
         };
         let keys = match (
@@ -370,6 +373,18 @@ impl Store for DbStore {
             status_message: env.status_message,
             template_name,
             bootstrap,
+            packages: packages
+                .as_array()
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            cloud_init: match cloud_init {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            },
             environment_variables: string_map(&env.environment_variables),
             keys,
             machine,

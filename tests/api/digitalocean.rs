@@ -2,3 +2,4 @@
 //! (`fake_do`): the fake itself first, then the provider through the server.
 
 mod fake;
+mod provider;

@@ -2,6 +2,7 @@
 //! spec into a machine reachable over SSH whose init runs the template's bootstrap
 //! and writes the provisioning log; from there on every provider is driven the same.
 
+pub mod digitalocean;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,9 @@ pub struct MachineSpec {
     pub region: String,
     pub size: String,
     pub bootstrap: String,
+    /// Apt packages and extra cloud-config from the template (cloud machines).
+    pub packages: Vec<String>,
+    pub cloud_init: serde_json::Map<String, serde_json::Value>,
     pub environment_variables: BTreeMap<String, String>,
     pub keys: MachineKeys,
 }
