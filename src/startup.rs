@@ -16,6 +16,7 @@ use anyhow::Context;
 
 use devpocket_actors::inspect::Inspector;
 use devpocket_actors::provider::Provider;
+use devpocket_actors::provider::digitalocean::{DigitalOceanConfig, DigitalOceanProvider};
 use devpocket_actors::provider::local::LocalProvider;
 use devpocket_actors::terminal::TerminalSettings;
 use devpocket_actors::{ActorSettings, ActorSystem, Deps, Gauges};
@@ -42,6 +43,8 @@ pub struct AppState {
     pub actors: ActorSystem,
     /// The provider new environments use.
     pub default_provider: String,
+    /// Every provider this server drives.
+    pub providers: Vec<String>,
     pub terminal_connections: Arc<crate::routes::ws_terminal::TerminalConnections>,
     pub ratelimits: Arc<RateLimits>,
     /// Where handlers record audit events (never blocks; see `audit`).
@@ -75,6 +78,9 @@ fn start_actors(
     let local = LocalProvider::new(environments, group).context("preparing the local provider")?;
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     providers.insert(local.name().to_owned(), Arc::new(local));
+    if let Some(digitalocean) = digitalocean_provider(settings)? {
+        providers.insert(digitalocean.name().to_owned(), Arc::new(digitalocean));
+    }
     let store = DbStore {
         pool: pool.clone(),
         secrets: SecretBox::new(settings.secret_key.expose()),
@@ -99,6 +105,28 @@ fn start_actors(
         recorder: metrics.recorder(),
     };
     Ok(ActorSystem::start(Arc::new(deps)))
+}
+
+/// The DigitalOcean provider, when a token is configured.
+fn digitalocean_provider(settings: &Settings) -> anyhow::Result<Option<DigitalOceanProvider>> {
+    let Some(d) = &settings.digitalocean else {
+        return Ok(None);
+    };
+    let config = DigitalOceanConfig {
+        api_url: d.api_url.clone(),
+        region: d.region.clone(),
+        size: d.size.clone(),
+        image: d.image.clone(),
+        volume_gigabytes: d.volume_gigabytes,
+        request_timeout: d.request_timeout,
+        requests_per_minute: d.requests_per_minute,
+        poll_interval: d.poll_interval,
+        shutdown_timeout: d.shutdown_timeout,
+        ..DigitalOceanConfig::new(d.token.expose().clone())
+    };
+    let provider =
+        DigitalOceanProvider::new(config).context("preparing the DigitalOcean provider")?;
+    Ok(Some(provider))
 }
 
 pub struct Application {
@@ -153,7 +181,14 @@ impl Application {
             hasher,
             started_at: Instant::now(),
             actors,
-            default_provider: "local".to_owned(),
+            default_provider: settings.default_provider().to_owned(),
+            providers: {
+                let mut names = vec!["local".to_owned()];
+                if settings.digitalocean.is_some() {
+                    names.push("digitalocean".to_owned());
+                }
+                names
+            },
             terminal_connections: Arc::default(),
             ratelimits,
             audit,

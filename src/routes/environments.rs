@@ -10,6 +10,7 @@ use devpocket_actors::environment::{Command, EnvError, EnvironmentActor, GetMetr
 use devpocket_actors::inspect::Handle;
 use devpocket_actors::metrics::Metrics;
 use devpocket_actors::model::{Phase, Status};
+use devpocket_actors::provider::digitalocean;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -243,19 +244,44 @@ async fn create(
         .region
         .map(|r| r.trim().to_owned())
         .filter(|r| !r.is_empty());
-    let region = region.unwrap_or_else(|| "local".to_owned());
-    if provider == "local" && region != "local" {
-        return Err(ApiError::validation(
-            "region",
-            format!("`{region}` is not a region of the local provider; use `local`"),
-        ));
-    }
     let size = body
         .size
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
-    let size = size.unwrap_or_else(|| "small".to_owned());
-    rules::check_size(caller.user.subscription_plan, &size)?;
+    let plan = caller.user.subscription_plan;
+    let (region, size) = match &state.settings.digitalocean {
+        Some(d) if provider == digitalocean::NAME => {
+            let region = region.unwrap_or_else(|| d.region.clone());
+            let valid = region.len() <= 16
+                && region
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            if !valid {
+                return Err(ApiError::validation(
+                    "region",
+                    format!("`{region}` is not a DigitalOcean region such as nyc3 or fra1"),
+                ));
+            }
+            let size = match size {
+                Some(size) => rules::digitalocean_size(plan, &size)?,
+                None => d.size.clone(),
+            };
+            check_user_data(&template, &variables)?;
+            (region, size)
+        }
+        _ => {
+            let region = region.unwrap_or_else(|| "local".to_owned());
+            if region != "local" {
+                return Err(ApiError::validation(
+                    "region",
+                    format!("`{region}` is not a region of the local provider; use `local`"),
+                ));
+            }
+            let size = size.unwrap_or_else(|| "small".to_owned());
+            rules::check_size(plan, &size)?;
+            (region, size)
+        }
+    };
 
     let id = Uuid::new_v4();
     let slug = rules::slug(&name, id);
@@ -283,6 +309,41 @@ async fn create(
     // The actor starts provisioning at once; the answer does not wait for it.
     actor(state, caller, id).await?;
     load(state, caller, id).await
+}
+
+/// Refuses, before anything is made, a template whose cloud-init user-data would
+/// be over DigitalOcean's 64 KiB.
+fn check_user_data(
+    template: &template_db::Template,
+    variables: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    let keys = devpocket_actors::ssh::generate_machine_keys("size-check")
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("generating keys: {e}")))?;
+    let packages: Vec<String> = template
+        .packages
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cloud_init = template.cloud_init.as_object().cloned().unwrap_or_default();
+    let volume = digitalocean::volume_name(Uuid::nil());
+    digitalocean::user_data::UserDataSpec {
+        environment_id: Uuid::nil(),
+        slug: "size-check-000000-0000000000000000000000000000000000000000",
+        user: "dev",
+        keys: &keys,
+        volume_name: Some(&volume),
+        packages: &packages,
+        cloud_init: &cloud_init,
+        bootstrap: &template.bootstrap,
+        environment_variables: variables,
+    }
+    .render()
+    .map(drop)
+    .map_err(|e| ApiError::validation("template_id", e.to_string()))
 }
 
 #[derive(Deserialize, IntoParams)]

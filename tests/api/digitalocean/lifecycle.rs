@@ -1,0 +1,163 @@
+//! A DigitalOcean environment through the server, for real: create → live logs →
+//! running → a terminal session → stop → start → delete (droplet and volume gone).
+
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::spawn_app;
+use crate::fake_do::{DropletStatus, FakeDo};
+use crate::helpers::{TestApp, Ws, WsEvent, ws_next, ws_until};
+
+/// Types `command` into a terminal and reads output until `needle`.
+pub async fn run_in_terminal(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    command: &str,
+    needle: &str,
+) -> String {
+    let mut ws: Ws = app
+        .ws(&format!(
+            "/api/v1/ws/terminal/{id}?token={token}&session=main"
+        ))
+        .await;
+    let frames = ws_until(&mut ws, "status").await;
+    assert_eq!(frames.last().unwrap()["state"], "connected", "{frames:?}");
+    let input = json!({"type": "input", "data": format!("{command}\r")});
+    ws.send(Message::Text(input.to_string().into()))
+        .await
+        .unwrap();
+    let mut text = String::new();
+    loop {
+        match ws_next(&mut ws).await {
+            WsEvent::Json(f) if f["type"] == "output" => {
+                text.push_str(f["data"].as_str().unwrap());
+                if text.contains(needle) {
+                    return text;
+                }
+            }
+            WsEvent::Json(_) => {}
+            WsEvent::Closed(c) => panic!("terminal closed before {needle:?}: {c:?}; got {text:?}"),
+        }
+    }
+}
+
+pub async fn create(app: &TestApp, token: &str, name: &str) -> Value {
+    let response = app
+        .authed_client(token)
+        .post(
+            "/api/v1/environments",
+            &json!({"name": name, "template_id": "ubuntu"}),
+        )
+        .await;
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    response.json().await.unwrap()
+}
+
+#[actix_web::test]
+async fn full_lifecycle_on_digitalocean() {
+    let fake = FakeDo::start();
+    let app = spawn_app(&fake, &[]).await;
+    let info: Value = app.get("/api/v1/info").await.json().await.unwrap();
+    assert_eq!(info["default_provider"], "digitalocean", "{info}");
+    let token = app.user_token("ocean").await;
+
+    let env = create(&app, &token, "Ocean Project").await;
+    assert_eq!(env["provider"], "digitalocean");
+    assert_eq!(
+        (env["region"].as_str(), env["size"].as_str()),
+        (Some("nyc3"), Some("s-1vcpu-1gb"))
+    );
+    assert!(
+        env["billing_note"]
+            .as_str()
+            .unwrap()
+            .contains("powered off"),
+        "{env}"
+    );
+    assert_eq!(env["resource_limits"]["cpu"], "1");
+    let id = env["id"].as_str().unwrap().to_owned();
+    let tag = format!("devpocket-env-{id}");
+
+    // Live provisioning logs, from cloud-init's output on the droplet.
+    let mut ws = app.ws(&format!("/api/v1/ws/logs/{id}?token={token}")).await;
+    let frames = ws_until(&mut ws, "installation_complete").await;
+    let lines: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "installation_log")
+        .map(|f| f["data"].as_str().unwrap())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("Cloud-init v.")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("==> [5/5]")), "{lines:?}");
+    let seqs: Vec<i64> = frames
+        .iter()
+        .filter(|f| f["type"] == "installation_log")
+        .map(|f| f["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "gap or duplicate"
+    );
+    assert!(frames.iter().any(|f| f["type"] == "installation_progress"));
+
+    let env = app
+        .wait_for_env(&token, &id, |e| e["status"] == "running")
+        .await;
+    let droplets = fake.droplets_tagged(&tag);
+    assert_eq!(droplets.len(), 1);
+    assert_eq!(env["ip_address"], droplets[0].ip.to_string());
+    assert_eq!(env["ssh_port"], 22);
+
+    // A terminal through the server, on the droplet, in the volume-backed home.
+    let out = run_in_terminal(
+        &app,
+        &token,
+        &id,
+        "echo ocean-$((6*7)) $HOME",
+        "ocean-42 /home/dev",
+    )
+    .await;
+    assert!(out.contains("ocean-42"));
+
+    // Stop: the droplet is powered off (and still billed).
+    let client = app.authed_client(&token);
+    let stopping = client
+        .post(&format!("/api/v1/environments/{id}/stop"), &json!({}))
+        .await;
+    assert_eq!(stopping.status(), 202);
+    let env = app
+        .wait_for_env(&token, &id, |e| e["status"] == "stopped")
+        .await;
+    assert!(env["billing_note"].is_string());
+    assert_eq!(fake.droplets_tagged(&tag)[0].status, DropletStatus::Off);
+
+    let starting = client
+        .post(&format!("/api/v1/environments/{id}/start"), &json!({}))
+        .await;
+    assert_eq!(starting.status(), 202);
+    app.wait_for_env(&token, &id, |e| {
+        e["status"] == "running" && e["phase"] == "ready"
+    })
+    .await;
+    assert_eq!(fake.droplets_tagged(&tag)[0].status, DropletStatus::Active);
+    let out = run_in_terminal(&app, &token, &id, "ls ~/workspace", "hello.sh").await;
+    assert!(
+        out.contains("README.md"),
+        "the home survived the power cycle: {out}"
+    );
+
+    // Delete: droplet and volume are gone.
+    let deleting = client.delete(&format!("/api/v1/environments/{id}")).await;
+    assert_eq!(deleting.status(), 202);
+    fake.wait_until("droplet and volume deleted", |f| {
+        f.droplets().is_empty() && f.volumes().is_empty()
+    })
+    .await;
+    assert_eq!(fake.count("droplets_create"), 1);
+    fake.assert_valid();
+}
