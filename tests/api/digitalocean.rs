@@ -2,8 +2,10 @@
 //! (`fake_do`): the fake itself, the provider alone, then the whole server.
 
 mod fake;
+mod faults;
 mod lifecycle;
 mod provider;
+mod restart;
 
 use crate::fake_do::FakeDo;
 use crate::helpers::TestApp;

@@ -49,8 +49,17 @@ const BOOTSTRAP: &str = "#!/bin/sh\nset -eu\necho '==> [1/2] Greeting'\necho \"$
 #[actix_web::test]
 async fn creates_follows_stops_starts_and_deletes_a_droplet() {
     let fake = FakeDo::start();
-    fake.configure(|c| c.shutdown_ignored = true);
-    let provider = DigitalOceanProvider::new(config(&fake)).unwrap();
+    // The machine ignores `shutdown`; the provider gives up on it before DigitalOcean
+    // does, so its `power_off` meets the pending shutdown first.
+    fake.configure(|c| {
+        c.shutdown_ignored = true;
+        c.shutdown_ignored_for = Duration::from_millis(1500);
+    });
+    let provider = DigitalOceanProvider::new(DigitalOceanConfig {
+        shutdown_timeout: Duration::from_millis(500),
+        ..config(&fake)
+    })
+    .unwrap();
     let spec = spec(BOOTSTRAP);
     let tag = environment_tag(spec.environment_id);
 
@@ -108,14 +117,19 @@ async fn creates_follows_stops_starts_and_deletes_a_droplet() {
     assert!(volumes[0].dir.join(".devpocket/bootstrap.sh").exists());
     ssh.close().await;
 
-    // A machine that ignores `shutdown` is powered off after the timeout.
+    // A machine that ignores `shutdown` is powered off after the timeout, once the
+    // pending shutdown lets it ("Droplet already has a pending event" meanwhile).
     provider.stop(&machine.provider_ref).await.unwrap();
     assert_eq!(fake.droplets_tagged(&tag)[0].status, DropletStatus::Off);
-    assert_eq!(
-        fake.count("dropletActions_post"),
-        2,
-        "shutdown, then power_off"
-    );
+    let actions: Vec<u16> = fake
+        .exchanges()
+        .iter()
+        .filter(|e| e.operation == "dropletActions_post")
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(actions.first(), Some(&201), "{actions:?}");
+    assert!(actions.contains(&422), "{actions:?}");
+    assert_eq!(actions.last(), Some(&201), "{actions:?}");
     provider.stop(&machine.provider_ref).await.unwrap();
 
     let again = provider.start(&spec, &machine.provider_ref).await.unwrap();
@@ -162,4 +176,43 @@ async fn a_failing_bootstrap_is_reported_by_cloud_init_status() {
     );
     ssh.close().await;
     provider.delete(&machine.provider_ref).await.unwrap();
+}
+
+#[actix_web::test]
+async fn many_creates_at_once_queue_behind_the_limiter_instead_of_provoking_429s() {
+    // DigitalOcean's 250 a minute, scaled down to 40 in 4 s.
+    let fake = FakeDo::start_with(crate::fake_do::FakeConfig {
+        rate_limits: vec![
+            (5000, Duration::from_secs(3600)),
+            (40, Duration::from_secs(4)),
+        ],
+        ..Default::default()
+    });
+    let provider = DigitalOceanProvider::new(DigitalOceanConfig {
+        requests_per_minute: 36,
+        rate_window: Duration::from_secs(4),
+        ..config(&fake)
+    })
+    .unwrap();
+    let specs: Vec<MachineSpec> = (0..8).map(|_| spec(BOOTSTRAP)).collect();
+    let machines = futures_util::future::join_all(specs.iter().map(|s| provider.create(s))).await;
+    let machines: Vec<_> = machines.into_iter().map(Result::unwrap).collect();
+    let exchanges = fake.exchanges();
+    assert!(
+        exchanges.len() > 40,
+        "the limiter had to hold requests back: {}",
+        exchanges.len()
+    );
+    let throttled = exchanges.iter().filter(|e| e.status == 429).count();
+    assert_eq!(throttled, 0, "no 429 storm");
+    for spec in &specs {
+        assert_eq!(
+            fake.droplets_tagged(&environment_tag(spec.environment_id))
+                .len(),
+            1
+        );
+    }
+    futures_util::future::join_all(machines.iter().map(|m| provider.delete(&m.provider_ref))).await;
+    assert!(fake.droplets().is_empty() && fake.volumes().is_empty());
+    fake.assert_valid();
 }

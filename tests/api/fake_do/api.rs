@@ -447,6 +447,7 @@ impl Inner {
             machine: None,
         };
         let json = droplet.json(&state.snapshots);
+        state.created.push((id, droplet.tags.clone()));
         state.droplets.insert(id, droplet);
         state.actions.insert(
             action_id,

@@ -118,6 +118,8 @@ pub struct Exchange {
     /// 0: the connection was dropped.
     pub status: u16,
     pub fault: Option<&'static str>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -127,6 +129,8 @@ pub(crate) struct State {
     actions: BTreeMap<u64, model::Action>,
     volumes: BTreeMap<String, model::Volume>,
     snapshots: Vec<model::Snapshot>,
+    /// Every droplet ever created: (id, tags).
+    created: Vec<(u64, Vec<String>)>,
     /// Per rate-limit window: (start, requests counted).
     windows: Vec<(Instant, u32)>,
 }
@@ -253,7 +257,10 @@ impl FakeDo {
         let thread = std::thread::Builder::new()
             .name("fake-digitalocean".into())
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
+                // Two workers: a burst of requests is not held up behind one
+                // validation or machine boot (which would skew its rate limits).
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
                     .enable_all()
                     .build()
                     .expect("fake runtime");
@@ -301,6 +308,16 @@ impl FakeDo {
             .into_iter()
             .filter(|d| d.tags.iter().any(|t| t == tag))
             .collect()
+    }
+
+    /// How many droplets carrying `tag` were ever created (deleted ones included).
+    pub fn ever_created(&self, tag: &str) -> usize {
+        self.inner
+            .lock()
+            .created
+            .iter()
+            .filter(|(_, tags)| tags.iter().any(|t| t == tag))
+            .count()
     }
 
     pub fn volumes(&self) -> Vec<VolumeView> {

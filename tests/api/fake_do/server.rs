@@ -197,6 +197,7 @@ async fn handle(
         operation: String::new(),
         status: 0,
         fault: None,
+        at: std::time::Instant::now(),
     };
     let Some((op, vars)) = spec().route(&method, &path) else {
         inner.violation(format!(

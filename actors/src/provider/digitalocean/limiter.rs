@@ -1,21 +1,21 @@
 //! The client-side rate limiter, one per API token and shared by every actor that
-//! uses it: requests are paced under the per-minute limit (DigitalOcean allows 250
-//! a minute and 5,000 an hour per token), never exceed the budget the
+//! uses it: at most `limit` requests start in any `window` (DigitalOcean allows 250
+//! a minute and 5,000 an hour per token), requests never exceed the budget the
 //! `ratelimit-remaining`/`ratelimit-reset` headers report, and all wait when a 429
 //! says to (`retry-after`). So a thousand environments created at once queue here
 //! instead of provoking a storm of 429s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug)]
 struct State {
-    /// Token bucket for the per-minute pace.
-    tokens: f64,
-    capacity: f64,
-    per_second: f64,
-    refilled: Instant,
+    /// When the requests of the last `window` started (a sliding window: a burst is
+    /// allowed, and still no more than `limit` in any `window`).
+    sent: VecDeque<Instant>,
+    limit: usize,
+    window: Duration,
     /// The server's word: requests left until `reset_at`.
     remaining: Option<u64>,
     reset_at: Option<Instant>,
@@ -44,14 +44,12 @@ impl Drop for Permit {
 static LIMITERS: OnceLock<Mutex<HashMap<String, Weak<Limiter>>>> = OnceLock::new();
 
 impl Limiter {
-    pub fn new(per_minute: u32) -> Self {
-        let capacity = f64::from(per_minute.max(1));
+    pub fn new(limit: u32, window: Duration) -> Self {
         Self {
             state: Mutex::new(State {
-                tokens: capacity,
-                capacity,
-                per_second: capacity / 60.0,
-                refilled: Instant::now(),
+                sent: VecDeque::new(),
+                limit: usize::try_from(limit.max(1)).unwrap_or(usize::MAX),
+                window,
                 remaining: None,
                 reset_at: None,
                 paused_until: None,
@@ -61,14 +59,14 @@ impl Limiter {
     }
 
     /// The limiter of `token` in this process (made on first use).
-    pub fn for_token(token: &str, per_minute: u32) -> Arc<Self> {
+    pub fn for_token(token: &str, limit: u32, window: Duration) -> Arc<Self> {
         let registry = LIMITERS.get_or_init(Mutex::default);
         let mut map = registry.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, weak| weak.strong_count() > 0);
         if let Some(existing) = map.get(token).and_then(Weak::upgrade) {
             return existing;
         }
-        let limiter = Arc::new(Self::new(per_minute));
+        let limiter = Arc::new(Self::new(limit, window));
         map.insert(token.to_owned(), Arc::downgrade(&limiter));
         limiter
     }
@@ -80,9 +78,16 @@ impl Limiter {
     /// How long to wait before a request may go, or `None` (and it is counted).
     fn try_take(&self, now: Instant) -> Option<Duration> {
         let mut s = self.lock();
-        let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
-        s.tokens = (s.tokens + elapsed * s.per_second).min(s.capacity);
-        s.refilled = now;
+        // A request counts a little longer than the window: the server's clock and
+        // window edges are not ours, and latencies differ.
+        let window = s.window + s.window / 20;
+        while s
+            .sent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+        {
+            s.sent.pop_front();
+        }
         if let Some(until) = s.paused_until {
             if until > now {
                 return Some(until - now);
@@ -97,10 +102,16 @@ impl Limiter {
                 return Some(reset - now);
             }
         }
-        if s.tokens < 1.0 {
-            return Some(Duration::from_secs_f64((1.0 - s.tokens) / s.per_second));
+        if s.sent.len() >= s.limit
+            && let Some(oldest) = s.sent.front()
+        {
+            return Some(
+                (*oldest + window)
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+            );
         }
-        s.tokens -= 1.0;
+        s.sent.push_back(now);
         s.in_flight += 1;
         None
     }
@@ -152,23 +163,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paces_to_the_per_minute_budget() {
-        let limiter = Limiter::new(60);
+    fn no_more_than_the_limit_in_any_window() {
+        let limiter = Limiter::new(60, Duration::from_secs(60));
         let now = Instant::now();
-        for _ in 0..60 {
-            assert!(limiter.try_take(now).is_none());
+        for i in 0..60 {
+            assert!(limiter.try_take(now + Duration::from_millis(i)).is_none());
         }
-        let wait = limiter.try_take(now).expect("must wait");
-        assert!(
-            wait <= Duration::from_secs(1) && wait > Duration::from_millis(900),
-            "{wait:?}"
-        );
-        assert!(limiter.try_take(now + Duration::from_secs(1)).is_none());
+        let wait = limiter
+            .try_take(now + Duration::from_secs(1))
+            .expect("must wait");
+        // 60 s after the oldest, and a margin of 3 s.
+        assert_eq!(wait, Duration::from_secs(62));
+        assert!(limiter.try_take(now + Duration::from_secs(63)).is_none());
+        assert!(limiter.try_take(now + Duration::from_secs(63)).is_some());
     }
 
     #[test]
     fn honours_the_servers_budget_and_429s() {
-        let limiter = Limiter::new(1000);
+        let limiter = Limiter::new(1000, Duration::from_secs(60));
         let reset = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("now")
@@ -179,16 +191,17 @@ mod tests {
         assert!(limiter.try_take(now).is_none());
         let wait = limiter.try_take(now).expect("budget used up");
         assert!(wait > Duration::from_secs(20), "{wait:?}");
-        let other = Limiter::new(1000);
+        let other = Limiter::new(1000, Duration::from_secs(60));
         other.pause(Duration::from_secs(3));
         assert!(other.try_take(Instant::now()).expect("paused") > Duration::from_secs(2));
     }
 
     #[test]
     fn one_limiter_per_token() {
-        let a = Limiter::for_token("token-a", 250);
-        let b = Limiter::for_token("token-a", 250);
-        let c = Limiter::for_token("token-b", 250);
+        let minute = Duration::from_secs(60);
+        let a = Limiter::for_token("token-a", 250, minute);
+        let b = Limiter::for_token("token-a", 250, minute);
+        let c = Limiter::for_token("token-b", 250, minute);
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &c));
     }

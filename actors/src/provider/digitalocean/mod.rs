@@ -43,8 +43,11 @@ pub struct DigitalOceanConfig {
     pub user: String,
     /// Per request.
     pub request_timeout: Duration,
-    /// Client-side pace (DigitalOcean allows 250 a minute per token).
+    /// Client-side pace: at most this many requests in any `rate_window`
+    /// (DigitalOcean allows 250 a minute per token).
     pub requests_per_minute: u32,
+    /// A minute, except in tests that scale time down.
+    pub rate_window: Duration,
     /// How often actions and droplets are polled.
     pub poll_interval: Duration,
     /// How long a graceful shutdown may take before the droplet is powered off.
@@ -65,6 +68,7 @@ impl DigitalOceanConfig {
             user: "dev".into(),
             request_timeout: Duration::from_secs(30),
             requests_per_minute: 250,
+            rate_window: Duration::from_secs(60),
             poll_interval: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(60),
             create_timeout: Duration::from_secs(10 * 60),
@@ -158,7 +162,11 @@ impl DigitalOceanProvider {
         if config.token.trim().is_empty() {
             return Err(failed("DO_API_TOKEN is empty"));
         }
-        let limiter = Limiter::for_token(&config.token, config.requests_per_minute);
+        let limiter = Limiter::for_token(
+            &config.token,
+            config.requests_per_minute,
+            config.rate_window,
+        );
         let client = Client::new(
             &config.api_url,
             &config.token,
