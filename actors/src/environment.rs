@@ -22,7 +22,7 @@ use crate::metrics::{self, Metrics};
 use crate::model::{
     EnvironmentRecord, MachineAccess, MachineKeys, Phase, Stamp, Status, Transition,
 };
-use crate::provider::{MachineSpec, Provider, ProviderError};
+use crate::provider::{MachineSpec, Maintenance, Provider, ProviderError};
 use crate::ssh::{self, SshError, SshSession};
 use crate::store::StoreError;
 use crate::supervisor::ChildExited;
@@ -184,6 +184,8 @@ impl EnvironmentActor {
             Phase::Deleting => Some(Op::Delete),
             // A machine that should be running is brought up (after a server restart).
             Phase::Ready => Some(Op::EnsureUp),
+            // The provider's action may or may not have finished: back to rest.
+            Phase::Snapshotting | Phase::Resizing => Some(Op::Settle),
             Phase::Stopped | Phase::Failed | Phase::Deleted => None,
         };
         if let Some(op) = op {
@@ -216,6 +218,9 @@ impl EnvironmentActor {
                 Op::EnsureUp => work.start(true).await,
                 Op::Stop => work.stop().await,
                 Op::Delete => work.delete().await,
+                Op::Snapshot(name) => work.snapshot(name).await,
+                Op::Resize(size) => work.resize(size).await,
+                Op::Settle => work.settle().await,
             }
         };
         self.operation = Some(ctx.spawn(fut.into_actor(self).map(|_, act, _| {
@@ -224,13 +229,17 @@ impl EnvironmentActor {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Op {
     Provision,
     Start,
     EnsureUp,
     Stop,
     Delete,
+    Snapshot(String),
+    Resize(String),
+    /// Back to running or stopped after an interrupted snapshot or resize.
+    Settle,
 }
 
 impl Actor for EnvironmentActor {
@@ -312,6 +321,7 @@ enum Announce {
     Progress(Progress),
     Machine(MachineAccess, String),
     Keys(MachineKeys),
+    Size(String),
     Installed(Result<(), String>),
     Deleted,
 }
@@ -336,6 +346,7 @@ impl Handler<Announce> for EnvironmentActor {
                 self.record.provider_ref = Some(provider_ref);
             }
             Announce::Keys(keys) => self.record.keys = Some(keys),
+            Announce::Size(size) => self.record.size = size,
             Announce::Installed(outcome) => {
                 let event = match &outcome {
                     Ok(()) => LogEvent::Complete,
@@ -450,6 +461,78 @@ impl Handler<Lifecycle> for EnvironmentActor {
                 } else {
                     act.run(op, ctx);
                 }
+                Ok(transition.phase)
+            },
+        )))
+    }
+}
+
+/// A snapshot or a resize, on providers that offer them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MaintenanceRequest {
+    Snapshot { name: String },
+    Resize { size: String },
+}
+
+/// Asks for a snapshot or a resize of a running or stopped environment. Replies,
+/// once the new phase (`snapshotting`, `resizing`) is durable, with that phase; or
+/// why it cannot be done (the provider cannot, or not now).
+#[derive(Message)]
+#[rtype(result = "Result<Phase, EnvError>")]
+pub struct Maintain(pub MaintenanceRequest);
+
+impl Handler<Maintain> for EnvironmentActor {
+    type Result = AtomicResponse<Self, Result<Phase, EnvError>>;
+
+    fn handle(&mut self, Maintain(request): Maintain, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        let refuse = |reason: String| -> Self::Result {
+            AtomicResponse::new(Box::pin(fut::ready(Err(EnvError::Conflict(reason)))))
+        };
+        let (status, phase) = (self.record.status, self.record.phase);
+        let (kind, doing) = match &request {
+            MaintenanceRequest::Snapshot { .. } => (Maintenance::Snapshot, "take snapshots"),
+            MaintenanceRequest::Resize { .. } => (Maintenance::Resize, "be resized"),
+        };
+        if !self.provider().is_ok_and(|p| p.supports(kind)) {
+            return refuse(format!(
+                "environments on the {} provider cannot {doing}",
+                self.record.provider
+            ));
+        }
+        let resting = matches!(
+            (status, phase),
+            (Status::Running, Phase::Ready) | (Status::Stopped, Phase::Stopped)
+        );
+        if !resting || self.record.provider_ref.is_none() {
+            return refuse(format!(
+                "the environment is {status} ({phase}); snapshots and resizes wait until it is running or stopped"
+            ));
+        }
+        let (phase, message, op) = match request {
+            MaintenanceRequest::Resize { size } if size == self.record.size => {
+                return refuse(format!("the environment is already of size {size}"));
+            }
+            MaintenanceRequest::Resize { size } => (
+                Phase::Resizing,
+                format!("resizing to {size}"),
+                Op::Resize(size),
+            ),
+            MaintenanceRequest::Snapshot { name } => (
+                Phase::Snapshotting,
+                format!("taking snapshot {name}"),
+                Op::Snapshot(name),
+            ),
+        };
+        let transition = Transition::new(status, phase, 100).message(message);
+        let (store, id) = (self.deps.store.clone(), self.record.id);
+        let t = transition.clone();
+        let write = async move { store.transition(id, &t).await };
+        AtomicResponse::new(Box::pin(write.into_actor(self).map(
+            move |res, act, ctx| {
+                res?;
+                act.apply(&transition);
+                act.run(op, ctx);
                 Ok(transition.phase)
             },
         )))
@@ -840,6 +923,91 @@ impl Work {
                 let _ = self.transition(Transition::failed(message)).await;
             }
         }
+    }
+}
+
+impl Work {
+    /// Where the environment rests after a snapshot or resize, as it was before.
+    fn resting(&self, message: String) -> Transition {
+        match self.record.status {
+            Status::Running => Transition::new(Status::Running, Phase::Ready, 100),
+            _ => Transition::new(Status::Stopped, Phase::Stopped, 100),
+        }
+        .message(message)
+    }
+
+    async fn snapshot(self, name: String) {
+        let Some(provider_ref) = self.record.provider_ref.clone() else {
+            return;
+        };
+        let message = match self.provider.snapshot(&provider_ref, &name).await {
+            Ok(image) if image.is_empty() => format!("snapshot {name} saved"),
+            Ok(image) => format!("snapshot {name} saved (image {image})"),
+            Err(ProviderError::Gone(m)) => {
+                let _ = self
+                    .transition(Transition::failed(format!("the machine is gone: {m}")))
+                    .await;
+                return;
+            }
+            Err(e) => format!("the snapshot failed: {e}"),
+        };
+        tracing::info!(environment_id = %self.record.id, %message, "snapshot finished");
+        let _ = self.transition(self.resting(message)).await;
+    }
+
+    async fn resize(self, size: String) {
+        let Some(provider_ref) = self.record.provider_ref.clone() else {
+            return;
+        };
+        let was_running = self.record.status == Status::Running;
+        let outcome = match self.provider.resize(&provider_ref, &size).await {
+            Ok(()) => match self.deps.store.save_size(self.record.id, &size).await {
+                Ok(()) => {
+                    self.me.do_send(Announce::Size(size.clone()));
+                    Ok(format!("resized to {size}"))
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Err(ProviderError::Gone(m)) => {
+                let _ = self
+                    .transition(Transition::failed(format!("the machine is gone: {m}")))
+                    .await;
+                return;
+            }
+            Err(e) => Err(format!("the resize failed: {e}")),
+        };
+        let message = outcome.unwrap_or_else(|e| e);
+        if was_running {
+            // Whatever happened, a running environment comes back up.
+            let up = async {
+                let keys = self.keys().await?;
+                let machine = self
+                    .provider
+                    .start(&self.spec(keys), &provider_ref)
+                    .await
+                    .map_err(|e| format!("starting the machine after the resize failed: {e}"))?;
+                self.save_machine(&machine).await
+            }
+            .await;
+            if let Err(e) = up {
+                let _ = self.transition(Transition::failed(e)).await;
+                return;
+            }
+        }
+        tracing::info!(environment_id = %self.record.id, %message, "resize finished");
+        let _ = self.transition(self.resting(message)).await;
+    }
+
+    async fn settle(self) {
+        let message = format!(
+            "the server restarted during the {}; check the result and try again if needed",
+            if self.record.phase == Phase::Resizing {
+                "resize"
+            } else {
+                "snapshot"
+            }
+        );
+        let _ = self.transition(self.resting(message)).await;
     }
 }
 

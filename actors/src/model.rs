@@ -35,6 +35,10 @@ pub enum Phase {
     Deleting,
     Deleted,
     Failed,
+    /// A snapshot of the machine is being taken (it keeps its status).
+    Snapshotting,
+    /// The machine is being given another size.
+    Resizing,
 }
 
 macro_rules! str_enum {
@@ -85,6 +89,8 @@ str_enum!(Phase {
     Deleting => "deleting",
     Deleted => "deleted",
     Failed => "failed",
+    Snapshotting => "snapshotting",
+    Resizing => "resizing",
 });
 
 /// Where a machine answers SSH and how to recognise it.

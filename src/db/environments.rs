@@ -552,6 +552,19 @@ impl Store for DbStore {
         .map_err(store_err)
     }
 
+    async fn save_size(&self, id: Uuid, size: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::update(environments::table.find(id))
+            .set((
+                environments::size.eq(size),
+                environments::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .map(drop)
+            .map_err(store_err)
+    }
+
     async fn mark_deleted(&self, id: Uuid) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         diesel::update(environments::table.find(id))

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
-use devpocket_actors::environment::{Command, EnvError, EnvironmentActor, GetMetrics, Lifecycle};
+use devpocket_actors::environment::{
+    Command, EnvError, EnvironmentActor, GetMetrics, Lifecycle, Maintain, MaintenanceRequest,
+};
 use devpocket_actors::inspect::Handle;
 use devpocket_actors::metrics::Metrics;
 use devpocket_actors::model::{Phase, Status};
@@ -41,6 +43,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/{id}/start", web::post().to(start_environment))
             .route("/{id}/stop", web::post().to(stop_environment))
             .route("/{id}/restart", web::post().to(restart_environment))
+            .route("/{id}/snapshot", web::post().to(snapshot_environment))
+            .route("/{id}/resize", web::post().to(resize_environment))
             .route("/{id}/metrics", web::get().to(get_metrics))
             .route("/{id}/logs", web::get().to(get_logs)),
     );
@@ -664,6 +668,124 @@ async fn restart_environment(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     lifecycle(&state, &caller, &origin, &id, Command::Restart).await
+}
+
+#[derive(Deserialize)]
+struct SnapshotRequest {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ResizeRequest {
+    size: Option<String>,
+}
+
+/// Takes a snapshot of the machine (DigitalOcean); 202 in phase `snapshotting`.
+async fn snapshot_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    origin: Origin,
+    id: web::Path<String>,
+    body: Option<Json<SnapshotRequest>>,
+) -> Result<HttpResponse, ApiError> {
+    let result = async {
+        let id = parse_id(&id)?;
+        let env = load(&state, &caller, id).await?;
+        let name = body
+            .and_then(|b| b.into_inner().name)
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| {
+                let slug = rules::slug(&env.name, id);
+                format!("{slug}-{}", Utc::now().format("%Y%m%d-%H%M%S"))
+            });
+        if name.chars().count() > 200 || name.chars().any(char::is_control) {
+            return Err(ApiError::validation(
+                "name",
+                "must be at most 200 characters without control characters",
+            ));
+        }
+        maintain(&state, &caller, id, MaintenanceRequest::Snapshot { name }).await
+    }
+    .await;
+    audit_maintenance(
+        &state,
+        &caller,
+        &origin,
+        &id,
+        Action::EnvironmentSnapshot,
+        &result,
+    );
+    result
+}
+
+/// Gives the machine another size (DigitalOcean); 202 in phase `resizing`.
+async fn resize_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    origin: Origin,
+    id: web::Path<String>,
+    body: Json<ResizeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let result = async {
+        let id = parse_id(&id)?;
+        let env = load(&state, &caller, id).await?;
+        let size = body
+            .into_inner()
+            .size
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ApiError::validation("size", "is required"))?;
+        let size = if env.provider == digitalocean::NAME {
+            rules::digitalocean_size(caller.user.subscription_plan, &size)?
+        } else {
+            size
+        };
+        maintain(&state, &caller, id, MaintenanceRequest::Resize { size }).await
+    }
+    .await;
+    audit_maintenance(
+        &state,
+        &caller,
+        &origin,
+        &id,
+        Action::EnvironmentResize,
+        &result,
+    );
+    result
+}
+
+async fn maintain(
+    state: &AppState,
+    caller: &AuthUser,
+    id: Uuid,
+    request: MaintenanceRequest,
+) -> Result<HttpResponse, ApiError> {
+    let addr = actor(state, caller, id).await?;
+    addr.send(Maintain(request)).await.map_err(|e| {
+        ApiError::ServiceUnavailable(format!(
+            "The environment's controller is restarting ({e}); try again."
+        ))
+    })??;
+    Ok(HttpResponse::Accepted().json(load(state, caller, id).await?))
+}
+
+fn audit_maintenance(
+    state: &AppState,
+    caller: &AuthUser,
+    origin: &Origin,
+    raw_id: &str,
+    action: Action,
+    result: &Result<HttpResponse, ApiError>,
+) {
+    if let Some(event) = Event::for_result(action, result) {
+        state.audit.record(
+            origin,
+            event
+                .on(ResourceType::Environment, Uuid::parse_str(raw_id).ok())
+                .by(caller.user.id),
+        );
+    }
 }
 
 /// Resource use measured on the machine.

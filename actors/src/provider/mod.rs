@@ -46,6 +46,13 @@ pub struct Machine {
     pub provider_ref: String,
 }
 
+/// Operations beyond the lifecycle that only some providers offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Maintenance {
+    Snapshot,
+    Resize,
+}
+
 /// Shell commands, run on the machine over SSH, that follow its provisioning.
 #[derive(Debug, Clone)]
 pub struct BootstrapWatch {
@@ -72,6 +79,23 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Removes the machine and everything it stored (idempotent).
     async fn delete(&self, provider_ref: &str) -> Result<(), ProviderError>;
+
+    /// Whether this provider can take snapshots and resize machines.
+    fn supports(&self, _operation: Maintenance) -> bool {
+        false
+    }
+
+    /// Saves an image of the machine's disk under `name` (the machine keeps
+    /// running); returns the image's id.
+    async fn snapshot(&self, _provider_ref: &str, _name: &str) -> Result<String, ProviderError> {
+        Err(ProviderError::Unsupported("take snapshots"))
+    }
+
+    /// Gives the machine another size. A running machine is stopped for it and
+    /// brought back up; its files stay.
+    async fn resize(&self, _provider_ref: &str, _size: &str) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported("resize machines"))
+    }
 
     fn bootstrap_watch(&self) -> BootstrapWatch;
 }

@@ -1,5 +1,6 @@
 //! A DigitalOcean environment through the server, for real: create → live logs →
-//! running → a terminal session → stop → start → delete (droplet and volume gone).
+//! running → a terminal session → stop → start → snapshot → resize → delete
+//! (droplet and volume gone); snapshots and resizes refused where they cannot be.
 
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -61,7 +62,7 @@ async fn full_lifecycle_on_digitalocean() {
     let app = spawn_app(&fake, &[]).await;
     let info: Value = app.get("/api/v1/info").await.json().await.unwrap();
     assert_eq!(info["default_provider"], "digitalocean", "{info}");
-    let token = app.user_token("ocean").await;
+    let token = app.admin_token("ocean").await;
 
     let env = create(&app, &token, "Ocean Project").await;
     assert_eq!(env["provider"], "digitalocean");
@@ -151,6 +152,67 @@ async fn full_lifecycle_on_digitalocean() {
         "the home survived the power cycle: {out}"
     );
 
+    // A snapshot, while it runs.
+    let snapshotting = client
+        .post(
+            &format!("/api/v1/environments/{id}/snapshot"),
+            &json!({"name": "before-resize"}),
+        )
+        .await;
+    assert_eq!(snapshotting.status(), 202);
+    let body: Value = snapshotting.json().await.unwrap();
+    assert_eq!(body["phase"], "snapshotting", "{body}");
+    let env = app
+        .wait_for_env(&token, &id, |e| e["phase"] == "ready")
+        .await;
+    assert!(
+        env["status_message"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot before-resize saved"),
+        "{env}"
+    );
+    let snapshots = fake.snapshots();
+    assert_eq!(snapshots.len(), 1);
+    assert_eq!(snapshots[0].1, "before-resize");
+
+    // A resize: stopped for it, back up afterwards, same files.
+    let resizing = client
+        .post(
+            &format!("/api/v1/environments/{id}/resize"),
+            &json!({"size": "medium"}),
+        )
+        .await;
+    assert_eq!(resizing.status(), 202);
+    let body: Value = resizing.json().await.unwrap();
+    assert_eq!(body["phase"], "resizing", "{body}");
+    let env = app
+        .wait_for_env(&token, &id, |e| e["phase"] == "ready")
+        .await;
+    assert_eq!(env["status"], "running", "{env}");
+    assert_eq!(env["size"], "s-2vcpu-4gb", "{env}");
+    assert_eq!(env["resource_limits"]["memory"], "4Gi", "{env}");
+    let droplet = &fake.droplets_tagged(&tag)[0];
+    assert_eq!(
+        (droplet.size.as_str(), droplet.status),
+        ("s-2vcpu-4gb", DropletStatus::Active)
+    );
+    let again = client
+        .post(
+            &format!("/api/v1/environments/{id}/resize"),
+            &json!({"size": "s-2vcpu-4gb"}),
+        )
+        .await;
+    crate::helpers::assert_error(again, 409, "conflict").await;
+    run_in_terminal(
+        &app,
+        &token,
+        &id,
+        "cat ~/workspace/hello.sh",
+        "Hello from DevPocket",
+    )
+    .await;
+
     // Delete: droplet and volume are gone.
     let deleting = client.delete(&format!("/api/v1/environments/{id}")).await;
     assert_eq!(deleting.status(), 202);
@@ -160,4 +222,53 @@ async fn full_lifecycle_on_digitalocean() {
     .await;
     assert_eq!(fake.count("droplets_create"), 1);
     fake.assert_valid();
+}
+
+#[actix_web::test]
+async fn snapshots_and_resizes_are_refused_on_the_local_provider() {
+    let app = TestApp::spawn().await;
+    let token = app.user_token("grounded").await;
+    let id = app.ready_environment(&token, "landlocked", "ubuntu").await;
+    let client = app.authed_client(&token);
+    let body = crate::helpers::assert_error(
+        client
+            .post(&format!("/api/v1/environments/{id}/snapshot"), &json!({}))
+            .await,
+        409,
+        "conflict",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("local provider cannot take snapshots"),
+        "{body}"
+    );
+    let body = crate::helpers::assert_error(
+        client
+            .post(
+                &format!("/api/v1/environments/{id}/resize"),
+                &json!({"size": "medium"}),
+            )
+            .await,
+        409,
+        "conflict",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be resized"),
+        "{body}"
+    );
+    crate::helpers::assert_error(
+        client
+            .post(&format!("/api/v1/environments/{id}/resize"), &json!({}))
+            .await,
+        422,
+        "validation_error",
+    )
+    .await;
 }

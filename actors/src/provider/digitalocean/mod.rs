@@ -22,7 +22,7 @@ use uuid::Uuid;
 use self::client::{ApiError, Client, Repeat};
 use self::limiter::Limiter;
 use self::user_data::UserDataSpec;
-use super::{BootstrapWatch, Machine, MachineSpec, Provider, ProviderError};
+use super::{BootstrapWatch, Machine, MachineSpec, Maintenance, Provider, ProviderError};
 use crate::logs::EXIT_MARKER;
 use crate::model::MachineAccess;
 
@@ -152,9 +152,16 @@ fn parse_ref(provider_ref: &str) -> Result<(u64, Option<String>), ProviderError>
     Ok((droplet, volume))
 }
 
+/// How long the lists of regions and sizes are reused.
+const CATALOG_TTL: Duration = Duration::from_secs(10 * 60);
+
+type Catalog = tokio::sync::Mutex<Option<(Instant, Vec<Value>)>>;
+
 pub struct DigitalOceanProvider {
     config: DigitalOceanConfig,
     client: Client,
+    regions: Catalog,
+    sizes: Catalog,
 }
 
 impl DigitalOceanProvider {
@@ -174,7 +181,71 @@ impl DigitalOceanProvider {
             limiter,
         )
         .map_err(failed)?;
-        Ok(Self { config, client })
+        Ok(Self {
+            config,
+            client,
+            regions: Catalog::default(),
+            sizes: Catalog::default(),
+        })
+    }
+
+    async fn catalog(
+        &self,
+        cache: &Catalog,
+        path: &str,
+        key: &str,
+    ) -> Result<Vec<Value>, ProviderError> {
+        let mut cached = cache.lock().await;
+        if let Some((at, items)) = cached.as_ref()
+            && at.elapsed() < CATALOG_TTL
+        {
+            return Ok(items.clone());
+        }
+        let items = self
+            .client
+            .list(path, key, &[])
+            .await
+            .map_err(|e| explain(&format!("listing {key}"), e))?;
+        *cached = Some((Instant::now(), items.clone()));
+        Ok(items)
+    }
+
+    /// DigitalOcean's regions (cached for a few minutes).
+    pub async fn regions(&self) -> Result<Vec<Value>, ProviderError> {
+        self.catalog(&self.regions, "/v2/regions", "regions").await
+    }
+
+    /// DigitalOcean's droplet sizes (cached for a few minutes).
+    pub async fn sizes(&self) -> Result<Vec<Value>, ProviderError> {
+        self.catalog(&self.sizes, "/v2/sizes", "sizes").await
+    }
+
+    /// Follows the droplet's most recent action of `kind` begun at or after
+    /// `since`, if DigitalOcean has one (a POST whose answer was lost).
+    async fn recent_action(
+        &self,
+        droplet: u64,
+        kind: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<u64>, ProviderError> {
+        let actions = self
+            .client
+            .list(&format!("/v2/droplets/{droplet}/actions"), "actions", &[])
+            .await
+            .map_err(|e| explain("listing the droplet's actions", e))?;
+        Ok(actions
+            .iter()
+            .filter(|a| a["type"] == kind)
+            .filter(|a| {
+                a["started_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| {
+                        t.with_timezone(&chrono::Utc) >= since - chrono::Duration::seconds(5)
+                    })
+            })
+            .filter_map(|a| a["id"].as_u64())
+            .max())
     }
 
     pub fn config(&self) -> &DigitalOceanConfig {
@@ -682,6 +753,127 @@ impl Provider for DigitalOceanProvider {
             self.delete_volume(&volume).await?;
         }
         Ok(())
+    }
+
+    fn supports(&self, _operation: Maintenance) -> bool {
+        true
+    }
+
+    async fn snapshot(&self, provider_ref: &str, name: &str) -> Result<String, ProviderError> {
+        let (id, _) = parse_ref(provider_ref)?;
+        let doing = "taking the snapshot";
+        let body = json!({"type": "snapshot", "name": name});
+        let since = chrono::Utc::now();
+        let deadline = Instant::now() + self.config.create_timeout;
+        // A snapshot is not repeated blindly either: a second one would be billed.
+        let action = loop {
+            match self
+                .client
+                .send(
+                    Method::POST,
+                    &format!("/v2/droplets/{id}/actions"),
+                    &[],
+                    Some(&body),
+                    Repeat::Unsafe,
+                )
+                .await
+            {
+                Ok(answer) => {
+                    break answer["action"]["id"].as_u64().ok_or_else(|| {
+                        failed(format!("{doing}: DigitalOcean returned no action"))
+                    })?;
+                }
+                Err(ApiError::Uncertain(e)) => {
+                    tracing::info!(droplet = id, error = %e, "snapshot request unclear; looking for it");
+                    self.pause().await;
+                    if let Some(action) = self.recent_action(id, "snapshot", since).await? {
+                        break action;
+                    }
+                }
+                Err(e) if e.is_pending_event() && Instant::now() < deadline => self.pause().await,
+                Err(e) if e.is_not_found() => {
+                    return Err(ProviderError::Gone(format!(
+                        "droplet {id} no longer exists on DigitalOcean"
+                    )));
+                }
+                Err(e) => return Err(explain(doing, e)),
+            }
+        };
+        if !self
+            .follow(action, doing, self.config.create_timeout)
+            .await?
+        {
+            return Err(failed(format!(
+                "DigitalOcean could not take the snapshot (action {action} errored)"
+            )));
+        }
+        let snapshots = self
+            .client
+            .list(&format!("/v2/droplets/{id}/snapshots"), "snapshots", &[])
+            .await
+            .map_err(|e| explain("listing the droplet's snapshots", e))?;
+        Ok(snapshots
+            .iter()
+            .filter(|s| s["name"] == name)
+            .filter_map(|s| s["id"].as_u64())
+            .max()
+            .map(|s| s.to_string())
+            .unwrap_or_default())
+    }
+
+    async fn resize(&self, provider_ref: &str, size: &str) -> Result<(), ProviderError> {
+        let (id, _) = parse_ref(provider_ref)?;
+        let droplet = match self.get_droplet(id).await {
+            Ok(d) => d,
+            Err(e) if e.is_not_found() => {
+                return Err(ProviderError::Gone(format!(
+                    "droplet {id} no longer exists on DigitalOcean"
+                )));
+            }
+            Err(e) => return Err(explain("checking on the droplet", e)),
+        };
+        if droplet["size_slug"] == size {
+            return Ok(());
+        }
+        let sizes = self.sizes().await?;
+        let Some(target) = sizes.iter().find(|s| s["slug"] == size) else {
+            return Err(failed(format!("DigitalOcean has no size {size}")));
+        };
+        // The disk grows with a larger size (for good: it cannot shrink again);
+        // otherwise only CPUs and memory change. The home is on its own volume.
+        let disk = target["disk"].as_u64().unwrap_or(0) > droplet["disk"].as_u64().unwrap_or(0);
+        let was_on = droplet["status"] == "active";
+        if was_on {
+            self.stop(provider_ref).await?;
+        }
+        let action = self
+            .action(
+                id,
+                json!({"type": "resize", "size": size, "disk": disk}),
+                "resizing the droplet",
+            )
+            .await?;
+        let resized = self
+            .follow(action, "resizing the droplet", self.config.create_timeout)
+            .await?;
+        if was_on {
+            let action = self
+                .action(id, json!({"type": "power_on"}), "powering the droplet on")
+                .await?;
+            self.follow(
+                action,
+                "powering the droplet on",
+                self.config.create_timeout,
+            )
+            .await?;
+        }
+        if resized {
+            Ok(())
+        } else {
+            Err(failed(format!(
+                "DigitalOcean could not resize droplet {id} to {size} (action {action} errored)"
+            )))
+        }
     }
 
     fn bootstrap_watch(&self) -> BootstrapWatch {
