@@ -148,12 +148,29 @@ pub const DIGITALOCEAN_SIZES: [(&str, &str, &str, &str); 6] = [
     ("s-8vcpu-16gb", "xlarge", "8", "16Gi"),
 ];
 
-/// A DigitalOcean environment's size: a DevPocket size (`small` … `xlarge`) or one
-/// of `DIGITALOCEAN_SIZES`, within the plan. Returns the DigitalOcean slug.
-pub fn digitalocean_size(plan: Plan, size: &str) -> Result<String, ApiError> {
+/// A DigitalOcean environment's size: a DevPocket size (`small` … `xlarge`), or a
+/// DigitalOcean size from `catalog` (DigitalOcean's list, when it could be read) or
+/// else `DIGITALOCEAN_SIZES`, within the plan. Returns the DigitalOcean slug.
+pub fn digitalocean_size(plan: Plan, size: &str, catalog: &[Value]) -> Result<String, ApiError> {
     if let Some(slug) = devpocket_actors::provider::digitalocean::size_slug(size) {
         check_size(plan, size)?;
         return Ok(slug.to_owned());
+    }
+    if let Some(found) = catalog.iter().find(|s| s["slug"] == size) {
+        let (cpus, memory) = (found["vcpus"].as_u64(), found["memory"].as_u64());
+        if found["available"] == false {
+            return Err(ApiError::validation(
+                "size",
+                format!("`{size}` is not available at DigitalOcean now; choose another size"),
+            ));
+        }
+        if !plan.fits(cpus.unwrap_or(u64::MAX), memory.unwrap_or(u64::MAX)) {
+            return Err(ApiError::Forbidden(format!(
+                "The {size} size is not available on the {plan} plan (up to {}); choose a smaller size or upgrade.",
+                plan.limits().max_size
+            )));
+        }
+        return Ok(size.to_owned());
     }
     let Some((slug, equivalent, ..)) = DIGITALOCEAN_SIZES.iter().find(|s| s.0 == size) else {
         let mut names: Vec<&str> = plans::SIZES.iter().map(|s| s.name).collect();

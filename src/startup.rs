@@ -45,6 +45,8 @@ pub struct AppState {
     pub default_provider: String,
     /// Every provider this server drives.
     pub providers: Vec<String>,
+    /// The DigitalOcean provider, when configured (regions and sizes).
+    pub digitalocean: Option<Arc<DigitalOceanProvider>>,
     pub terminal_connections: Arc<crate::routes::ws_terminal::TerminalConnections>,
     pub ratelimits: Arc<RateLimits>,
     /// Where handlers record audit events (never blocks; see `audit`).
@@ -60,6 +62,7 @@ fn start_actors(
     settings: &Settings,
     pool: &DbPool,
     metrics: &Metrics,
+    digitalocean: Option<Arc<DigitalOceanProvider>>,
 ) -> anyhow::Result<ActorSystem> {
     let environments = settings.data_dir.join("environments");
     let group = if nix::unistd::Uid::effective().is_root() {
@@ -78,8 +81,8 @@ fn start_actors(
     let local = LocalProvider::new(environments, group).context("preparing the local provider")?;
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     providers.insert(local.name().to_owned(), Arc::new(local));
-    if let Some(digitalocean) = digitalocean_provider(settings)? {
-        providers.insert(digitalocean.name().to_owned(), Arc::new(digitalocean));
+    if let Some(digitalocean) = digitalocean {
+        providers.insert(digitalocean.name().to_owned(), digitalocean);
     }
     let store = DbStore {
         pool: pool.clone(),
@@ -161,7 +164,8 @@ impl Application {
             settings.refresh_token_ttl,
         );
         let metrics = Arc::new(Metrics::new()?);
-        let actors = start_actors(&settings, &pool, &metrics)?;
+        let digitalocean = digitalocean_provider(&settings)?.map(Arc::new);
+        let actors = start_actors(&settings, &pool, &metrics, digitalocean.clone())?;
         let resumed = actors.resume_all().await.context("resuming environments")?;
         if resumed > 0 {
             tracing::info!(resumed, "environments resumed");
@@ -189,6 +193,7 @@ impl Application {
                 }
                 names
             },
+            digitalocean,
             terminal_connections: Arc::default(),
             ratelimits,
             audit,

@@ -267,7 +267,7 @@ async fn create(
                 ));
             }
             let size = match size {
-                Some(size) => rules::digitalocean_size(plan, &size)?,
+                Some(size) => rules::digitalocean_size(plan, &size, &do_sizes(state, &size).await)?,
                 None => d.size.clone(),
             };
             check_user_data(&template, &variables)?;
@@ -313,6 +313,28 @@ async fn create(
     // The actor starts provisioning at once; the answer does not wait for it.
     actor(state, caller, id).await?;
     load(state, caller, id).await
+}
+
+/// DigitalOcean's sizes (cached), to check a size that is not one of DevPocket's;
+/// none when they cannot be read quickly (the built-in list is used then).
+pub async fn do_sizes(state: &AppState, size: &str) -> Vec<Value> {
+    let Some(provider) = &state.digitalocean else {
+        return Vec::new();
+    };
+    if digitalocean::size_slug(size).is_some() {
+        return Vec::new();
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(5), provider.sizes()).await {
+        Ok(Ok(sizes)) => sizes,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "DigitalOcean's sizes cannot be read; using the built-in list");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!("DigitalOcean's sizes took too long; using the built-in list");
+            Vec::new()
+        }
+    }
 }
 
 /// Refuses, before anything is made, a template whose cloud-init user-data would
@@ -737,7 +759,8 @@ async fn resize_environment(
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ApiError::validation("size", "is required"))?;
         let size = if env.provider == digitalocean::NAME {
-            rules::digitalocean_size(caller.user.subscription_plan, &size)?
+            let catalog = do_sizes(&state, &size).await;
+            rules::digitalocean_size(caller.user.subscription_plan, &size, &catalog)?
         } else {
             size
         };

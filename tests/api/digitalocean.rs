@@ -1,6 +1,7 @@
 //! The DigitalOcean provider, against a faithful fake of DigitalOcean's API
 //! (`fake_do`): the fake itself, the provider alone, then the whole server.
 
+mod catalog;
 mod fake;
 mod faults;
 mod lifecycle;
