@@ -225,6 +225,12 @@ pub struct DigitalOceanSettings {
     pub requests_per_minute: u32,
     pub poll_interval: Duration,
     pub shutdown_timeout: Duration,
+    /// How often droplets and volumes are compared with the environments.
+    pub reconcile_interval: Duration,
+    /// How long an orphan (tagged `devpocket`, no live environment) is left alone.
+    pub orphan_grace: Duration,
+    /// Whether orphans are destroyed after the grace period (else only reported).
+    pub destroy_orphans: bool,
 }
 
 impl DigitalOceanSettings {
@@ -281,6 +287,23 @@ impl DigitalOceanSettings {
             requests_per_minute,
             poll_interval: source.duration("DO_POLL_INTERVAL", Duration::from_secs(3))?,
             shutdown_timeout: source.duration("DO_SHUTDOWN_TIMEOUT", Duration::from_secs(60))?,
+            reconcile_interval: source
+                .duration("DO_RECONCILE_INTERVAL", Duration::from_secs(10 * 60))?,
+            orphan_grace: source.duration("DO_ORPHAN_GRACE", Duration::from_secs(3600))?,
+            destroy_orphans: match source
+                .get("DO_DESTROY_ORPHANS")
+                .map(str::to_ascii_lowercase)
+            {
+                None => false,
+                Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => true,
+                Some(v) if matches!(v.as_str(), "false" | "0" | "no") => false,
+                Some(v) => {
+                    return Err(invalid(
+                        "DO_DESTROY_ORPHANS",
+                        format!("`{v}` must be true or false"),
+                    ));
+                }
+            },
         }))
     }
 }
@@ -770,6 +793,7 @@ mod tests {
             ("DO_DEFAULT_REGION", "New York"),
             ("DO_VOLUME_SIZE_GB", "0"),
             ("DO_POLL_INTERVAL", "soon"),
+            ("DO_DESTROY_ORPHANS", "maybe"),
             ("SECRET_KEY", "short"),
         ] {
             let mut pairs = vec![(key, value)];

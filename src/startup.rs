@@ -47,6 +47,8 @@ pub struct AppState {
     pub providers: Vec<String>,
     /// The DigitalOcean provider, when configured (regions and sizes).
     pub digitalocean: Option<Arc<DigitalOceanProvider>>,
+    /// What reconciliation with DigitalOcean last found.
+    pub reconcile: Option<Arc<crate::reconcile::ReconcileStatus>>,
     pub terminal_connections: Arc<crate::routes::ws_terminal::TerminalConnections>,
     pub ratelimits: Arc<RateLimits>,
     /// Where handlers record audit events (never blocks; see `audit`).
@@ -170,6 +172,18 @@ impl Application {
         if resumed > 0 {
             tracing::info!(resumed, "environments resumed");
         }
+        let reconcile = match (&digitalocean, &settings.digitalocean) {
+            (Some(provider), Some(d)) => Some(
+                crate::reconcile::Reconciler::new(
+                    provider.clone(),
+                    pool.clone(),
+                    actors.clone(),
+                    d.clone(),
+                )
+                .spawn(),
+            ),
+            _ => None,
+        };
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
@@ -194,6 +208,7 @@ impl Application {
                 names
             },
             digitalocean,
+            reconcile,
             terminal_connections: Arc::default(),
             ratelimits,
             audit,

@@ -467,6 +467,43 @@ impl Handler<Lifecycle> for EnvironmentActor {
     }
 }
 
+/// The provider reports that the machine no longer exists (reconciliation). A
+/// running or stopped environment moves to `error` with `reason`; one that is busy
+/// finds out by itself. Replies whether it moved.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct MachineGone {
+    pub reason: String,
+}
+
+impl Handler<MachineGone> for EnvironmentActor {
+    type Result = ResponseActFuture<Self, bool>;
+
+    fn handle(&mut self, msg: MachineGone, _: &mut Context<Self>) -> Self::Result {
+        let resting = matches!(
+            (self.record.status, self.record.phase),
+            (Status::Running, Phase::Ready) | (Status::Stopped, Phase::Stopped)
+        );
+        if !resting || self.operation.is_some() || !self.has_lease {
+            return Box::pin(fut::ready(false));
+        }
+        tracing::warn!(environment_id = %self.record.id, reason = %msg.reason, "the environment's machine is gone");
+        let t = Transition::failed(msg.reason);
+        let (store, id) = (self.deps.store.clone(), self.record.id);
+        let t2 = t.clone();
+        Box::pin(
+            async move { store.transition(id, &t2).await }
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    if res.is_ok() {
+                        act.apply(&t);
+                    }
+                    res.is_ok()
+                }),
+        )
+    }
+}
+
 /// A snapshot or a resize, on providers that offer them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MaintenanceRequest {

@@ -184,6 +184,23 @@ pub async fn update(
     }
 }
 
+/// The environments on `provider` that still exist: (id, user, provider_ref).
+pub async fn live_on_provider(
+    conn: &mut AsyncPgConnection,
+    provider: &str,
+) -> QueryResult<Vec<(Uuid, Uuid, Option<String>)>> {
+    environments::table
+        .filter(environments::provider.eq(provider))
+        .filter(environments::deleted_at.is_null())
+        .select((
+            environments::id,
+            environments::user_id,
+            environments::provider_ref,
+        ))
+        .load(conn)
+        .await
+}
+
 pub async fn touch(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
     diesel::update(environments::table.find(id))
         .set(environments::last_accessed.eq(diesel::dsl::now))

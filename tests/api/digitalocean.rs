@@ -6,6 +6,7 @@ mod fake;
 mod faults;
 mod lifecycle;
 mod provider;
+mod reconcile;
 mod restart;
 
 use crate::fake_do::FakeDo;
