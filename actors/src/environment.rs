@@ -221,6 +221,7 @@ impl EnvironmentActor {
                 Op::Snapshot(name) => work.snapshot(name).await,
                 Op::Resize(size) => work.resize(size).await,
                 Op::Settle => work.settle().await,
+                Op::Reboot => work.reboot().await,
             }
         };
         self.operation = Some(ctx.spawn(fut.into_actor(self).map(|_, act, _| {
@@ -238,6 +239,8 @@ enum Op {
     Delete,
     Snapshot(String),
     Resize(String),
+    /// A restart in one step, on providers that can.
+    Reboot,
     /// Back to running or stopped after an interrupted snapshot or resize.
     Settle,
 }
@@ -406,6 +409,13 @@ impl Handler<Lifecycle> for EnvironmentActor {
                 Op::Start,
             )),
             (Command::Restart, Status::Running, Phase::Ready)
+                if self
+                    .provider()
+                    .is_ok_and(|p| p.supports(Maintenance::Reboot)) =>
+            {
+                Ok((Transition::new(status, Phase::Restarting, 100), Op::Reboot))
+            }
+            (Command::Restart, Status::Running, Phase::Ready)
             | (Command::Restart, Status::Stopped, Phase::Stopped) => {
                 Ok((Transition::new(status, Phase::Restarting, 100), Op::Start))
             }
@@ -454,7 +464,7 @@ impl Handler<Lifecycle> for EnvironmentActor {
             move |res, act, ctx| {
                 res?;
                 act.apply(&transition);
-                if command == Command::Restart {
+                if command == Command::Restart && !matches!(op, Op::Reboot) {
                     // Restart = stop, then start, as one operation.
                     act.run(Op::Stop, ctx);
                     act.restart_after_stop = true;
@@ -1033,6 +1043,37 @@ impl Work {
         }
         tracing::info!(environment_id = %self.record.id, %message, "resize finished");
         let _ = self.transition(self.resting(message)).await;
+    }
+
+    async fn reboot(self) {
+        let result = async {
+            let provider_ref = self
+                .record
+                .provider_ref
+                .clone()
+                .ok_or_else(|| "the machine was never created".to_owned())?;
+            self.provider
+                .reboot(&provider_ref)
+                .await
+                .map_err(|e| format!("restarting the machine failed: {e}"))?;
+            let keys = self.keys().await?;
+            let machine = self
+                .provider
+                .start(&self.spec(keys), &provider_ref)
+                .await
+                .map_err(|e| format!("starting the machine failed: {e}"))?;
+            self.save_machine(&machine).await?;
+            self.transition(
+                Transition::new(Status::Running, Phase::Ready, 100)
+                    .message("restarted")
+                    .stamp(Stamp::Started),
+            )
+            .await
+        }
+        .await;
+        if let Err(message) = result {
+            let _ = self.transition(Transition::failed(message)).await;
+        }
     }
 
     async fn settle(self) {

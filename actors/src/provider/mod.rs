@@ -51,6 +51,8 @@ pub struct Machine {
 pub enum Maintenance {
     Snapshot,
     Resize,
+    /// A restart in one step, instead of a stop and a start.
+    Reboot,
 }
 
 /// Shell commands, run on the machine over SSH, that follow its provisioning.
@@ -89,6 +91,11 @@ pub trait Provider: Send + Sync + 'static {
     /// running); returns the image's id.
     async fn snapshot(&self, _provider_ref: &str, _name: &str) -> Result<String, ProviderError> {
         Err(ProviderError::Unsupported("take snapshots"))
+    }
+
+    /// Restarts a running machine in one step (see `Maintenance::Reboot`).
+    async fn reboot(&self, _provider_ref: &str) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported("reboot machines"))
     }
 
     /// Gives the machine another size. A running machine is stopped for it and

@@ -152,6 +152,20 @@ async fn full_lifecycle_on_digitalocean() {
         "the home survived the power cycle: {out}"
     );
 
+    // A restart is one reboot action.
+    let before = fake.count("dropletActions_post");
+    let restarting = client
+        .post(&format!("/api/v1/environments/{id}/restart"), &json!({}))
+        .await;
+    assert_eq!(restarting.status(), 202);
+    let body: Value = restarting.json().await.unwrap();
+    assert_eq!(body["phase"], "restarting", "{body}");
+    let env = app
+        .wait_for_env(&token, &id, |e| e["phase"] == "ready")
+        .await;
+    assert_eq!(env["status_message"], "restarted", "{env}");
+    assert_eq!(fake.count("dropletActions_post") - before, 1, "one reboot");
+
     // A snapshot, while it runs.
     let snapshotting = client
         .post(

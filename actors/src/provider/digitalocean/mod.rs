@@ -29,7 +29,7 @@ use crate::model::MachineAccess;
 pub const NAME: &str = "digitalocean";
 pub const TAG: &str = "devpocket";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DigitalOceanConfig {
     pub token: String,
     /// `https://api.digitalocean.com`, or a fake's address in tests.
@@ -54,6 +54,18 @@ pub struct DigitalOceanConfig {
     pub shutdown_timeout: Duration,
     /// How long a droplet may take to become active.
     pub create_timeout: Duration,
+}
+
+impl std::fmt::Debug for DigitalOceanConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DigitalOceanConfig")
+            .field("token", &"***")
+            .field("api_url", &self.api_url)
+            .field("region", &self.region)
+            .field("size", &self.size)
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DigitalOceanConfig {
@@ -825,6 +837,39 @@ impl Provider for DigitalOceanProvider {
 
     fn supports(&self, _operation: Maintenance) -> bool {
         true
+    }
+
+    async fn reboot(&self, provider_ref: &str) -> Result<(), ProviderError> {
+        let (id, _) = parse_ref(provider_ref)?;
+        let action = self
+            .action(id, json!({"type": "reboot"}), "rebooting the droplet")
+            .await?;
+        if self
+            .follow(action, "rebooting the droplet", self.config.create_timeout)
+            .await?
+        {
+            return Ok(());
+        }
+        // A machine that does not reboot gets the hard way: off, then on.
+        tracing::info!(droplet = id, "reboot errored; powering off and on");
+        self.stop(provider_ref).await?;
+        let action = self
+            .action(id, json!({"type": "power_on"}), "powering the droplet on")
+            .await?;
+        if self
+            .follow(
+                action,
+                "powering the droplet on",
+                self.config.create_timeout,
+            )
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(failed(format!(
+                "DigitalOcean could not power droplet {id} on"
+            )))
+        }
     }
 
     async fn snapshot(&self, provider_ref: &str, name: &str) -> Result<String, ProviderError> {
