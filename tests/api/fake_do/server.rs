@@ -220,6 +220,7 @@ async fn handle(
         ));
     };
     exchange.operation = op.id.clone();
+    let mut logged = false;
     let (rate_headers, throttled) = count(&inner);
     let expected = format!("Bearer {}", inner.token);
     let reply = if authorization.as_deref() != Some(expected.as_str()) {
@@ -255,6 +256,14 @@ async fn handle(
                             .iter()
                             .find(|(o, _)| *o == op.id)
                             .map(|d| d.1);
+                        // Held-back answers are logged first: the client may give up
+                        // and close the connection, which drops this future.
+                        if delay.is_some() || fault == Some(Fault::Slow) {
+                            let mut early = exchange.clone();
+                            early.status = reply.status;
+                            inner.log(early);
+                            logged = true;
+                        }
                         if let Some(delay) = delay {
                             tokio::time::sleep(delay).await;
                         }
@@ -293,7 +302,9 @@ async fn handle(
         inner.violation(format!("the fake's own answer is wrong: {problem}"));
     }
     exchange.status = reply.status;
-    inner.log(exchange);
+    if !logged {
+        inner.log(exchange);
+    }
     Ok(respond(reply.status, &headers, reply.body.as_ref()))
 }
 
