@@ -12,9 +12,11 @@
 #![allow(dead_code)]
 
 mod api;
+mod effects;
 mod machine;
 mod model;
 mod openapi;
+mod resources;
 mod server;
 mod userdata;
 
@@ -417,7 +419,7 @@ impl Drop for FakeDo {
             .map(|d| (d.dir.clone(), d.slot, d.ip))
             .collect();
         for (dir, slot, ip) in droplets {
-            machine::halt(&dir, api::uid(slot), ip);
+            machine::halt(&dir, effects::uid(slot), ip);
             machine::release_address(slot);
         }
         let _ = std::fs::remove_dir_all(&self.inner.root);

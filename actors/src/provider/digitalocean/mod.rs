@@ -7,24 +7,32 @@
 //! looked up instead of being repeated, so no environment ever gets two droplets.
 //!
 //! `provider_ref` is `<droplet id>:<volume id>`.
+//!
+//! `lifecycle` holds create/start/stop/delete, `maintenance` reboot, snapshot and
+//! resize, `droplets` the API calls they are made of, `catalog` regions, sizes and
+//! what is tagged `devpocket`; `client` and `limiter` speak HTTP politely.
 
+mod catalog;
 mod client;
+mod droplets;
+mod lifecycle;
 mod limiter;
+mod maintenance;
 pub mod user_data;
 
-use std::time::{Duration, Instant};
+pub use self::catalog::Tagged;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
-use self::client::{ApiError, Client, Repeat};
+use self::catalog::Catalog;
+use self::client::{ApiError, Client};
 use self::limiter::Limiter;
-use self::user_data::UserDataSpec;
 use super::{BootstrapWatch, Machine, MachineSpec, Maintenance, Provider, ProviderError};
 use crate::logs::EXIT_MARKER;
-use crate::model::MachineAccess;
 
 pub const NAME: &str = "digitalocean";
 pub const TAG: &str = "devpocket";
@@ -164,20 +172,6 @@ fn parse_ref(provider_ref: &str) -> Result<(u64, Option<String>), ProviderError>
     Ok((droplet, volume))
 }
 
-/// DevPocket's droplets and volumes at DigitalOcean.
-#[derive(Debug, Clone, Default)]
-pub struct Tagged {
-    /// (droplet id, environment from its tag).
-    pub droplets: Vec<(u64, Option<Uuid>)>,
-    /// (volume id, environment from its tag, attached to a droplet).
-    pub volumes: Vec<(String, Option<Uuid>, bool)>,
-}
-
-/// How long the lists of regions and sizes are reused.
-const CATALOG_TTL: Duration = Duration::from_secs(10 * 60);
-
-type Catalog = tokio::sync::Mutex<Option<(Instant, Vec<Value>)>>;
-
 pub struct DigitalOceanProvider {
     config: DigitalOceanConfig,
     client: Client,
@@ -210,468 +204,8 @@ impl DigitalOceanProvider {
         })
     }
 
-    async fn catalog(
-        &self,
-        cache: &Catalog,
-        path: &str,
-        key: &str,
-    ) -> Result<Vec<Value>, ProviderError> {
-        let mut cached = cache.lock().await;
-        if let Some((at, items)) = cached.as_ref()
-            && at.elapsed() < CATALOG_TTL
-        {
-            return Ok(items.clone());
-        }
-        let items = self
-            .client
-            .list(path, key, &[])
-            .await
-            .map_err(|e| explain(&format!("listing {key}"), e))?;
-        *cached = Some((Instant::now(), items.clone()));
-        Ok(items)
-    }
-
-    /// DigitalOcean's regions (cached for a few minutes).
-    pub async fn regions(&self) -> Result<Vec<Value>, ProviderError> {
-        self.catalog(&self.regions, "/v2/regions", "regions").await
-    }
-
-    /// DigitalOcean's droplet sizes (cached for a few minutes).
-    pub async fn sizes(&self) -> Result<Vec<Value>, ProviderError> {
-        self.catalog(&self.sizes, "/v2/sizes", "sizes").await
-    }
-
-    /// Everything tagged `devpocket`: droplets as (id, environment from the tag,
-    /// created at), volumes as (id, environment, attached).
-    pub async fn tagged(&self) -> Result<Tagged, ProviderError> {
-        let environment = |item: &Value| {
-            item["tags"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .find_map(|t| t.strip_prefix("devpocket-env-"))
-                .and_then(|id| Uuid::parse_str(id).ok())
-        };
-        let droplets = self
-            .droplets_tagged(TAG)
-            .await
-            .map_err(|e| explain("listing DevPocket's droplets", e))?
-            .iter()
-            .filter_map(|d| Some((d["id"].as_u64()?, environment(d))))
-            .collect();
-        let volumes = self
-            .client
-            .list("/v2/volumes", "volumes", &[])
-            .await
-            .map_err(|e| explain("listing volumes", e))?
-            .iter()
-            .filter(|v| {
-                v["tags"]
-                    .as_array()
-                    .is_some_and(|t| t.iter().any(|t| t == TAG))
-            })
-            .filter_map(|v| {
-                let attached = v["droplet_ids"].as_array().is_some_and(|d| !d.is_empty());
-                Some((v["id"].as_str()?.to_owned(), environment(v), attached))
-            })
-            .collect();
-        Ok(Tagged { droplets, volumes })
-    }
-
-    /// Whether the droplet still exists (asked on its own, not from a listing).
-    pub async fn droplet_exists(&self, id: u64) -> Result<bool, ProviderError> {
-        match self.get_droplet(id).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(explain("checking on the droplet", e)),
-        }
-    }
-
-    /// Destroys a droplet nobody owns.
-    pub async fn destroy_orphan_droplet(&self, id: u64) -> Result<(), ProviderError> {
-        self.destroy_droplet(id)
-            .await
-            .map_err(|e| explain("destroying an orphan droplet", e))
-    }
-
-    /// Deletes a volume nobody owns (once it is detached).
-    pub async fn delete_orphan_volume(&self, id: &str) -> Result<(), ProviderError> {
-        self.delete_volume(id).await
-    }
-
-    /// Follows the droplet's most recent action of `kind` begun at or after
-    /// `since`, if DigitalOcean has one (a POST whose answer was lost).
-    async fn recent_action(
-        &self,
-        droplet: u64,
-        kind: &str,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<u64>, ProviderError> {
-        let actions = self
-            .client
-            .list(&format!("/v2/droplets/{droplet}/actions"), "actions", &[])
-            .await
-            .map_err(|e| explain("listing the droplet's actions", e))?;
-        Ok(actions
-            .iter()
-            .filter(|a| a["type"] == kind)
-            .filter(|a| {
-                a["started_at"]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .is_some_and(|t| {
-                        t.with_timezone(&chrono::Utc) >= since - chrono::Duration::seconds(5)
-                    })
-            })
-            .filter_map(|a| a["id"].as_u64())
-            .max())
-    }
-
     pub fn config(&self) -> &DigitalOceanConfig {
         &self.config
-    }
-
-    async fn pause(&self) {
-        tokio::time::sleep(self.config.poll_interval).await;
-    }
-
-    /// Droplets carrying `tag`, oldest first.
-    async fn droplets_tagged(&self, tag: &str) -> Result<Vec<Value>, ApiError> {
-        let mut droplets = self
-            .client
-            .list("/v2/droplets", "droplets", &[("tag_name", tag.to_owned())])
-            .await?;
-        droplets.sort_by_key(|d| d["id"].as_u64().unwrap_or(u64::MAX));
-        Ok(droplets)
-    }
-
-    /// The environment's droplet, if one exists. Should there ever be more than
-    /// one, the oldest is kept and the others destroyed.
-    async fn find_droplet(&self, tag: &str) -> Result<Option<Value>, ProviderError> {
-        let mut found = self
-            .droplets_tagged(tag)
-            .await
-            .map_err(|e| explain("looking up the droplet", e))?;
-        if found.len() > 1 {
-            for extra in found.drain(1..) {
-                let id = extra["id"].as_u64().unwrap_or(0);
-                tracing::warn!(tag, droplet = id, "destroying a duplicate droplet");
-                let _ = self.destroy_droplet(id).await;
-            }
-        }
-        Ok(found.into_iter().next())
-    }
-
-    async fn get_droplet(&self, id: u64) -> Result<Value, ApiError> {
-        let body = self
-            .client
-            .send(
-                Method::GET,
-                &format!("/v2/droplets/{id}"),
-                &[],
-                None,
-                Repeat::Safe,
-            )
-            .await?;
-        Ok(body["droplet"].clone())
-    }
-
-    async fn destroy_droplet(&self, id: u64) -> Result<(), ApiError> {
-        match self
-            .client
-            .send(
-                Method::DELETE,
-                &format!("/v2/droplets/{id}"),
-                &[],
-                None,
-                Repeat::Safe,
-            )
-            .await
-        {
-            Err(e) if e.is_not_found() => Ok(()),
-            other => other.map(drop),
-        }
-    }
-
-    /// The environment's home volume, created unless it exists.
-    async fn ensure_volume(
-        &self,
-        spec: &MachineSpec,
-        region: &str,
-    ) -> Result<String, ProviderError> {
-        let name = volume_name(spec.environment_id);
-        let lookup = || async {
-            let found = self
-                .client
-                .list(
-                    "/v2/volumes",
-                    "volumes",
-                    &[("name", name.clone()), ("region", region.to_owned())],
-                )
-                .await
-                .map_err(|e| explain("looking up the home volume", e))?;
-            Ok::<_, ProviderError>(
-                found
-                    .first()
-                    .and_then(|v| v["id"].as_str())
-                    .map(str::to_owned),
-            )
-        };
-        if let Some(id) = lookup().await? {
-            return Ok(id);
-        }
-        let body = json!({
-            "name": name,
-            "region": region,
-            "size_gigabytes": self.config.volume_gigabytes,
-            "description": format!("DevPocket home of {}", spec.slug),
-            "filesystem_type": "ext4",
-            "filesystem_label": "devpocket",
-            "tags": self.tags(spec),
-        });
-        for attempt in 1..=self.client.retry.attempts {
-            match self
-                .client
-                .send(
-                    Method::POST,
-                    "/v2/volumes",
-                    &[],
-                    Some(&body),
-                    Repeat::Unsafe,
-                )
-                .await
-            {
-                Ok(created) => {
-                    return created["volume"]["id"]
-                        .as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| failed("DigitalOcean created a volume without an id"));
-                }
-                // It may exist after all (made by this very request, or a 409 says so).
-                Err(e @ (ApiError::Uncertain(_) | ApiError::Api { status: 409, .. })) => {
-                    tracing::info!(attempt, error = %e, "volume create unclear; looking it up");
-                    tokio::time::sleep(self.client.retry.backoff(attempt)).await;
-                    if let Some(id) = lookup().await? {
-                        return Ok(id);
-                    }
-                }
-                Err(e) => return Err(explain("creating the home volume", e)),
-            }
-        }
-        Err(failed(
-            "creating the home volume: no clear answer from DigitalOcean after several attempts",
-        ))
-    }
-
-    fn tags(&self, spec: &MachineSpec) -> Vec<String> {
-        vec![
-            TAG.to_owned(),
-            environment_tag(spec.environment_id),
-            user_tag(spec.user_id),
-        ]
-    }
-
-    fn region(&self, spec: &MachineSpec) -> String {
-        if spec.region.is_empty() || spec.region == "local" {
-            self.config.region.clone()
-        } else {
-            spec.region.clone()
-        }
-    }
-
-    fn size(&self, spec: &MachineSpec) -> String {
-        size_slug(&spec.size)
-            .map(str::to_owned)
-            .unwrap_or_else(|| spec.size.clone())
-    }
-
-    /// Creates the droplet, never twice: when it is unclear whether a create took
-    /// effect, the environment's tag is looked up before trying again.
-    async fn create_droplet(
-        &self,
-        body: &Value,
-        tag: &str,
-    ) -> Result<(u64, Option<u64>), ProviderError> {
-        for attempt in 1..=self.client.retry.attempts {
-            match self
-                .client
-                .send(
-                    Method::POST,
-                    "/v2/droplets",
-                    &[],
-                    Some(body),
-                    Repeat::Unsafe,
-                )
-                .await
-            {
-                Ok(created) => {
-                    let id = created["droplet"]["id"]
-                        .as_u64()
-                        .ok_or_else(|| failed("DigitalOcean created a droplet without an id"))?;
-                    let action = created
-                        .pointer("/links/actions/0/id")
-                        .and_then(Value::as_u64);
-                    return Ok((id, action));
-                }
-                Err(e @ ApiError::Uncertain(_)) => {
-                    tracing::info!(attempt, error = %e, tag, "droplet create unclear; looking it up before trying again");
-                    // Give a request still being processed time to land.
-                    tokio::time::sleep(
-                        self.client
-                            .retry
-                            .backoff(attempt)
-                            .max(self.config.poll_interval),
-                    )
-                    .await;
-                    if let Some(found) = self.find_droplet(tag).await? {
-                        return Ok((found["id"].as_u64().unwrap_or(0), None));
-                    }
-                }
-                Err(e) => return Err(explain("creating the droplet", e)),
-            }
-        }
-        Err(failed(
-            "creating the droplet: no clear answer from DigitalOcean after several attempts",
-        ))
-    }
-
-    /// Follows an action to its end.
-    async fn follow(
-        &self,
-        action: u64,
-        doing: &str,
-        limit: Duration,
-    ) -> Result<bool, ProviderError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let body = self
-                .client
-                .send(
-                    Method::GET,
-                    &format!("/v2/actions/{action}"),
-                    &[],
-                    None,
-                    Repeat::Safe,
-                )
-                .await
-                .map_err(|e| explain(doing, e))?;
-            match body["action"]["status"].as_str() {
-                Some("completed") => return Ok(true),
-                Some("errored") => return Ok(false),
-                _ if Instant::now() > deadline => {
-                    return Err(failed(format!(
-                        "{doing}: DigitalOcean's action {action} did not finish within {} s",
-                        limit.as_secs()
-                    )));
-                }
-                _ => self.pause().await,
-            }
-        }
-    }
-
-    /// Starts a droplet action, waiting while another one is pending.
-    async fn action(&self, droplet: u64, body: Value, doing: &str) -> Result<u64, ProviderError> {
-        let deadline = Instant::now() + self.config.create_timeout;
-        loop {
-            match self
-                .client
-                .send(
-                    Method::POST,
-                    &format!("/v2/droplets/{droplet}/actions"),
-                    &[],
-                    Some(&body),
-                    Repeat::Safe,
-                )
-                .await
-            {
-                Ok(answer) => {
-                    return answer["action"]["id"].as_u64().ok_or_else(|| {
-                        failed(format!("{doing}: DigitalOcean returned no action"))
-                    });
-                }
-                Err(e) if e.is_pending_event() && Instant::now() < deadline => {
-                    tracing::debug!(droplet, doing, "droplet busy with another action; waiting");
-                    self.pause().await;
-                }
-                Err(e) if e.is_not_found() => {
-                    return Err(ProviderError::Gone(format!(
-                        "droplet {droplet} no longer exists on DigitalOcean"
-                    )));
-                }
-                Err(e) => return Err(explain(doing, e)),
-            }
-        }
-    }
-
-    /// Waits until the droplet is active with a public address.
-    async fn until_active(&self, id: u64, spec: &MachineSpec) -> Result<Machine, ProviderError> {
-        let deadline = Instant::now() + self.config.create_timeout;
-        loop {
-            let droplet = match self.get_droplet(id).await {
-                Ok(d) => d,
-                Err(e) if e.is_not_found() => {
-                    return Err(ProviderError::Gone(format!(
-                        "droplet {id} no longer exists on DigitalOcean"
-                    )));
-                }
-                Err(e) => return Err(explain("checking on the droplet", e)),
-            };
-            if droplet["status"] == "active"
-                && let Some(ip) = public_ipv4(&droplet)
-            {
-                let volume = droplet["volume_ids"][0].as_str().unwrap_or_default();
-                return Ok(self.machine(id, volume, ip, spec));
-            }
-            if droplet["status"] == "archive" {
-                return Err(ProviderError::Gone(format!("droplet {id} is archived")));
-            }
-            if Instant::now() > deadline {
-                return Err(failed(format!(
-                    "droplet {id} did not become active within {} minutes",
-                    self.config.create_timeout.as_secs().div_ceil(60)
-                )));
-            }
-            self.pause().await;
-        }
-    }
-
-    fn machine(&self, droplet: u64, volume: &str, ip: String, spec: &MachineSpec) -> Machine {
-        Machine {
-            access: MachineAccess {
-                host: ip,
-                port: 22,
-                user: self.config.user.clone(),
-                host_public_key: spec.keys.host_public.trim().to_owned(),
-            },
-            provider_ref: format!("{droplet}:{volume}"),
-        }
-    }
-
-    /// Deletes the volume once the droplet has let go of it.
-    async fn delete_volume(&self, volume: &str) -> Result<(), ProviderError> {
-        let deadline = Instant::now() + self.config.create_timeout;
-        loop {
-            match self
-                .client
-                .send(
-                    Method::DELETE,
-                    &format!("/v2/volumes/{volume}"),
-                    &[],
-                    None,
-                    Repeat::Safe,
-                )
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_not_found() => return Ok(()),
-                // Still attached: a destroyed droplet lets go of it a few seconds later.
-                Err(e) if e.status() == Some(409) && Instant::now() < deadline => {
-                    self.pause().await
-                }
-                Err(e) => return Err(explain("deleting the home volume", e)),
-            }
-        }
     }
 }
 
@@ -682,64 +216,7 @@ impl Provider for DigitalOceanProvider {
     }
 
     async fn create(&self, spec: &MachineSpec) -> Result<Machine, ProviderError> {
-        let tag = environment_tag(spec.environment_id);
-        // A droplet made by an earlier attempt (a retry, a restart) is the one.
-        if let Some(existing) = self.find_droplet(&tag).await? {
-            let id = existing["id"].as_u64().unwrap_or(0);
-            tracing::info!(environment_id = %spec.environment_id, droplet = id, "resuming with the existing droplet");
-            return self.until_active(id, spec).await;
-        }
-        let region = self.region(spec);
-        let volume_name = volume_name(spec.environment_id);
-        // Rendered first: a template too large for a droplet costs nothing.
-        let user_data = UserDataSpec {
-            environment_id: spec.environment_id,
-            slug: &spec.slug,
-            user: &self.config.user,
-            keys: &spec.keys,
-            volume_name: Some(&volume_name),
-            packages: &spec.packages,
-            cloud_init: &spec.cloud_init,
-            bootstrap: &spec.bootstrap,
-            environment_variables: &spec.environment_variables,
-        }
-        .render()
-        .map_err(|e| failed(e.to_string()))?;
-        let volume = self.ensure_volume(spec, &region).await?;
-        let body = json!({
-            "name": spec.slug,
-            "region": region,
-            "size": self.size(spec),
-            "image": self.config.image,
-            "ssh_keys": [],
-            "backups": false,
-            "ipv6": true,
-            "monitoring": true,
-            "tags": self.tags(spec),
-            "user_data": user_data,
-            "volumes": [volume],
-        });
-        let (droplet, action) = match self.create_droplet(&body, &tag).await {
-            Ok(created) => created,
-            Err(e) => {
-                // Refused: the volume made for it would only cost money.
-                if let Ok(None) = self.find_droplet(&tag).await {
-                    let _ = self.delete_volume(&volume).await;
-                }
-                return Err(e);
-            }
-        };
-        if let Some(action) = action
-            && !self
-                .follow(action, "creating the droplet", self.config.create_timeout)
-                .await?
-        {
-            let _ = self.destroy_droplet(droplet).await;
-            return Err(failed(format!(
-                "DigitalOcean could not create the droplet (its create action {action} errored); try again"
-            )));
-        }
-        self.until_active(droplet, spec).await
+        self.create_machine(spec).await
     }
 
     async fn start(
@@ -747,92 +224,15 @@ impl Provider for DigitalOceanProvider {
         spec: &MachineSpec,
         provider_ref: &str,
     ) -> Result<Machine, ProviderError> {
-        let (id, _) = parse_ref(provider_ref)?;
-        let droplet = match self.get_droplet(id).await {
-            Ok(d) => d,
-            Err(e) if e.is_not_found() => {
-                return Err(ProviderError::Gone(format!(
-                    "droplet {id} no longer exists on DigitalOcean"
-                )));
-            }
-            Err(e) => return Err(explain("checking on the droplet", e)),
-        };
-        if droplet["status"] == "off" {
-            let action = self
-                .action(id, json!({"type": "power_on"}), "powering the droplet on")
-                .await?;
-            if !self
-                .follow(
-                    action,
-                    "powering the droplet on",
-                    self.config.create_timeout,
-                )
-                .await?
-            {
-                return Err(failed(format!(
-                    "DigitalOcean could not power droplet {id} on"
-                )));
-            }
-        }
-        self.until_active(id, spec).await
+        self.start_machine(spec, provider_ref).await
     }
 
     async fn stop(&self, provider_ref: &str) -> Result<(), ProviderError> {
-        let (id, _) = parse_ref(provider_ref)?;
-        let droplet = match self.get_droplet(id).await {
-            Ok(d) => d,
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => return Err(explain("checking on the droplet", e)),
-        };
-        if droplet["status"] == "off" {
-            return Ok(());
-        }
-        // A clean shutdown first; if the machine ignores it, pull the plug.
-        let action = self
-            .action(id, json!({"type": "shutdown"}), "shutting the droplet down")
-            .await?;
-        match self
-            .follow(
-                action,
-                "shutting the droplet down",
-                self.config.shutdown_timeout,
-            )
-            .await
-        {
-            Ok(true) => return Ok(()),
-            Ok(false) => tracing::info!(droplet = id, "shutdown errored; powering off"),
-            Err(e) => {
-                tracing::info!(droplet = id, error = %e, "shutdown took too long; powering off")
-            }
-        }
-        let action = self
-            .action(id, json!({"type": "power_off"}), "powering the droplet off")
-            .await?;
-        if self
-            .follow(
-                action,
-                "powering the droplet off",
-                self.config.create_timeout,
-            )
-            .await?
-        {
-            Ok(())
-        } else {
-            Err(failed(format!(
-                "DigitalOcean could not power droplet {id} off"
-            )))
-        }
+        self.stop_machine(provider_ref).await
     }
 
     async fn delete(&self, provider_ref: &str) -> Result<(), ProviderError> {
-        let (id, volume) = parse_ref(provider_ref)?;
-        self.destroy_droplet(id)
-            .await
-            .map_err(|e| explain("destroying the droplet", e))?;
-        if let Some(volume) = volume {
-            self.delete_volume(&volume).await?;
-        }
-        Ok(())
+        self.delete_machine(provider_ref).await
     }
 
     fn supports(&self, _operation: Maintenance) -> bool {
@@ -840,153 +240,15 @@ impl Provider for DigitalOceanProvider {
     }
 
     async fn reboot(&self, provider_ref: &str) -> Result<(), ProviderError> {
-        let (id, _) = parse_ref(provider_ref)?;
-        let action = self
-            .action(id, json!({"type": "reboot"}), "rebooting the droplet")
-            .await?;
-        if self
-            .follow(action, "rebooting the droplet", self.config.create_timeout)
-            .await?
-        {
-            return Ok(());
-        }
-        // A machine that does not reboot gets the hard way: off, then on.
-        tracing::info!(droplet = id, "reboot errored; powering off and on");
-        self.stop(provider_ref).await?;
-        let action = self
-            .action(id, json!({"type": "power_on"}), "powering the droplet on")
-            .await?;
-        if self
-            .follow(
-                action,
-                "powering the droplet on",
-                self.config.create_timeout,
-            )
-            .await?
-        {
-            Ok(())
-        } else {
-            Err(failed(format!(
-                "DigitalOcean could not power droplet {id} on"
-            )))
-        }
+        self.reboot_machine(provider_ref).await
     }
 
     async fn snapshot(&self, provider_ref: &str, name: &str) -> Result<String, ProviderError> {
-        let (id, _) = parse_ref(provider_ref)?;
-        let doing = "taking the snapshot";
-        let body = json!({"type": "snapshot", "name": name});
-        let since = chrono::Utc::now();
-        let deadline = Instant::now() + self.config.create_timeout;
-        // A snapshot is not repeated blindly either: a second one would be billed.
-        let action = loop {
-            match self
-                .client
-                .send(
-                    Method::POST,
-                    &format!("/v2/droplets/{id}/actions"),
-                    &[],
-                    Some(&body),
-                    Repeat::Unsafe,
-                )
-                .await
-            {
-                Ok(answer) => {
-                    break answer["action"]["id"].as_u64().ok_or_else(|| {
-                        failed(format!("{doing}: DigitalOcean returned no action"))
-                    })?;
-                }
-                Err(ApiError::Uncertain(e)) => {
-                    tracing::info!(droplet = id, error = %e, "snapshot request unclear; looking for it");
-                    self.pause().await;
-                    if let Some(action) = self.recent_action(id, "snapshot", since).await? {
-                        break action;
-                    }
-                }
-                Err(e) if e.is_pending_event() && Instant::now() < deadline => self.pause().await,
-                Err(e) if e.is_not_found() => {
-                    return Err(ProviderError::Gone(format!(
-                        "droplet {id} no longer exists on DigitalOcean"
-                    )));
-                }
-                Err(e) => return Err(explain(doing, e)),
-            }
-        };
-        if !self
-            .follow(action, doing, self.config.create_timeout)
-            .await?
-        {
-            return Err(failed(format!(
-                "DigitalOcean could not take the snapshot (action {action} errored)"
-            )));
-        }
-        let snapshots = self
-            .client
-            .list(&format!("/v2/droplets/{id}/snapshots"), "snapshots", &[])
-            .await
-            .map_err(|e| explain("listing the droplet's snapshots", e))?;
-        Ok(snapshots
-            .iter()
-            .filter(|s| s["name"] == name)
-            .filter_map(|s| s["id"].as_u64())
-            .max()
-            .map(|s| s.to_string())
-            .unwrap_or_default())
+        self.snapshot_machine(provider_ref, name).await
     }
 
     async fn resize(&self, provider_ref: &str, size: &str) -> Result<(), ProviderError> {
-        let (id, _) = parse_ref(provider_ref)?;
-        let droplet = match self.get_droplet(id).await {
-            Ok(d) => d,
-            Err(e) if e.is_not_found() => {
-                return Err(ProviderError::Gone(format!(
-                    "droplet {id} no longer exists on DigitalOcean"
-                )));
-            }
-            Err(e) => return Err(explain("checking on the droplet", e)),
-        };
-        if droplet["size_slug"] == size {
-            return Ok(());
-        }
-        let sizes = self.sizes().await?;
-        let Some(target) = sizes.iter().find(|s| s["slug"] == size) else {
-            return Err(failed(format!("DigitalOcean has no size {size}")));
-        };
-        // The disk grows with a larger size (for good: it cannot shrink again);
-        // otherwise only CPUs and memory change. The home is on its own volume.
-        let disk = target["disk"].as_u64().unwrap_or(0) > droplet["disk"].as_u64().unwrap_or(0);
-        let was_on = droplet["status"] == "active";
-        if was_on {
-            self.stop(provider_ref).await?;
-        }
-        let action = self
-            .action(
-                id,
-                json!({"type": "resize", "size": size, "disk": disk}),
-                "resizing the droplet",
-            )
-            .await?;
-        let resized = self
-            .follow(action, "resizing the droplet", self.config.create_timeout)
-            .await?;
-        if was_on {
-            let action = self
-                .action(id, json!({"type": "power_on"}), "powering the droplet on")
-                .await?;
-            self.follow(
-                action,
-                "powering the droplet on",
-                self.config.create_timeout,
-            )
-            .await?;
-        }
-        if resized {
-            Ok(())
-        } else {
-            Err(failed(format!(
-                "DigitalOcean could not resize droplet {id} to {size} (action {action} errored)"
-            )))
-        }
+        self.resize_machine(provider_ref, size).await
     }
 
     fn bootstrap_watch(&self) -> BootstrapWatch {
@@ -1018,6 +280,7 @@ fn tail_command() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn references_and_names() {
