@@ -270,11 +270,14 @@ pub struct EnvironmentResponse {
     pub external_url: Option<String>,
     pub web_port: Option<i32>,
     pub ssh_port: Option<i32>,
+    /// `local` or `digitalocean`.
     #[schema(example = "local")]
     pub provider: String,
+    /// `local`, or a DigitalOcean region such as `nyc3`.
     #[schema(example = "local")]
     pub region: String,
-    /// `small`, `medium`, `large` or `xlarge`.
+    /// `small`, `medium`, `large` or `xlarge` (local provider); a DigitalOcean
+    /// size slug such as `s-1vcpu-1gb` (DigitalOcean).
     #[schema(example = "small")]
     pub size: String,
     #[schema(schema_with = phase_schema)]
@@ -286,7 +289,8 @@ pub struct EnvironmentResponse {
     pub ip_address: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub stopped_at: Option<DateTime<Utc>>,
-    /// What the environment costs while it exists (DigitalOcean: even stopped).
+    /// What the environment costs while it exists (DigitalOcean: even stopped);
+    /// null on the local provider.
     pub billing_note: Option<&'static str>,
 }
 

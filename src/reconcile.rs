@@ -10,13 +10,35 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
 use devpocket_actors::ActorSystem;
 use devpocket_actors::environment::MachineGone;
 use devpocket_actors::provider::digitalocean::{self, DigitalOceanProvider};
+use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::config::DigitalOceanSettings;
 use crate::db::{DbPool, environments as db};
+
+/// What reconciliation with DigitalOcean found, in `/health`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = DigitalOceanHealth)]
+pub struct ReconcileReport {
+    /// Droplets tagged `devpocket` that belong to no live environment, in the last
+    /// round.
+    pub orphan_droplets: i64,
+    /// Volumes tagged `devpocket` that belong to no live environment, in the last
+    /// round.
+    pub orphan_volumes: i64,
+    /// Orphan droplets and volumes destroyed since the server started.
+    pub orphans_destroyed: i64,
+    /// Environments moved to `error` since the server started because their
+    /// droplet no longer exists.
+    pub vanished_droplets: i64,
+    /// When the last complete round ended; null before the first.
+    pub last_reconciled: Option<DateTime<Utc>>,
+}
 
 /// What the last round found, for operators.
 #[derive(Debug, Default)]
@@ -31,17 +53,17 @@ pub struct ReconcileStatus {
 
 impl ReconcileStatus {
     /// For `/health`.
-    pub fn report(&self) -> serde_json::Value {
+    pub fn report(&self) -> ReconcileReport {
         let last = self.last_round.load(Ordering::Relaxed);
-        serde_json::json!({
-            "orphan_droplets": self.orphan_droplets.load(Ordering::Relaxed),
-            "orphan_volumes": self.orphan_volumes.load(Ordering::Relaxed),
-            "orphans_destroyed": self.destroyed.load(Ordering::Relaxed),
-            "vanished_droplets": self.vanished.load(Ordering::Relaxed),
-            "last_reconciled": (last > 0)
-                .then(|| chrono::DateTime::from_timestamp(last, 0))
+        ReconcileReport {
+            orphan_droplets: self.orphan_droplets.load(Ordering::Relaxed),
+            orphan_volumes: self.orphan_volumes.load(Ordering::Relaxed),
+            orphans_destroyed: self.destroyed.load(Ordering::Relaxed),
+            vanished_droplets: self.vanished.load(Ordering::Relaxed),
+            last_reconciled: (last > 0)
+                .then(|| DateTime::from_timestamp(last, 0))
                 .flatten(),
-        })
+        }
     }
 }
 
@@ -177,7 +199,7 @@ impl Reconciler {
                 self.status.vanished.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let epoch = chrono::Utc::now().timestamp();
+        let epoch = Utc::now().timestamp();
         self.status.last_round.store(epoch, Ordering::Relaxed);
         Ok(())
     }

@@ -24,7 +24,7 @@ use crate::db::environments::{self as db, NewEnvironment};
 use crate::db::templates as template_db;
 use crate::environments::{self as rules, EnvironmentResponse};
 use crate::error::{ApiError, ValidationErrors};
-use crate::http::Json;
+use crate::http::{Json, OptionalJson};
 use crate::openapi::{
     BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized,
     Unavailable, Unprocessable, UnsupportedMediaType,
@@ -122,10 +122,12 @@ struct CreateRequest {
     template_id: Option<String>,
     /// Older apps send `template`.
     template: Option<String>,
-    /// `local` (the default).
+    /// A slug from `GET /api/v1/regions`: `local` on the local provider; a
+    /// DigitalOcean region such as `nyc3` on DigitalOcean. Default: the provider's.
     region: Option<String>,
-    /// `small` (the default), `medium`, `large` or `xlarge`; above the plan's
-    /// largest is 403.
+    /// `small` (the default on the local provider), `medium`, `large` or `xlarge`;
+    /// on DigitalOcean also a size slug from `GET /api/v1/sizes` (default
+    /// `DO_DEFAULT_SIZE`). Above the plan's largest is 403.
     size: Option<String>,
     /// Kept as given and shown in `resource_limits`.
     #[schema(value_type = Option<Object>)]
@@ -692,29 +694,66 @@ async fn restart_environment(
     lifecycle(&state, &caller, &origin, &id, Command::Restart).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = SnapshotEnvironmentRequest)]
 struct SnapshotRequest {
+    /// The snapshot's name at DigitalOcean: at most 200 characters, no control
+    /// characters. Left out (or the whole body left out): the environment's slug
+    /// and the time, e.g. `my-project-1a2b3c-20261123-101500`.
+    #[schema(example = "before-upgrade")]
     name: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ResizeEnvironmentRequest)]
 struct ResizeRequest {
+    /// Required: a DevPocket size (`small`, `medium`, `large`, `xlarge`) or a
+    /// DigitalOcean size slug from `GET /api/v1/sizes`; above the plan's largest is
+    /// 403.
+    #[schema(example = "medium")]
     size: Option<String>,
 }
 
-/// Takes a snapshot of the machine (DigitalOcean); 202 in phase `snapshotting`.
+/// Snapshot an environment.
+///
+/// DigitalOcean only: a snapshot of the droplet's disk (not of the home volume),
+/// from `running` or `stopped`; a running machine keeps running. Answers with the
+/// environment in phase `snapshotting`; afterwards it is back in `ready` or
+/// `stopped` with `status_message` "snapshot NAME saved" (or why it failed). 409 on
+/// a provider that cannot take snapshots (the local one) or in any other state.
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/snapshot",
+    tag = "environments",
+    params(("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404.")),
+    request_body(content = Option<SnapshotRequest>, description = "Optional; an empty body takes a snapshot with a generated name."),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted; the snapshot is being taken.", body = EnvironmentResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn snapshot_environment(
     state: web::Data<AppState>,
     caller: AuthUser,
     origin: Origin,
     id: web::Path<String>,
-    body: Option<Json<SnapshotRequest>>,
+    body: OptionalJson<SnapshotRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let result = async {
         let id = parse_id(&id)?;
         let env = load(&state, &caller, id).await?;
         let name = body
-            .and_then(|b| b.into_inner().name)
+            .into_inner()
+            .and_then(|b| b.name)
             .map(|n| n.trim().to_owned())
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| {
@@ -741,7 +780,35 @@ async fn snapshot_environment(
     result
 }
 
-/// Gives the machine another size (DigitalOcean); 202 in phase `resizing`.
+/// Resize an environment.
+///
+/// DigitalOcean only, from `running` or `stopped`: a running droplet is shut down,
+/// given the new size and powered on again (a larger size's larger disk is kept for
+/// good: DigitalOcean cannot shrink it back). Answers with the environment in phase
+/// `resizing`; afterwards it is back in `ready` or `stopped` with the new `size`.
+/// 409 on a provider that cannot resize (the local one), for the size it already
+/// has, or in any other state.
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/resize",
+    tag = "environments",
+    params(("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404.")),
+    request_body = ResizeRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted; the machine is being resized.", body = EnvironmentResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
 async fn resize_environment(
     state: web::Data<AppState>,
     caller: AuthUser,

@@ -49,8 +49,7 @@ pub struct HealthResponse {
     uptime_seconds: u64,
     /// What reconciliation with DigitalOcean found; only when DigitalOcean is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    digitalocean: Option<serde_json::Value>,
+    digitalocean: Option<crate::reconcile::ReconcileReport>,
 }
 
 #[derive(Serialize, ToSchema)]

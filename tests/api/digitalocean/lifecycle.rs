@@ -244,6 +244,23 @@ async fn snapshots_and_resizes_are_refused_on_the_local_provider() {
     let token = app.user_token("grounded").await;
     let id = app.ready_environment(&token, "landlocked", "ubuntu").await;
     let client = app.authed_client(&token);
+    // A body is optional, but one that is there must be valid.
+    let malformed = reqwest::Client::new()
+        .post(app.url(&format!("/api/v1/environments/{id}/snapshot")))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_error(malformed, 400, "malformed_json").await;
+    let empty = reqwest::Client::new()
+        .post(app.url(&format!("/api/v1/environments/{id}/snapshot")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_error(empty, 409, "conflict").await;
     let body = crate::helpers::assert_error(
         client
             .post(&format!("/api/v1/environments/{id}/snapshot"), &json!({}))
