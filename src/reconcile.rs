@@ -3,13 +3,17 @@
 //! no live environment (a create that outlived its environment, a crash, a hand
 //! edit) are reported — logged, and counted in `/health` — and destroyed once they
 //! have been orphans for `DO_ORPHAN_GRACE`, when `DO_DESTROY_ORPHANS` is on; an
-//! environment whose droplet has vanished moves to `error` saying so.
+//! environment whose droplet has vanished moves to `error` saying so. The same
+//! figures are in `/metrics`: `devpocket_provider_orphans{provider,resource}`,
+//! `devpocket_provider_orphans_destroyed_total{provider,resource}` and
+//! `devpocket_provider_machines_vanished_total{provider}`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
+use ::metrics::{counter, gauge};
 use chrono::{DateTime, Utc};
 use devpocket_actors::ActorSystem;
 use devpocket_actors::environment::MachineGone;
@@ -20,6 +24,7 @@ use uuid::Uuid;
 
 use crate::config::DigitalOceanSettings;
 use crate::db::{DbPool, environments as db};
+use crate::metrics::Metrics;
 
 /// What reconciliation with DigitalOcean found, in `/health`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -72,6 +77,7 @@ pub struct Reconciler {
     pool: DbPool,
     actors: ActorSystem,
     settings: DigitalOceanSettings,
+    metrics: Arc<Metrics>,
     pub status: Arc<ReconcileStatus>,
     /// When each orphan (a droplet id or a volume id) was first seen.
     first_seen: HashMap<String, Instant>,
@@ -83,12 +89,14 @@ impl Reconciler {
         pool: DbPool,
         actors: ActorSystem,
         settings: DigitalOceanSettings,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             provider,
             pool,
             actors,
             settings,
+            metrics,
             status: Arc::default(),
             first_seen: HashMap::new(),
         }
@@ -106,6 +114,15 @@ impl Reconciler {
             }
         });
         status
+    }
+
+    /// An orphan `resource` (`droplet` or `volume`) was destroyed.
+    fn destroyed(&self, resource: &'static str) {
+        self.metrics.record(|| {
+            counter!("devpocket_provider_orphans_destroyed_total", "provider" => digitalocean::NAME, "resource" => resource)
+                .increment(1);
+        });
+        self.status.destroyed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether `id` has been an orphan long enough to go (and may go).
@@ -137,7 +154,7 @@ impl Reconciler {
                 match self.provider.destroy_orphan_droplet(*droplet).await {
                     Ok(()) => {
                         tracing::warn!(droplet, "orphan droplet destroyed");
-                        self.status.destroyed.fetch_add(1, Ordering::Relaxed);
+                        self.destroyed("droplet");
                     }
                     Err(e) => {
                         tracing::warn!(droplet, error = %e, "could not destroy an orphan droplet")
@@ -159,7 +176,7 @@ impl Reconciler {
                 match self.provider.delete_orphan_volume(volume).await {
                     Ok(()) => {
                         tracing::warn!(volume, "orphan volume deleted");
-                        self.status.destroyed.fetch_add(1, Ordering::Relaxed);
+                        self.destroyed("volume");
                     }
                     Err(e) => {
                         tracing::warn!(volume, error = %e, "could not delete an orphan volume")
@@ -174,6 +191,12 @@ impl Reconciler {
         self.status
             .orphan_volumes
             .store(orphan_volumes, Ordering::Relaxed);
+        self.metrics.record(|| {
+            gauge!("devpocket_provider_orphans", "provider" => digitalocean::NAME, "resource" => "droplet")
+                .set(orphan_droplets as f64);
+            gauge!("devpocket_provider_orphans", "provider" => digitalocean::NAME, "resource" => "volume")
+                .set(orphan_volumes as f64);
+        });
 
         // Environments whose droplet is not at DigitalOcean any more.
         let listed: HashSet<u64> = tagged.droplets.iter().map(|(d, _)| *d).collect();
@@ -197,6 +220,10 @@ impl Reconciler {
             );
             if actor.send(MachineGone { reason }).await.unwrap_or(false) {
                 self.status.vanished.fetch_add(1, Ordering::Relaxed);
+                self.metrics.record(|| {
+                    counter!("devpocket_provider_machines_vanished_total", "provider" => digitalocean::NAME)
+                        .increment(1);
+                });
             }
         }
         let epoch = Utc::now().timestamp();

@@ -112,8 +112,12 @@ fn start_actors(
     Ok(ActorSystem::start(Arc::new(deps)))
 }
 
-/// The DigitalOcean provider, when a token is configured.
-fn digitalocean_provider(settings: &Settings) -> anyhow::Result<Option<DigitalOceanProvider>> {
+/// The DigitalOcean provider, when a token is configured; its API calls are
+/// counted in `metrics`.
+fn digitalocean_provider(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<DigitalOceanProvider>> {
     let Some(d) = &settings.digitalocean else {
         return Ok(None);
     };
@@ -129,8 +133,9 @@ fn digitalocean_provider(settings: &Settings) -> anyhow::Result<Option<DigitalOc
         shutdown_timeout: d.shutdown_timeout,
         ..DigitalOceanConfig::new(d.token.expose().clone())
     };
-    let provider =
-        DigitalOceanProvider::new(config).context("preparing the DigitalOcean provider")?;
+    let provider = DigitalOceanProvider::new(config)
+        .context("preparing the DigitalOcean provider")?
+        .with_recorder(metrics.recorder());
     Ok(Some(provider))
 }
 
@@ -166,7 +171,7 @@ impl Application {
             settings.refresh_token_ttl,
         );
         let metrics = Arc::new(Metrics::new()?);
-        let digitalocean = digitalocean_provider(&settings)?.map(Arc::new);
+        let digitalocean = digitalocean_provider(&settings, &metrics)?.map(Arc::new);
         let actors = start_actors(&settings, &pool, &metrics, digitalocean.clone())?;
         let resumed = actors.resume_all().await.context("resuming environments")?;
         if resumed > 0 {
@@ -179,6 +184,7 @@ impl Application {
                     pool.clone(),
                     actors.clone(),
                     d.clone(),
+                    metrics.clone(),
                 )
                 .spawn(),
             ),

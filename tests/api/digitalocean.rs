@@ -9,6 +9,8 @@ mod provider;
 mod reconcile;
 mod restart;
 
+use std::collections::BTreeMap;
+
 use crate::fake_do::FakeDo;
 use crate::helpers::TestApp;
 
@@ -35,4 +37,47 @@ pub async fn spawn_app(fake: &FakeDo, extra: &[(&str, &str)]) -> TestApp {
         .collect();
     overrides.extend_from_slice(extra);
     TestApp::spawn_with(&overrides).await
+}
+
+/// Every series of the metric `name` in the server's `/metrics`, as (labels,
+/// value).
+pub async fn series(app: &TestApp, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((metric, labels)) => (metric, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let labels = labels
+                .split(',')
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    Some((k.to_owned(), v.trim_matches('"').to_owned()))
+                })
+                .collect();
+            Some((labels, value.parse().unwrap()))
+        })
+        .collect()
+}
+
+/// The sum of the series of `name` that carry each of `labels`.
+pub async fn metric(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
+    series(app, name)
+        .await
+        .iter()
+        .filter(|(l, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, value)| value)
+        .sum()
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::lifecycle::create;
-use super::spawn_app;
+use super::{metric, series, spawn_app};
 use crate::fake_do::{FakeConfig, FakeDo, Faults};
 use crate::helpers::{WsEvent, ws_next};
 
@@ -93,6 +93,24 @@ async fn every_operation_completes_under_twenty_percent_faults_with_one_droplet_
         exchanges.len()
     );
     fake.assert_valid();
+
+    // The bad day shows in /metrics: calls without a 2xx answer, and retries.
+    let failed: f64 = series(&app, "devpocket_provider_api_calls_total")
+        .await
+        .iter()
+        .filter(|(labels, _)| {
+            labels["provider"] == "digitalocean" && !labels["status"].starts_with('2')
+        })
+        .map(|(_, calls)| calls)
+        .sum();
+    assert!(failed >= 1.0, "{faults} faults, {failed} failed calls");
+    let retries = metric(
+        &app,
+        "devpocket_provider_api_retries_total",
+        &[("provider", "digitalocean")],
+    )
+    .await;
+    assert!(retries >= 1.0, "{faults} faults, {retries} retries");
 }
 
 #[actix_web::test]

@@ -6,7 +6,7 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::spawn_app;
+use super::{metric, spawn_app};
 use crate::fake_do::{DropletStatus, FakeDo};
 use crate::helpers::{TestApp, Ws, WsEvent, ws_next, ws_until};
 
@@ -236,6 +236,38 @@ async fn full_lifecycle_on_digitalocean() {
     .await;
     assert_eq!(fake.count("droplets_create"), 1);
     fake.assert_valid();
+
+    // Every call to DigitalOcean is counted, by method and status.
+    let calls = "devpocket_provider_api_calls_total";
+    let provider = ("provider", "digitalocean");
+    let created = metric(
+        &app,
+        calls,
+        &[provider, ("method", "POST"), ("status", "202")],
+    )
+    .await;
+    let answered = fake
+        .exchanges()
+        .iter()
+        .filter(|e| e.method == "POST" && e.status == 202)
+        .count();
+    assert!(answered >= 1, "the droplet's create");
+    assert_eq!(created, answered as f64, "as many as the fake answered");
+    let read = metric(
+        &app,
+        calls,
+        &[provider, ("method", "GET"), ("status", "200")],
+    )
+    .await;
+    assert!(read > 0.0, "reads: {read}");
+    // The droplet goes first; the volume after it (its answer may still be on its way).
+    let deleted = metric(
+        &app,
+        calls,
+        &[provider, ("method", "DELETE"), ("status", "204")],
+    )
+    .await;
+    assert!(deleted >= 1.0, "the droplet's delete: {deleted}");
 }
 
 #[actix_web::test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::lifecycle::create;
-use super::spawn_app;
+use super::{metric, series, spawn_app};
 use crate::fake_do::FakeDo;
 
 async fn fake_call(
@@ -124,5 +124,74 @@ async fn orphans_are_reported_then_destroyed_and_a_vanished_droplet_fails_its_en
     assert_eq!(r.status(), 202);
     fake.wait_until("the volume is deleted too", |f| f.volumes().is_empty())
         .await;
+    fake.assert_valid();
+
+    // The same in /metrics: what was destroyed, and the lookup of the vanished
+    // droplet that found nothing.
+    let destroyed = "devpocket_provider_orphans_destroyed_total";
+    for resource in ["droplet", "volume"] {
+        let n = metric(
+            &app,
+            destroyed,
+            &[("provider", "digitalocean"), ("resource", resource)],
+        )
+        .await;
+        assert_eq!(n, 1.0, "{resource}s destroyed");
+    }
+    let not_found = metric(
+        &app,
+        "devpocket_provider_api_errors_total",
+        &[("provider", "digitalocean"), ("kind", "not_found")],
+    )
+    .await;
+    assert!(not_found >= 1.0, "{not_found}");
+}
+
+#[actix_web::test]
+async fn orphans_are_counted_in_metrics_and_left_alone_unless_destroying_is_on() {
+    let fake = FakeDo::start();
+    let stranger = uuid::Uuid::new_v4();
+    let (status, orphan) = fake_call(
+        &fake,
+        reqwest::Method::POST,
+        "/v2/droplets",
+        Some(json!({"name": "left-behind", "region": "nyc3", "size": "s-1vcpu-1gb",
+                    "image": "ubuntu-24-04-x64", "tags": ["devpocket", format!("devpocket-env-{stranger}")]})),
+    )
+    .await;
+    assert_eq!(status, 202, "{orphan}");
+    let app = spawn_app(
+        &fake,
+        &[
+            ("DO_RECONCILE_INTERVAL", "200ms"),
+            ("DO_ORPHAN_GRACE", "1ms"),
+        ],
+    )
+    .await;
+
+    let orphans = "devpocket_provider_orphans";
+    let labels = |resource| [("provider", "digitalocean"), ("resource", resource)];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while series(&app, orphans).await.len() < 2 {
+        assert!(Instant::now() < deadline, "no orphan gauges");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&app, orphans, &labels("droplet")).await, 1.0);
+    assert_eq!(metric(&app, orphans, &labels("volume")).await, 0.0);
+    let health: Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health["digitalocean"]["orphan_droplets"], 1, "{health}");
+
+    // Several rounds later, past the grace period: reported, not destroyed.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(metric(&app, orphans, &labels("droplet")).await, 1.0);
+    assert_eq!(
+        fake.droplets_tagged(&format!("devpocket-env-{stranger}"))
+            .len(),
+        1
+    );
+    let destroyed = metric(&app, "devpocket_provider_orphans_destroyed_total", &[]).await;
+    assert_eq!(destroyed, 0.0);
+    let health: Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health["digitalocean"]["orphans_destroyed"], 0, "{health}");
     fake.assert_valid();
 }

@@ -4,6 +4,11 @@
 //! requests that are safe to repeat. A request that creates something and may have
 //! taken effect is reported as `Uncertain`, so that the caller looks before it
 //! creates again.
+//!
+//! Every request sent is counted in `devpocket_provider_api_calls_total`, every
+//! retry in `devpocket_provider_api_retries_total` and every request that ends in
+//! an error for its caller in `devpocket_provider_api_errors_total` (see
+//! [`Client::with_recorder`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,12 +93,53 @@ impl RetryPolicy {
     }
 }
 
+/// Why a request was sent again (the `reason` of
+/// `devpocket_provider_api_retries_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// 429: DigitalOcean's rate limit.
+    RateLimited,
+    /// 5xx.
+    ServerError,
+    /// No answer: a timeout or a dropped connection.
+    Network,
+    /// A create whose effect was unclear, tried again after looking it up.
+    Unclear,
+    /// Busy: a droplet's action refused while another runs (422 "pending event"),
+    /// a volume's delete while it is still attached (409); sent again later.
+    Busy,
+}
+
+impl RetryReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::ServerError => "server_error",
+            Self::Network => "network",
+            Self::Unclear => "unclear",
+            Self::Busy => "busy",
+        }
+    }
+}
+
+/// The `kind` of `devpocket_provider_api_errors_total`.
+fn error_kind(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        404 => "not_found",
+        429 => "rate_limited",
+        500.. => "server_error",
+        _ => "client_error",
+    }
+}
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
     limiter: Arc<Limiter>,
     pub retry: RetryPolicy,
+    /// Where the request counters go; none: not counted.
+    recorder: Option<Arc<dyn ::metrics::Recorder + Send + Sync>>,
 }
 
 fn header_u64(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
@@ -145,7 +191,48 @@ impl Client {
             token: token.to_owned(),
             limiter,
             retry: RetryPolicy::default(),
+            recorder: None,
         })
+    }
+
+    /// Counts requests, retries and errors into `recorder` (the server's
+    /// Prometheus recorder), labelled `provider="digitalocean"`.
+    pub fn with_recorder(mut self, recorder: Arc<dyn ::metrics::Recorder + Send + Sync>) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    fn record(&self, f: impl FnOnce()) {
+        if let Some(recorder) = &self.recorder {
+            ::metrics::with_local_recorder(&**recorder, f);
+        }
+    }
+
+    /// One request sent: `status` is the HTTP status, or `error` without an answer.
+    fn called(&self, method: &Method, status: Option<StatusCode>) {
+        let method = method.as_str().to_owned();
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.as_u16().to_string());
+        self.record(|| {
+            ::metrics::counter!("devpocket_provider_api_calls_total", "provider" => super::NAME, "method" => method, "status" => status)
+                .increment(1);
+        });
+    }
+
+    /// A request is about to be sent again.
+    pub fn retried(&self, reason: RetryReason) {
+        self.record(|| {
+            ::metrics::counter!("devpocket_provider_api_retries_total", "provider" => super::NAME, "reason" => reason.as_str())
+                .increment(1);
+        });
+    }
+
+    /// A request ended in an error for its caller.
+    fn failed(&self, kind: &'static str, err: ApiError) -> ApiError {
+        self.record(|| {
+            ::metrics::counter!("devpocket_provider_api_errors_total", "provider" => super::NAME, "kind" => kind)
+                .increment(1);
+        });
+        err
     }
 
     /// Sends one request (retrying as `repeat` allows) and returns the JSON body of
@@ -189,6 +276,7 @@ impl Client {
                 Err(e) => Err(e),
             };
             drop(permit);
+            self.called(&method, outcome.as_ref().ok().map(|(status, ..)| *status));
             let (status, headers, bytes) = match outcome {
                 Ok(answer) => answer,
                 Err(e) => {
@@ -196,9 +284,10 @@ impl Client {
                     let sent = !e.is_connect();
                     let what = format!("{method} {}: {e}", strip_query(&url));
                     if last || (sent && repeat == Repeat::Unsafe) {
-                        return Err(ApiError::Uncertain(what));
+                        return Err(self.failed("network", ApiError::Uncertain(what)));
                     }
                     tracing::info!(attempt, error = %what, "DigitalOcean request failed; retrying");
+                    self.retried(RetryReason::Network);
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
                     continue;
                 }
@@ -207,8 +296,10 @@ impl Client {
                 if bytes.is_empty() {
                     return Ok(Value::Null);
                 }
-                return serde_json::from_slice(&bytes)
-                    .map_err(|e| ApiError::Decode(format!("{method} {}: {e}", strip_query(&url))));
+                return serde_json::from_slice(&bytes).map_err(|e| {
+                    let what = format!("{method} {}: {e}", strip_query(&url));
+                    self.failed("decode", ApiError::Decode(what))
+                });
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 // Not processed, so always safe to send again, once allowed.
@@ -217,28 +308,31 @@ impl Client {
                     .unwrap_or_else(|| self.retry.backoff(attempt));
                 self.limiter.pause(wait);
                 if last {
-                    return Err(error_body(status, &bytes));
+                    return Err(self.failed(error_kind(status), error_body(status, &bytes)));
                 }
                 tracing::info!(
                     attempt,
                     wait_ms = wait.as_millis() as u64,
                     "DigitalOcean rate limit reached; waiting"
                 );
+                self.retried(RetryReason::RateLimited);
                 continue;
             }
             if status.is_server_error() {
                 let err = error_body(status, &bytes);
                 if repeat == Repeat::Unsafe {
-                    return Err(ApiError::Uncertain(err.to_string()));
+                    let err = ApiError::Uncertain(err.to_string());
+                    return Err(self.failed(error_kind(status), err));
                 }
                 if last {
-                    return Err(err);
+                    return Err(self.failed(error_kind(status), err));
                 }
                 tracing::info!(attempt, error = %err, "DigitalOcean server error; retrying");
+                self.retried(RetryReason::ServerError);
                 tokio::time::sleep(self.retry.backoff(attempt)).await;
                 continue;
             }
-            return Err(error_body(status, &bytes));
+            return Err(self.failed(error_kind(status), error_body(status, &bytes)));
         }
     }
 
@@ -262,10 +356,12 @@ impl Client {
                 }
                 Some(url) => self.send(Method::GET, url, &[], None, Repeat::Safe).await?,
             };
-            let list = page
-                .get(key)
-                .and_then(Value::as_array)
-                .ok_or_else(|| ApiError::Decode(format!("GET {path}: no `{key}` list")))?;
+            let list = page.get(key).and_then(Value::as_array).ok_or_else(|| {
+                self.failed(
+                    "decode",
+                    ApiError::Decode(format!("GET {path}: no `{key}` list")),
+                )
+            })?;
             items.extend(list.iter().cloned());
             match page.pointer("/links/pages/next").and_then(Value::as_str) {
                 // The token goes only to the API itself, whatever a link says.
@@ -273,10 +369,11 @@ impl Client {
                     next = Some(url.to_owned());
                 }
                 Some(url) if !list.is_empty() => {
-                    return Err(ApiError::Decode(format!(
+                    let err = ApiError::Decode(format!(
                         "GET {path}: the next page is on another server ({})",
                         strip_query(url)
-                    )));
+                    ));
+                    return Err(self.failed("decode", err));
                 }
                 _ => return Ok(items),
             }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::client::{ApiError, Repeat};
+use super::client::{ApiError, Repeat, RetryReason};
 use super::{
     DigitalOceanProvider, TAG, environment_tag, explain, failed, public_ipv4, size_slug, user_tag,
     volume_name,
@@ -139,6 +139,9 @@ impl DigitalOceanProvider {
                     if let Some(id) = lookup().await? {
                         return Ok(id);
                     }
+                    if attempt < self.client.retry.attempts {
+                        self.client.retried(RetryReason::Unclear);
+                    }
                 }
                 Err(e) => return Err(explain("creating the home volume", e)),
             }
@@ -211,6 +214,9 @@ impl DigitalOceanProvider {
                     if let Some(found) = self.find_droplet(tag).await? {
                         return Ok((found["id"].as_u64().unwrap_or(0), None));
                     }
+                    if attempt < self.client.retry.attempts {
+                        self.client.retried(RetryReason::Unclear);
+                    }
                 }
                 Err(e) => return Err(explain("creating the droplet", e)),
             }
@@ -281,6 +287,7 @@ impl DigitalOceanProvider {
                 }
                 Err(e) if e.is_pending_event() && Instant::now() < deadline => {
                     tracing::debug!(droplet, doing, "droplet busy with another action; waiting");
+                    self.client.retried(RetryReason::Busy);
                     self.pause().await;
                 }
                 Err(e) if e.is_not_found() => {
@@ -366,6 +373,7 @@ impl DigitalOceanProvider {
                 Err(e) if e.is_not_found() => return Ok(()),
                 // Still attached: a destroyed droplet lets go of it a few seconds later.
                 Err(e) if e.status() == Some(409) && Instant::now() < deadline => {
+                    self.client.retried(RetryReason::Busy);
                     self.pause().await
                 }
                 Err(e) => return Err(explain("deleting the home volume", e)),

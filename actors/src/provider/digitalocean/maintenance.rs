@@ -5,7 +5,7 @@ use std::time::Instant;
 use reqwest::Method;
 use serde_json::json;
 
-use super::client::{ApiError, Repeat};
+use super::client::{ApiError, Repeat, RetryReason};
 use super::{DigitalOceanProvider, explain, failed, parse_ref};
 use crate::provider::ProviderError;
 
@@ -77,8 +77,12 @@ impl DigitalOceanProvider {
                     if let Some(action) = self.recent_action(id, "snapshot", since).await? {
                         break action;
                     }
+                    self.client.retried(RetryReason::Unclear);
                 }
-                Err(e) if e.is_pending_event() && Instant::now() < deadline => self.pause().await,
+                Err(e) if e.is_pending_event() && Instant::now() < deadline => {
+                    self.client.retried(RetryReason::Busy);
+                    self.pause().await;
+                }
                 Err(e) if e.is_not_found() => {
                     return Err(ProviderError::Gone(format!(
                         "droplet {id} no longer exists on DigitalOcean"

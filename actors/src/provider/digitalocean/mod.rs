@@ -22,6 +22,7 @@ pub mod user_data;
 
 pub use self::catalog::Tagged;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -202,6 +203,16 @@ impl DigitalOceanProvider {
             regions: Catalog::default(),
             sizes: Catalog::default(),
         })
+    }
+
+    /// Counts the API calls, retries and errors into `recorder` (the server's
+    /// Prometheus recorder): `devpocket_provider_api_calls_total`,
+    /// `devpocket_provider_api_retries_total`, `devpocket_provider_api_errors_total`.
+    pub fn with_recorder(self, recorder: Arc<dyn ::metrics::Recorder + Send + Sync>) -> Self {
+        Self {
+            client: self.client.with_recorder(recorder),
+            ..self
+        }
     }
 
     pub fn config(&self) -> &DigitalOceanConfig {
