@@ -1,7 +1,10 @@
 //! A fake droplet's machine: an OpenSSH `sshd` on the droplet's own loopback
 //! address (127.0.0.N, port 22) inside a private mount namespace, where `/var/log`,
 //! `/home`, `/tmp`, `/usr/local/bin`, `/etc/passwd` and `/etc/group` are the
-//! droplet's own. So, as on a real droplet, the droplet's user (its own uid) logs
+//! droplet's own (the last two through an overlay on `/etc`: a file bind-mounted
+//! over `/etc/passwd` is detached from the namespace as soon as the host replaces
+//! its own `/etc/passwd`, as every `useradd` of a local environment does). So, as
+//! on a real droplet, the droplet's user (its own uid) logs
 //! in with the key from the user-data, the host key is the pre-seeded one, an
 //! attached volume is mounted where cloud-config `mounts` says, the user-data's
 //! shell parts run at first boot with their output in
@@ -117,8 +120,11 @@ impl MachineSpec {
         let passwd = fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())?;
         let group = fs::read_to_string("/etc/group").map_err(|e| e.to_string())?;
         let uid = self.uid;
+        let etc = machine.join("etc");
+        mkdir(&etc, 0o755)?;
+        mkdir(&machine.join("etc-work"), 0o700)?;
         write(
-            &machine.join("passwd"),
+            &etc.join("passwd"),
             &format!(
                 "{passwd}{}:*:{uid}:{uid}:DevPocket fake droplet user:{}:/bin/bash\n",
                 self.user,
@@ -127,7 +133,7 @@ impl MachineSpec {
             0o644,
         )?;
         write(
-            &machine.join("group"),
+            &etc.join("group"),
             &format!("{group}{}:x:{uid}:\n", self.user),
             0o644,
         )?;
@@ -209,11 +215,19 @@ impl MachineSpec {
             ("root/home", "/home"),
             ("root/tmp", "/tmp"),
             ("cloud/bin", "/usr/local/bin"),
-            ("machine/passwd", "/etc/passwd"),
-            ("machine/group", "/etc/group"),
         ] {
             s.push_str(&format!("mount --bind {} {dst} || exit 1\n", d(src)));
         }
+        // The droplet's passwd and group over the host's /etc.
+        let overlay = format!(
+            "lowerdir=/etc,upperdir={},workdir={}",
+            self.dir.join("machine/etc").display(),
+            self.dir.join("machine/etc-work").display()
+        );
+        s.push_str(&format!(
+            "mount -t overlay overlay -o {} /etc || exit 1\n",
+            quote(&overlay)
+        ));
         for (dir, point) in &self.mounts {
             s.push_str(&format!(
                 "mkdir -p {p} && mount --bind {src} {p} || exit 1\n",
