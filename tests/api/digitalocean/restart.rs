@@ -11,12 +11,28 @@ use super::settings;
 use crate::fake_do::FakeDo;
 use crate::helpers::{PASSWORD, TestDatabase, devpocket, serve, test_root};
 
+/// A server process, killed when dropped: a failing assertion leaves none behind.
+struct Server(std::process::Child);
+
+impl Server {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 fn start(
     fake: &FakeDo,
     db: &TestDatabase,
     data_dir: &std::path::Path,
     api_timeout: &str,
-) -> (std::process::Child, String) {
+) -> (Server, String) {
     let mut cmd = devpocket();
     cmd.env("DATABASE_URL", &db.url)
         .env("DEVPOCKET_DATA_DIR", data_dir)
@@ -25,7 +41,8 @@ fn start(
         cmd.env(key, value);
     }
     cmd.env("DO_API_TIMEOUT", api_timeout);
-    serve(cmd)
+    let (child, address) = serve(cmd);
+    (Server(child), address)
 }
 
 #[actix_web::test]
@@ -65,8 +82,7 @@ async fn killed_mid_create_and_restarted_makes_no_second_droplet() {
     let tag = format!("devpocket-env-{id}");
     fake.wait_until("the droplet is created", |f| f.ever_created(&tag) == 1)
         .await;
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     fake.configure(|c| c.delays.clear());
 
     let (mut server, address) = start(&fake, &db, &data_dir, "2s");
@@ -125,8 +141,7 @@ async fn killed_mid_create_and_restarted_makes_no_second_droplet() {
         f.droplets().is_empty() && f.volumes().is_empty()
     })
     .await;
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     let _ = std::fs::remove_dir_all(&root);
     fake.assert_valid();
 }
