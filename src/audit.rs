@@ -37,6 +37,8 @@ pub enum Action {
     EnvironmentStop,
     EnvironmentRestart,
     EnvironmentDelete,
+    EnvironmentSnapshot,
+    EnvironmentResize,
     TerminalAttach,
     TerminalDetach,
     TemplateCreate,
@@ -47,7 +49,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 20] = [
         Action::Register,
         Action::Login,
         Action::LoginFailed,
@@ -59,6 +61,8 @@ impl Action {
         Action::EnvironmentStop,
         Action::EnvironmentRestart,
         Action::EnvironmentDelete,
+        Action::EnvironmentSnapshot,
+        Action::EnvironmentResize,
         Action::TerminalAttach,
         Action::TerminalDetach,
         Action::TemplateCreate,
@@ -81,6 +85,8 @@ impl Action {
             Action::EnvironmentStop => "environment.stop",
             Action::EnvironmentRestart => "environment.restart",
             Action::EnvironmentDelete => "environment.delete",
+            Action::EnvironmentSnapshot => "environment.snapshot",
+            Action::EnvironmentResize => "environment.resize",
             Action::TerminalAttach => "terminal.attach",
             Action::TerminalDetach => "terminal.detach",
             Action::TemplateCreate => "admin.template_create",

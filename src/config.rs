@@ -211,6 +211,104 @@ pub struct Settings {
     pub metrics_token: Option<Secret<String>>,
     /// When set, `/metrics` is served there instead of on `listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// The DigitalOcean provider, when `DO_API_TOKEN` is set.
+    pub digitalocean: Option<DigitalOceanSettings>,
+}
+
+/// Where and how environments are made on DigitalOcean.
+#[derive(Debug, Clone)]
+pub struct DigitalOceanSettings {
+    pub token: Secret<String>,
+    pub api_url: String,
+    pub region: String,
+    pub size: String,
+    pub image: String,
+    pub volume_gigabytes: u32,
+    pub request_timeout: Duration,
+    pub requests_per_minute: u32,
+    pub poll_interval: Duration,
+    pub shutdown_timeout: Duration,
+    /// How often droplets and volumes are compared with the environments.
+    pub reconcile_interval: Duration,
+    /// How long an orphan (tagged `devpocket`, no live environment) is left alone.
+    pub orphan_grace: Duration,
+    /// Whether orphans are destroyed after the grace period (else only reported).
+    pub destroy_orphans: bool,
+}
+
+impl DigitalOceanSettings {
+    fn load(source: &Source) -> Result<Option<Self>, ConfigError> {
+        let Some(token) = source.get("DO_API_TOKEN") else {
+            return Ok(None);
+        };
+        let api_url = source
+            .get("DO_API_URL")
+            .unwrap_or("https://api.digitalocean.com")
+            .trim_end_matches('/')
+            .to_owned();
+        let valid_url = url::Url::parse(&api_url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !valid_url {
+            return Err(invalid(
+                "DO_API_URL",
+                format!("`{api_url}` must be an http(s) URL such as https://api.digitalocean.com"),
+            ));
+        }
+        let slug = |key: &'static str, default: &str| -> Result<String, ConfigError> {
+            let value = source.get(key).unwrap_or(default).to_owned();
+            let ok = !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if ok {
+                Ok(value)
+            } else {
+                Err(invalid(
+                    key,
+                    format!("`{value}` is not a DigitalOcean slug (lowercase letters, digits, -)"),
+                ))
+            }
+        };
+        let volume_gigabytes = source.parse("DO_VOLUME_SIZE_GB", 10u32, "a whole number of GiB")?;
+        if !(1..=16 * 1024).contains(&volume_gigabytes) {
+            return Err(invalid("DO_VOLUME_SIZE_GB", "must be between 1 and 16384"));
+        }
+        let requests_per_minute =
+            source.parse("DO_REQUESTS_PER_MINUTE", 250u32, "a whole number")?;
+        if requests_per_minute == 0 {
+            return Err(invalid("DO_REQUESTS_PER_MINUTE", "must be at least 1"));
+        }
+        Ok(Some(Self {
+            token: Secret::new(token.to_owned()),
+            api_url,
+            region: slug("DO_DEFAULT_REGION", "nyc3")?,
+            size: slug("DO_DEFAULT_SIZE", "s-1vcpu-1gb")?,
+            image: slug("DO_DEFAULT_IMAGE", "ubuntu-24-04-x64")?,
+            volume_gigabytes,
+            request_timeout: source.duration("DO_API_TIMEOUT", Duration::from_secs(30))?,
+            requests_per_minute,
+            poll_interval: source.duration("DO_POLL_INTERVAL", Duration::from_secs(3))?,
+            shutdown_timeout: source.duration("DO_SHUTDOWN_TIMEOUT", Duration::from_secs(60))?,
+            reconcile_interval: source
+                .duration("DO_RECONCILE_INTERVAL", Duration::from_secs(10 * 60))?,
+            orphan_grace: source.duration("DO_ORPHAN_GRACE", Duration::from_secs(3600))?,
+            destroy_orphans: match source
+                .get("DO_DESTROY_ORPHANS")
+                .map(str::to_ascii_lowercase)
+            {
+                None => false,
+                Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => true,
+                Some(v) if matches!(v.as_str(), "false" | "0" | "no") => false,
+                Some(v) => {
+                    return Err(invalid(
+                        "DO_DESTROY_ORPHANS",
+                        format!("`{v}` must be true or false"),
+                    ));
+                }
+            },
+        }))
+    }
 }
 
 /// A setting that could not be used, naming the key and what to fix.
@@ -233,7 +331,7 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Parses `90`, `90s`, `15m`, `24h`, `30d` into a duration.
+/// Parses `90`, `90s`, `15m`, `24h`, `30d` (and `250ms`) into a duration.
 pub fn parse_duration(value: &str) -> Option<Duration> {
     let value = value.trim();
     let split = value
@@ -241,6 +339,9 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
         .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
     let number: u64 = number.parse().ok()?;
+    if unit.trim() == "ms" {
+        return Some(Duration::from_millis(number));
+    }
     let seconds = match unit.trim() {
         "" | "s" => number,
         "m" => number.checked_mul(60)?,
@@ -575,7 +676,17 @@ impl Settings {
             ws_input_per_second,
             metrics_token,
             metrics_listen,
+            digitalocean: DigitalOceanSettings::load(source)?,
         })
+    }
+
+    /// The provider new environments use: DigitalOcean when it is configured.
+    pub fn default_provider(&self) -> &'static str {
+        if self.digitalocean.is_some() {
+            "digitalocean"
+        } else {
+            "local"
+        }
     }
 }
 
@@ -656,6 +767,7 @@ mod tests {
         assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
         assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("30d"), Some(Duration::from_secs(2_592_000)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("3w"), None);
         assert_eq!(parse_duration("h"), None);
     }
@@ -694,11 +806,19 @@ mod tests {
             ("DEVPOCKET_RATE_LIMIT_WS_CONNECT", "2000000/1s"),
             ("DEVPOCKET_RATE_LIMIT_SWEEP", "0"),
             ("DEVPOCKET_WS_INPUT_PER_SECOND", "0"),
+            ("DO_API_URL", "ftp://example.com"),
+            ("DO_DEFAULT_REGION", "New York"),
+            ("DO_VOLUME_SIZE_GB", "0"),
+            ("DO_POLL_INTERVAL", "soon"),
+            ("DO_DESTROY_ORPHANS", "maybe"),
             ("SECRET_KEY", "short"),
         ] {
             let mut pairs = vec![(key, value)];
             if key != "SECRET_KEY" {
                 pairs.push(("SECRET_KEY", KEY));
+            }
+            if key.starts_with("DO_") {
+                pairs.push(("DO_API_TOKEN", "dop_v1_test"));
             }
             let err = load(&pairs).expect_err(key);
             assert!(err.to_string().starts_with(key), "{err}");
@@ -750,6 +870,32 @@ mod tests {
             ("DEVPOCKET_SESSION_CACHE_TTL", "2 secs"),
         ]);
         assert!(e.is_err_and(|e| e.to_string().contains("DEVPOCKET_SESSION_CACHE_TTL")));
+    }
+
+    #[test]
+    fn digitalocean_is_the_default_provider_when_a_token_is_set() {
+        let local = load(&[("SECRET_KEY", KEY)]).expect("loads");
+        assert!(local.digitalocean.is_none());
+        assert_eq!(local.default_provider(), "local");
+        let s = load(&[
+            ("SECRET_KEY", KEY),
+            ("DO_API_TOKEN", "dop_v1_secret"),
+            ("DO_POLL_INTERVAL", "100ms"),
+        ])
+        .expect("loads");
+        assert_eq!(s.default_provider(), "digitalocean");
+        let d = s.digitalocean.as_ref().expect("configured");
+        assert_eq!(d.api_url, "https://api.digitalocean.com");
+        assert_eq!(
+            (d.region.as_str(), d.size.as_str()),
+            ("nyc3", "s-1vcpu-1gb")
+        );
+        assert_eq!(d.image, "ubuntu-24-04-x64");
+        assert_eq!(d.poll_interval, Duration::from_millis(100));
+        assert!(
+            !format!("{s:?}").contains("dop_v1_secret"),
+            "the token never prints"
+        );
     }
 
     #[test]

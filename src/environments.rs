@@ -137,6 +137,62 @@ pub async fn check_quota(
     Ok(())
 }
 
+/// DigitalOcean sizes an environment may ask for by slug, and the DevPocket size
+/// each amounts to (the smallest that covers its CPUs and memory), for plan limits.
+pub const DIGITALOCEAN_SIZES: [(&str, &str, &str, &str); 6] = [
+    ("s-1vcpu-1gb", "small", "1", "1Gi"),
+    ("s-1vcpu-2gb", "medium", "1", "2Gi"),
+    ("s-2vcpu-2gb", "medium", "2", "2Gi"),
+    ("s-2vcpu-4gb", "medium", "2", "4Gi"),
+    ("s-4vcpu-8gb", "large", "4", "8Gi"),
+    ("s-8vcpu-16gb", "xlarge", "8", "16Gi"),
+];
+
+/// A DigitalOcean environment's size: a DevPocket size (`small` … `xlarge`), or a
+/// DigitalOcean size from `catalog` (DigitalOcean's list, when it could be read) or
+/// else `DIGITALOCEAN_SIZES`, within the plan. Returns the DigitalOcean slug.
+pub fn digitalocean_size(plan: Plan, size: &str, catalog: &[Value]) -> Result<String, ApiError> {
+    if let Some(slug) = devpocket_actors::provider::digitalocean::size_slug(size) {
+        check_size(plan, size)?;
+        return Ok(slug.to_owned());
+    }
+    if let Some(found) = catalog.iter().find(|s| s["slug"] == size) {
+        let (cpus, memory) = (found["vcpus"].as_u64(), found["memory"].as_u64());
+        if found["available"] == false {
+            return Err(ApiError::validation(
+                "size",
+                format!("`{size}` is not available at DigitalOcean now; choose another size"),
+            ));
+        }
+        if !plan.fits(cpus.unwrap_or(u64::MAX), memory.unwrap_or(u64::MAX)) {
+            return Err(ApiError::Forbidden(format!(
+                "The {size} size is not available on the {plan} plan (up to {}); choose a smaller size or upgrade.",
+                plan.limits().max_size
+            )));
+        }
+        return Ok(size.to_owned());
+    }
+    let Some((slug, equivalent, ..)) = DIGITALOCEAN_SIZES.iter().find(|s| s.0 == size) else {
+        let mut names: Vec<&str> = plans::SIZES.iter().map(|s| s.name).collect();
+        names.extend(DIGITALOCEAN_SIZES.iter().map(|s| s.0));
+        return Err(ApiError::validation(
+            "size",
+            format!("`{size}` is not a size; choose one of {}", names.join(", ")),
+        ));
+    };
+    if !plan.allows_size(equivalent) {
+        return Err(ApiError::Forbidden(format!(
+            "The {size} size is not available on the {plan} plan (up to {}); choose a smaller size or upgrade.",
+            plan.limits().max_size
+        )));
+    }
+    Ok((*slug).to_owned())
+}
+
+/// What a stopped DigitalOcean environment still costs.
+pub const DIGITALOCEAN_BILLING_NOTE: &str = "DigitalOcean bills a droplet for as long as it exists, powered off or not, \
+     and its home volume too: stopping this environment does not stop the charges; deleting it does.";
+
 pub fn check_size(plan: Plan, size: &str) -> Result<(), ApiError> {
     if plans::size(size).is_none() {
         let names: Vec<&str> = plans::SIZES.iter().map(|s| s.name).collect();
@@ -214,11 +270,14 @@ pub struct EnvironmentResponse {
     pub external_url: Option<String>,
     pub web_port: Option<i32>,
     pub ssh_port: Option<i32>,
+    /// `local` or `digitalocean`.
     #[schema(example = "local")]
     pub provider: String,
+    /// `local`, or a DigitalOcean region such as `nyc3`.
     #[schema(example = "local")]
     pub region: String,
-    /// `small`, `medium`, `large` or `xlarge`.
+    /// `small`, `medium`, `large` or `xlarge` (local provider); a DigitalOcean
+    /// size slug such as `s-1vcpu-1gb` (DigitalOcean).
     #[schema(example = "small")]
     pub size: String,
     #[schema(schema_with = phase_schema)]
@@ -230,6 +289,9 @@ pub struct EnvironmentResponse {
     pub ip_address: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub stopped_at: Option<DateTime<Utc>>,
+    /// What the environment costs while it exists (DigitalOcean: even stopped);
+    /// null on the local provider.
+    pub billing_note: Option<&'static str>,
 }
 
 /// `resource_limits` of the environment object. Each member is as given at
@@ -296,6 +358,17 @@ fn limit_schema() -> Object {
 impl EnvironmentResponse {
     pub fn new(env: Environment, template_name: String) -> Self {
         let size = plans::size(&env.size);
+        // A DigitalOcean slug: its own CPUs and memory, the rest of its equivalent.
+        let slug = DIGITALOCEAN_SIZES.iter().find(|s| s.0 == env.size);
+        let equivalent = slug.and_then(|s| plans::size(s.1));
+        let size = size.or(equivalent).map(|s| plans::Size {
+            cpu: slug.map_or(s.cpu, |d| d.2),
+            memory: slug.map_or(s.memory, |d| d.3),
+            ..*s
+        });
+        let size = size.as_ref();
+        let billing_note = (env.provider == devpocket_actors::provider::digitalocean::NAME)
+            .then_some(DIGITALOCEAN_BILLING_NOTE);
         let limits = &env.resource_limits;
         let pick = |key: &str, fallback: Option<&str>| -> Value {
             match limits.get(key) {
@@ -349,6 +422,7 @@ impl EnvironmentResponse {
             ip_address: env.ip_address,
             started_at: env.started_at,
             stopped_at: env.stopped_at,
+            billing_note,
         }
     }
 }

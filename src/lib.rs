@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod plans;
 pub mod ratelimit;
+pub mod reconcile;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

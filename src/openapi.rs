@@ -14,8 +14,8 @@ use utoipa::{Modify, OpenApi, ToResponse};
 
 use crate::error::ErrorBody;
 use crate::routes::{
-    admin, admin_actors, auth, docs, environments, health, info, metrics, templates, ws_logs,
-    ws_terminal,
+    admin, admin_actors, auth, catalog, docs, environments, health, info, metrics, templates,
+    ws_logs, ws_terminal,
 };
 
 /// The name of the security scheme that authenticated operations require.
@@ -59,8 +59,12 @@ rate limit is exceeded; 5xx bodies are generic.";
         environments::start_environment,
         environments::stop_environment,
         environments::restart_environment,
+        environments::snapshot_environment,
+        environments::resize_environment,
         environments::get_metrics,
         environments::get_logs,
+        catalog::list_regions,
+        catalog::list_sizes,
         ws_logs::logs_socket,
         ws_terminal::terminal_socket,
         admin::list_users,
@@ -95,7 +99,7 @@ rate limit is exceeded; 5xx bodies are generic.";
         (name = "info", description = "What this server is and offers."),
         (name = "accounts", description = "Sign-up, sign-in, tokens and the signed-in user."),
         (name = "templates", description = "The catalogue of environment templates; admins edit it."),
-        (name = "environments", description = "Development machines: lifecycle, metrics and provisioning logs."),
+        (name = "environments", description = "Development machines: lifecycle, snapshots and resizes, metrics, provisioning logs, and the regions and sizes they can have."),
         (name = "websockets", description = "Live provisioning logs and terminals. Not REST: JSON text frames over a WebSocket, described on each operation."),
         (name = "admin", description = "Administrators only (the `admin` plan): users and the audit log."),
         (name = "docs", description = "This document and its viewer."),

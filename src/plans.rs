@@ -143,6 +143,21 @@ pub fn size(name: &str) -> Option<&'static Size> {
 }
 
 impl Plan {
+    /// Whether a machine of `vcpus` CPUs and `memory_mib` MiB of memory is within
+    /// the plan's largest size (for cloud sizes that are not DevPocket's own).
+    pub fn fits(self, vcpus: u64, memory_mib: u64) -> bool {
+        let Some(max) = size(self.limits().max_size) else {
+            return false;
+        };
+        let cpus: u64 = max.cpu.parse().unwrap_or(0);
+        let memory: u64 = max
+            .memory
+            .strip_suffix("Gi")
+            .and_then(|g| g.parse::<u64>().ok())
+            .map_or(0, |g| g * 1024);
+        vcpus <= cpus && memory_mib <= memory
+    }
+
     /// Whether the plan may use a machine of this size.
     pub fn allows_size(self, name: &str) -> bool {
         let rank = |n: &str| SIZES.iter().position(|s| s.name == n);
@@ -177,5 +192,19 @@ impl FromSql<Text, Pg> for Plan {
     fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
         let s = std::str::from_utf8(bytes.as_bytes())?;
         Ok(s.parse()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_sizes_fit_a_plan_by_cpus_and_memory() {
+        assert!(Plan::Free.fits(1, 1024));
+        assert!(!Plan::Free.fits(1, 2048));
+        assert!(Plan::Starter.fits(2, 4096));
+        assert!(!Plan::Starter.fits(4, 4096));
+        assert!(Plan::Admin.fits(8, 16384));
     }
 }

@@ -16,6 +16,7 @@ use anyhow::Context;
 
 use devpocket_actors::inspect::Inspector;
 use devpocket_actors::provider::Provider;
+use devpocket_actors::provider::digitalocean::{DigitalOceanConfig, DigitalOceanProvider};
 use devpocket_actors::provider::local::LocalProvider;
 use devpocket_actors::terminal::TerminalSettings;
 use devpocket_actors::{ActorSettings, ActorSystem, Deps, Gauges};
@@ -56,6 +57,12 @@ pub struct AppState {
     pub actors: ActorSystem,
     /// The provider new environments use.
     pub default_provider: String,
+    /// Every provider this server drives.
+    pub providers: Vec<String>,
+    /// The DigitalOcean provider, when configured (regions and sizes).
+    pub digitalocean: Option<Arc<DigitalOceanProvider>>,
+    /// What reconciliation with DigitalOcean last found.
+    pub reconcile: Option<Arc<crate::reconcile::ReconcileStatus>>,
     pub terminal_connections: Arc<crate::routes::ws_terminal::TerminalConnections>,
     pub ratelimits: Arc<RateLimits>,
     /// Where handlers record audit events (never blocks; see `audit`).
@@ -73,6 +80,7 @@ fn start_actors(
     settings: &Settings,
     pool: &DbPool,
     metrics: &Metrics,
+    digitalocean: Option<Arc<DigitalOceanProvider>>,
 ) -> anyhow::Result<ActorSystem> {
     let environments = settings.data_dir.join("environments");
     let group = if nix::unistd::Uid::effective().is_root() {
@@ -91,6 +99,9 @@ fn start_actors(
     let local = LocalProvider::new(environments, group).context("preparing the local provider")?;
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     providers.insert(local.name().to_owned(), Arc::new(local));
+    if let Some(digitalocean) = digitalocean {
+        providers.insert(digitalocean.name().to_owned(), digitalocean);
+    }
     let store = DbStore {
         pool: pool.clone(),
         secrets: SecretBox::new(settings.secret_key.expose()),
@@ -115,6 +126,33 @@ fn start_actors(
         recorder: metrics.recorder(),
     };
     Ok(ActorSystem::start(Arc::new(deps)))
+}
+
+/// The DigitalOcean provider, when a token is configured; its API calls are
+/// counted in `metrics`.
+fn digitalocean_provider(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<DigitalOceanProvider>> {
+    let Some(d) = &settings.digitalocean else {
+        return Ok(None);
+    };
+    let config = DigitalOceanConfig {
+        api_url: d.api_url.clone(),
+        region: d.region.clone(),
+        size: d.size.clone(),
+        image: d.image.clone(),
+        volume_gigabytes: d.volume_gigabytes,
+        request_timeout: d.request_timeout,
+        requests_per_minute: d.requests_per_minute,
+        poll_interval: d.poll_interval,
+        shutdown_timeout: d.shutdown_timeout,
+        ..DigitalOceanConfig::new(d.token.expose().clone())
+    };
+    let provider = DigitalOceanProvider::new(config)
+        .context("preparing the DigitalOcean provider")?
+        .with_recorder(metrics.recorder());
+    Ok(Some(provider))
 }
 
 pub struct Application {
@@ -149,11 +187,25 @@ impl Application {
             settings.refresh_token_ttl,
         );
         let metrics = Arc::new(Metrics::new()?);
-        let actors = start_actors(&settings, &pool, &metrics)?;
+        let digitalocean = digitalocean_provider(&settings, &metrics)?.map(Arc::new);
+        let actors = start_actors(&settings, &pool, &metrics, digitalocean.clone())?;
         let resumed = actors.resume_all().await.context("resuming environments")?;
         if resumed > 0 {
             tracing::info!(resumed, "environments resumed");
         }
+        let reconcile = match (&digitalocean, &settings.digitalocean) {
+            (Some(provider), Some(d)) => Some(
+                crate::reconcile::Reconciler::new(
+                    provider.clone(),
+                    pool.clone(),
+                    actors.clone(),
+                    d.clone(),
+                    metrics.clone(),
+                )
+                .spawn(),
+            ),
+            _ => None,
+        };
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let port = listener.local_addr()?.port();
@@ -169,7 +221,16 @@ impl Application {
             hasher,
             started_at: Instant::now(),
             actors,
-            default_provider: "local".to_owned(),
+            default_provider: settings.default_provider().to_owned(),
+            providers: {
+                let mut names = vec!["local".to_owned()];
+                if settings.digitalocean.is_some() {
+                    names.push("digitalocean".to_owned());
+                }
+                names
+            },
+            digitalocean,
+            reconcile,
             terminal_connections: Arc::default(),
             ratelimits,
             audit,

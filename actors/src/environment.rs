@@ -22,10 +22,14 @@ use crate::metrics::{self, Metrics};
 use crate::model::{
     EnvironmentRecord, MachineAccess, MachineKeys, Phase, Stamp, Status, Transition,
 };
-use crate::provider::{MachineSpec, Provider, ProviderError};
+use crate::provider::{MachineSpec, Maintenance, Provider, ProviderError};
 use crate::ssh::{self, SshError, SshSession};
 use crate::store::StoreError;
 use crate::supervisor::ChildExited;
+
+mod maintenance;
+
+pub use maintenance::{MachineGone, Maintain, MaintenanceRequest};
 
 /// How long a metrics sample is reused, so a refreshing app does not open a
 /// channel per request.
@@ -184,6 +188,8 @@ impl EnvironmentActor {
             Phase::Deleting => Some(Op::Delete),
             // A machine that should be running is brought up (after a server restart).
             Phase::Ready => Some(Op::EnsureUp),
+            // The provider's action may or may not have finished: back to rest.
+            Phase::Snapshotting | Phase::Resizing => Some(Op::Settle),
             Phase::Stopped | Phase::Failed | Phase::Deleted => None,
         };
         if let Some(op) = op {
@@ -216,6 +222,10 @@ impl EnvironmentActor {
                 Op::EnsureUp => work.start(true).await,
                 Op::Stop => work.stop().await,
                 Op::Delete => work.delete().await,
+                Op::Snapshot(name) => work.snapshot(name).await,
+                Op::Resize(size) => work.resize(size).await,
+                Op::Settle => work.settle().await,
+                Op::Reboot => work.reboot().await,
             }
         };
         self.operation = Some(ctx.spawn(fut.into_actor(self).map(|_, act, _| {
@@ -224,13 +234,19 @@ impl EnvironmentActor {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Op {
     Provision,
     Start,
     EnsureUp,
     Stop,
     Delete,
+    Snapshot(String),
+    Resize(String),
+    /// A restart in one step, on providers that can.
+    Reboot,
+    /// Back to running or stopped after an interrupted snapshot or resize.
+    Settle,
 }
 
 impl Actor for EnvironmentActor {
@@ -312,6 +328,7 @@ enum Announce {
     Progress(Progress),
     Machine(MachineAccess, String),
     Keys(MachineKeys),
+    Size(String),
     Installed(Result<(), String>),
     Deleted,
 }
@@ -336,6 +353,7 @@ impl Handler<Announce> for EnvironmentActor {
                 self.record.provider_ref = Some(provider_ref);
             }
             Announce::Keys(keys) => self.record.keys = Some(keys),
+            Announce::Size(size) => self.record.size = size,
             Announce::Installed(outcome) => {
                 let event = match &outcome {
                     Ok(()) => LogEvent::Complete,
@@ -395,6 +413,13 @@ impl Handler<Lifecycle> for EnvironmentActor {
                 Op::Start,
             )),
             (Command::Restart, Status::Running, Phase::Ready)
+                if self
+                    .provider()
+                    .is_ok_and(|p| p.supports(Maintenance::Reboot)) =>
+            {
+                Ok((Transition::new(status, Phase::Restarting, 100), Op::Reboot))
+            }
+            (Command::Restart, Status::Running, Phase::Ready)
             | (Command::Restart, Status::Stopped, Phase::Stopped) => {
                 Ok((Transition::new(status, Phase::Restarting, 100), Op::Start))
             }
@@ -443,7 +468,7 @@ impl Handler<Lifecycle> for EnvironmentActor {
             move |res, act, ctx| {
                 res?;
                 act.apply(&transition);
-                if command == Command::Restart {
+                if command == Command::Restart && !matches!(op, Op::Reboot) {
                     // Restart = stop, then start, as one operation.
                     act.run(Op::Stop, ctx);
                     act.restart_after_stop = true;
@@ -597,6 +622,8 @@ impl Work {
             region: self.record.region.clone(),
             size: self.record.size.clone(),
             bootstrap: self.record.bootstrap.clone(),
+            packages: self.record.packages.clone(),
+            cloud_init: self.record.cloud_init.clone(),
             environment_variables: self.record.environment_variables.clone(),
             keys,
         }

@@ -35,6 +35,10 @@ pub enum Phase {
     Deleting,
     Deleted,
     Failed,
+    /// A snapshot of the machine is being taken (it keeps its status).
+    Snapshotting,
+    /// The machine is being given another size.
+    Resizing,
 }
 
 macro_rules! str_enum {
@@ -85,6 +89,8 @@ str_enum!(Phase {
     Deleting => "deleting",
     Deleted => "deleted",
     Failed => "failed",
+    Snapshotting => "snapshotting",
+    Resizing => "resizing",
 });
 
 /// Where a machine answers SSH and how to recognise it.
@@ -132,6 +138,9 @@ pub struct EnvironmentRecord {
     pub status_message: Option<String>,
     pub template_name: String,
     pub bootstrap: String,
+    /// The template's apt packages and extra cloud-config (cloud machines).
+    pub packages: Vec<String>,
+    pub cloud_init: serde_json::Map<String, serde_json::Value>,
     pub environment_variables: BTreeMap<String, String>,
     pub keys: Option<MachineKeys>,
     pub machine: Option<MachineAccess>,

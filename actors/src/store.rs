@@ -46,6 +46,11 @@ pub trait Store: Send + Sync + 'static {
     async fn acquire_lease(&self, id: Uuid, owner: Uuid, ttl: Duration)
     -> Result<bool, StoreError>;
     async fn release_lease(&self, id: Uuid, owner: Uuid) -> Result<(), StoreError>;
+    /// Records the machine's new size after a resize.
+    async fn save_size(&self, id: Uuid, size: &str) -> Result<(), StoreError> {
+        let _ = (id, size);
+        Err(StoreError("this store does not record sizes".into()))
+    }
     /// Marks the environment deleted (status `terminated`).
     async fn mark_deleted(&self, id: Uuid) -> Result<(), StoreError>;
     /// Environments that need an actor after a restart: work in progress, or

@@ -184,6 +184,23 @@ pub async fn update(
     }
 }
 
+/// The environments on `provider` that still exist: (id, user, provider_ref).
+pub async fn live_on_provider(
+    conn: &mut AsyncPgConnection,
+    provider: &str,
+) -> QueryResult<Vec<(Uuid, Uuid, Option<String>)>> {
+    environments::table
+        .filter(environments::provider.eq(provider))
+        .filter(environments::deleted_at.is_null())
+        .select((
+            environments::id,
+            environments::user_id,
+            environments::provider_ref,
+        ))
+        .load(conn)
+        .await
+}
+
 pub async fn touch(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<()> {
     diesel::update(environments::table.find(id))
         .set(environments::last_accessed.eq(diesel::dsl::now))
@@ -310,7 +327,8 @@ fn string_map(value: &Value) -> BTreeMap<String, String> {
 impl Store for DbStore {
     async fn load(&self, id: Uuid) -> Result<Option<EnvironmentRecord>, StoreError> {
         let mut conn = self.conn().await?;
-        let row: Option<(Environment, String, String)> = environments::table
+        type Row = (Environment, String, String, Value, Value);
+        let row: Option<Row> = environments::table
             .inner_join(templates::table)
             .filter(environments::id.eq(id))
             .filter(environments::deleted_at.is_null())
@@ -318,12 +336,14 @@ impl Store for DbStore {
                 Environment::as_select(),
                 templates::name,
                 templates::bootstrap,
+                templates::packages,
+                templates::cloud_init,
             ))
             .first(&mut conn)
             .await
             .optional()
             .map_err(store_err)?;
-        let Some((env, template_name, bootstrap)) = row else {
+        let Some((env, template_name, bootstrap, packages, cloud_init)) = row else {
             return Ok(None);
         };
         let keys = match (
@@ -370,6 +390,18 @@ impl Store for DbStore {
             status_message: env.status_message,
             template_name,
             bootstrap,
+            packages: packages
+                .as_array()
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            cloud_init: match cloud_init {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            },
             environment_variables: string_map(&env.environment_variables),
             keys,
             machine,
@@ -535,6 +567,19 @@ impl Store for DbStore {
         .await
         .map(drop)
         .map_err(store_err)
+    }
+
+    async fn save_size(&self, id: Uuid, size: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::update(environments::table.find(id))
+            .set((
+                environments::size.eq(size),
+                environments::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .map(drop)
+            .map_err(store_err)
     }
 
     async fn mark_deleted(&self, id: Uuid) -> Result<(), StoreError> {

@@ -113,6 +113,35 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     }
 }
 
+/// A JSON body that may be left out: an empty body is `None`; anything else is
+/// read as [`Json`] reads it, with the same errors (a malformed body is a 400, not
+/// a body left out).
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T> OptionalJson<T> {
+    pub fn into_inner(self) -> Option<T> {
+        self.0
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = Json::<T>::from_request(req, payload);
+        Box::pin(async move {
+            match body.await {
+                Ok(Json(body)) => Ok(Self(Some(body))),
+                Err(ApiError::BadRequest {
+                    code: "empty_body", ..
+                }) => Ok(Self(None)),
+                Err(err) => Err(err),
+            }
+        })
+    }
+}
+
 fn too_large(limit: usize) -> ApiError {
     ApiError::PayloadTooLarge(format!(
         "The request body is larger than the limit of {limit} bytes."

@@ -9,5 +9,5 @@ mod request_id;
 
 pub use client_ip::client_ip;
 pub use envelope::envelope_fallback;
-pub use json::Json;
+pub use json::{Json, OptionalJson};
 pub use request_id::{RequestId, request_context};

@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
-use devpocket_actors::environment::{Command, EnvError, EnvironmentActor, GetMetrics, Lifecycle};
+use devpocket_actors::environment::{
+    Command, EnvError, EnvironmentActor, GetMetrics, Lifecycle, Maintain, MaintenanceRequest,
+};
 use devpocket_actors::inspect::Handle;
 use devpocket_actors::metrics::Metrics;
 use devpocket_actors::model::{Phase, Status};
+use devpocket_actors::provider::digitalocean;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -21,7 +24,7 @@ use crate::db::environments::{self as db, NewEnvironment};
 use crate::db::templates as template_db;
 use crate::environments::{self as rules, EnvironmentResponse};
 use crate::error::{ApiError, ValidationErrors};
-use crate::http::Json;
+use crate::http::{Json, OptionalJson};
 use crate::openapi::{
     BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthorized,
     Unavailable, Unprocessable, UnsupportedMediaType,
@@ -40,6 +43,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/{id}/start", web::post().to(start_environment))
             .route("/{id}/stop", web::post().to(stop_environment))
             .route("/{id}/restart", web::post().to(restart_environment))
+            .route("/{id}/snapshot", web::post().to(snapshot_environment))
+            .route("/{id}/resize", web::post().to(resize_environment))
             .route("/{id}/metrics", web::get().to(get_metrics))
             .route("/{id}/logs", web::get().to(get_logs)),
     );
@@ -117,10 +122,12 @@ struct CreateRequest {
     template_id: Option<String>,
     /// Older apps send `template`.
     template: Option<String>,
-    /// `local` (the default).
+    /// A slug from `GET /api/v1/regions`: `local` on the local provider; a
+    /// DigitalOcean region such as `nyc3` on DigitalOcean. Default: the provider's.
     region: Option<String>,
-    /// `small` (the default), `medium`, `large` or `xlarge`; above the plan's
-    /// largest is 403.
+    /// `small` (the default on the local provider), `medium`, `large` or `xlarge`;
+    /// on DigitalOcean also a size slug from `GET /api/v1/sizes` (default
+    /// `DO_DEFAULT_SIZE`). Above the plan's largest is 403.
     size: Option<String>,
     /// Kept as given and shown in `resource_limits`.
     #[schema(value_type = Option<Object>)]
@@ -243,19 +250,44 @@ async fn create(
         .region
         .map(|r| r.trim().to_owned())
         .filter(|r| !r.is_empty());
-    let region = region.unwrap_or_else(|| "local".to_owned());
-    if provider == "local" && region != "local" {
-        return Err(ApiError::validation(
-            "region",
-            format!("`{region}` is not a region of the local provider; use `local`"),
-        ));
-    }
     let size = body
         .size
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
-    let size = size.unwrap_or_else(|| "small".to_owned());
-    rules::check_size(caller.user.subscription_plan, &size)?;
+    let plan = caller.user.subscription_plan;
+    let (region, size) = match &state.settings.digitalocean {
+        Some(d) if provider == digitalocean::NAME => {
+            let region = region.unwrap_or_else(|| d.region.clone());
+            let valid = region.len() <= 16
+                && region
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            if !valid {
+                return Err(ApiError::validation(
+                    "region",
+                    format!("`{region}` is not a DigitalOcean region such as nyc3 or fra1"),
+                ));
+            }
+            let size = match size {
+                Some(size) => rules::digitalocean_size(plan, &size, &do_sizes(state, &size).await)?,
+                None => d.size.clone(),
+            };
+            check_user_data(&template, &variables)?;
+            (region, size)
+        }
+        _ => {
+            let region = region.unwrap_or_else(|| "local".to_owned());
+            if region != "local" {
+                return Err(ApiError::validation(
+                    "region",
+                    format!("`{region}` is not a region of the local provider; use `local`"),
+                ));
+            }
+            let size = size.unwrap_or_else(|| "small".to_owned());
+            rules::check_size(plan, &size)?;
+            (region, size)
+        }
+    };
 
     let id = Uuid::new_v4();
     let slug = rules::slug(&name, id);
@@ -283,6 +315,63 @@ async fn create(
     // The actor starts provisioning at once; the answer does not wait for it.
     actor(state, caller, id).await?;
     load(state, caller, id).await
+}
+
+/// DigitalOcean's sizes (cached), to check a size that is not one of DevPocket's;
+/// none when they cannot be read quickly (the built-in list is used then).
+pub async fn do_sizes(state: &AppState, size: &str) -> Vec<Value> {
+    let Some(provider) = &state.digitalocean else {
+        return Vec::new();
+    };
+    if digitalocean::size_slug(size).is_some() {
+        return Vec::new();
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(5), provider.sizes()).await {
+        Ok(Ok(sizes)) => sizes,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "DigitalOcean's sizes cannot be read; using the built-in list");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!("DigitalOcean's sizes took too long; using the built-in list");
+            Vec::new()
+        }
+    }
+}
+
+/// Refuses, before anything is made, a template whose cloud-init user-data would
+/// be over DigitalOcean's 64 KiB.
+fn check_user_data(
+    template: &template_db::Template,
+    variables: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    let keys = devpocket_actors::ssh::generate_machine_keys("size-check")
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("generating keys: {e}")))?;
+    let packages: Vec<String> = template
+        .packages
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cloud_init = template.cloud_init.as_object().cloned().unwrap_or_default();
+    let volume = digitalocean::volume_name(Uuid::nil());
+    digitalocean::user_data::UserDataSpec {
+        environment_id: Uuid::nil(),
+        slug: "size-check-000000-0000000000000000000000000000000000000000",
+        user: "dev",
+        keys: &keys,
+        volume_name: Some(&volume),
+        packages: &packages,
+        cloud_init: &cloud_init,
+        bootstrap: &template.bootstrap,
+        environment_variables: variables,
+    }
+    .render()
+    .map(drop)
+    .map_err(|e| ApiError::validation("template_id", e.to_string()))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -603,6 +692,190 @@ async fn restart_environment(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     lifecycle(&state, &caller, &origin, &id, Command::Restart).await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[schema(as = SnapshotEnvironmentRequest)]
+struct SnapshotRequest {
+    /// The snapshot's name at DigitalOcean: at most 200 characters, no control
+    /// characters. Left out (or the whole body left out): the environment's slug
+    /// and the time, e.g. `my-project-1a2b3c-20261123-101500`.
+    #[schema(example = "before-upgrade")]
+    name: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ResizeEnvironmentRequest)]
+struct ResizeRequest {
+    /// Required: a DevPocket size (`small`, `medium`, `large`, `xlarge`) or a
+    /// DigitalOcean size slug from `GET /api/v1/sizes`; above the plan's largest is
+    /// 403.
+    #[schema(example = "medium")]
+    size: Option<String>,
+}
+
+/// Snapshot an environment.
+///
+/// DigitalOcean only: a snapshot of the droplet's disk (not of the home volume),
+/// from `running` or `stopped`; a running machine keeps running. Answers with the
+/// environment in phase `snapshotting`; afterwards it is back in `ready` or
+/// `stopped` with `status_message` "snapshot NAME saved" (or why it failed). 409 on
+/// a provider that cannot take snapshots (the local one) or in any other state.
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/snapshot",
+    tag = "environments",
+    params(("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404.")),
+    request_body(content = Option<SnapshotRequest>, description = "Optional; an empty body takes a snapshot with a generated name."),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted; the snapshot is being taken.", body = EnvironmentResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn snapshot_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    origin: Origin,
+    id: web::Path<String>,
+    body: OptionalJson<SnapshotRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let result = async {
+        let id = parse_id(&id)?;
+        let env = load(&state, &caller, id).await?;
+        let name = body
+            .into_inner()
+            .and_then(|b| b.name)
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| {
+                let slug = rules::slug(&env.name, id);
+                format!("{slug}-{}", Utc::now().format("%Y%m%d-%H%M%S"))
+            });
+        if name.chars().count() > 200 || name.chars().any(char::is_control) {
+            return Err(ApiError::validation(
+                "name",
+                "must be at most 200 characters without control characters",
+            ));
+        }
+        maintain(&state, &caller, id, MaintenanceRequest::Snapshot { name }).await
+    }
+    .await;
+    audit_maintenance(
+        &state,
+        &caller,
+        &origin,
+        &id,
+        Action::EnvironmentSnapshot,
+        &result,
+    );
+    result
+}
+
+/// Resize an environment.
+///
+/// DigitalOcean only, from `running` or `stopped`: a running droplet is shut down,
+/// given the new size and powered on again (a larger size's larger disk is kept for
+/// good: DigitalOcean cannot shrink it back). Answers with the environment in phase
+/// `resizing`; afterwards it is back in `ready` or `stopped` with the new `size`.
+/// 409 on a provider that cannot resize (the local one), for the size it already
+/// has, or in any other state.
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/resize",
+    tag = "environments",
+    params(("id" = Uuid, Path, description = "The environment's id; a malformed one is a 404.")),
+    request_body = ResizeRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted; the machine is being resized.", body = EnvironmentResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    )
+)]
+async fn resize_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    origin: Origin,
+    id: web::Path<String>,
+    body: Json<ResizeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let result = async {
+        let id = parse_id(&id)?;
+        let env = load(&state, &caller, id).await?;
+        let size = body
+            .into_inner()
+            .size
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ApiError::validation("size", "is required"))?;
+        let size = if env.provider == digitalocean::NAME {
+            let catalog = do_sizes(&state, &size).await;
+            rules::digitalocean_size(caller.user.subscription_plan, &size, &catalog)?
+        } else {
+            size
+        };
+        maintain(&state, &caller, id, MaintenanceRequest::Resize { size }).await
+    }
+    .await;
+    audit_maintenance(
+        &state,
+        &caller,
+        &origin,
+        &id,
+        Action::EnvironmentResize,
+        &result,
+    );
+    result
+}
+
+async fn maintain(
+    state: &AppState,
+    caller: &AuthUser,
+    id: Uuid,
+    request: MaintenanceRequest,
+) -> Result<HttpResponse, ApiError> {
+    let addr = actor(state, caller, id).await?;
+    addr.send(Maintain(request)).await.map_err(|e| {
+        ApiError::ServiceUnavailable(format!(
+            "The environment's controller is restarting ({e}); try again."
+        ))
+    })??;
+    Ok(HttpResponse::Accepted().json(load(state, caller, id).await?))
+}
+
+fn audit_maintenance(
+    state: &AppState,
+    caller: &AuthUser,
+    origin: &Origin,
+    raw_id: &str,
+    action: Action,
+    result: &Result<HttpResponse, ApiError>,
+) {
+    if let Some(event) = Event::for_result(action, result) {
+        state.audit.record(
+            origin,
+            event
+                .on(ResourceType::Environment, Uuid::parse_str(raw_id).ok())
+                .by(caller.user.id),
+        );
+    }
 }
 
 /// Resource use measured on the machine.

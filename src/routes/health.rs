@@ -47,6 +47,9 @@ pub struct HealthResponse {
     version: &'static str,
     database: DatabaseHealth,
     uptime_seconds: u64,
+    /// What reconciliation with DigitalOcean found; only when DigitalOcean is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    digitalocean: Option<crate::reconcile::ReconcileReport>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -95,6 +98,7 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         version: env!("CARGO_PKG_VERSION"),
         database,
         uptime_seconds: state.started_at.elapsed().as_secs(),
+        digitalocean: state.reconcile.as_ref().map(|r| r.report()),
     })
 }
 

@@ -71,7 +71,7 @@ async fn info(state: web::Data<AppState>) -> HttpResponse {
             google_sign_in: false,
         },
         plans: Plan::ALL.iter().map(|p| (p.as_str(), p.limits())).collect(),
-        providers: vec![state.default_provider.clone()],
+        providers: state.providers.clone(),
         default_provider: state.default_provider.clone(),
     })
 }

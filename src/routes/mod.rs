@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod admin_actors;
 pub mod auth;
+pub mod catalog;
 pub mod docs;
 pub mod environments;
 pub mod health;
@@ -27,6 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(info::configure)
             .configure(templates::configure)
             .configure(environments::configure)
+            .configure(catalog::configure)
             .configure(ws_logs::configure)
             .configure(ws_terminal::configure)
             .configure(admin::configure)

@@ -2,6 +2,7 @@
 //! spec into a machine reachable over SSH whose init runs the template's bootstrap
 //! and writes the provisioning log; from there on every provider is driven the same.
 
+pub mod digitalocean;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,9 @@ pub struct MachineSpec {
     pub region: String,
     pub size: String,
     pub bootstrap: String,
+    /// Apt packages and extra cloud-config from the template (cloud machines).
+    pub packages: Vec<String>,
+    pub cloud_init: serde_json::Map<String, serde_json::Value>,
     pub environment_variables: BTreeMap<String, String>,
     pub keys: MachineKeys,
 }
@@ -40,6 +44,15 @@ pub struct Machine {
     pub access: MachineAccess,
     /// The provider's own id for it.
     pub provider_ref: String,
+}
+
+/// Operations beyond the lifecycle that only some providers offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Maintenance {
+    Snapshot,
+    Resize,
+    /// A restart in one step, instead of a stop and a start.
+    Reboot,
 }
 
 /// Shell commands, run on the machine over SSH, that follow its provisioning.
@@ -68,6 +81,28 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Removes the machine and everything it stored (idempotent).
     async fn delete(&self, provider_ref: &str) -> Result<(), ProviderError>;
+
+    /// Whether this provider can take snapshots and resize machines.
+    fn supports(&self, _operation: Maintenance) -> bool {
+        false
+    }
+
+    /// Saves an image of the machine's disk under `name` (the machine keeps
+    /// running); returns the image's id.
+    async fn snapshot(&self, _provider_ref: &str, _name: &str) -> Result<String, ProviderError> {
+        Err(ProviderError::Unsupported("take snapshots"))
+    }
+
+    /// Restarts a running machine in one step (see `Maintenance::Reboot`).
+    async fn reboot(&self, _provider_ref: &str) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported("reboot machines"))
+    }
+
+    /// Gives the machine another size. A running machine is stopped for it and
+    /// brought back up; its files stay.
+    async fn resize(&self, _provider_ref: &str, _size: &str) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported("resize machines"))
+    }
 
     fn bootstrap_watch(&self) -> BootstrapWatch;
 }

@@ -1,0 +1,235 @@
+//! Beyond the lifecycle, on providers that offer it: snapshots, resizes and
+//! one-step reboots, and what reconciliation reports (a machine that vanished).
+
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use super::{Announce, EnvError, EnvironmentActor, Op, Work};
+use crate::model::{Phase, Stamp, Status, Transition};
+use crate::provider::{Maintenance, ProviderError};
+
+/// The provider reports that the machine no longer exists (reconciliation). A
+/// running or stopped environment moves to `error` with `reason`; one that is busy
+/// finds out by itself. Replies whether it moved.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct MachineGone {
+    pub reason: String,
+}
+
+impl Handler<MachineGone> for EnvironmentActor {
+    type Result = ResponseActFuture<Self, bool>;
+
+    fn handle(&mut self, msg: MachineGone, _: &mut Context<Self>) -> Self::Result {
+        let resting = matches!(
+            (self.record.status, self.record.phase),
+            (Status::Running, Phase::Ready) | (Status::Stopped, Phase::Stopped)
+        );
+        if !resting || self.operation.is_some() || !self.has_lease {
+            return Box::pin(fut::ready(false));
+        }
+        tracing::warn!(environment_id = %self.record.id, reason = %msg.reason, "the environment's machine is gone");
+        let t = Transition::failed(msg.reason);
+        let (store, id) = (self.deps.store.clone(), self.record.id);
+        let t2 = t.clone();
+        Box::pin(
+            async move { store.transition(id, &t2).await }
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    if res.is_ok() {
+                        act.apply(&t);
+                    }
+                    res.is_ok()
+                }),
+        )
+    }
+}
+
+/// A snapshot or a resize, on providers that offer them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MaintenanceRequest {
+    Snapshot { name: String },
+    Resize { size: String },
+}
+
+/// Asks for a snapshot or a resize of a running or stopped environment. Replies,
+/// once the new phase (`snapshotting`, `resizing`) is durable, with that phase; or
+/// why it cannot be done (the provider cannot, or not now).
+#[derive(Message)]
+#[rtype(result = "Result<Phase, EnvError>")]
+pub struct Maintain(pub MaintenanceRequest);
+
+impl Handler<Maintain> for EnvironmentActor {
+    type Result = AtomicResponse<Self, Result<Phase, EnvError>>;
+
+    fn handle(&mut self, Maintain(request): Maintain, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        let refuse = |reason: String| -> Self::Result {
+            AtomicResponse::new(Box::pin(fut::ready(Err(EnvError::Conflict(reason)))))
+        };
+        let (status, phase) = (self.record.status, self.record.phase);
+        let (kind, doing) = match &request {
+            MaintenanceRequest::Snapshot { .. } => (Maintenance::Snapshot, "take snapshots"),
+            MaintenanceRequest::Resize { .. } => (Maintenance::Resize, "be resized"),
+        };
+        if !self.provider().is_ok_and(|p| p.supports(kind)) {
+            return refuse(format!(
+                "environments on the {} provider cannot {doing}",
+                self.record.provider
+            ));
+        }
+        let resting = matches!(
+            (status, phase),
+            (Status::Running, Phase::Ready) | (Status::Stopped, Phase::Stopped)
+        );
+        if !resting || self.record.provider_ref.is_none() {
+            return refuse(format!(
+                "the environment is {status} ({phase}); snapshots and resizes wait until it is running or stopped"
+            ));
+        }
+        let (phase, message, op) = match request {
+            MaintenanceRequest::Resize { size } if size == self.record.size => {
+                return refuse(format!("the environment is already of size {size}"));
+            }
+            MaintenanceRequest::Resize { size } => (
+                Phase::Resizing,
+                format!("resizing to {size}"),
+                Op::Resize(size),
+            ),
+            MaintenanceRequest::Snapshot { name } => (
+                Phase::Snapshotting,
+                format!("taking snapshot {name}"),
+                Op::Snapshot(name),
+            ),
+        };
+        let transition = Transition::new(status, phase, 100).message(message);
+        let (store, id) = (self.deps.store.clone(), self.record.id);
+        let t = transition.clone();
+        let write = async move { store.transition(id, &t).await };
+        AtomicResponse::new(Box::pin(write.into_actor(self).map(
+            move |res, act, ctx| {
+                res?;
+                act.apply(&transition);
+                act.run(op, ctx);
+                Ok(transition.phase)
+            },
+        )))
+    }
+}
+
+impl Work {
+    /// Where the environment rests after a snapshot or resize, as it was before.
+    fn resting(&self, message: String) -> Transition {
+        match self.record.status {
+            Status::Running => Transition::new(Status::Running, Phase::Ready, 100),
+            _ => Transition::new(Status::Stopped, Phase::Stopped, 100),
+        }
+        .message(message)
+    }
+
+    pub(super) async fn snapshot(self, name: String) {
+        let Some(provider_ref) = self.record.provider_ref.clone() else {
+            return;
+        };
+        let message = match self.provider.snapshot(&provider_ref, &name).await {
+            Ok(image) if image.is_empty() => format!("snapshot {name} saved"),
+            Ok(image) => format!("snapshot {name} saved (image {image})"),
+            Err(ProviderError::Gone(m)) => {
+                let _ = self
+                    .transition(Transition::failed(format!("the machine is gone: {m}")))
+                    .await;
+                return;
+            }
+            Err(e) => format!("the snapshot failed: {e}"),
+        };
+        tracing::info!(environment_id = %self.record.id, %message, "snapshot finished");
+        let _ = self.transition(self.resting(message)).await;
+    }
+
+    pub(super) async fn resize(self, size: String) {
+        let Some(provider_ref) = self.record.provider_ref.clone() else {
+            return;
+        };
+        let was_running = self.record.status == Status::Running;
+        let outcome = match self.provider.resize(&provider_ref, &size).await {
+            Ok(()) => match self.deps.store.save_size(self.record.id, &size).await {
+                Ok(()) => {
+                    self.me.do_send(Announce::Size(size.clone()));
+                    Ok(format!("resized to {size}"))
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Err(ProviderError::Gone(m)) => {
+                let _ = self
+                    .transition(Transition::failed(format!("the machine is gone: {m}")))
+                    .await;
+                return;
+            }
+            Err(e) => Err(format!("the resize failed: {e}")),
+        };
+        let message = outcome.unwrap_or_else(|e| e);
+        if was_running {
+            // Whatever happened, a running environment comes back up.
+            let up = async {
+                let keys = self.keys().await?;
+                let machine = self
+                    .provider
+                    .start(&self.spec(keys), &provider_ref)
+                    .await
+                    .map_err(|e| format!("starting the machine after the resize failed: {e}"))?;
+                self.save_machine(&machine).await
+            }
+            .await;
+            if let Err(e) = up {
+                let _ = self.transition(Transition::failed(e)).await;
+                return;
+            }
+        }
+        tracing::info!(environment_id = %self.record.id, %message, "resize finished");
+        let _ = self.transition(self.resting(message)).await;
+    }
+
+    pub(super) async fn reboot(self) {
+        let result = async {
+            let provider_ref = self
+                .record
+                .provider_ref
+                .clone()
+                .ok_or_else(|| "the machine was never created".to_owned())?;
+            self.provider
+                .reboot(&provider_ref)
+                .await
+                .map_err(|e| format!("restarting the machine failed: {e}"))?;
+            let keys = self.keys().await?;
+            let machine = self
+                .provider
+                .start(&self.spec(keys), &provider_ref)
+                .await
+                .map_err(|e| format!("starting the machine failed: {e}"))?;
+            self.save_machine(&machine).await?;
+            self.transition(
+                Transition::new(Status::Running, Phase::Ready, 100)
+                    .message("restarted")
+                    .stamp(Stamp::Started),
+            )
+            .await
+        }
+        .await;
+        if let Err(message) = result {
+            let _ = self.transition(Transition::failed(message)).await;
+        }
+    }
+
+    pub(super) async fn settle(self) {
+        let message = format!(
+            "the server restarted during the {}; check the result and try again if needed",
+            if self.record.phase == Phase::Resizing {
+                "resize"
+            } else {
+                "snapshot"
+            }
+        );
+        let _ = self.transition(self.resting(message)).await;
+    }
+}

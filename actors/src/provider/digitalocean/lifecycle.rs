@@ -1,0 +1,167 @@
+//! Create, start, stop and delete: the droplet lifecycle behind the `Provider`
+//! trait, never making a second droplet for an environment.
+
+use serde_json::json;
+
+use super::user_data::UserDataSpec;
+use super::{DigitalOceanProvider, environment_tag, explain, failed, parse_ref, volume_name};
+use crate::provider::{Machine, MachineSpec, ProviderError};
+
+impl DigitalOceanProvider {
+    pub(super) async fn create_machine(
+        &self,
+        spec: &MachineSpec,
+    ) -> Result<Machine, ProviderError> {
+        let tag = environment_tag(spec.environment_id);
+        // A droplet made by an earlier attempt (a retry, a restart) is the one.
+        if let Some(existing) = self.find_droplet(&tag).await? {
+            let id = existing["id"].as_u64().unwrap_or(0);
+            tracing::info!(environment_id = %spec.environment_id, droplet = id, "resuming with the existing droplet");
+            return self.until_active(id, spec).await;
+        }
+        let region = self.region(spec);
+        let volume_name = volume_name(spec.environment_id);
+        // Rendered first: a template too large for a droplet costs nothing.
+        let user_data = UserDataSpec {
+            environment_id: spec.environment_id,
+            slug: &spec.slug,
+            user: &self.config.user,
+            keys: &spec.keys,
+            volume_name: Some(&volume_name),
+            packages: &spec.packages,
+            cloud_init: &spec.cloud_init,
+            bootstrap: &spec.bootstrap,
+            environment_variables: &spec.environment_variables,
+        }
+        .render()
+        .map_err(|e| failed(e.to_string()))?;
+        let volume = self.ensure_volume(spec, &region).await?;
+        let body = json!({
+            "name": spec.slug,
+            "region": region,
+            "size": self.size(spec),
+            "image": self.config.image,
+            "ssh_keys": [],
+            "backups": false,
+            "ipv6": true,
+            "monitoring": true,
+            "tags": self.tags(spec),
+            "user_data": user_data,
+            "volumes": [volume],
+        });
+        let (droplet, action) = match self.create_droplet(&body, &tag).await {
+            Ok(created) => created,
+            Err(e) => {
+                // Refused: the volume made for it would only cost money.
+                if let Ok(None) = self.find_droplet(&tag).await {
+                    let _ = self.delete_volume(&volume).await;
+                }
+                return Err(e);
+            }
+        };
+        if let Some(action) = action
+            && !self
+                .follow(action, "creating the droplet", self.config.create_timeout)
+                .await?
+        {
+            let _ = self.destroy_droplet(droplet).await;
+            return Err(failed(format!(
+                "DigitalOcean could not create the droplet (its create action {action} errored); try again"
+            )));
+        }
+        self.until_active(droplet, spec).await
+    }
+
+    pub(super) async fn start_machine(
+        &self,
+        spec: &MachineSpec,
+        provider_ref: &str,
+    ) -> Result<Machine, ProviderError> {
+        let (id, _) = parse_ref(provider_ref)?;
+        let droplet = match self.get_droplet(id).await {
+            Ok(d) => d,
+            Err(e) if e.is_not_found() => {
+                return Err(ProviderError::Gone(format!(
+                    "droplet {id} no longer exists on DigitalOcean"
+                )));
+            }
+            Err(e) => return Err(explain("checking on the droplet", e)),
+        };
+        if droplet["status"] == "off" {
+            let action = self
+                .action(id, json!({"type": "power_on"}), "powering the droplet on")
+                .await?;
+            if !self
+                .follow(
+                    action,
+                    "powering the droplet on",
+                    self.config.create_timeout,
+                )
+                .await?
+            {
+                return Err(failed(format!(
+                    "DigitalOcean could not power droplet {id} on"
+                )));
+            }
+        }
+        self.until_active(id, spec).await
+    }
+
+    pub(super) async fn stop_machine(&self, provider_ref: &str) -> Result<(), ProviderError> {
+        let (id, _) = parse_ref(provider_ref)?;
+        let droplet = match self.get_droplet(id).await {
+            Ok(d) => d,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(explain("checking on the droplet", e)),
+        };
+        if droplet["status"] == "off" {
+            return Ok(());
+        }
+        // A clean shutdown first; if the machine ignores it, pull the plug.
+        let action = self
+            .action(id, json!({"type": "shutdown"}), "shutting the droplet down")
+            .await?;
+        match self
+            .follow(
+                action,
+                "shutting the droplet down",
+                self.config.shutdown_timeout,
+            )
+            .await
+        {
+            Ok(true) => return Ok(()),
+            Ok(false) => tracing::info!(droplet = id, "shutdown errored; powering off"),
+            Err(e) => {
+                tracing::info!(droplet = id, error = %e, "shutdown took too long; powering off")
+            }
+        }
+        let action = self
+            .action(id, json!({"type": "power_off"}), "powering the droplet off")
+            .await?;
+        if self
+            .follow(
+                action,
+                "powering the droplet off",
+                self.config.create_timeout,
+            )
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(failed(format!(
+                "DigitalOcean could not power droplet {id} off"
+            )))
+        }
+    }
+
+    pub(super) async fn delete_machine(&self, provider_ref: &str) -> Result<(), ProviderError> {
+        let (id, volume) = parse_ref(provider_ref)?;
+        self.destroy_droplet(id)
+            .await
+            .map_err(|e| explain("destroying the droplet", e))?;
+        if let Some(volume) = volume {
+            self.delete_volume(&volume).await?;
+        }
+        Ok(())
+    }
+}
