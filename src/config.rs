@@ -543,8 +543,13 @@ impl Settings {
             256 * 1024usize,
             "a number of bytes",
         )?;
-        let hash_concurrency =
-            source.parse("DEVPOCKET_HASH_CONCURRENCY", cpus, "a whole number")?;
+        // One core is left to the workers: a login flood must not starve the
+        // requests that do not hash (health checks, the terminal).
+        let hash_concurrency = source.parse(
+            "DEVPOCKET_HASH_CONCURRENCY",
+            cpus.saturating_sub(1).max(1),
+            "a whole number",
+        )?;
         if hash_concurrency == 0 {
             return Err(invalid("DEVPOCKET_HASH_CONCURRENCY", "must be at least 1"));
         }
@@ -780,6 +785,8 @@ mod tests {
         assert!(matches!(s.database, DatabaseSetting::Embedded));
         assert_eq!(s.refresh_token_ttl, Duration::from_secs(30 * 86_400));
         assert_eq!(s.log_format, LogFormat::Pretty);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(s.hash_concurrency, cpus.saturating_sub(1).max(1));
     }
 
     #[test]
