@@ -3,7 +3,8 @@
 //! (status, body, rate-limit headers) is checked against the operation it matches.
 //!
 //! The document is read from `DEVPOCKET_DO_OPENAPI`, or found by walking up from
-//! this crate to `shared/digitalocean/openapi-trimmed.json`. OpenAPI 3.0 schemas are
+//! this crate (or from the local repository it was cloned from) to
+//! `shared/digitalocean/openapi-trimmed.json`. OpenAPI 3.0 schemas are
 //! JSON Schema draft 4 plus `nullable`, which is rewritten into a union with `null`.
 
 use std::collections::BTreeMap;
@@ -29,15 +30,28 @@ fn locate() -> Result<PathBuf, String> {
         };
     }
     let start = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for dir in start.ancestors() {
-        let candidate = dir.join("shared").join("digitalocean").join(DOC_NAME);
-        if candidate.is_file() {
-            return Ok(candidate);
+    // A clone made from a local repository (as CI does) looks above that one too.
+    let origin = std::process::Command::new("git")
+        .args(["config", "--get", "remote.origin.url"])
+        .current_dir(&start)
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|url| url.trim().trim_start_matches("file://").to_owned())
+        .filter(|url| url.starts_with('/'))
+        .map(PathBuf::from);
+    for root in std::iter::once(&start).chain(origin.as_ref()) {
+        for dir in root.ancestors() {
+            let candidate = dir.join("shared").join("digitalocean").join(DOC_NAME);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
         }
     }
     Err(format!(
         "DigitalOcean's OpenAPI document was not found: set DEVPOCKET_DO_OPENAPI to the path of \
-         {DOC_NAME}, or put it at shared/digitalocean/{DOC_NAME} in a directory above {}",
+         {DOC_NAME}, or put it at shared/digitalocean/{DOC_NAME} in a directory above {} (or \
+         above the repository it was cloned from)",
         start.display()
     ))
 }
