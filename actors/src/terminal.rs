@@ -755,14 +755,17 @@ impl InputPort {
                 client: self.client,
             });
         }
-        let writer = self
-            .writer
-            .borrow()
-            .clone()
-            .ok_or("the terminal is reconnecting; input was not sent")?;
+        const RECONNECTING: &str = "the terminal is reconnecting; input was not sent";
+        let writer = self.writer.borrow().clone().ok_or(RECONNECTING)?;
         writer
             .try_send(WriterCmd::Input(data.into_bytes()))
-            .map_err(|_| "input is arriving faster than the machine takes it; slow down")
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    "input is arriving faster than the machine takes it; slow down"
+                }
+                // The SSH channel just closed; the actor is reconnecting.
+                mpsc::error::TrySendError::Closed(_) => RECONNECTING,
+            })
     }
 }
 
