@@ -216,6 +216,11 @@ impl MachineSpec {
             ("root/tmp", "/tmp"),
             ("cloud/bin", "/usr/local/bin"),
         ] {
+            // A droplet whose files live under /tmp (a checkout there) would hide
+            // them all behind its own /tmp: it shares the host's instead.
+            if dst == "/tmp" && self.dir.starts_with("/tmp") {
+                continue;
+            }
             s.push_str(&format!("mount --bind {} {dst} || exit 1\n", d(src)));
         }
         // The droplet's passwd and group over the host's /etc.
