@@ -72,6 +72,10 @@ pub struct AppState {
     pub sessions: SessionCache,
 }
 
+/// How often recorded samples are folded into the histograms (the exporter's own
+/// default period).
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The system group of local environments' users (when running as root).
 const ENVIRONMENT_GROUP: &str = "devpocket-env";
 
@@ -187,6 +191,7 @@ impl Application {
             settings.refresh_token_ttl,
         );
         let metrics = Arc::new(Metrics::new()?);
+        Metrics::spawn_upkeep(&metrics, METRICS_UPKEEP);
         let digitalocean = digitalocean_provider(&settings, &metrics)?.map(Arc::new);
         let actors = start_actors(&settings, &pool, &metrics, digitalocean.clone())?;
         let resumed = actors.resume_all().await.context("resuming environments")?;
