@@ -205,6 +205,8 @@ pub struct Settings {
     /// How often the limiters drop the keys whose allowance is full again.
     pub rate_limit_sweep: Duration,
     pub session_cache_ttl: Duration,
+    /// How long a user's list of environments may be answered from memory.
+    pub list_cache_ttl: Duration,
     /// Terminal `input` frames per second per WebSocket connection.
     pub ws_input_per_second: NonZeroU32,
     /// When set, `/metrics` needs `Authorization: Bearer` this.
@@ -420,6 +422,16 @@ impl Source {
         }
     }
 
+    /// How long a cache may keep an answer; zero turns it off.
+    fn cache_ttl(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => parse_duration(v).ok_or_else(|| {
+                invalid(key, format!("`{v}` is not a duration such as 0, 2s or 1m"))
+            }),
+        }
+    }
+
     fn rate(&self, key: &'static str, default: Rate) -> Result<Rate, ConfigError> {
         match self.get(key) {
             None => Ok(default),
@@ -594,15 +606,10 @@ impl Settings {
             source.rate("DEVPOCKET_RATE_LIMIT_WS_CONNECT", per_minute(60))?;
         let rate_limit_sweep =
             source.duration("DEVPOCKET_RATE_LIMIT_SWEEP", Duration::from_secs(60))?;
-        let session_cache_ttl = match source.get("DEVPOCKET_SESSION_CACHE_TTL") {
-            None => Duration::from_secs(2),
-            Some(v) => parse_duration(v).ok_or_else(|| {
-                invalid(
-                    "DEVPOCKET_SESSION_CACHE_TTL",
-                    format!("`{v}` is not a duration such as 0, 2s or 1m"),
-                )
-            })?,
-        };
+        let session_cache_ttl =
+            source.cache_ttl("DEVPOCKET_SESSION_CACHE_TTL", Duration::from_secs(2))?;
+        let list_cache_ttl =
+            source.cache_ttl("DEVPOCKET_LIST_CACHE_TTL", Duration::from_secs(1))?;
         let metrics_token = match source.get("DEVPOCKET_METRICS_TOKEN") {
             Some(t) if t.len() < 16 => {
                 return Err(invalid(
@@ -678,6 +685,7 @@ impl Settings {
             rate_limit_ws_connect,
             rate_limit_sweep,
             session_cache_ttl,
+            list_cache_ttl,
             ws_input_per_second,
             metrics_token,
             metrics_listen,
@@ -867,7 +875,7 @@ mod tests {
     }
 
     #[test]
-    fn the_session_cache_can_be_turned_off_but_not_misspelt() {
+    fn the_caches_can_be_turned_off_but_not_misspelt() {
         let s = load(&[("SECRET_KEY", KEY)]).expect("loads");
         assert_eq!(s.session_cache_ttl, Duration::from_secs(2));
         let s = load(&[("SECRET_KEY", KEY), ("DEVPOCKET_SESSION_CACHE_TTL", "0")]).expect("loads");
@@ -877,6 +885,11 @@ mod tests {
             ("DEVPOCKET_SESSION_CACHE_TTL", "2 secs"),
         ]);
         assert!(e.is_err_and(|e| e.to_string().contains("DEVPOCKET_SESSION_CACHE_TTL")));
+        assert_eq!(s.list_cache_ttl, Duration::from_secs(1));
+        let s = load(&[("SECRET_KEY", KEY), ("DEVPOCKET_LIST_CACHE_TTL", "0")]).expect("loads");
+        assert_eq!(s.list_cache_ttl, Duration::ZERO);
+        let e = load(&[("SECRET_KEY", KEY), ("DEVPOCKET_LIST_CACHE_TTL", "soon")]);
+        assert!(e.is_err_and(|e| e.to_string().contains("DEVPOCKET_LIST_CACHE_TTL")));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Environment rules the HTTP layer calls: validating a new environment, deriving
 //! its provider-safe name, plan quotas, and the object the app reads.
 
+pub mod list_cache;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};

@@ -29,6 +29,7 @@ use crate::config::{DatabaseSetting, Settings};
 use crate::crypto::SecretBox;
 use crate::db::environments::DbStore;
 use crate::db::{self, DbPool, embedded};
+use crate::environments::list_cache::ListCache;
 use crate::http::{self, json::JsonLimit};
 use crate::metrics::Metrics;
 use crate::ratelimit::{self, RateLimits};
@@ -70,6 +71,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Live sessions seen recently (see `auth::session_cache`).
     pub sessions: SessionCache,
+    /// Users' lists of environments seen recently (see `environments::list_cache`).
+    pub lists: Arc<ListCache>,
 }
 
 /// How often recorded samples are folded into the histograms (the exporter's own
@@ -85,6 +88,7 @@ fn start_actors(
     pool: &DbPool,
     metrics: &Metrics,
     digitalocean: Option<Arc<DigitalOceanProvider>>,
+    lists: Arc<ListCache>,
 ) -> anyhow::Result<ActorSystem> {
     let environments = settings.data_dir.join("environments");
     let group = if nix::unistd::Uid::effective().is_root() {
@@ -109,6 +113,7 @@ fn start_actors(
     let store = DbStore {
         pool: pool.clone(),
         secrets: SecretBox::new(settings.secret_key.expose()),
+        lists,
     };
     let deps = Deps {
         store: Arc::new(store),
@@ -193,7 +198,14 @@ impl Application {
         let metrics = Arc::new(Metrics::new()?);
         Metrics::spawn_upkeep(&metrics, METRICS_UPKEEP);
         let digitalocean = digitalocean_provider(&settings, &metrics)?.map(Arc::new);
-        let actors = start_actors(&settings, &pool, &metrics, digitalocean.clone())?;
+        let lists = Arc::new(ListCache::new(settings.list_cache_ttl));
+        let actors = start_actors(
+            &settings,
+            &pool,
+            &metrics,
+            digitalocean.clone(),
+            lists.clone(),
+        )?;
         let resumed = actors.resume_all().await.context("resuming environments")?;
         if resumed > 0 {
             tracing::info!(resumed, "environments resumed");
@@ -241,6 +253,7 @@ impl Application {
             audit,
             metrics,
             sessions: SessionCache::new(settings.session_cache_ttl),
+            lists,
         });
         let metrics_listener = match settings.metrics_listen {
             Some(address) => Some(

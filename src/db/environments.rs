@@ -2,6 +2,7 @@
 //! persistence (`devpocket_actors::store::Store`) on diesel-async.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,6 +20,7 @@ use uuid::Uuid;
 use super::DbPool;
 use super::schema::{environment_logs, environments, templates};
 use crate::crypto::SecretBox;
+use crate::environments::list_cache::ListCache;
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = environments, check_for_backend(diesel::pg::Pg))]
@@ -95,19 +97,15 @@ pub async fn find_owned(
 pub async fn list_owned(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
-    status: Option<&str>,
 ) -> QueryResult<Vec<(Environment, String)>> {
-    let mut query = environments::table
+    environments::table
         .inner_join(templates::table)
         .filter(environments::user_id.eq(user_id))
         .filter(environments::deleted_at.is_null())
         .select((Environment::as_select(), templates::name))
-        .order(environments::created_at.asc())
-        .into_boxed();
-    if let Some(status) = status {
-        query = query.filter(environments::status.eq(status));
-    }
-    query.load(conn).await
+        .order((environments::created_at.asc(), environments::id.asc()))
+        .load(conn)
+        .await
 }
 
 /// (environments that are not stopped, all environments) of a user.
@@ -284,6 +282,8 @@ pub async fn count_logs_after(
 pub struct DbStore {
     pub pool: DbPool,
     pub secrets: SecretBox,
+    /// Forgotten for the owner of every row a write changes that the list shows.
+    pub lists: Arc<ListCache>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> StoreError {
@@ -293,6 +293,14 @@ fn store_err(e: impl std::fmt::Display) -> StoreError {
 impl DbStore {
     async fn conn(&self) -> Result<super::DbConn, StoreError> {
         self.pool.get().await.map_err(store_err)
+    }
+
+    /// After a write that returned the owner of the row it changed (if any).
+    fn changed(&self, owner: QueryResult<Option<Uuid>>) -> Result<(), StoreError> {
+        if let Some(user_id) = owner.map_err(store_err)? {
+            self.lists.forget(user_id);
+        }
+        Ok(())
     }
 
     /// A sealed key, or `None` when it cannot be opened (after a `SECRET_KEY`
@@ -421,22 +429,31 @@ impl Store for DbStore {
             environments::status_message.eq(t.message.clone()),
             environments::updated_at.eq(diesel::dsl::now),
         );
+        let owner = environments::user_id;
         let result = match t.stamp {
             Some(Stamp::Started) => {
                 diesel::update(target)
                     .set((base, environments::started_at.eq(diesel::dsl::now)))
-                    .execute(&mut conn)
+                    .returning(owner)
+                    .get_result(&mut conn)
                     .await
             }
             Some(Stamp::Stopped) => {
                 diesel::update(target)
                     .set((base, environments::stopped_at.eq(diesel::dsl::now)))
-                    .execute(&mut conn)
+                    .returning(owner)
+                    .get_result(&mut conn)
                     .await
             }
-            None => diesel::update(target).set(base).execute(&mut conn).await,
+            None => {
+                diesel::update(target)
+                    .set(base)
+                    .returning(owner)
+                    .get_result(&mut conn)
+                    .await
+            }
         };
-        result.map(drop).map_err(store_err)
+        self.changed(result.optional())
     }
 
     async fn save_keys(&self, id: Uuid, keys: &MachineKeys) -> Result<(), StoreError> {
@@ -469,17 +486,17 @@ impl Store for DbStore {
         provider_ref: &str,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        diesel::update(environments::table.find(id))
+        let owner = diesel::update(environments::table.find(id))
             .set((
                 environments::ip_address.eq(&m.host),
                 environments::ssh_port.eq(i32::from(m.port)),
                 environments::ssh_user.eq(&m.user),
                 environments::provider_ref.eq(provider_ref),
             ))
-            .execute(&mut conn)
-            .await
-            .map(drop)
-            .map_err(store_err)
+            .returning(environments::user_id)
+            .get_result(&mut conn)
+            .await;
+        self.changed(owner.optional())
     }
 
     async fn append_logs(
@@ -571,20 +588,20 @@ impl Store for DbStore {
 
     async fn save_size(&self, id: Uuid, size: &str) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        diesel::update(environments::table.find(id))
+        let owner = diesel::update(environments::table.find(id))
             .set((
                 environments::size.eq(size),
                 environments::updated_at.eq(diesel::dsl::now),
             ))
-            .execute(&mut conn)
-            .await
-            .map(drop)
-            .map_err(store_err)
+            .returning(environments::user_id)
+            .get_result(&mut conn)
+            .await;
+        self.changed(owner.optional())
     }
 
     async fn mark_deleted(&self, id: Uuid) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        diesel::update(environments::table.find(id))
+        let owner = diesel::update(environments::table.find(id))
             .set((
                 environments::status.eq(Status::Terminated.as_str()),
                 environments::phase.eq(Phase::Deleted.as_str()),
@@ -593,10 +610,10 @@ impl Store for DbStore {
                 environments::host_private_key.eq(None::<Vec<u8>>),
                 environments::user_private_key.eq(None::<Vec<u8>>),
             ))
-            .execute(&mut conn)
-            .await
-            .map(drop)
-            .map_err(store_err)
+            .returning(environments::user_id)
+            .get_result(&mut conn)
+            .await;
+        self.changed(owner.optional())
     }
 
     async fn resumable(&self) -> Result<Vec<Resumable>, StoreError> {

@@ -3,7 +3,9 @@
 //! these handlers validate, authorize, send one message and map the answer.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use devpocket_actors::environment::{
@@ -22,6 +24,7 @@ use crate::audit::{Action, Event, Origin, ResourceType};
 use crate::auth::AuthUser;
 use crate::db::environments::{self as db, NewEnvironment};
 use crate::db::templates as template_db;
+use crate::environments::list_cache::CachedList;
 use crate::environments::{self as rules, EnvironmentResponse};
 use crate::error::{ApiError, ValidationErrors};
 use crate::http::{Json, OptionalJson};
@@ -312,6 +315,7 @@ async fn create(
     };
     rules::insert_within_quota(&mut conn, &caller.user, &new).await?;
     drop(conn);
+    state.lists.forget(caller.user.id);
     // The actor starts provisioning at once; the answer does not wait for it.
     actor(state, caller, id).await?;
     load(state, caller, id).await
@@ -413,13 +417,37 @@ async fn list_environments(
             )
         })?;
     }
-    let mut conn = state.pool.get().await?;
-    let rows = db::list_owned(&mut conn, caller.user.id, status.as_deref()).await?;
-    let body: Vec<EnvironmentResponse> = rows
-        .into_iter()
-        .map(|(e, t)| EnvironmentResponse::new(e, t))
-        .collect();
-    Ok(HttpResponse::Ok().json(body))
+    let list = match state.lists.get(caller.user.id) {
+        Ok(list) => list,
+        Err(ticket) => {
+            let mut conn = state.pool.get().await?;
+            let rows = db::list_owned(&mut conn, caller.user.id).await?;
+            drop(conn);
+            let environments: Vec<EnvironmentResponse> = rows
+                .into_iter()
+                .map(|(e, t)| EnvironmentResponse::new(e, t))
+                .collect();
+            let body = serde_json::to_vec(&environments)
+                .map_err(|e| ApiError::internal(anyhow::Error::new(e)))?;
+            let list = Arc::new(CachedList {
+                environments,
+                body: body.into(),
+            });
+            state.lists.put(ticket, list.clone());
+            list
+        }
+    };
+    Ok(match status {
+        None => HttpResponse::Ok()
+            .content_type(ContentType::json())
+            .body(list.body.clone()),
+        Some(status) => HttpResponse::Ok().json(
+            list.environments
+                .iter()
+                .filter(|e| e.status == status)
+                .collect::<Vec<_>>(),
+        ),
+    })
 }
 
 /// Get an environment.
@@ -509,7 +537,9 @@ async fn update_environment(
     errors.into_result()?;
     load(&state, &caller, id).await?;
     let mut conn = state.pool.get().await?;
-    if !db::update(&mut conn, id, name.as_deref(), variables).await? {
+    let updated = db::update(&mut conn, id, name.as_deref(), variables).await;
+    state.lists.forget(caller.user.id);
+    if !updated? {
         return Err(ApiError::Conflict {
             detail: format!(
                 "You already have an environment named '{}'; choose another name.",

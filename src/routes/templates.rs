@@ -350,6 +350,8 @@ async fn update_template(
         templates::update(&mut conn, &key, body.into_inner()).await
     }
     .await;
+    // Every list of environments names its templates.
+    state.lists.forget_all();
     let key = key.into_inner();
     audit(
         &state,

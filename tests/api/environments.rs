@@ -1,6 +1,8 @@
 //! Environments with the local provider, for real: sshd, the bootstrap, the SSH log
 //! tail, lifecycle, quotas and isolation.
 
+mod list;
+
 use crate::helpers::{TestApp, WsEvent, assert_error, ws_next, ws_until};
 use serde_json::{Value, json};
 
