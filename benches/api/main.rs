@@ -9,6 +9,7 @@
 //! `BENCH_QUICK=1` runs every measurement shorter (a smoke run).
 
 mod load;
+mod peer;
 mod server;
 
 use std::collections::BTreeMap;
@@ -43,8 +44,19 @@ struct Scale {
 const SWEEP: &str = "5s";
 const PROBE_EVERY: Duration = Duration::from_millis(10);
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // This executable is also the 429 path's peer, started by itself.
+    if let Ok(spec) = std::env::var(peer::ENV) {
+        return peer::serve(&spec);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
     let scale = if quick {
@@ -483,7 +495,13 @@ async fn quiet(secret: &str, scale: &Scale, sections: &mut Sections) -> anyhow::
             &[256],
             &mut sections.refusals,
         )
-        .await
+        .await?;
+        let answer =
+            peer::Answer::record(&server.http, &server.url("/api/v1/environments")).await?;
+        if answer.status != 429 {
+            bail!("expected a 429 to give the peer, got {}", answer.status);
+        }
+        refused_by_peer(&answer, scale, &mut sections.refusals).await
     }
     .await;
     server.stop();
@@ -538,6 +556,39 @@ async fn refused(
     Ok(())
 }
 
+/// The same load against the peer: a bare actix-web server giving DevPocket's 429.
+async fn refused_by_peer(
+    answer: &peer::Answer,
+    scale: &Scale,
+    out: &mut (String, String),
+) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let peer = peer::Peer::start(answer, cores)?;
+    let r = Wrk {
+        name: "peer",
+        script: "",
+        url: format!("{}/api/v1/environments", peer.base),
+        connections: 256,
+        duration: scale.run,
+        timeout: Duration::from_secs(5),
+        headers: Vec::new(),
+    }
+    .run()
+    .await?;
+    out.0.push_str(&format!(
+        "| peer: bare actix-web, the same 429 bytes | 256 | **{:.0}** | {:.2} | {:.2} | {:.1} | {} non-2xx of {} | {} / {} |\n",
+        r.rps(),
+        ms(r.p50),
+        ms(r.p99),
+        ms(r.max),
+        r.non_2xx,
+        r.requests,
+        r.socket_errors,
+        r.timeouts,
+    ));
+    Ok(())
+}
+
 /// The 429 section.
 fn refusals((rows, cpus): &(String, String), scale: &Scale) -> String {
     format!(
@@ -548,7 +599,11 @@ fn refusals((rows, cpus): &(String, String), scale: &Scale) -> String {
          `Retry-After`, the `RateLimit-*` headers and the JSON error envelope, counted in the \
          metrics like any request and, on server 3, logged (one JSON line per request, as by \
          default). wrk, 2 threads, {} s per row; the share of 429s is from the server's \
-         `devpocket_http_requests_total` for that route.\n\n\
+         `devpocket_http_requests_total` for that route. The peer, measured last, is a bare \
+         actix-web server with as many workers, in its own process, answering every request \
+         with the bytes server 4 answered a refused request with (status, headers, body) and \
+         doing nothing else: the most that wrk on this machine gets from an actix-web server \
+         giving that answer.\n\n\
          | Server | Connections | Requests/s (target ≥ 50,000) | p50 ms | p99 ms | max ms | 429s (target ≥ 99 %) | socket errors / timeouts |\n\
          |---|---|---|---|---|---|---|---|\n{rows}\nCPU:\n\n{cpus}",
         scale.run.as_secs()
