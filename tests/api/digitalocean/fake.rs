@@ -83,7 +83,10 @@ impl<'a> Api<'a> {
     }
 }
 
-const SCRIPT: &str = "#!/bin/sh\necho \"booting as $(id -un) in $HOME\"\necho hello > \"$HOME/from-user-data\"\necho done\n";
+/// As on a real droplet, the shell part runs as root, and the fresh volume mounted
+/// as the user's home is root's until someone hands it over.
+const SCRIPT: &str = "#!/bin/sh\necho \"booting as $(id -un) in $HOME; /home/dev is $(stat -c %U /home/dev)'s\"\n\
+                      echo hello > /home/dev/from-user-data\nchown -R dev:dev /home/dev\necho done\n";
 
 fn user_data(keys: &devpocket_actors::model::MachineKeys, volume: &str) -> String {
     let indented: String = keys
@@ -250,7 +253,10 @@ async fn the_fake_follows_the_api_description_and_its_droplets_boot_for_real() {
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(text.contains("booting as dev in /home/dev"), "{text}");
+    assert!(
+        text.contains("booting as root in /root; /home/dev is root's"),
+        "{text}"
+    );
     assert!(
         text.contains("Cloud-init v.") && text.contains("finished at"),
         "{text}"

@@ -4,10 +4,10 @@
 //! droplet's own (the last two through an overlay on `/etc`: a file bind-mounted
 //! over `/etc/passwd` is detached from the namespace as soon as the host replaces
 //! its own `/etc/passwd`, as every `useradd` of a local environment does). So, as
-//! on a real droplet, the droplet's user (its own uid) logs
-//! in with the key from the user-data, the host key is the pre-seeded one, an
-//! attached volume is mounted where cloud-config `mounts` says, the user-data's
-//! shell parts run at first boot with their output in
+//! on a real droplet, the droplet's user (its own uid) logs in with the key from
+//! the user-data, the host key is the pre-seeded one, an attached volume is
+//! mounted where cloud-config `mounts` says (and, fresh, belongs to root), the
+//! user-data's shell parts run as root at first boot with their output in
 //! `/var/log/cloud-init-output.log`, and `cloud-init status --wait` reports how
 //! they ended. Needs root (mount namespaces, port 22).
 
@@ -240,11 +240,16 @@ impl MachineSpec {
                 src = quote(&dir.display().to_string()),
             ));
         }
-        let (uid, home, user) = (self.uid, quote(&self.home()), quote(&self.user));
-        // cloud-init's users module: the user owns its home (a fresh volume included).
-        s.push_str(&format!(
-            "mkdir -p {home} && chown {uid}:{uid} {home} && chmod 0755 {home}\n"
-        ));
+        // cloud-init's users module makes the user's home, owned by the user; but a
+        // volume the `mounts` module (which runs first) mounted there stays root's,
+        // as on a real droplet: the user-data's own shell part hands it over.
+        let home = self.home();
+        if !self.mounts.iter().any(|(_, point)| *point == home) {
+            let (uid, home) = (self.uid, quote(&home));
+            s.push_str(&format!(
+                "mkdir -p {home} && chown {uid}:{uid} {home} && chmod 0755 {home}\n"
+            ));
+        }
         s.push_str(&format!(
             "/usr/sbin/sshd -f {} -E {} || exit 1\n",
             d("machine/sshd_config"),
@@ -275,8 +280,8 @@ impl MachineSpec {
              cd /\n\
              for part in {parts}/part-*; do\n\
              \x20 [ -e \"$part\" ] || continue\n\
-             \x20 setpriv --reuid={uid} --regid={uid} --clear-groups env -i HOME={home} USER={user} LOGNAME={user} \
-             SHELL=/bin/bash PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \"$part\" >> \"$log\" 2>&1 \
+             \x20 env -i HOME=/root USER=root LOGNAME=root SHELL=/bin/sh \
+             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \"$part\" >> \"$log\" 2>&1 \
              || {{ echo \"$(date -u '+%Y-%m-%d %H:%M:%S') - cc_scripts_user.py[WARNING]: Failed to run module scripts_user\" >> \"$log\"; state=error; code=1; }}\n\
              done\n\
              echo \"Cloud-init v. 24.4-fake finished at $(date -u '+%a, %d %b %Y %H:%M:%S +0000'). Datasource DataSourceDigitalOcean.  Up $(( $(date +%s) - start )) seconds\" >> \"$log\"\n\
