@@ -211,6 +211,30 @@ async fn full_lifecycle_on_digitalocean() {
         (droplet.size.as_str(), droplet.status),
         ("s-2vcpu-4gb", DropletStatus::Active)
     );
+    // A larger size's disk came with it (the resize's `disk` flag): for good.
+    assert_eq!(droplet.disk, 80);
+    let shrinking = client
+        .post(
+            &format!("/api/v1/environments/{id}/resize"),
+            &json!({"size": "small"}),
+        )
+        .await;
+    assert_eq!(shrinking.status(), 202);
+    let env = app
+        .wait_for_env(&token, &id, |e| e["phase"] == "ready")
+        .await;
+    let message = env["status_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("cannot shrink") && message.contains("at least 80 GB"),
+        "{env}"
+    );
+    assert_eq!(env["size"], "s-2vcpu-4gb", "{env}");
+    let droplet = &fake.droplets_tagged(&tag)[0];
+    assert_eq!(
+        (droplet.size.as_str(), droplet.disk, droplet.status),
+        ("s-2vcpu-4gb", 80, DropletStatus::Active),
+        "refused before the droplet was touched"
+    );
     let again = client
         .post(
             &format!("/api/v1/environments/{id}/resize"),

@@ -8,7 +8,7 @@ use chrono::Utc;
 
 use super::Inner;
 use super::machine::MachineSpec;
-use super::model::{Action, DropletStatus, SIZES, Snapshot};
+use super::model::{Action, DropletStatus, Snapshot};
 use super::userdata::UserData;
 
 /// What an action does when it completes.
@@ -20,7 +20,8 @@ pub(super) enum Effect {
     PowerOff,
     Reboot,
     Snapshot(String),
-    Resize(String),
+    /// The new size, and the disk (GiB) after it.
+    Resize(String, u32),
     Attach(String),
     Detach(String),
     Nothing,
@@ -133,15 +134,16 @@ impl Inner {
                     name,
                     droplet_id: droplet,
                     region: d.region.clone(),
-                    min_disk: SIZES.iter().find(|s| s.0 == d.size).map_or(25, |s| s.3),
+                    min_disk: d.disk,
                     created_at: Utc::now(),
                 };
                 state.snapshots.push(snapshot);
                 true
             }
-            Effect::Resize(size) => {
+            Effect::Resize(size, disk) => {
                 if let Some(d) = self.lock().droplets.get_mut(&droplet) {
                     d.size = size;
+                    d.disk = disk;
                 }
                 true
             }

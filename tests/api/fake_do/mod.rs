@@ -189,6 +189,8 @@ pub struct DropletView {
     pub name: String,
     pub status: DropletStatus,
     pub size: String,
+    /// GiB.
+    pub disk: u32,
     pub tags: Vec<String>,
     pub volume_ids: Vec<String>,
     pub ip: std::net::Ipv4Addr,
@@ -295,6 +297,7 @@ impl FakeDo {
                 name: d.name.clone(),
                 status: d.status,
                 size: d.size.clone(),
+                disk: d.disk,
                 tags: d.tags.clone(),
                 volume_ids: d.volume_ids.clone(),
                 ip: d.ip,

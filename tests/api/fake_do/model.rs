@@ -94,6 +94,9 @@ pub struct Droplet {
     pub name: String,
     pub region: String,
     pub size: String,
+    /// GiB: the size's at creation; grown only by a resize with `disk: true`, and
+    /// never shrunk.
+    pub disk: u32,
     pub image: ImageRef,
     pub status: DropletStatus,
     pub created_at: DateTime<Utc>,
@@ -288,11 +291,12 @@ impl Droplet {
                 v6,
             )
         };
-        let (vcpus, memory, disk) = SIZES
+        let (vcpus, memory) = SIZES
             .iter()
             .find(|s| s.0 == self.size)
-            .map(|s| (s.1, s.2, s.3))
-            .unwrap_or((1, 1024, 25));
+            .map(|s| (s.1, s.2))
+            .unwrap_or((1, 1024));
+        let disk = self.disk;
         let mut features = vec!["droplet_agent", "private_networking"];
         if self.monitoring {
             features.push("monitoring");

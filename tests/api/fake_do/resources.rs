@@ -35,9 +35,9 @@ impl Inner {
         if !REGIONS.iter().any(|r| r.0 == region) {
             return unprocessable("You specified an invalid region for Droplet creation.");
         }
-        if !SIZES.iter().any(|s| s.0 == size) {
+        let Some(disk) = SIZES.iter().find(|s| s.0 == size).map(|s| s.3) else {
             return unprocessable("You specified an invalid size for Droplet creation.");
-        }
+        };
         let user_data = body["user_data"].as_str().map(str::to_owned);
         if user_data.as_ref().is_some_and(|u| u.len() > MAX_USER_DATA) {
             return unprocessable("user_data exceeds the maximum size of 64 KiB.");
@@ -123,6 +123,7 @@ impl Inner {
             name,
             region: region.clone(),
             size,
+            disk,
             image,
             status: DropletStatus::New,
             created_at: Utc::now(),
@@ -186,13 +187,25 @@ impl Inner {
             }
             "resize" => {
                 let size = body["size"].as_str().unwrap_or_default().to_owned();
-                if !SIZES.iter().any(|s| s.0 == size) {
+                let Some(target) = SIZES.iter().find(|s| s.0 == size) else {
                     return unprocessable("You specified an invalid size for Droplet resize.");
+                };
+                // A disk never shrinks: a size with a smaller one is out of reach.
+                if target.3 < droplet.disk {
+                    return unprocessable(&format!(
+                        "This size is not available because it has a smaller disk ({} GB) than the Droplet ({} GB).",
+                        target.3, droplet.disk
+                    ));
                 }
                 if on {
                     return unprocessable("Droplet must be powered off before it can be resized.");
                 }
-                (Effect::Resize(size), config.resize_time)
+                let disk = if body["disk"].as_bool().unwrap_or(false) {
+                    target.3
+                } else {
+                    droplet.disk
+                };
+                (Effect::Resize(size, disk), config.resize_time)
             }
             other => {
                 return unprocessable(&format!("the fake does not support {other:?} actions"));

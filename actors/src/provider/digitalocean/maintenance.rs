@@ -137,7 +137,18 @@ impl DigitalOceanProvider {
         };
         // The disk grows with a larger size (for good: it cannot shrink again);
         // otherwise only CPUs and memory change. The home is on its own volume.
-        let disk = target["disk"].as_u64().unwrap_or(0) > droplet["disk"].as_u64().unwrap_or(0);
+        let (target_disk, droplet_disk) = (
+            target["disk"].as_u64().unwrap_or(0),
+            droplet["disk"].as_u64().unwrap_or(0),
+        );
+        if target_disk < droplet_disk {
+            return Err(failed(format!(
+                "{size} has a {target_disk} GB disk, and this droplet's disk has grown to \
+                 {droplet_disk} GB, which DigitalOcean cannot shrink: choose a size with at \
+                 least {droplet_disk} GB of disk"
+            )));
+        }
+        let disk = target_disk > droplet_disk;
         let was_on = droplet["status"] == "active";
         if was_on {
             self.stop_machine(provider_ref).await?;
