@@ -1,6 +1,7 @@
 //! Bad days at DigitalOcean: a fifth of all requests fail (429, 5xx, answers too
 //! slow to wait for, dropped connections — half of those after taking effect), and
-//! every operation still completes with exactly one droplet per environment; a
+//! every operation (create, stop, start, snapshot, resize, delete) still completes
+//! with exactly one droplet and one snapshot per environment; a
 //! droplet that presents another host key than the pinned one is refused.
 
 use std::time::Duration;
@@ -63,6 +64,60 @@ async fn every_operation_completes_under_twenty_percent_faults_with_one_droplet_
             })
             .await;
         assert_eq!(env["status"], "running", "{env}");
+    }
+    // A snapshot each: one image each, whatever was retried.
+    for (i, id) in ids.iter().enumerate() {
+        let r = client
+            .post(
+                &format!("/api/v1/environments/{id}/snapshot"),
+                &json!({"name": format!("stormy-{i}")}),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let env = app
+            .wait_for_env(&token, id, |e| {
+                e["phase"] == "ready" || e["status"] == "error"
+            })
+            .await;
+        let saved = format!("snapshot stormy-{i} saved");
+        assert!(
+            env["status_message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&saved),
+            "{env}"
+        );
+    }
+    let mut names: Vec<String> = fake.snapshots().into_iter().map(|s| s.1).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["stormy-0", "stormy-1", "stormy-2"],
+        "one snapshot each"
+    );
+    // A resize each: stopped, resized, started again.
+    for id in &ids {
+        let r = client
+            .post(
+                &format!("/api/v1/environments/{id}/resize"),
+                &json!({"size": "medium"}),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+    }
+    for id in &ids {
+        let env = app
+            .wait_for_env(&token, id, |e| {
+                e["phase"] == "ready" || e["status"] == "error"
+            })
+            .await;
+        assert_eq!(
+            (env["status"].as_str(), env["size"].as_str()),
+            (Some("running"), Some("s-2vcpu-4gb")),
+            "{env}"
+        );
     }
     for id in &ids {
         assert_eq!(
