@@ -10,7 +10,7 @@ use std::time::Instant;
 use actix_cors::Cors;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::middleware::{DefaultHeaders, ErrorHandlers, NormalizePath, TrailingSlash, from_fn};
+use actix_web::middleware::{DefaultHeaders, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, http::header, web};
 use anyhow::Context;
 
@@ -349,9 +349,7 @@ pub fn app(
         )
         .wrap(ErrorHandlers::new().default_handler(http::envelope_fallback))
         .wrap(from_fn(http::request_context))
-        // Serve `/api/v1/environments/` and `/api/v1/environments` alike,
-        // without a redirect (the app does not follow a redirected POST).
-        .wrap(NormalizePath::new(TrailingSlash::Trim))
+        .wrap(from_fn(http::normalize_path))
         .configure(routes::configure)
         .configure(|cfg| {
             // `/metrics` is here unless it has a listener of its own.

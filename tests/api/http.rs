@@ -152,7 +152,19 @@ async fn trailing_slashes_are_served_without_redirects() {
         .as_str()
         .unwrap()
         .to_owned();
-    let me = app.authed_client(&token).get("/api/v1/auth/me/").await;
+    let client = app.authed_client(&token);
+    let me = client.get("/api/v1/auth/me/").await;
     assert_eq!(me.status(), 200);
+    assert_eq!(client.get("//api/v1//auth/me").await.status(), 200);
     assert_eq!(app.get("/health/").await.status(), 200);
+    // The query survives, and so do path parameters.
+    let listed = client.get("/api/v1/environments/?status=bogus").await;
+    assert_error(listed, 422, "validation_error").await;
+    let template: serde_json::Value = client
+        .get("/api/v1/templates/python/")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(template["name"], "python");
 }
