@@ -359,3 +359,45 @@ async fn snapshots_and_resizes_are_refused_on_the_local_provider() {
     )
     .await;
 }
+
+#[actix_web::test]
+async fn a_template_too_large_for_user_data_is_refused_before_anything_is_made() {
+    let fake = FakeDo::start();
+    let app = spawn_app(&fake, &[]).await;
+    let token = app.admin_token("bulky").await;
+    let client = app.authed_client(&token);
+    // Within a template's own limit, but not with the rest of the user-data.
+    let bootstrap = format!("#!/bin/sh\n# {}\necho done\n", "x".repeat(63 * 1024));
+    let template = client
+        .post(
+            "/api/v1/templates",
+            &json!({
+                "name": "bulky", "display_name": "Bulky", "description": "a long bootstrap",
+                "category": "operating_system", "tags": [], "docker_image": "debian:12",
+                "bootstrap": bootstrap
+            }),
+        )
+        .await;
+    assert_eq!(template.status(), 201, "{:?}", template.text().await);
+    let refused = client
+        .post(
+            "/api/v1/environments",
+            &json!({"name": "Bulky", "template_id": "bulky"}),
+        )
+        .await;
+    let body = crate::helpers::assert_error(refused, 422, "validation_error").await;
+    assert!(
+        body.to_string()
+            .contains("over DigitalOcean's limit of 64 KiB"),
+        "{body}"
+    );
+    let listed: Vec<Value> = client
+        .get("/api/v1/environments")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+    assert!(fake.droplets().is_empty() && fake.volumes().is_empty());
+    assert_eq!(fake.count("droplets_create"), 0);
+}
