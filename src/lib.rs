@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod periodic;
 pub mod plans;
 pub mod ratelimit;
 pub mod reconcile;

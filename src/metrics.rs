@@ -46,18 +46,8 @@ impl Metrics {
     /// here, see `build_recorder`), so without this a server nobody scrapes would
     /// hold one sample per request, forever.
     pub fn spawn_upkeep(metrics: &Arc<Self>, period: std::time::Duration) {
-        let metrics = Arc::downgrade(metrics);
-        actix_web::rt::spawn(async move {
-            let mut every = tokio::time::interval(period);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            every.tick().await;
-            loop {
-                every.tick().await;
-                let Some(metrics) = metrics.upgrade() else {
-                    break;
-                };
-                metrics.handle.run_upkeep();
-            }
+        crate::periodic::every(metrics, period, |metrics| async move {
+            metrics.handle.run_upkeep();
         });
     }
 

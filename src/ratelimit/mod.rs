@@ -290,19 +290,9 @@ impl RateLimits {
 /// Sweeps `limits` every `period` (`DEVPOCKET_RATE_LIMIT_SWEEP`) until they are
 /// dropped (the server stopped).
 pub fn spawn_sweeper(limits: &Arc<RateLimits>, period: Duration) {
-    let limits = Arc::downgrade(limits);
-    actix_web::rt::spawn(async move {
-        let mut every = tokio::time::interval(period);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        every.tick().await;
-        loop {
-            every.tick().await;
-            let Some(limits) = limits.upgrade() else {
-                break;
-            };
-            // Many keys take a moment: off the async workers.
-            let _ = tokio::task::spawn_blocking(move || limits.sweep()).await;
-        }
+    crate::periodic::every(limits, period, |limits| async move {
+        // Many keys take a moment: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || limits.sweep()).await;
     });
 }
 

@@ -6,12 +6,36 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::lifecycle::create;
 use super::{metric, series, spawn_app};
 use crate::fake_do::{FakeConfig, FakeDo, Faults};
-use crate::helpers::{WsEvent, ws_next};
+use crate::helpers::{TestApp, WsEvent, ws_next};
+
+/// Sends `POST /api/v1/environments/{id}/{action}` (with `body(i)` for the i-th)
+/// to every environment, then waits until each satisfies `done`.
+async fn all(
+    app: &TestApp,
+    token: &str,
+    ids: &[String],
+    action: &str,
+    body: impl Fn(usize) -> Value,
+    done: impl Fn(&Value) -> bool + Copy,
+) -> Vec<Value> {
+    let client = app.authed_client(token);
+    for (i, id) in ids.iter().enumerate() {
+        let r = client
+            .post(&format!("/api/v1/environments/{id}/{action}"), &body(i))
+            .await;
+        assert_eq!(r.status(), 202, "{action}");
+    }
+    let mut envs = Vec::new();
+    for id in ids {
+        envs.push(app.wait_for_env(token, id, done).await);
+    }
+    envs
+}
 
 #[actix_web::test]
 async fn every_operation_completes_under_twenty_percent_faults_with_one_droplet_each() {
@@ -37,50 +61,21 @@ async fn every_operation_completes_under_twenty_percent_faults_with_one_droplet_
             .await;
         assert_eq!(env["status"], "running", "{env}");
     }
-    for id in &ids {
-        let r = client
-            .post(&format!("/api/v1/environments/{id}/stop"), &json!({}))
-            .await;
-        assert_eq!(r.status(), 202);
-    }
-    for id in &ids {
-        let env = app
-            .wait_for_env(&token, id, |e| {
-                e["phase"] == "stopped" || e["status"] == "error"
-            })
-            .await;
+    let stopped = |e: &Value| e["phase"] == "stopped" || e["status"] == "error";
+    let ready = |e: &Value| e["phase"] == "ready" || e["status"] == "error";
+    for env in all(&app, &token, &ids, "stop", |_| json!({}), stopped).await {
         assert_eq!(env["status"], "stopped", "{env}");
     }
-    for id in &ids {
-        let r = client
-            .post(&format!("/api/v1/environments/{id}/start"), &json!({}))
-            .await;
-        assert_eq!(r.status(), 202);
-    }
-    for id in &ids {
-        let env = app
-            .wait_for_env(&token, id, |e| {
-                e["phase"] == "ready" || e["status"] == "error"
-            })
-            .await;
+    for env in all(&app, &token, &ids, "start", |_| json!({}), ready).await {
         assert_eq!(env["status"], "running", "{env}");
     }
     // A snapshot each: one image each, whatever was retried.
-    for (i, id) in ids.iter().enumerate() {
-        let r = client
-            .post(
-                &format!("/api/v1/environments/{id}/snapshot"),
-                &json!({"name": format!("stormy-{i}")}),
-            )
-            .await;
-        assert_eq!(r.status(), 202);
-    }
-    for (i, id) in ids.iter().enumerate() {
-        let env = app
-            .wait_for_env(&token, id, |e| {
-                e["phase"] == "ready" || e["status"] == "error"
-            })
-            .await;
+    let name = |i: usize| json!({"name": format!("stormy-{i}")});
+    for (i, env) in all(&app, &token, &ids, "snapshot", name, ready)
+        .await
+        .iter()
+        .enumerate()
+    {
         let saved = format!("snapshot stormy-{i} saved");
         assert!(
             env["status_message"]
@@ -98,21 +93,8 @@ async fn every_operation_completes_under_twenty_percent_faults_with_one_droplet_
         "one snapshot each"
     );
     // A resize each: stopped, resized, started again.
-    for id in &ids {
-        let r = client
-            .post(
-                &format!("/api/v1/environments/{id}/resize"),
-                &json!({"size": "medium"}),
-            )
-            .await;
-        assert_eq!(r.status(), 202);
-    }
-    for id in &ids {
-        let env = app
-            .wait_for_env(&token, id, |e| {
-                e["phase"] == "ready" || e["status"] == "error"
-            })
-            .await;
+    let medium = |_| json!({"size": "medium"});
+    for env in all(&app, &token, &ids, "resize", medium, ready).await {
         assert_eq!(
             (env["status"].as_str(), env["size"].as_str()),
             (Some("running"), Some("s-2vcpu-4gb")),
