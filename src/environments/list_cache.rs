@@ -21,9 +21,10 @@ use uuid::Uuid;
 
 use super::EnvironmentResponse;
 
-/// Slots are pruned of all but the fresh lists when the map reaches this size:
-/// memory stays bounded whatever the number of users.
-const MAX_SLOTS: usize = 100_000;
+/// Slots are pruned of all but the fresh lists when the map reaches this size,
+/// and cleared if that is not enough: memory stays bounded (a few KiB a slot)
+/// whatever the number of users.
+const MAX_SLOTS: usize = 10_000;
 
 /// A user's environments as the list answers them, oldest first.
 #[derive(Debug)]
@@ -85,6 +86,9 @@ impl ListCache {
         {
             if slots.len() >= MAX_SLOTS {
                 slots.retain(|_, s| s.list.as_ref().is_some_and(|(until, _)| *until > now));
+                if slots.len() >= MAX_SLOTS {
+                    slots.clear();
+                }
             }
             slots.insert(
                 user_id,
@@ -190,6 +194,17 @@ mod tests {
         let _newer = miss(&cache, ada);
         cache.put(ticket, list());
         assert!(cache.get(ada).is_err());
+    }
+
+    #[test]
+    fn memory_stays_bounded_whatever_the_number_of_users() {
+        let cache = ListCache::new(Duration::from_secs(60));
+        for _ in 0..MAX_SLOTS * 2 {
+            let ticket = miss(&cache, Uuid::new_v4());
+            cache.put(ticket, list());
+        }
+        let slots = cache.slots.read().map(|s| s.len()).unwrap_or(usize::MAX);
+        assert!(slots <= MAX_SLOTS, "{slots} slots");
     }
 
     #[test]
