@@ -417,26 +417,7 @@ async fn list_environments(
             )
         })?;
     }
-    let list = match state.lists.get(caller.user.id) {
-        Ok(list) => list,
-        Err(ticket) => {
-            let mut conn = state.pool.get().await?;
-            let rows = db::list_owned(&mut conn, caller.user.id).await?;
-            drop(conn);
-            let environments: Vec<EnvironmentResponse> = rows
-                .into_iter()
-                .map(|(e, t)| EnvironmentResponse::new(e, t))
-                .collect();
-            let body = serde_json::to_vec(&environments)
-                .map_err(|e| ApiError::internal(anyhow::Error::new(e)))?;
-            let list = Arc::new(CachedList {
-                environments,
-                body: body.into(),
-            });
-            state.lists.put(ticket, list.clone());
-            list
-        }
-    };
+    let list = owned_list(&state, caller.user.id).await?;
     Ok(match status {
         None => HttpResponse::Ok()
             .content_type(ContentType::json())
@@ -448,6 +429,30 @@ async fn list_environments(
                 .collect::<Vec<_>>(),
         ),
     })
+}
+
+/// The user's environments: from memory when this server read them within
+/// `DEVPOCKET_LIST_CACHE_TTL` and nothing changed since, else from the database.
+async fn owned_list(state: &AppState, user_id: Uuid) -> Result<Arc<CachedList>, ApiError> {
+    let ticket = match state.lists.get(user_id) {
+        Ok(list) => return Ok(list),
+        Err(ticket) => ticket,
+    };
+    let mut conn = state.pool.get().await?;
+    let rows = db::list_owned(&mut conn, user_id).await?;
+    drop(conn);
+    let environments: Vec<EnvironmentResponse> = rows
+        .into_iter()
+        .map(|(e, t)| EnvironmentResponse::new(e, t))
+        .collect();
+    let body =
+        serde_json::to_vec(&environments).map_err(|e| ApiError::internal(anyhow::Error::new(e)))?;
+    let list = Arc::new(CachedList {
+        environments,
+        body: body.into(),
+    });
+    state.lists.put(ticket, list.clone());
+    Ok(list)
 }
 
 /// Get an environment.
