@@ -295,9 +295,10 @@ impl DbStore {
         self.pool.get().await.map_err(store_err)
     }
 
-    /// After a write that returned the owner of the row it changed (if any).
-    fn changed(&self, owner: QueryResult<Option<Uuid>>) -> Result<(), StoreError> {
-        if let Some(user_id) = owner.map_err(store_err)? {
+    /// After a write that returned the owner of the row it changed (none when the
+    /// row is gone).
+    fn changed(&self, owner: QueryResult<Uuid>) -> Result<(), StoreError> {
+        if let Some(user_id) = owner.optional().map_err(store_err)? {
             self.lists.forget(user_id);
         }
         Ok(())
@@ -453,7 +454,7 @@ impl Store for DbStore {
                     .await
             }
         };
-        self.changed(result.optional())
+        self.changed(result)
     }
 
     async fn save_keys(&self, id: Uuid, keys: &MachineKeys) -> Result<(), StoreError> {
@@ -496,7 +497,7 @@ impl Store for DbStore {
             .returning(environments::user_id)
             .get_result(&mut conn)
             .await;
-        self.changed(owner.optional())
+        self.changed(owner)
     }
 
     async fn append_logs(
@@ -596,7 +597,7 @@ impl Store for DbStore {
             .returning(environments::user_id)
             .get_result(&mut conn)
             .await;
-        self.changed(owner.optional())
+        self.changed(owner)
     }
 
     async fn mark_deleted(&self, id: Uuid) -> Result<(), StoreError> {
@@ -613,7 +614,7 @@ impl Store for DbStore {
             .returning(environments::user_id)
             .get_result(&mut conn)
             .await;
-        self.changed(owner.optional())
+        self.changed(owner)
     }
 
     async fn resumable(&self) -> Result<Vec<Resumable>, StoreError> {
