@@ -6,9 +6,12 @@
 //! read from that state when `/metrics` is scraped, so they always agree with the
 //! admin API.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use ::metrics::{Recorder, counter, gauge, histogram};
+use ::metrics::{Counter, Histogram, Recorder, counter, gauge, histogram};
+use actix_web::http::Method;
 use devpocket_actors::inspect::{Inspector, Kind};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -61,16 +64,6 @@ impl Metrics {
         ::metrics::with_local_recorder(&*self.recorder, f)
     }
 
-    pub fn http_request(&self, method: &str, route: String, status: u16, seconds: f64) {
-        let method = method.to_owned();
-        self.record(|| {
-            counter!("devpocket_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
-                .increment(1);
-            histogram!("devpocket_http_request_duration_seconds", "method" => method, "route" => route)
-                .record(seconds);
-        });
-    }
-
     /// The exposition text, with the live-state gauges read now.
     pub fn render(&self, inspector: &Inspector, pool: &DbPool, limits: &RateLimits) -> String {
         self.record(|| {
@@ -92,5 +85,96 @@ impl Metrics {
             }
         });
         self.handle.render()
+    }
+}
+
+/// The HTTP request series one worker has used, by route template: a request then
+/// costs two atomic updates, not two registry lookups (labels built, hashed and
+/// compared). Bounded by routes × methods × statuses: a method outside the standard
+/// ones is counted as `other`, so a client cannot mint series.
+#[derive(Default)]
+pub struct HttpSeries(RefCell<HashMap<String, Vec<Series>>>);
+
+struct Series {
+    method: &'static str,
+    status: u16,
+    /// `devpocket_http_requests_total{method, route, status}`
+    requests: Counter,
+    /// `devpocket_http_request_duration_seconds{method, route}`
+    duration: Histogram,
+}
+
+impl HttpSeries {
+    /// Counts one answered request of `route` (a template: ids would make a series
+    /// per request) in `metrics`, the recorder of the application this worker serves.
+    pub fn record(
+        &self,
+        metrics: &Metrics,
+        method: &Method,
+        route: String,
+        status: u16,
+        seconds: f64,
+    ) {
+        let method = method_label(method);
+        let mut by_route = self.0.borrow_mut();
+        let known = by_route.get(route.as_str()).and_then(|all| {
+            all.iter()
+                .find(|s| s.method == method && s.status == status)
+        });
+        if let Some(series) = known {
+            series.requests.increment(1);
+            series.duration.record(seconds);
+            return;
+        }
+        let series = metrics.record(|| Series {
+            method,
+            status,
+            requests: counter!("devpocket_http_requests_total", "method" => method, "route" => route.clone(), "status" => status.to_string()),
+            duration: histogram!("devpocket_http_request_duration_seconds", "method" => method, "route" => route.clone()),
+        });
+        series.requests.increment(1);
+        series.duration.record(seconds);
+        by_route.entry(route).or_default().push(series);
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_series_is_counted_in_place_and_methods_cannot_mint_series() {
+        let metrics = Metrics::new().unwrap();
+        let series = HttpSeries::default();
+        let brew = Method::from_bytes(b"BREW").unwrap();
+        for method in [&Method::GET, &Method::GET, &brew] {
+            series.record(&metrics, method, "/api/v1/info".into(), 200, 0.001);
+        }
+        series.record(&metrics, &Method::GET, "/api/v1/info".into(), 429, 0.001);
+        let text = metrics.handle.render();
+        for line in [
+            r#"devpocket_http_requests_total{method="GET",route="/api/v1/info",status="200"} 2"#,
+            r#"devpocket_http_requests_total{method="GET",route="/api/v1/info",status="429"} 1"#,
+            r#"devpocket_http_requests_total{method="other",route="/api/v1/info",status="200"} 1"#,
+            r#"devpocket_http_request_duration_seconds_count{method="GET",route="/api/v1/info"} 3"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("BREW"), "{text}");
     }
 }

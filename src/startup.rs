@@ -10,7 +10,7 @@ use std::time::Instant;
 use actix_cors::Cors;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::middleware::{DefaultHeaders, ErrorHandlers, from_fn};
+use actix_web::middleware::ErrorHandlers;
 use actix_web::{App, HttpServer, http::header, web};
 use anyhow::Context;
 
@@ -341,15 +341,8 @@ pub fn app(
     App::new()
         .app_data(JsonLimit(settings.max_json_bytes))
         .wrap(cors(&settings.allowed_origins))
-        .wrap(
-            DefaultHeaders::new()
-                .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-                .add((header::X_FRAME_OPTIONS, "DENY"))
-                .add((header::REFERRER_POLICY, "no-referrer")),
-        )
         .wrap(ErrorHandlers::new().default_handler(http::envelope_fallback))
-        .wrap(from_fn(http::request_context))
-        .wrap(from_fn(http::normalize_path))
+        .wrap(http::Edge)
         .configure(routes::configure)
         .configure(|cfg| {
             // `/metrics` is here unless it has a listener of its own.

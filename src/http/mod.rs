@@ -1,15 +1,15 @@
-//! HTTP plumbing shared by every route: request ids and request logging, the error
-//! envelope for failures raised outside handlers, the JSON body extractor, path
-//! normalisation, and the client address behind trusted proxies.
+//! HTTP plumbing shared by every route: the edge (path normalisation, request ids,
+//! the per-address limit, security headers, request metrics and logging), the error
+//! envelope for failures raised outside handlers, the JSON body extractor, and the
+//! client address behind trusted proxies.
 
 mod client_ip;
+mod edge;
 mod envelope;
 pub mod json;
 mod normalize;
-mod request_id;
 
 pub use client_ip::client_ip;
+pub use edge::{Edge, X_REQUEST_ID};
 pub use envelope::envelope_fallback;
 pub use json::{Json, OptionalJson};
-pub use normalize::normalize_path;
-pub use request_id::{RequestId, request_context};

@@ -3,12 +3,9 @@
 //! POST). actix-web's `NormalizePath` does the same, but runs a regular expression
 //! over every path; here a path that needs nothing (nearly all) costs one scan.
 
-use actix_web::Error;
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::ServiceRequest;
 use actix_web::http::Uri;
 use actix_web::http::uri::PathAndQuery;
-use actix_web::middleware::Next;
 
 /// The path without trailing slashes and with runs of slashes merged, if that
 /// changes it.
@@ -28,27 +25,26 @@ fn normalized(path: &str) -> Option<String> {
     Some(out)
 }
 
-pub async fn normalize_path(
-    mut req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    if let Some(path) = normalized(req.path()) {
-        let mut parts = req.uri().clone().into_parts();
-        let path_and_query = match parts.path_and_query.as_ref().and_then(|pq| pq.query()) {
-            Some(query) => format!("{path}?{query}"),
-            None => path,
-        };
-        // Made of a valid URI's path and query, minus some slashes: still valid.
-        if let Ok(pq) = PathAndQuery::try_from(path_and_query) {
-            parts.path_and_query = Some(pq);
-            if let Ok(uri) = Uri::from_parts(parts) {
-                // Before routing: nothing has been matched against the old path.
-                req.match_info_mut().get_mut().update(&uri);
-                req.head_mut().uri = uri;
-            }
+/// Rewrites the request's path to its normal form (see [`normalized`]), before
+/// routing.
+pub fn normalize(req: &mut ServiceRequest) {
+    let Some(path) = normalized(req.path()) else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    let path_and_query = match parts.path_and_query.as_ref().and_then(|pq| pq.query()) {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    // Made of a valid URI's path and query, minus some slashes: still valid.
+    if let Ok(pq) = PathAndQuery::try_from(path_and_query) {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            // Before routing: nothing has been matched against the old path.
+            req.match_info_mut().get_mut().update(&uri);
+            req.head_mut().uri = uri;
         }
     }
-    next.call(req).await
 }
 
 #[cfg(test)]

@@ -1,16 +1,15 @@
-//! The HTTP side of the limits: middleware that counts requests per client address
-//! (all API routes; stricter on sign-up, sign-in and refresh), and the `RateLimit-*`
-//! headers, which describe the tightest limit that applied to the request.
-
-use std::net::IpAddr;
+//! The HTTP side of the limits: requests per client address (all API routes, checked
+//! by the edge; stricter on sign-up, sign-in and refresh, checked by middleware on
+//! those routes), and the `RateLimit-*` headers, which describe the tightest limit
+//! that applied to the request.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, ORIGIN};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest, web};
 
-use super::{RateLimits, Status};
+use super::Status;
 use crate::error::ApiError;
 use crate::http::client_ip;
 use crate::startup::AppState;
@@ -46,12 +45,42 @@ pub fn insert_headers(headers: &mut HeaderMap, status: Status) {
     }
 }
 
-/// Every request to the API, per client address.
-pub async fn limit_by_ip(
+/// The per-address limit on the API, applied by the edge (`http::edge`) before any
+/// other work. A passed check is noted for the response headers; a refusal is
+/// returned, to be answered at once. A browser's request (it carries `Origin`) is
+/// the exception: its answer must pass CORS to be readable by the page, so its
+/// refusal is left in the request for [`answer_deferred`], which runs inside CORS.
+pub fn check_at_edge(req: &ServiceRequest, state: &AppState) -> Option<ApiError> {
+    if !crate::routes::is_api(req.path()) {
+        return None;
+    }
+    let ip = client_ip(req.request(), &state.settings.trusted_proxies)?;
+    match state.ratelimits.check_ip(ip) {
+        Ok(status) => {
+            record(req.request(), status);
+            None
+        }
+        Err(err) if req.headers().contains_key(ORIGIN) => {
+            req.extensions_mut().insert(Deferred(err));
+            None
+        }
+        Err(err) => Some(err),
+    }
+}
+
+/// A refusal the edge left for [`answer_deferred`].
+struct Deferred(ApiError);
+
+/// Answers the refusal [`check_at_edge`] deferred, if any; wraps the API routes.
+pub async fn answer_deferred(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
-    limit(req, next, RateLimits::check_ip).await
+    let deferred = req.extensions_mut().remove::<Deferred>();
+    match deferred {
+        Some(Deferred(err)) => Ok(req.error_response(err).map_into_right_body()),
+        None => Ok(next.call(req).await?.map_into_left_body()),
+    }
 }
 
 /// Sign-up, sign-in and refresh, per client address.
@@ -59,31 +88,26 @@ pub async fn limit_auth_by_ip(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
-    limit(req, next, RateLimits::check_auth_ip).await
-}
-
-async fn limit<B: MessageBody + 'static>(
-    req: ServiceRequest,
-    next: Next<B>,
-    check: fn(&RateLimits, IpAddr) -> Result<Status, ApiError>,
-) -> Result<ServiceResponse<EitherBody<B>>, Error> {
     if let Some(state) = req.app_data::<web::Data<AppState>>()
         && let Some(ip) = client_ip(req.request(), &state.settings.trusted_proxies)
     {
-        match check(&state.ratelimits, ip) {
+        match state.ratelimits.check_auth_ip(ip) {
             Ok(status) => record(req.request(), status),
-            // A response, not an `Err`: the outer middleware still adds the request
-            // id, logs it and applies CORS.
+            // A response, not an `Err`: the edge still adds the request id, logs
+            // it, and CORS applies.
             Err(err) => return Ok(req.error_response(err).map_into_right_body()),
         }
     }
-    let mut res = next.call(req).await?;
-    // A refusal further in carries its own headers.
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// Writes the `RateLimit-*` headers of the tightest limit the request passed,
+/// unless the answer carries its own (a refusal does).
+pub fn add_headers<B>(res: &mut ServiceResponse<B>) {
     let tightest = res.request().extensions().get::<Tightest>().copied();
     if let Some(Tightest(status)) = tightest
         && !res.headers().contains_key(RATELIMIT_LIMIT)
     {
         insert_headers(res.headers_mut(), status);
     }
-    Ok(res.map_into_left_body())
 }

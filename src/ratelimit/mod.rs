@@ -6,7 +6,9 @@
 
 mod middleware;
 
-pub use middleware::{insert_headers, limit_auth_by_ip, limit_by_ip, record};
+pub use middleware::{
+    add_headers, answer_deferred, check_at_edge, insert_headers, limit_auth_by_ip, record,
+};
 
 use std::hash::Hash;
 use std::net::IpAddr;

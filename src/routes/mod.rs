@@ -19,11 +19,20 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::ApiError;
 
+/// Where the API lives: every path under it is limited per client address (see
+/// `ratelimit::check_at_edge`). Health probes stay outside (load balancers poll them).
+pub const API: &str = "/api/v1";
+
+/// Whether `path` (normalised) is under [`API`], as the scope matches it.
+pub fn is_api(path: &str) -> bool {
+    path.strip_prefix(API)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(health::configure).service(
-        // Health probes stay outside the limits (load balancers poll them).
-        web::scope("/api/v1")
-            .wrap(from_fn(crate::ratelimit::limit_by_ip))
+        web::scope(API)
+            .wrap(from_fn(crate::ratelimit::answer_deferred))
             .configure(auth::configure)
             .configure(info::configure)
             .configure(templates::configure)

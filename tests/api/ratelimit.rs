@@ -75,7 +75,12 @@ where
 
 #[actix_web::test]
 async fn a_burst_from_one_address_is_refused_with_headers_then_recovers() {
-    let app = TestApp::spawn_with(&[("DEVPOCKET_RATE_LIMIT_IP", "3/3s")]).await;
+    let console = "https://console.example.com";
+    let app = TestApp::spawn_with(&[
+        ("DEVPOCKET_RATE_LIMIT_IP", "3/3s"),
+        ("ALLOWED_ORIGINS", console),
+    ])
+    .await;
 
     let first = app.get("/api/v1/info").await;
     assert_eq!(first.status(), 200);
@@ -85,7 +90,26 @@ async fn a_burst_from_one_address_is_refused_with_headers_then_recovers() {
 
     let (passed, refused) = until_limited(50, || app.get("/api/v1/info")).await;
     assert!(passed >= 2, "the burst is 3: {passed} more passed");
+    // A refusal is an answer like any other: request id, security headers, counted.
+    assert_eq!(refused.headers()["x-request-id"].len(), 36);
+    assert_eq!(refused.headers()["x-content-type-options"], "nosniff");
+    assert_limited(refused, 3).await;
+    let refusals =
+        "devpocket_http_requests_total{method=\"GET\",route=\"/api/v1/info\",status=\"429\"}";
+    assert_eq!(series(&scrape(&app).await, refusals), 1.0);
+
+    // A page of an allowed origin can read its refusal: CORS applies to it.
+    let from_page = || {
+        app.client
+            .get(app.url("/api/v1/info"))
+            .header("origin", console)
+            .send()
+    };
+    let (_, refused) = until_limited(50, || async { from_page().await.unwrap() }).await;
+    assert_eq!(refused.headers()["access-control-allow-origin"], console);
+    assert_eq!(refused.headers()["x-frame-options"], "DENY");
     let retry_after = assert_limited(refused, 3).await;
+    assert_eq!(series(&scrape(&app).await, refusals), 2.0);
 
     // Load balancers' probes are not limited.
     let health = app.get("/health/live").await;
