@@ -89,12 +89,12 @@ where
             .as_deref()
             .and_then(|state| ratelimit::check_at_edge(&req, state));
         if let Some(refusal) = refusal {
-            let (method, path) = (req.method().clone(), req.path().to_owned());
-            let mut res = req.error_response(refusal);
-            let status = finish(&mut res, &id, started, state.as_deref(), &self.series);
             // A refusal is counted in `devpocket_rate_limit_rejections_total`; its
-            // log line is at debug level only, so a flood costs neither log nor disk.
-            tracing::debug!(request_id = %id, %method, path, status, "request");
+            // log line is at debug level only, so a flood costs neither log nor disk
+            // (nor, unless debug is on, a copy of the path).
+            tracing::debug!(request_id = %id, method = %req.method(), path = req.path(), status = 429, "request");
+            let mut res = req.error_response(refusal);
+            finish(&mut res, &id, started, state.as_deref(), &self.series);
             return Box::pin(ready(Ok(res.map_into_right_body())));
         }
 
