@@ -82,8 +82,10 @@ const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 /// The system group of local environments' users (when running as root).
 const ENVIRONMENT_GROUP: &str = "devpocket-env";
 
-/// Starts the actor system with the configured providers, on the durable store.
-fn start_actors(
+/// Starts the actor system with the configured providers, on the durable store,
+/// after removing the local machines (and users) that belong to no live
+/// environment: what a crash, or a delete that never finished, left behind.
+async fn start_actors(
     settings: &Settings,
     pool: &DbPool,
     metrics: &Metrics,
@@ -105,6 +107,17 @@ fn start_actors(
         None
     };
     let local = LocalProvider::new(environments, group).context("preparing the local provider")?;
+    let live = {
+        let mut conn = pool.get().await?;
+        crate::db::environments::live_on_provider(&mut conn, local.name()).await?
+    };
+    let removed = local
+        .sweep(live.into_iter().map(|(id, ..)| id).collect())
+        .await
+        .context("removing orphan local machines")?;
+    if !removed.is_empty() {
+        tracing::warn!(environments = ?removed, "removed local machines that belonged to no live environment");
+    }
     let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
     providers.insert(local.name().to_owned(), Arc::new(local));
     if let Some(digitalocean) = digitalocean {
@@ -205,7 +218,8 @@ impl Application {
             &metrics,
             digitalocean.clone(),
             lists.clone(),
-        )?;
+        )
+        .await?;
         let resumed = actors.resume_all().await.context("resuming environments")?;
         if resumed > 0 {
             tracing::info!(resumed, "environments resumed");

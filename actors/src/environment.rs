@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
+use futures_util::FutureExt;
+use futures_util::future::Shared;
 use russh::ChannelMsg;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::deps::Deps;
@@ -22,7 +24,7 @@ use crate::metrics::{self, Metrics};
 use crate::model::{
     EnvironmentRecord, MachineAccess, MachineKeys, Phase, Stamp, Status, Transition,
 };
-use crate::provider::{MachineSpec, Maintenance, Provider, ProviderError};
+use crate::provider::{Cancel, Canceller, MachineSpec, Maintenance, Provider, ProviderError};
 use crate::ssh::{self, SshError, SshSession};
 use crate::store::StoreError;
 use crate::supervisor::ChildExited;
@@ -80,7 +82,8 @@ pub struct EnvironmentActor {
     record: EnvironmentRecord,
     guard: ExitGuard,
     /// The lifecycle operation in progress, if any.
-    operation: Option<SpawnHandle>,
+    operation: Option<Operation>,
+    next_operation: u64,
     install: InstallState,
     subscribers: Vec<mpsc::Sender<LogEvent>>,
     last_activity: Instant,
@@ -124,6 +127,7 @@ impl EnvironmentActor {
             deps,
             record,
             operation: None,
+            next_operation: 0,
             install,
             subscribers: Vec::new(),
             last_activity: Instant::now(),
@@ -166,6 +170,13 @@ impl EnvironmentActor {
     }
 
     fn apply(&mut self, t: &Transition) {
+        // Once deleting, only the delete's own outcome moves the environment, not
+        // a late word from the operation it superseded.
+        if self.record.phase == Phase::Deleting
+            && !matches!(t.phase, Phase::Deleting | Phase::Deleted | Phase::Failed)
+        {
+            return;
+        }
         self.record.status = t.status;
         self.record.phase = t.phase;
         self.record.progress = t.progress;
@@ -197,41 +208,74 @@ impl EnvironmentActor {
         }
     }
 
+    /// Starts `op` once the operation in progress (if any) has ended: that one is
+    /// asked to give up first. Operations never overlap, so a delete never races the
+    /// create it interrupts: it starts after the create has stopped, and removes
+    /// whatever the create made.
     fn run(&mut self, op: Op, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.operation.take() {
-            ctx.cancel_future(handle);
-        }
-        let provider = match self.provider() {
-            Ok(p) => p,
-            Err(message) => {
-                let fut = fail(self.deps.clone(), self.record.id, message, ctx.address());
-                self.operation = Some(ctx.spawn(fut.into_actor(self)));
-                return;
+        let previous = self.operation.take().map(|running| {
+            running.canceller.cancel();
+            running.done
+        });
+        let (canceller, cancel) = Cancel::new();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        self.next_operation += 1;
+        let number = self.next_operation;
+        let wait = async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
             }
         };
-        let work = Work {
-            deps: self.deps.clone(),
-            provider,
-            record: self.record.clone(),
-            me: ctx.address(),
-        };
-        let fut = async move {
-            match op {
-                Op::Provision => work.provision().await,
-                Op::Start => work.start(false).await,
-                Op::EnsureUp => work.start(true).await,
-                Op::Stop => work.stop().await,
-                Op::Delete => work.delete().await,
-                Op::Snapshot(name) => work.snapshot(name).await,
-                Op::Resize(size) => work.resize(size).await,
-                Op::Settle => work.settle().await,
-                Op::Reboot => work.reboot().await,
-            }
-        };
-        self.operation = Some(ctx.spawn(fut.into_actor(self).map(|_, act, _| {
-            act.operation = None;
-        })));
+        let fut = wait
+            .into_actor(self)
+            .then(move |(), act, ctx| {
+                // Sent (or dropped) when this operation ends, however it ends.
+                let _done = done_tx;
+                let work = if cancel.is_cancelled() {
+                    // Superseded before it began.
+                    None
+                } else {
+                    Some(act.provider().map(|provider| Work {
+                        deps: act.deps.clone(),
+                        provider,
+                        record: act.record.clone(),
+                        me: ctx.address(),
+                        cancel,
+                    }))
+                };
+                let (deps, id, me) = (act.deps.clone(), act.record.id, ctx.address());
+                async move {
+                    let _done = _done;
+                    match work {
+                        None => {}
+                        Some(Err(message)) => fail(deps, id, message, me).await,
+                        Some(Ok(work)) => work.perform(op).await,
+                    }
+                }
+                .into_actor(act)
+            })
+            .map(move |(), act, _| {
+                if act.operation.as_ref().is_some_and(|o| o.number == number) {
+                    act.operation = None;
+                }
+            });
+        self.operation = Some(Operation {
+            number,
+            handle: ctx.spawn(fut),
+            canceller,
+            done: done_rx.shared(),
+        });
     }
+}
+
+/// The lifecycle operation in progress.
+struct Operation {
+    number: u64,
+    handle: SpawnHandle,
+    /// Asks it to give up at its next safe point.
+    canceller: Canceller,
+    /// Resolves when it has ended.
+    done: Shared<oneshot::Receiver<()>>,
 }
 
 #[derive(Debug, Clone)]
@@ -309,8 +353,9 @@ impl EnvironmentActor {
                     // Someone else took over: stop driving this machine at once.
                     tracing::warn!(environment_id = %act.record.id, "lease lost");
                     act.has_lease = false;
-                    if let Some(handle) = act.operation.take() {
-                        ctx.cancel_future(handle);
+                    if let Some(running) = act.operation.take() {
+                        running.canceller.cancel();
+                        ctx.cancel_future(running.handle);
                     }
                 }
             }
@@ -565,6 +610,8 @@ struct Work {
     provider: Arc<dyn Provider>,
     record: EnvironmentRecord,
     me: Addr<EnvironmentActor>,
+    /// Set when a later operation (a delete) supersedes this one.
+    cancel: Cancel,
 }
 
 async fn fail(deps: Arc<Deps>, id: Uuid, message: String, me: Addr<EnvironmentActor>) {
@@ -576,8 +623,25 @@ async fn fail(deps: Arc<Deps>, id: Uuid, message: String, me: Addr<EnvironmentAc
 }
 
 impl Work {
-    /// Durable first, then announced.
+    async fn perform(self, op: Op) {
+        match op {
+            Op::Provision => self.provision().await,
+            Op::Start => self.start(false).await,
+            Op::EnsureUp => self.start(true).await,
+            Op::Stop => self.stop().await,
+            Op::Delete => self.delete().await,
+            Op::Snapshot(name) => self.snapshot(name).await,
+            Op::Resize(size) => self.resize(size).await,
+            Op::Settle => self.settle().await,
+            Op::Reboot => self.reboot().await,
+        }
+    }
+
+    /// Durable first, then announced. A superseded operation writes nothing more.
     async fn transition(&self, t: Transition) -> Result<(), String> {
+        if self.cancel.is_cancelled() {
+            return Err(ProviderError::Cancelled.to_string());
+        }
         self.deps
             .store
             .transition(self.record.id, &t)
@@ -640,6 +704,11 @@ impl Work {
             )),
         };
         let provider = self.provider.name();
+        if self.cancel.is_cancelled() {
+            // The delete that superseded it removes whatever was made.
+            tracing::info!(environment_id = %self.record.id, "provisioning given up: the environment is being deleted");
+            return;
+        }
         match outcome {
             Ok(()) => {
                 self.deps
@@ -662,7 +731,7 @@ impl Work {
         }
         let machine = self
             .provider
-            .create(&self.spec(keys.clone()))
+            .create(&self.spec(keys.clone()), &self.cancel)
             .await
             .map_err(|e| format!("creating the machine failed: {e}"))?;
         self.save_machine(&machine).await?;
@@ -670,7 +739,11 @@ impl Work {
             self.transition(Transition::new(Status::Creating, Phase::Booting, 15))
                 .await?;
         }
-        self.follow_bootstrap(&machine.access, &keys).await
+        // Following the log makes nothing: it may stop at any moment.
+        tokio::select! {
+            result = self.follow_bootstrap(&machine.access, &keys) => result,
+            () = self.cancel.cancelled() => Err(ProviderError::Cancelled.to_string()),
+        }
     }
 
     /// Tails the provisioning log from its first line, storing and announcing the
@@ -845,12 +918,12 @@ impl Work {
 
     async fn delete(self) {
         let result = async {
-            if let Some(provider_ref) = &self.record.provider_ref {
-                self.provider
-                    .delete(provider_ref)
-                    .await
-                    .map_err(|e| format!("deleting the machine failed: {e}"))?;
-            }
+            // Whatever the machine is, recorded or not (a create cancelled halfway):
+            // the provider finds it by the environment.
+            self.provider
+                .delete(self.record.id, self.record.provider_ref.as_deref())
+                .await
+                .map_err(|e| format!("deleting the machine failed: {e}"))?;
             self.deps
                 .store
                 .mark_deleted(self.record.id)

@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use devpocket_actors::model::{
     EnvironmentRecord, MachineAccess, MachineKeys, Phase, Status, Transition,
 };
-use devpocket_actors::provider::{BootstrapWatch, Machine, MachineSpec, Provider, ProviderError};
+use devpocket_actors::provider::{
+    BootstrapWatch, Cancel, Machine, MachineSpec, Provider, ProviderError,
+};
 use devpocket_actors::registry::SupervisorFor;
 use devpocket_actors::store::{Resumable, Store, StoreError};
 use devpocket_actors::supervisor::ChildCount;
@@ -302,7 +304,7 @@ impl Provider for PanickyProvider {
         PROVIDER
     }
 
-    async fn create(&self, spec: &MachineSpec) -> Result<Machine, ProviderError> {
+    async fn create(&self, spec: &MachineSpec, _: &Cancel) -> Result<Machine, ProviderError> {
         self.keys_seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -326,7 +328,7 @@ impl Provider for PanickyProvider {
         Err(ProviderError::Unsupported("stop"))
     }
 
-    async fn delete(&self, _provider_ref: &str) -> Result<(), ProviderError> {
+    async fn delete(&self, _: Uuid, _: Option<&str>) -> Result<(), ProviderError> {
         Ok(())
     }
 

@@ -8,6 +8,7 @@ pub mod local;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::model::{MachineAccess, MachineKeys};
@@ -20,6 +21,58 @@ pub enum ProviderError {
     Gone(String),
     #[error("this provider cannot {0}")]
     Unsupported(&'static str),
+    /// A create gave up because its environment is being deleted.
+    #[error("cancelled: the environment is being deleted")]
+    Cancelled,
+}
+
+/// Asks work in progress to give up at its next safe point: between the calls it
+/// makes, never in the middle of one (a request that may have made something is
+/// always seen through, so that what it made can be found and removed).
+#[derive(Debug, Clone)]
+pub struct Cancel(watch::Receiver<bool>);
+
+/// The side that cancels.
+#[derive(Debug)]
+pub struct Canceller(watch::Sender<bool>);
+
+impl Cancel {
+    pub fn new() -> (Canceller, Cancel) {
+        let (tx, rx) = watch::channel(false);
+        (Canceller(tx), Cancel(rx))
+    }
+
+    /// A token that is never cancelled.
+    pub fn never() -> Cancel {
+        Self::new().1
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once cancelled (never, if the canceller is dropped without it).
+    pub async fn cancelled(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// `Err(Cancelled)` once cancelled: `cancel.check()?` between steps.
+    pub fn check(&self) -> Result<(), ProviderError> {
+        if self.is_cancelled() {
+            Err(ProviderError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 /// What to build.
@@ -69,8 +122,9 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Creates the machine and starts its init, or returns the one already made for
     /// this environment (a create is never repeated: no second machine, no second
-    /// bootstrap).
-    async fn create(&self, spec: &MachineSpec) -> Result<Machine, ProviderError>;
+    /// bootstrap). Once `cancel` is cancelled it gives up at its next safe point with
+    /// `ProviderError::Cancelled`.
+    async fn create(&self, spec: &MachineSpec, cancel: &Cancel) -> Result<Machine, ProviderError>;
 
     /// Brings a stopped machine up (idempotent).
     async fn start(&self, spec: &MachineSpec, provider_ref: &str)
@@ -79,8 +133,14 @@ pub trait Provider: Send + Sync + 'static {
     /// Stops the machine and its processes (idempotent).
     async fn stop(&self, provider_ref: &str) -> Result<(), ProviderError>;
 
-    /// Removes the machine and everything it stored (idempotent).
-    async fn delete(&self, provider_ref: &str) -> Result<(), ProviderError>;
+    /// Removes the environment's machine and everything it stored (idempotent):
+    /// whatever a create made for the environment, found by the environment when
+    /// `provider_ref` was never recorded (a create cancelled or interrupted halfway).
+    async fn delete(
+        &self,
+        environment_id: Uuid,
+        provider_ref: Option<&str>,
+    ) -> Result<(), ProviderError>;
 
     /// Whether this provider can take snapshots and resize machines.
     fn supports(&self, _operation: Maintenance) -> bool {

@@ -10,7 +10,7 @@ use devpocket_actors::logs::EXIT_MARKER;
 use devpocket_actors::provider::digitalocean::{
     DigitalOceanConfig, DigitalOceanProvider, environment_tag,
 };
-use devpocket_actors::provider::{MachineSpec, Provider};
+use devpocket_actors::provider::{Cancel, MachineSpec, Provider};
 use devpocket_actors::ssh::{SshSession, generate_machine_keys};
 use uuid::Uuid;
 
@@ -63,7 +63,7 @@ async fn creates_follows_stops_starts_and_deletes_a_droplet() {
     let spec = spec(BOOTSTRAP);
     let tag = environment_tag(spec.environment_id);
 
-    let machine = provider.create(&spec).await.unwrap();
+    let machine = provider.create(&spec, &Cancel::never()).await.unwrap();
     let droplets = fake.droplets_tagged(&tag);
     assert_eq!(droplets.len(), 1);
     let droplet = &droplets[0];
@@ -141,14 +141,20 @@ async fn creates_follows_stops_starts_and_deletes_a_droplet() {
     ssh.close().await;
 
     // Creating again finds the droplet it made.
-    let same = provider.create(&spec).await.unwrap();
+    let same = provider.create(&spec, &Cancel::never()).await.unwrap();
     assert_eq!(same.provider_ref, machine.provider_ref);
     assert_eq!(fake.count("droplets_create"), 1);
 
-    provider.delete(&machine.provider_ref).await.unwrap();
+    provider
+        .delete(spec.environment_id, Some(&machine.provider_ref))
+        .await
+        .unwrap();
     assert!(fake.droplets().is_empty());
     assert!(fake.volumes().is_empty(), "the home volume is deleted too");
-    provider.delete(&machine.provider_ref).await.unwrap();
+    provider
+        .delete(spec.environment_id, Some(&machine.provider_ref))
+        .await
+        .unwrap();
     fake.assert_valid();
 }
 
@@ -157,7 +163,7 @@ async fn a_failing_bootstrap_is_reported_by_cloud_init_status() {
     let fake = FakeDo::start();
     let provider = DigitalOceanProvider::new(config(&fake)).unwrap();
     let spec = spec("#!/bin/sh\necho 'about to fail'\nexit 3\n");
-    let machine = provider.create(&spec).await.unwrap();
+    let machine = provider.create(&spec, &Cancel::never()).await.unwrap();
     let ssh = SshSession::connect(&machine.access, &spec.keys.user_private)
         .await
         .unwrap();
@@ -175,7 +181,10 @@ async fn a_failing_bootstrap_is_reported_by_cloud_init_status() {
         "{log}"
     );
     ssh.close().await;
-    provider.delete(&machine.provider_ref).await.unwrap();
+    provider
+        .delete(spec.environment_id, Some(&machine.provider_ref))
+        .await
+        .unwrap();
 }
 
 #[actix_web::test]
@@ -195,7 +204,9 @@ async fn many_creates_at_once_queue_behind_the_limiter_instead_of_provoking_429s
     })
     .unwrap();
     let specs: Vec<MachineSpec> = (0..8).map(|_| spec(BOOTSTRAP)).collect();
-    let machines = futures_util::future::join_all(specs.iter().map(|s| provider.create(s))).await;
+    let never = Cancel::never();
+    let machines =
+        futures_util::future::join_all(specs.iter().map(|s| provider.create(s, &never))).await;
     let machines: Vec<_> = machines.into_iter().map(Result::unwrap).collect();
     let exchanges = fake.exchanges();
     assert!(
@@ -212,7 +223,13 @@ async fn many_creates_at_once_queue_behind_the_limiter_instead_of_provoking_429s
             1
         );
     }
-    futures_util::future::join_all(machines.iter().map(|m| provider.delete(&m.provider_ref))).await;
+    futures_util::future::join_all(
+        specs
+            .iter()
+            .zip(&machines)
+            .map(|(s, m)| provider.delete(s.environment_id, Some(&m.provider_ref))),
+    )
+    .await;
     assert!(fake.droplets().is_empty() && fake.volumes().is_empty());
     fake.assert_valid();
 }

@@ -354,6 +354,19 @@ impl DigitalOceanProvider {
         }
     }
 
+    /// The ids of the volumes called `name`, in any region.
+    pub(super) async fn volumes_named(&self, name: &str) -> Result<Vec<String>, ProviderError> {
+        let found = self
+            .client
+            .list("/v2/volumes", "volumes", &[("name", name.to_owned())])
+            .await
+            .map_err(|e| explain("looking up the home volume", e))?;
+        Ok(found
+            .iter()
+            .filter_map(|v| v["id"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// Deletes the volume once the droplet has let go of it.
     pub(super) async fn delete_volume(&self, volume: &str) -> Result<(), ProviderError> {
         let deadline = Instant::now() + self.config.create_timeout;

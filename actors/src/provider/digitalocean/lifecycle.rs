@@ -1,23 +1,42 @@
 //! Create, start, stop and delete: the droplet lifecycle behind the `Provider`
 //! trait, never making a second droplet for an environment.
 
+use std::future::Future;
+
 use serde_json::json;
+use uuid::Uuid;
 
 use super::user_data::UserDataSpec;
 use super::{DigitalOceanProvider, environment_tag, explain, failed, parse_ref, volume_name};
-use crate::provider::{Machine, MachineSpec, ProviderError};
+use crate::provider::{Cancel, Machine, MachineSpec, ProviderError};
+
+/// Waiting (polling what exists) may be given up at any moment: nothing is made by
+/// it, and what was made before is tagged, so a delete finds it.
+async fn unless_cancelled<T>(
+    cancel: &Cancel,
+    wait: impl Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    tokio::select! {
+        result = wait => result,
+        () = cancel.cancelled() => Err(ProviderError::Cancelled),
+    }
+}
 
 impl DigitalOceanProvider {
+    /// Creates the volume and the droplet, each request seen through to its end;
+    /// `cancel` is heeded between them and while waiting for the droplet.
     pub(super) async fn create_machine(
         &self,
         spec: &MachineSpec,
+        cancel: &Cancel,
     ) -> Result<Machine, ProviderError> {
+        cancel.check()?;
         let tag = environment_tag(spec.environment_id);
         // A droplet made by an earlier attempt (a retry, a restart) is the one.
         if let Some(existing) = self.find_droplet(&tag).await? {
             let id = existing["id"].as_u64().unwrap_or(0);
             tracing::info!(environment_id = %spec.environment_id, droplet = id, "resuming with the existing droplet");
-            return self.until_active(id, spec).await;
+            return unless_cancelled(cancel, self.until_active(id, spec)).await;
         }
         let region = self.region(spec);
         let volume_name = volume_name(spec.environment_id);
@@ -35,7 +54,9 @@ impl DigitalOceanProvider {
         }
         .render()
         .map_err(|e| failed(e.to_string()))?;
+        cancel.check()?;
         let volume = self.ensure_volume(spec, &region).await?;
+        cancel.check()?;
         let body = json!({
             "name": spec.slug,
             "region": region,
@@ -59,17 +80,20 @@ impl DigitalOceanProvider {
                 return Err(e);
             }
         };
-        if let Some(action) = action
-            && !self
-                .follow(action, "creating the droplet", self.config.create_timeout)
-                .await?
-        {
-            let _ = self.destroy_droplet(droplet).await;
-            return Err(failed(format!(
-                "DigitalOcean could not create the droplet (its create action {action} errored); try again"
-            )));
-        }
-        self.until_active(droplet, spec).await
+        unless_cancelled(cancel, async {
+            if let Some(action) = action
+                && !self
+                    .follow(action, "creating the droplet", self.config.create_timeout)
+                    .await?
+            {
+                let _ = self.destroy_droplet(droplet).await;
+                return Err(failed(format!(
+                    "DigitalOcean could not create the droplet (its create action {action} errored); try again"
+                )));
+            }
+            self.until_active(droplet, spec).await
+        })
+        .await
     }
 
     pub(super) async fn start_machine(
@@ -154,12 +178,36 @@ impl DigitalOceanProvider {
         }
     }
 
-    pub(super) async fn delete_machine(&self, provider_ref: &str) -> Result<(), ProviderError> {
-        let (id, volume) = parse_ref(provider_ref)?;
-        self.destroy_droplet(id)
+    /// Destroys the environment's droplets and deletes its volumes: the recorded
+    /// ones, and any other tagged with the environment or named after it (a create
+    /// that was cancelled, or whose answer was lost, before anything was recorded).
+    pub(super) async fn delete_machine(
+        &self,
+        environment_id: Uuid,
+        provider_ref: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        let (mut droplets, mut volumes) = (Vec::new(), Vec::new());
+        if let Some(provider_ref) = provider_ref {
+            let (id, volume) = parse_ref(provider_ref)?;
+            droplets.push(id);
+            volumes.extend(volume);
+        }
+        let tagged = self
+            .droplets_tagged(&environment_tag(environment_id))
             .await
-            .map_err(|e| explain("destroying the droplet", e))?;
-        if let Some(volume) = volume {
+            .map_err(|e| explain("looking up the droplet", e))?;
+        droplets.extend(tagged.iter().filter_map(|d| d["id"].as_u64()));
+        droplets.sort_unstable();
+        droplets.dedup();
+        for id in droplets {
+            self.destroy_droplet(id)
+                .await
+                .map_err(|e| explain("destroying the droplet", e))?;
+        }
+        volumes.extend(self.volumes_named(&volume_name(environment_id)).await?);
+        volumes.sort_unstable();
+        volumes.dedup();
+        for volume in volumes {
             self.delete_volume(&volume).await?;
         }
         Ok(())

@@ -32,7 +32,7 @@ use uuid::Uuid;
 use self::catalog::Catalog;
 use self::client::{ApiError, Client};
 use self::limiter::Limiter;
-use super::{BootstrapWatch, Machine, MachineSpec, Maintenance, Provider, ProviderError};
+use super::{BootstrapWatch, Cancel, Machine, MachineSpec, Maintenance, Provider, ProviderError};
 use crate::logs::EXIT_MARKER;
 
 pub const NAME: &str = "digitalocean";
@@ -226,8 +226,8 @@ impl Provider for DigitalOceanProvider {
         NAME
     }
 
-    async fn create(&self, spec: &MachineSpec) -> Result<Machine, ProviderError> {
-        self.create_machine(spec).await
+    async fn create(&self, spec: &MachineSpec, cancel: &Cancel) -> Result<Machine, ProviderError> {
+        self.create_machine(spec, cancel).await
     }
 
     async fn start(
@@ -242,8 +242,12 @@ impl Provider for DigitalOceanProvider {
         self.stop_machine(provider_ref).await
     }
 
-    async fn delete(&self, provider_ref: &str) -> Result<(), ProviderError> {
-        self.delete_machine(provider_ref).await
+    async fn delete(
+        &self,
+        environment_id: Uuid,
+        provider_ref: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        self.delete_machine(environment_id, provider_ref).await
     }
 
     fn supports(&self, _operation: Maintenance) -> bool {
