@@ -18,4 +18,5 @@ mod openapi;
 mod ratelimit;
 mod restart;
 mod templates;
+mod tenancy;
 mod terminals;

@@ -1,0 +1,399 @@
+//! A hostile tenant against the isolated mode (the server runs as root): links
+//! planted in its home for the server to follow, files left behind for the next
+//! tenant, temporary files shared with its neighbours. Each test reproduces an
+//! attack from the tenant's own shell; without root there is no isolated mode, and
+//! the tests check what the unprivileged mode promises instead.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use devpocket_actors::logs::EXIT_MARKER;
+use devpocket_actors::provider::local::LocalProvider;
+use devpocket_actors::provider::{Cancel, MachineSpec, Provider};
+use serde_json::Value;
+
+use crate::helpers::{TestApp, test_root};
+use crate::isolation::{run, ssh};
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// The isolated mode exists only when the server runs as root (as in CI).
+fn skipped() {
+    eprintln!("skipped: the isolated mode needs the tests to run as root");
+}
+
+/// Files and a directory of root's outside any home, for links to point at.
+struct Victims {
+    dir: PathBuf,
+}
+
+impl Victims {
+    const FILES: [&'static str; 4] = ["bashrc", "profile", "environment", "log"];
+
+    fn plant() -> Self {
+        let dir = test_root().join(format!("victims-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("directory")).unwrap();
+        for name in Self::FILES {
+            std::fs::write(dir.join(name), format!("root's {name}\n")).unwrap();
+        }
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// Every victim as planted: content, owner and mode; the directory empty.
+    fn assert_untouched(&self) {
+        for name in Self::FILES {
+            let path = self.dir.join(name);
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                format!("root's {name}\n"),
+                "{name} was written"
+            );
+            assert_eq!((meta.uid(), meta.gid()), (0, 0), "{name} changed hands");
+            assert_eq!(meta.mode() & 0o7777, 0o644, "{name} changed mode");
+        }
+        let dir = self.dir.join("directory");
+        let meta = std::fs::symlink_metadata(&dir).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (0, 0),
+            "the directory changed hands"
+        );
+        assert_eq!(meta.mode() & 0o7777, 0o755, "the directory changed mode");
+        let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert!(
+            entries.is_empty(),
+            "files appeared in root's directory: {entries:?}"
+        );
+    }
+}
+
+impl Drop for Victims {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Asks for `action` (`start`, `stop`, `restart`) and waits until the environment
+/// rests (running, stopped or error).
+async fn lifecycle(app: &TestApp, token: &str, id: &str, action: &str) -> Value {
+    let response = app
+        .authed_client(token)
+        .post(&format!("/api/v1/environments/{id}/{action}"), &Value::Null)
+        .await;
+    assert!(
+        response.status().is_success(),
+        "{action}: {}",
+        response.status()
+    );
+    app.wait_for_env(token, id, |e| {
+        matches!(
+            (e["status"].as_str(), e["phase"].as_str()),
+            (Some("running"), Some("ready"))
+                | (Some("stopped"), Some("stopped"))
+                | (Some("error"), _)
+        )
+    })
+    .await
+}
+
+fn home_of(app: &TestApp, id: &str) -> PathBuf {
+    app.data_dir
+        .canonicalize()
+        .unwrap()
+        .join("environments")
+        .join(id)
+        .join("home")
+}
+
+#[actix_web::test]
+async fn links_planted_in_a_home_are_not_followed_when_the_machine_starts() {
+    if !is_root() {
+        return skipped();
+    }
+    let app = TestApp::spawn().await;
+    let token = app.admin_token("planter").await;
+    let id = app.ready_environment(&token, "planted", "ubuntu").await;
+    let victims = Victims::plant();
+
+    // The start-up files link to root's files (a file, last component); the state
+    // directory links to root's directory (a directory, first component).
+    let shell = ssh(&app, &id).await;
+    let (status, out) = run(
+        &shell,
+        &format!(
+            "ln -sf '{bashrc}' ~/.bashrc && ln -sf '{profile}' ~/.profile && \
+             mv ~/.devpocket ~/.devpocket.own && ln -s '{dir}' ~/.devpocket",
+            bashrc = victims.path("bashrc"),
+            profile = victims.path("profile"),
+            dir = victims.path("directory"),
+        ),
+    )
+    .await;
+    assert_eq!(status, 0, "{out}");
+    shell.close().await;
+    let env = lifecycle(&app, &token, &id, "restart").await;
+    victims.assert_untouched();
+    // The tenant broke its own machine, and is told so.
+    assert_eq!(env["status"], "error", "{env}");
+    let message = env["status_message"].as_str().unwrap_or_default();
+    assert!(message.contains("environment's variables"), "{message}");
+
+    // Inside a real state directory, the files the server writes are links (last
+    // component), and a start-up file is a directory.
+    let own = home_of(&app, &id);
+    let plant = format!(
+        "rm ~/.devpocket && mv ~/.devpocket.own ~/.devpocket && \
+         ln -sf '{environment}' ~/.devpocket/environment.sh && \
+         ln -sf '{environment}' ~/.devpocket/environment.sh.tmp && \
+         rm -f ~/.profile && ln -s '{dir}' ~/.profile",
+        environment = victims.path("environment"),
+        dir = victims.path("directory"),
+    );
+    // The machine may be down (error): plant as the tenant would from a shell.
+    as_tenant(&own, &plant);
+    let env = lifecycle(&app, &token, &id, "start").await;
+    assert_eq!(
+        (env["status"].as_str(), env["phase"].as_str()),
+        (Some("running"), Some("ready")),
+        "{env}"
+    );
+    victims.assert_untouched();
+    // The server's own file replaced the link, and is the tenant's.
+    let written = own.join(".devpocket/environment.sh");
+    let meta = std::fs::symlink_metadata(&written).unwrap();
+    assert!(meta.file_type().is_file(), "{meta:?}");
+    assert_eq!(meta.uid(), std::fs::metadata(&own).unwrap().uid());
+}
+
+/// Runs `script` with the ids of the owner of `home`, as that user's own shell
+/// would (the test's stand-in for a terminal while the machine is down).
+fn as_tenant(home: &Path, script: &str) {
+    let meta = std::fs::metadata(home).unwrap();
+    assert!(is_root());
+    let out = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={}", meta.uid()))
+        .arg(format!("--regid={}", meta.gid()))
+        .args(["--clear-groups", "--", "/bin/sh", "-c", script])
+        .env("HOME", home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits (bounded: 30 s) until `done` holds.
+fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits until `uid` has no process left.
+fn until_no_process_of(uid: u32) {
+    until(&format!("the processes of {uid} ended"), || {
+        std::process::Command::new("pgrep")
+            .args(["-u", &uid.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.code() == Some(1))
+    });
+}
+
+const GROUP: &str = "devpocket-env";
+
+fn machine_spec(bootstrap: &str) -> MachineSpec {
+    let id = uuid::Uuid::new_v4();
+    MachineSpec {
+        environment_id: id,
+        user_id: uuid::Uuid::new_v4(),
+        slug: format!("t-{}", id.simple()),
+        region: "local".into(),
+        size: "small".into(),
+        bootstrap: bootstrap.into(),
+        packages: Vec::new(),
+        cloud_init: serde_json::Map::new(),
+        environment_variables: std::collections::BTreeMap::new(),
+        keys: devpocket_actors::ssh::generate_machine_keys("tenancy").unwrap(),
+    }
+}
+
+#[actix_web::test]
+async fn a_create_writes_the_state_directory_the_bootstrap_and_its_log_as_the_tenant() {
+    if !is_root() {
+        return skipped();
+    }
+    let root = test_root().join(format!("provider-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&root).unwrap();
+    devpocket::db::embedded::ensure_system_group(GROUP).unwrap();
+    devpocket::db::embedded::ensure_traversable(
+        &root.canonicalize().unwrap(),
+        &format!("g:{GROUP}"),
+    )
+    .unwrap();
+    let provider = LocalProvider::new(root.join("environments"), Some(GROUP.into())).unwrap();
+    let spec = machine_spec("#!/bin/sh\necho bootstrapped\n");
+    let id = spec.environment_id;
+    let never = Cancel::never();
+    provider.create(&spec, &never).await.unwrap();
+    let home = root
+        .canonicalize()
+        .unwrap()
+        .join("environments")
+        .join(id.to_string())
+        .join("home");
+    let log = home.join(".devpocket/provisioning.log");
+    until("the bootstrap ended", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains(EXIT_MARKER))
+    });
+    let uid = std::fs::metadata(&home).unwrap().uid();
+    until_no_process_of(uid);
+    let victims = Victims::plant();
+
+    // The create is resumed (after a crash, say) with the state directory a link
+    // to root's directory (the first component of every file the init writes).
+    as_tenant(
+        &home,
+        &format!(
+            "mv ~/.devpocket ~/.devpocket.own && ln -s '{}' ~/.devpocket",
+            victims.path("directory")
+        ),
+    );
+    let refused = provider.create(&spec, &never).await;
+    assert!(refused.is_err(), "the tenant's link was written through");
+    victims.assert_untouched();
+
+    // Again with a real state directory whose init has not run, and whose log is
+    // a link to root's file (the last component).
+    as_tenant(
+        &home,
+        &format!(
+            "rm ~/.devpocket && mv ~/.devpocket.own ~/.devpocket && rmdir ~/.devpocket/init.lock && \
+             ln -sf '{log}' ~/.devpocket/provisioning.log && \
+             ln -sf '{bootstrap}' ~/.devpocket/bootstrap.sh.tmp",
+            log = victims.path("log"),
+            bootstrap = victims.path("environment"),
+        ),
+    );
+    provider.create(&spec, &never).await.unwrap();
+    // The init ran (it took its lock) and ended.
+    until("the init took its lock", || home.join(".devpocket/init.lock").is_dir());
+    until_no_process_of(uid);
+    victims.assert_untouched();
+
+    provider.delete(id, None).await.unwrap();
+    assert!(!home.exists());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// What `command` prints on `id`'s machine, checking it succeeded.
+async fn on_machine(app: &TestApp, id: &str, command: &str) -> String {
+    let shell = ssh(app, id).await;
+    let (status, out) = run(&shell, command).await;
+    shell.close().await;
+    assert_eq!(status, 0, "{command}: {out}");
+    out
+}
+
+/// Files under `dirs` owned by `uid`.
+fn files_of(uid: u32, dirs: &[&Path]) -> String {
+    let out = std::process::Command::new("find")
+        .args(dirs)
+        .args(["-xdev", "-uid", &uid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[actix_web::test]
+async fn a_tenants_user_id_and_temporary_files_never_reach_another_tenant() {
+    if !is_root() {
+        return skipped();
+    }
+    let app = TestApp::spawn().await;
+    let token = app.admin_token("leaver").await;
+    let first = app.ready_environment(&token, "first", "ubuntu").await;
+    let neighbour = app.ready_environment(&token, "neighbour", "ubuntu").await;
+    let mark = uuid::Uuid::new_v4().simple().to_string();
+
+    // The reproduction: setuid copies of a shell wherever anyone may write, and a
+    // note in /tmp.
+    let out = on_machine(
+        &app,
+        &first,
+        &format!(
+            "id -u && for d in /tmp /var/tmp /dev/shm /run/lock; do \
+               cp /bin/sh \"$d/rootsh-{mark}\" && chmod 4755 \"$d/rootsh-{mark}\"; done && \
+             echo secret > /tmp/note-{mark} && \
+             findmnt -no OPTIONS /tmp && findmnt -no OPTIONS \"$HOME\""
+        ),
+    )
+    .await;
+    let mut lines = out.lines();
+    let first_uid: u32 = lines.next().unwrap().trim().parse().unwrap();
+    for options in lines {
+        assert!(
+            options.contains("nosuid") && options.contains("nodev"),
+            "{options}"
+        );
+    }
+    // Its /tmp is its own: neither the host nor its neighbour sees the files.
+    for dir in ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"] {
+        assert!(
+            !Path::new(&format!("{dir}/rootsh-{mark}")).exists(),
+            "{dir} is shared"
+        );
+    }
+    let seen = on_machine(&app, &neighbour, "ls -a /tmp /var/tmp /dev/shm /run/lock").await;
+    assert!(!seen.contains(&mark), "{seen}");
+
+    let deleted = app
+        .authed_client(&token)
+        .delete(&format!("/api/v1/environments/{first}"))
+        .await;
+    assert_eq!(deleted.status(), 202);
+    app.wait_for_env(&token, &first, |e| e["code"] == "not_found")
+        .await;
+
+    let second = app.ready_environment(&token, "second", "ubuntu").await;
+    let out = on_machine(
+        &app,
+        &second,
+        "id -u && ls -a /tmp /var/tmp /dev/shm /run/lock",
+    )
+    .await;
+    let second_uid: u32 = out.lines().next().unwrap().trim().parse().unwrap();
+    assert!(
+        second_uid > first_uid,
+        "a user id was handed on: {first_uid} then {second_uid}"
+    );
+    assert!(!out.contains(&mark), "{out}");
+    // Nothing of the first tenant is left anywhere it could have written.
+    let data = app.data_dir.canonicalize().unwrap();
+    let left = files_of(
+        first_uid,
+        &[
+            Path::new("/tmp"),
+            Path::new("/var/tmp"),
+            Path::new("/dev/shm"),
+            Path::new("/run/lock"),
+            &data,
+        ],
+    );
+    assert!(left.is_empty(), "left behind: {left}");
+    assert!(
+        nix::unistd::User::from_uid(first_uid.into())
+            .unwrap()
+            .is_none()
+    );
+}
