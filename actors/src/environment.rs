@@ -918,6 +918,14 @@ impl Work {
 
     async fn delete(self) {
         let result = async {
+            // Said again now that the operation this one superseded has ended: a
+            // write of its own may have landed after the delete's first one.
+            self.transition(Transition::new(
+                Status::Terminated,
+                Phase::Deleting,
+                self.record.progress,
+            ))
+            .await?;
             // Whatever the machine is, recorded or not (a create cancelled halfway):
             // the provider finds it by the environment.
             self.provider

@@ -6,6 +6,7 @@ mod admin;
 mod audit;
 mod auth;
 mod cli;
+mod deletion;
 mod digitalocean;
 mod environments;
 mod fake_do;

@@ -287,7 +287,9 @@ async fn a_create_writes_the_state_directory_the_bootstrap_and_its_log_as_the_te
     );
     provider.create(&spec, &never).await.unwrap();
     // The init ran (it took its lock) and ended.
-    until("the init took its lock", || home.join(".devpocket/init.lock").is_dir());
+    until("the init took its lock", || {
+        home.join(".devpocket/init.lock").is_dir()
+    });
     until_no_process_of(uid);
     victims.assert_untouched();
 
