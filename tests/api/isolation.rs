@@ -56,7 +56,10 @@ async fn ssh(app: &TestApp, id: &str) -> SshSession {
 }
 
 async fn run(session: &SshSession, command: &str) -> (u32, String) {
-    let out = session.run(command, Duration::from_secs(20)).await.unwrap();
+    let out = session
+        .run(command, Duration::from_secs(20), 1 << 20)
+        .await
+        .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
