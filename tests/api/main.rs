@@ -11,6 +11,7 @@ mod environments;
 mod fake_do;
 mod health;
 mod helpers;
+mod hostile;
 mod http;
 mod isolation;
 mod observability;
