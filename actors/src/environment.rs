@@ -553,7 +553,7 @@ impl Handler<GetMetrics> for EnvironmentActor {
             self.metrics_waiters = Some(vec![tx]);
             let deps = self.deps.clone();
             ctx.spawn(
-                sample_metrics(deps, machine, keys)
+                metrics::sample(deps, machine, keys)
                     .into_actor(self)
                     .map(|res, act, _| {
                         if let Ok(m) = &res {
@@ -571,29 +571,6 @@ impl Handler<GetMetrics> for EnvironmentActor {
                 .map_err(EnvError::Unavailable)
         })
     }
-}
-
-/// The most a metrics sample may print: a few KiB normally (`/proc/net/dev` grows
-/// by a line per interface).
-const METRICS_MAX_BYTES: usize = 256 * 1024;
-const METRICS_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One sample, on its own connection.
-async fn sample_metrics(
-    deps: Arc<Deps>,
-    machine: MachineAccess,
-    keys: MachineKeys,
-) -> Result<Metrics, String> {
-    let session = SshSession::connect(&machine, &keys.user_private).await;
-    deps.ssh_connect("metrics", session.is_ok());
-    let session = session.map_err(|e| format!("could not reach the machine: {e}"))?;
-    let out = session
-        .run(metrics::COMMAND, METRICS_TIMEOUT, METRICS_MAX_BYTES)
-        .await
-        .map_err(|e| format!("measuring failed: {e}"));
-    session.close().await;
-    metrics::parse(&String::from_utf8_lossy(&out?.stdout))
-        .ok_or_else(|| "the machine's measurements were unreadable".to_owned())
 }
 
 /// Everything the async work needs, detached from the actor.
