@@ -36,6 +36,8 @@ pub use maintenance::{MachineGone, Maintain, MaintenanceRequest};
 /// How long a metrics sample is reused, so a refreshing app does not open a
 /// channel per request.
 const METRICS_TTL: Duration = Duration::from_secs(5);
+/// Provisioning-log lines stored in one statement.
+const LOG_BATCH: usize = 1000;
 /// How long provisioning may go without reaching the machine before it fails.
 const REACH_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -88,6 +90,8 @@ pub struct EnvironmentActor {
     subscribers: Vec<mpsc::Sender<LogEvent>>,
     last_activity: Instant,
     metrics: Option<(Instant, Metrics)>,
+    /// While a metrics sample is being taken: who waits for it.
+    metrics_waiters: Option<MetricsWaiters>,
     has_lease: bool,
     /// A restart is a stop followed by a start.
     restart_after_stop: bool,
@@ -132,6 +136,7 @@ impl EnvironmentActor {
             subscribers: Vec::new(),
             last_activity: Instant::now(),
             metrics: None,
+            metrics_waiters: None,
             has_lease: false,
             restart_after_stop: false,
             registration,
@@ -562,45 +567,54 @@ impl Handler<SubscribeLogs> for EnvironmentActor {
 #[rtype(result = "Result<Metrics, EnvError>")]
 pub struct GetMetrics;
 
-impl Handler<GetMetrics> for EnvironmentActor {
-    type Result = ResponseActFuture<Self, Result<Metrics, EnvError>>;
+/// Who waits for the sample in flight.
+type MetricsWaiters = Vec<oneshot::Sender<Result<Metrics, String>>>;
 
-    fn handle(&mut self, _: GetMetrics, _: &mut Context<Self>) -> Self::Result {
+impl Handler<GetMetrics> for EnvironmentActor {
+    type Result = ResponseFuture<Result<Metrics, EnvError>>;
+
+    fn handle(&mut self, _: GetMetrics, ctx: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
         let ready = self.record.status == Status::Running && self.record.phase == Phase::Ready;
         if let Some((at, m)) = &self.metrics
             && at.elapsed() < METRICS_TTL
             && ready
         {
-            return Box::pin(fut::ready(Ok(m.clone())));
+            return Box::pin(std::future::ready(Ok(m.clone())));
         }
         let (machine, keys) = (self.record.machine.clone(), self.record.keys.clone());
         let (Some(machine), Some(keys), true) = (machine, keys, ready) else {
-            return Box::pin(fut::ready(Err(EnvError::Conflict(format!(
+            return Box::pin(std::future::ready(Err(EnvError::Conflict(format!(
                 "metrics are measured on a running machine; this one is {} ({})",
                 self.record.status, self.record.phase
             )))));
         };
-        let sample = async move {
-            let session = SshSession::connect(&machine, &keys.user_private)
-                .await
-                .map_err(|e| EnvError::Unavailable(format!("could not reach the machine: {e}")))?;
-            let out = session
-                .run(metrics::COMMAND, Duration::from_secs(10))
-                .await
-                .map_err(|e| EnvError::Unavailable(format!("measuring failed: {e}")));
-            session.close().await;
-            let out = out?;
-            metrics::parse(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
-                EnvError::Unavailable("the machine's measurements were unreadable".into())
-            })
-        };
-        Box::pin(sample.into_actor(self).map(|res, act, _| {
-            if let Ok(m) = &res {
-                act.metrics = Some((Instant::now(), m.clone()));
-            }
-            res
-        }))
+        // Single flight: requests that come while a sample is being taken wait for
+        // that one instead of each opening a connection to the machine.
+        let (tx, rx) = oneshot::channel();
+        if let Some(waiters) = &mut self.metrics_waiters {
+            waiters.push(tx);
+        } else {
+            self.metrics_waiters = Some(vec![tx]);
+            let deps = self.deps.clone();
+            ctx.spawn(
+                metrics::sample(deps, machine, keys)
+                    .into_actor(self)
+                    .map(|res, act, _| {
+                        if let Ok(m) = &res {
+                            act.metrics = Some((Instant::now(), m.clone()));
+                        }
+                        for waiter in act.metrics_waiters.take().unwrap_or_default() {
+                            let _ = waiter.send(res.clone());
+                        }
+                    }),
+            );
+        }
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err("the environment's controller stopped".to_owned()))
+                .map_err(EnvError::Unavailable)
+        })
     }
 }
 
@@ -801,12 +815,16 @@ impl Work {
                     }
                 }
                 if !fresh.is_empty() {
-                    let texts: Vec<String> = fresh.iter().map(|l| l.data.clone()).collect();
-                    self.deps
-                        .store
-                        .append_logs(self.record.id, fresh[0].seq, &texts, logs::KEEP_LINES)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    // A chunk of newlines is as many lines: stored in batches that
+                    // stay within one statement's bind parameters.
+                    for batch in fresh.chunks(LOG_BATCH) {
+                        let texts: Vec<String> = batch.iter().map(|l| l.data.clone()).collect();
+                        self.deps
+                            .store
+                            .append_logs(self.record.id, batch[0].seq, &texts, logs::KEEP_LINES)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
                     stored = seq;
                     let stages: Vec<Progress> = fresh
                         .iter()

@@ -65,27 +65,98 @@ pub fn parse_exit(line: &str) -> Option<i32> {
         .ok()
 }
 
+/// The most of one provisioning-log line that is kept, in bytes; the rest is
+/// dropped and counted in a marker (see [`LineSplitter`]).
+pub const MAX_LINE_BYTES: usize = 4096;
+
 /// Splits a byte stream into lines, carrying a partial line (and a partial UTF-8
 /// character) over to the next chunk.
+///
+/// A line's first [`MAX_LINE_BYTES`] are kept and the rest only counted: the line
+/// then ends in `… [line truncated: N bytes]`, N being what was dropped. So the
+/// splitter never holds more than that many bytes of a partial line, and each byte
+/// is looked at once, however long the line and however small the chunks.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
+    /// The current line's kept bytes.
     pending: Vec<u8>,
+    /// How many bytes of the current line were dropped.
+    dropped: u64,
+    /// Whether the current line's last byte so far is `\r` (kept or dropped).
+    ends_in_cr: bool,
 }
 
 impl LineSplitter {
+    /// The lines `chunk` completes, in order; at most one per newline in it.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        self.pending.extend_from_slice(chunk);
         let mut lines = Vec::new();
-        while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
-            let mut line: Vec<u8> = self.pending.drain(..=pos).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            lines.push(String::from_utf8_lossy(&line).into_owned());
+        let mut rest = chunk;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            self.take(&rest[..pos]);
+            lines.push(self.finish());
+            rest = &rest[pos + 1..];
         }
+        self.take(rest);
         lines
     }
+
+    /// Bytes of the partial line held for the next chunk.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        let Some(last) = bytes.last() else {
+            return;
+        };
+        self.ends_in_cr = *last == b'\r';
+        let room = MAX_LINE_BYTES.saturating_sub(self.pending.len());
+        let (kept, dropped) = bytes.split_at(room.min(bytes.len()));
+        self.pending.extend_from_slice(kept);
+        self.dropped += dropped.len() as u64;
+    }
+
+    fn finish(&mut self) -> String {
+        if std::mem::take(&mut self.ends_in_cr) {
+            if self.dropped > 0 {
+                self.dropped -= 1;
+            } else {
+                self.pending.pop();
+            }
+        }
+        let mut dropped = std::mem::take(&mut self.dropped);
+        if dropped > 0 {
+            // Cut at a character boundary, not inside the last character.
+            let cut = incomplete_tail(&self.pending);
+            self.pending.truncate(self.pending.len() - cut);
+            dropped += cut as u64;
+        }
+        let mut line = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        if dropped > 0 {
+            line.push_str(&format!("… [line truncated: {dropped} bytes]"));
+        }
+        line
+    }
+}
+
+/// How many bytes at the end of `bytes` are the start of a UTF-8 character whose
+/// remaining bytes are missing.
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(4) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: the character starts further back
+        }
+        let width = match byte {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if width > back { back } else { 0 };
+    }
+    0
 }
 
 /// Maps bootstrap progress onto the environment's 0–100: provisioning and boot
@@ -123,6 +194,55 @@ mod tests {
         assert_eq!(
             s.push(&[&euro[1..], b"\r\nnext\n"].concat()),
             vec!["hello €", "next"]
+        );
+    }
+
+    #[test]
+    fn a_huge_line_is_kept_up_to_the_cap_and_never_held_whole() {
+        let mut s = LineSplitter::default();
+        let total = 30 * 1024 * 1024;
+        let chunk = [b'x'; 1000];
+        let mut fed = 0;
+        while fed < total {
+            let n = chunk.len().min(total - fed);
+            assert!(s.push(&chunk[..n]).is_empty());
+            fed += n;
+            assert!(s.pending() <= MAX_LINE_BYTES, "held {} bytes", s.pending());
+        }
+        let lines = s.push(b"\r\nafter\n");
+        assert_eq!(lines.len(), 2);
+        let dropped = total - MAX_LINE_BYTES;
+        let marker = format!("… [line truncated: {dropped} bytes]");
+        assert_eq!(lines[0], format!("{}{marker}", "x".repeat(MAX_LINE_BYTES)));
+        assert_eq!(lines[1], "after");
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn truncation_does_not_split_a_character() {
+        let mut s = LineSplitter::default();
+        // "€" is three bytes; the cap falls after its first one.
+        let mut line = vec![b'a'; MAX_LINE_BYTES - 1];
+        line.extend_from_slice("€€\n".as_bytes());
+        let lines = s.push(&line);
+        assert_eq!(
+            lines,
+            vec![format!(
+                "{}… [line truncated: 6 bytes]",
+                "a".repeat(MAX_LINE_BYTES - 1)
+            )]
+        );
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_cap_is_whole_and_empty_lines_count() {
+        let mut s = LineSplitter::default();
+        let mut data = vec![b'y'; MAX_LINE_BYTES];
+        data.extend_from_slice(b"\r\n\n\r\n");
+        let lines = s.push(&data);
+        assert_eq!(
+            lines,
+            vec!["y".repeat(MAX_LINE_BYTES), String::new(), String::new()]
         );
     }
 }

@@ -1,8 +1,20 @@
 //! Resource use measured on the machine over SSH, from `/proc` and `df`: never
 //! invented. One exec samples CPU twice, a fifth of a second apart.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+use crate::deps::Deps;
+use crate::model::{MachineAccess, MachineKeys};
+use crate::ssh::SshSession;
+
+/// The most a sample may print: a few KiB normally (`/proc/net/dev` grows by a
+/// line per interface).
+pub const MAX_BYTES: usize = 256 * 1024;
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Prints: two `/proc/stat` cpu lines, MemTotal and MemAvailable, the home
 /// file system's `df -Pk` line, and `/proc/net/dev`.
@@ -104,6 +116,24 @@ pub fn parse(output: &str) -> Option<Metrics> {
         network_out,
         timestamp: Utc::now(),
     })
+}
+
+/// Takes one sample, on its own connection.
+pub async fn sample(
+    deps: Arc<Deps>,
+    machine: MachineAccess,
+    keys: MachineKeys,
+) -> Result<Metrics, String> {
+    let session = SshSession::connect(&machine, &keys.user_private).await;
+    deps.ssh_connect("metrics", session.is_ok());
+    let session = session.map_err(|e| format!("could not reach the machine: {e}"))?;
+    let out = session
+        .run(COMMAND, TIMEOUT, MAX_BYTES)
+        .await
+        .map_err(|e| format!("measuring failed: {e}"));
+    session.close().await;
+    parse(&String::from_utf8_lossy(&out?.stdout))
+        .ok_or_else(|| "the machine's measurements were unreadable".to_owned())
 }
 
 #[cfg(test)]

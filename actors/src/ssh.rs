@@ -1,6 +1,7 @@
 //! SSH to machines with russh: pinned host keys, per-environment client keys,
 //! connect/handshake timeouts, keepalive and `TCP_NODELAY`; exec channels that are
-//! always drained (with russh an unread channel stalls the whole connection).
+//! always drained (with russh an unread channel stalls the whole connection), and
+//! commands whose output is read up to a byte cap and a deadline, never further.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(15);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 pub const KEEPALIVE_MAX: usize = 3;
+/// How long closing a channel we stopped reading may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -44,6 +47,8 @@ pub enum SshError {
     Protocol(#[from] russh::Error),
     #[error("the command timed out")]
     CommandTimeout,
+    #[error("the machine printed more than {0} bytes; the command was stopped")]
+    OutputTooLarge(usize),
 }
 
 /// Accepts exactly the pinned host key.
@@ -162,9 +167,20 @@ impl SshSession {
         self.handle.is_closed()
     }
 
-    /// Opens an exec channel and returns it for the caller to drain.
+    /// Opens an exec channel for one of the server's own commands and returns it
+    /// for the caller to drain.
+    ///
+    /// sshd runs the command with the user's login shell (`bash -c COMMAND`), and a
+    /// bash built with `SSH_SOURCE_BASHRC` (Debian's, Ubuntu's) sources `~/.bashrc`
+    /// for it when `SSH_CLIENT` is set and the shell level is below 2 — that is, a
+    /// tenant's start-up file would run before every sample and could print into it.
+    /// Sending `SHLVL=1` makes that shell level 2, so bash skips its start-up files;
+    /// the machine's sshd accepts the variable (`AcceptEnv SHLVL`), and one that does
+    /// not just ignores it. PTY sessions ([`Self::pty`]) do not send it: a terminal
+    /// gets the user's normal shell start-up.
     pub async fn exec(&self, command: &str) -> Result<russh::Channel<client::Msg>, SshError> {
         let channel = self.handle.channel_open_session().await?;
+        channel.set_env(false, "SHLVL", "1").await?;
         channel.exec(true, command).await?;
         Ok(channel)
     }
@@ -184,30 +200,56 @@ impl SshSession {
         Ok(channel)
     }
 
-    /// Runs a command to completion and collects its output.
-    pub async fn run(&self, command: &str, timeout: Duration) -> Result<ExecOutput, SshError> {
-        let mut channel = self.exec(command).await?;
-        let collect = async move {
+    /// Runs a command to completion and collects its output: at most `max_bytes`
+    /// of stdout and stderr together, for at most `timeout`. Past either, the
+    /// channel is closed (the connection stays usable) and the command's output is
+    /// an error, never a partial result.
+    pub async fn run(
+        &self,
+        command: &str,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<ExecOutput, SshError> {
+        let (mut reader, writer) = self.exec(command).await?.split();
+        let collect = async {
             let mut out = ExecOutput {
                 status: None,
                 stdout: Vec::new(),
                 stderr: Vec::new(),
             };
+            let mut read = 0usize;
             // Exit status may arrive after EOF: read until the channel closes.
-            while let Some(msg) = channel.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
-                    ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+            while let Some(msg) = reader.wait().await {
+                let (buffer, data) = match msg {
+                    ChannelMsg::Data { data } => (&mut out.stdout, data),
+                    ChannelMsg::ExtendedData { data, .. } => (&mut out.stderr, data),
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        out.status = Some(exit_status);
+                        continue;
+                    }
                     ChannelMsg::Close => break,
-                    _ => {}
+                    _ => continue,
+                };
+                read += data.len();
+                if read > max_bytes {
+                    return Err(SshError::OutputTooLarge(max_bytes));
                 }
+                buffer.extend_from_slice(&data);
             }
-            out
+            Ok(out)
         };
-        tokio::time::timeout(timeout, collect)
-            .await
-            .map_err(|_| SshError::CommandTimeout)
+        let result = match tokio::time::timeout(timeout, collect).await {
+            Ok(Ok(out)) => return Ok(out),
+            Ok(Err(e)) => e,
+            Err(_) => SshError::CommandTimeout,
+        };
+        // Stop reading first: the connection's loop then discards what is still
+        // in flight for this channel instead of waiting for us to take it, so the
+        // close below cannot be stuck behind it. sshd answers the close by
+        // closing the command's pipes: a command printing forever dies of SIGPIPE.
+        drop(reader);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.close()).await;
+        Err(result)
     }
 
     pub async fn close(&self) {

@@ -252,6 +252,10 @@ pub struct TerminalActor {
 }
 
 const REDRAW_COALESCE: Duration = Duration::from_millis(20);
+/// A repaint prints nothing; past this the command is stopped (on its own channel,
+/// so the terminal's connection carries on).
+const REDRAW_MAX_BYTES: usize = 64 * 1024;
+const REDRAW_TIMEOUT: Duration = Duration::from_secs(5);
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 /// Output already received is joined into frames of up to this size.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -436,7 +440,9 @@ impl TerminalActor {
                 shell_quote(&act.name)
             );
             actix::spawn(async move {
-                let _ = session.run(&command, Duration::from_secs(5)).await;
+                let _ = session
+                    .run(&command, REDRAW_TIMEOUT, REDRAW_MAX_BYTES)
+                    .await;
             });
         });
     }

@@ -23,7 +23,7 @@ struct Access {
 }
 
 /// How the server reaches an environment: its stored address and decrypted key.
-pub async fn machine_access(app: &TestApp, id: &str) -> (MachineAccess, String) {
+pub(crate) async fn machine_access(app: &TestApp, id: &str) -> (MachineAccess, String) {
     let mut conn = app.db.connect().await;
     let row: Access = diesel::sql_query(
         "SELECT ip_address, ssh_port, ssh_user, host_public_key, user_private_key FROM environments WHERE id = $1",
@@ -50,13 +50,16 @@ pub async fn machine_access(app: &TestApp, id: &str) -> (MachineAccess, String) 
 }
 
 /// Opens SSH to an environment the way the server does.
-pub async fn ssh(app: &TestApp, id: &str) -> SshSession {
+pub(crate) async fn ssh(app: &TestApp, id: &str) -> SshSession {
     let (access, key) = machine_access(app, id).await;
     SshSession::connect(&access, &key).await.unwrap()
 }
 
-pub async fn run(session: &SshSession, command: &str) -> (u32, String) {
-    let out = session.run(command, Duration::from_secs(20)).await.unwrap();
+pub(crate) async fn run(session: &SshSession, command: &str) -> (u32, String) {
+    let out = session
+        .run(command, Duration::from_secs(20), 1 << 20)
+        .await
+        .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

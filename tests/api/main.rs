@@ -12,6 +12,7 @@ mod environments;
 mod fake_do;
 mod health;
 mod helpers;
+mod hostile;
 mod http;
 mod isolation;
 mod observability;

@@ -237,6 +237,7 @@ async fn the_fake_follows_the_api_description_and_its_droplets_boot_for_real() {
         .run(
             "cloud-init status --wait; echo \"exit=$?\"",
             Duration::from_secs(20),
+            1 << 20,
         )
         .await
         .unwrap();
@@ -249,6 +250,7 @@ async fn the_fake_follows_the_api_description_and_its_droplets_boot_for_real() {
         .run(
             "cat /var/log/cloud-init-output.log; id -un; echo $HOME; cat ~/from-user-data",
             Duration::from_secs(10),
+            1 << 20,
         )
         .await
         .unwrap();
@@ -304,7 +306,7 @@ async fn the_fake_follows_the_api_description_and_its_droplets_boot_for_real() {
         .await
         .unwrap();
     let out = ssh
-        .run("cat ~/from-user-data", Duration::from_secs(10))
+        .run("cat ~/from-user-data", Duration::from_secs(10), 1 << 20)
         .await
         .unwrap();
     assert_eq!(out.stdout, b"hello\n");

@@ -98,6 +98,7 @@ async fn creates_follows_stops_starts_and_deletes_a_droplet() {
         .run(
             &provider.bootstrap_watch().tail_command,
             Duration::from_secs(30),
+            1 << 20,
         )
         .await
         .unwrap();
@@ -110,7 +111,7 @@ async fn creates_follows_stops_starts_and_deletes_a_droplet() {
     );
     // The home is the volume.
     let out = ssh
-        .run("ls -a ~/.devpocket", Duration::from_secs(5))
+        .run("ls -a ~/.devpocket", Duration::from_secs(5), 1 << 20)
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("bootstrap.sh"));
@@ -171,6 +172,7 @@ async fn a_failing_bootstrap_is_reported_by_cloud_init_status() {
         .run(
             &provider.bootstrap_watch().tail_command,
             Duration::from_secs(30),
+            1 << 20,
         )
         .await
         .unwrap();

@@ -3,7 +3,7 @@
 //! - cloud-config: the dev user (sudo, the environment's own public key, no
 //!   password), the pre-seeded ed25519 host key the server pins, the home volume
 //!   mounted at the user's home, the template's packages and extra cloud-config,
-//!   a system-wide tmux configuration;
+//!   a system-wide tmux configuration, an sshd drop-in that accepts `SHLVL`;
 //! - a shell script cloud-init runs once at first boot (as root): it hands the
 //!   home to the user and runs the template's bootstrap as that user, writing
 //!   progress markers. Its output is `/var/log/cloud-init-output.log`.
@@ -49,6 +49,13 @@ set -g history-limit 50000\n\
 set -sg escape-time 10\n\
 setw -g aggressive-resize on\n\
 set -g default-terminal \"screen-256color\"\n";
+
+/// Lets the server's own commands skip the user's shell start-up files (see
+/// `SshSession::exec`). cloud-init writes it before sshd first starts (sshd waits
+/// for cloud-init's network stage, which also installs the host key the server
+/// pins), and Ubuntu's `sshd_config` includes `sshd_config.d/*.conf`.
+const SSHD_DROP_IN: &str = "/etc/ssh/sshd_config.d/60-devpocket.conf";
+const SSHD_CONF: &str = "# DevPocket (written by cloud-init).\nAcceptEnv SHLVL\n";
 
 #[derive(Debug, Clone)]
 pub struct UserDataSpec<'a> {
@@ -157,6 +164,7 @@ impl UserDataSpec<'_> {
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default();
         files.push(json!({"path": "/etc/tmux.conf", "permissions": "0644", "content": TMUX_CONF}));
+        files.push(json!({"path": SSHD_DROP_IN, "permissions": "0644", "content": SSHD_CONF}));
         config.insert("write_files".into(), Value::Array(files));
         let yaml = serde_yaml::to_string(&Value::Object(config))
             .map_err(|e| UserDataError::Render(e.to_string()))?;
@@ -337,6 +345,17 @@ mod tests {
         );
         assert_eq!(yaml["mounts"][0][1], "/home/dev");
         assert_eq!(yaml["timezone"], "UTC");
+        let sshd = yaml["write_files"]
+            .as_sequence()
+            .expect("write_files")
+            .iter()
+            .find(|f| f["path"] == "/etc/ssh/sshd_config.d/60-devpocket.conf")
+            .expect("the sshd drop-in");
+        assert!(
+            sshd["content"]
+                .as_str()
+                .is_some_and(|c| c.lines().any(|l| l == "AcceptEnv SHLVL"))
+        );
         assert!(
             yaml.get("chpasswd").is_none(),
             "a template cannot set a password"

@@ -253,6 +253,8 @@ impl LocalProvider {
              MaxStartups 100:30:200\n\
              MaxSessions 100\n\
              LogLevel ERROR\n\
+             AcceptEnv SHLVL\n\
+             PermitUserRC no\n\
              SetEnv HOME={home}{tmux}\n",
             host_key = q(&layout.machine.join("ssh_host_ed25519_key")),
             authorized = q(&layout.keys.join("authorized_keys")),
