@@ -2,6 +2,7 @@
 //! (`fake_do`): the fake itself, the provider alone, then the whole server.
 
 mod catalog;
+mod delete_during_create;
 mod fake;
 mod faults;
 mod lifecycle;

@@ -1,5 +1,6 @@
-//! Action lifecycles: an action completes after its (scaled-down) time, and then
-//! takes effect — booting or halting the droplet's machine off the async threads.
+//! Action lifecycles: an action completes after its (scaled-down) time (or once a
+//! test's hold lets it), and then takes effect — booting or halting the droplet's
+//! machine off the async threads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::Inner;
+use super::hold::Step;
 use super::machine::MachineSpec;
 use super::model::{Action, DropletStatus, Snapshot};
 use super::userdata::UserData;
@@ -49,8 +51,14 @@ impl Inner {
         errored: bool,
     ) {
         let inner = self.clone();
+        let busy = self.holds.busy();
+        let kind = self.lock().actions.get(&action).map(|a| a.kind.clone());
         tokio::spawn(async move {
+            let _busy = busy;
             tokio::time::sleep(wait).await;
+            if let Some(kind) = kind {
+                inner.holds.pass(Step::Action(kind), &[]).await;
+            }
             let ok = inner.apply(droplet, effect).await && !errored;
             let mut state = inner.lock();
             if let Some(a) = state.actions.get_mut(&action) {
@@ -91,7 +99,17 @@ impl Inner {
                 if let Some(d) = self.lock().droplets.get_mut(&droplet) {
                     d.machine = Some(spec.clone());
                 }
-                let booted = tokio::task::spawn_blocking(move || spec.boot()).await;
+                let machine = spec.clone();
+                let booted = tokio::task::spawn_blocking(move || machine.boot()).await;
+                if !self.lock().droplets.contains_key(&droplet) {
+                    // Destroyed while it booted: nothing of it stays up.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        spec.halt();
+                        let _ = std::fs::remove_dir_all(&spec.dir);
+                    })
+                    .await;
+                    return false;
+                }
                 self.boot_result(booted);
                 set(self, DropletStatus::Active);
                 true

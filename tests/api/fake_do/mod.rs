@@ -2,8 +2,9 @@
 //! status codes, JSON shapes, error bodies, pagination and rate-limit headers of
 //! the real API, checked against its published OpenAPI description (a request that
 //! does not match it is answered 400 and fails the test). Actions run their
-//! lifecycles on scaled-down timings; faults can be injected by rate. Droplets are
-//! real machines reachable over SSH (see `machine`).
+//! lifecycles on scaled-down timings; faults can be injected by rate or aimed at a
+//! request, and a request or an action can be held at a given step (see `hold`).
+//! Droplets are real machines reachable over SSH (see `machine`).
 //!
 //! The server runs on a thread and runtime of its own, so the application under
 //! test and the fake never wait on each other.
@@ -13,6 +14,7 @@
 
 mod api;
 mod effects;
+mod hold;
 mod machine;
 mod model;
 mod openapi;
@@ -25,7 +27,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub use hold::{Hold, Point};
 pub use model::DropletStatus;
+pub use server::Fault;
 
 /// Faults injected into requests, each a probability per request.
 #[derive(Debug, Clone, Copy)]
@@ -152,6 +156,7 @@ pub(crate) struct Inner {
     config: Mutex<FakeConfig>,
     exchanges: Mutex<Vec<Exchange>>,
     violations: Mutex<Vec<String>>,
+    holds: hold::Holds,
 }
 
 impl Inner {
@@ -255,6 +260,7 @@ impl FakeDo {
             config: Mutex::new(config),
             exchanges: Mutex::default(),
             violations: Mutex::default(),
+            holds: hold::Holds::default(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let server_inner = inner.clone();

@@ -254,7 +254,9 @@ impl Inner {
         let destroy_time = self.config().destroy_time;
         for droplet in gone {
             let inner = self.clone();
+            let busy = self.holds.busy();
             tokio::spawn(async move {
+                let _busy = busy;
                 let (dir, uid, ip, slot) = (
                     droplet.dir.clone(),
                     uid(droplet.slot),

@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 use super::api::error;
+use super::hold::{Point, Step};
 use super::openapi::spec;
 use super::{Exchange, Inner};
 
@@ -56,14 +57,21 @@ pub async fn serve(
     }
 }
 
-/// The fault drawn for one request.
+/// What goes wrong with one request: drawn by the configured rates, or aimed at
+/// it (`FakeDo::fault_next`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
+pub enum Fault {
+    /// 429 with `retry-after`.
     Throttle,
+    /// 503 before applying.
     ErrorBefore,
+    /// 500 after applying.
     ErrorAfter,
+    /// Applied; the answer comes after `slow_for`.
     Slow,
+    /// The connection closes without an answer, before applying.
     DropBefore,
+    /// The connection closes without an answer, after applying.
     DropAfter,
 }
 
@@ -164,6 +172,7 @@ async fn handle(
     inner: Arc<Inner>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
+    let _busy = inner.holds.busy();
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let query: Vec<(String, String)> = req
@@ -235,7 +244,9 @@ async fn handle(
                 error(429, "too_many_requests", "API Rate limit exceeded.")
             }
             Ok(parsed) => {
-                let fault = draw(&inner);
+                let arrival = Step::Request(Point::Arrival, op.id.clone());
+                inner.holds.pass(arrival, &query).await;
+                let fault = inner.holds.take_fault(&op.id).or_else(|| draw(&inner));
                 exchange.fault = fault.map(Fault::name);
                 match fault {
                     Some(Fault::Throttle) => {
@@ -258,12 +269,15 @@ async fn handle(
                             .map(|d| d.1);
                         // Held-back answers are logged first: the client may give up
                         // and close the connection, which drops this future.
-                        if delay.is_some() || fault == Some(Fault::Slow) {
+                        let answer = Step::Request(Point::Answer, op.id.clone());
+                        let held = inner.holds.holding(&answer, &query);
+                        if delay.is_some() || held || fault == Some(Fault::Slow) {
                             let mut early = exchange.clone();
                             early.status = reply.status;
                             inner.log(early);
                             logged = true;
                         }
+                        inner.holds.pass(answer, &query).await;
                         if let Some(delay) = delay {
                             tokio::time::sleep(delay).await;
                         }

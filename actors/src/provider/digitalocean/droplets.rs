@@ -13,7 +13,7 @@ use super::{
     volume_name,
 };
 use crate::model::MachineAccess;
-use crate::provider::{Machine, MachineSpec, ProviderError};
+use crate::provider::{Cancel, Machine, MachineSpec, ProviderError};
 
 impl DigitalOceanProvider {
     pub(super) async fn pause(&self) {
@@ -78,11 +78,13 @@ impl DigitalOceanProvider {
         }
     }
 
-    /// The environment's home volume, created unless it exists.
+    /// The environment's home volume, created unless it exists. Once `cancel` is
+    /// cancelled no create is sent (one already sent is seen through).
     pub(super) async fn ensure_volume(
         &self,
         spec: &MachineSpec,
         region: &str,
+        cancel: &Cancel,
     ) -> Result<String, ProviderError> {
         let name = volume_name(spec.environment_id);
         let lookup = || async {
@@ -115,6 +117,7 @@ impl DigitalOceanProvider {
             "tags": self.tags(spec),
         });
         for attempt in 1..=self.client.retry.attempts {
+            cancel.check()?;
             match self
                 .client
                 .send(
@@ -139,6 +142,7 @@ impl DigitalOceanProvider {
                     if let Some(id) = lookup().await? {
                         return Ok(id);
                     }
+                    cancel.check()?;
                     if attempt < self.client.retry.attempts {
                         self.client.retried(RetryReason::Unclear);
                     }
@@ -174,13 +178,16 @@ impl DigitalOceanProvider {
     }
 
     /// Creates the droplet, never twice: when it is unclear whether a create took
-    /// effect, the environment's tag is looked up before trying again.
+    /// effect, the environment's tag is looked up before trying again — unless
+    /// `cancel` was cancelled meanwhile.
     pub(super) async fn create_droplet(
         &self,
         body: &Value,
         tag: &str,
+        cancel: &Cancel,
     ) -> Result<(u64, Option<u64>), ProviderError> {
         for attempt in 1..=self.client.retry.attempts {
+            cancel.check()?;
             match self
                 .client
                 .send(
@@ -214,6 +221,7 @@ impl DigitalOceanProvider {
                     if let Some(found) = self.find_droplet(tag).await? {
                         return Ok((found["id"].as_u64().unwrap_or(0), None));
                     }
+                    cancel.check()?;
                     if attempt < self.client.retry.attempts {
                         self.client.retried(RetryReason::Unclear);
                     }

@@ -24,7 +24,8 @@ async fn unless_cancelled<T>(
 
 impl DigitalOceanProvider {
     /// Creates the volume and the droplet, each request seen through to its end;
-    /// `cancel` is heeded between them and while waiting for the droplet.
+    /// `cancel` is heeded before each request that would make something, and at
+    /// any moment while waiting for the droplet.
     pub(super) async fn create_machine(
         &self,
         spec: &MachineSpec,
@@ -54,8 +55,7 @@ impl DigitalOceanProvider {
         }
         .render()
         .map_err(|e| failed(e.to_string()))?;
-        cancel.check()?;
-        let volume = self.ensure_volume(spec, &region).await?;
+        let volume = self.ensure_volume(spec, &region, cancel).await?;
         cancel.check()?;
         let body = json!({
             "name": spec.slug,
@@ -70,8 +70,10 @@ impl DigitalOceanProvider {
             "user_data": user_data,
             "volumes": [volume],
         });
-        let (droplet, action) = match self.create_droplet(&body, &tag).await {
+        let (droplet, action) = match self.create_droplet(&body, &tag, cancel).await {
             Ok(created) => created,
+            // The delete that cancelled it removes the volume.
+            Err(ProviderError::Cancelled) => return Err(ProviderError::Cancelled),
             Err(e) => {
                 // Refused: the volume made for it would only cost money.
                 if let Ok(None) = self.find_droplet(&tag).await {
