@@ -772,6 +772,7 @@ impl Work {
             matches!(self.record.phase, Phase::Installing | Phase::Configuring);
         let mut deadline = Instant::now() + REACH_DEADLINE;
         let command = self.provider.bootstrap_watch().tail_command;
+        let mut read: u64 = 0;
         loop {
             let session = match SshSession::connect(access, &keys.user_private).await {
                 Ok(s) => s,
@@ -799,6 +800,14 @@ impl Work {
                     }
                     continue;
                 };
+                read += data.len() as u64;
+                if read > logs::MAX_LOG_BYTES {
+                    session.close().await;
+                    return Err(format!(
+                        "the provisioning log passed {} MiB, more than any bootstrap should print; see its first lines",
+                        logs::MAX_LOG_BYTES >> 20
+                    ));
+                }
                 let mut fresh = Vec::new();
                 let mut exit = None;
                 for text in splitter.push(&data) {

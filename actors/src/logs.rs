@@ -8,6 +8,11 @@ use serde::Serialize;
 /// How many lines an environment keeps.
 pub const KEEP_LINES: i64 = 10_000;
 
+/// How much of a provisioning log the server reads in all (every reconnect reads
+/// it again from the start): a bootstrap, or a tenant writing into the log, that
+/// prints more fails its provisioning instead of keeping the server busy.
+pub const MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The line the machine's init prints when the bootstrap has ended.
 pub const EXIT_MARKER: &str = "==> devpocket: bootstrap exited with status ";
 

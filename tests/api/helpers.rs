@@ -227,6 +227,16 @@ impl TestApp {
     /// (a fault-injecting proxy).
     pub async fn spawn_on(db: TestDatabase, url: Option<&str>, overrides: &[(&str, &str)]) -> Self {
         let data_dir = test_root().join("apps").join(&db.name);
+        Self::spawn_at(db, url, data_dir, overrides).await
+    }
+
+    /// Starts the application with its data directory at `data_dir`.
+    pub async fn spawn_at(
+        db: TestDatabase,
+        url: Option<&str>,
+        data_dir: PathBuf,
+        overrides: &[(&str, &str)],
+    ) -> Self {
         std::fs::create_dir_all(&data_dir).expect("data dir");
         if std::env::var_os("TEST_LOG").is_some() {
             devpocket::telemetry::init(devpocket::config::LogFormat::Pretty);

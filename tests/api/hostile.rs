@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use devpocket_actors::logs::MAX_LINE_BYTES;
+use devpocket_actors::logs::{MAX_LINE_BYTES, MAX_LOG_BYTES};
 use devpocket_actors::ssh::{SshError, SshSession};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -247,4 +247,43 @@ async fn a_log_line_of_tens_of_megabytes_is_stored_truncated() {
         )
     );
     assert!(lines.contains(&"==> [1/1] Done"), "{lines:?}");
+}
+
+#[actix_web::test]
+async fn a_provisioning_log_past_its_limit_fails_the_provisioning() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token("endless_log").await;
+    // More than the limit, then a bootstrap that would go on for long.
+    let size = MAX_LOG_BYTES + 1024 * 1024;
+    let template = app
+        .authed_client(&admin)
+        .post(
+            "/api/v1/templates",
+            &json!({
+                "name": "endless", "display_name": "Endless", "description": "prints and prints",
+                "category": "operating_system", "tags": [], "docker_image": "debian:12",
+                "bootstrap": format!(
+                    "#!/bin/sh\nhead -c {size} /dev/zero | tr '\\0' x\nsleep 600\n"
+                )
+            }),
+        )
+        .await;
+    assert_eq!(template.status(), 201, "{:?}", template.text().await);
+    let env: Value = app
+        .authed_client(&admin)
+        .post(
+            "/api/v1/environments",
+            &json!({"name": "endless", "template_id": "endless"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = env["id"].as_str().unwrap();
+    let env = app
+        .wait_for_env(&admin, id, |e| e["status"] != "creating")
+        .await;
+    assert_eq!(env["status"], "error", "{env}");
+    let message = env["status_message"].as_str().unwrap_or_default();
+    assert!(message.contains("provisioning log passed"), "{message}");
 }

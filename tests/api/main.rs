@@ -10,6 +10,7 @@ mod deletion;
 mod digitalocean;
 mod environments;
 mod fake_do;
+mod first_hour;
 mod health;
 mod helpers;
 mod hostile;
