@@ -170,6 +170,31 @@ async fn links_planted_in_a_home_are_not_followed_when_the_machine_starts() {
     let meta = std::fs::symlink_metadata(&written).unwrap();
     assert!(meta.file_type().is_file(), "{meta:?}");
     assert_eq!(meta.uid(), std::fs::metadata(&own).unwrap().uid());
+
+    // Links to root's files from the home and from the machine's /tmp, as the
+    // machine is deleted: the delete removes the links, not what they name.
+    let shell = ssh(&app, &id).await;
+    let (status, out) = run(
+        &shell,
+        &format!(
+            "ln -s '{dir}' ~/escape && ln -s '{file}' ~/escape-file && \
+             ln -s '{dir}' /tmp/escape && mkdir -p ~/deep/er && ln -s '{dir}' ~/deep/er/escape",
+            dir = victims.dir.display(),
+            file = victims.path("bashrc"),
+        ),
+    )
+    .await;
+    assert_eq!(status, 0, "{out}");
+    shell.close().await;
+    let deleted = app
+        .authed_client(&token)
+        .delete(&format!("/api/v1/environments/{id}"))
+        .await;
+    assert_eq!(deleted.status(), 202);
+    app.wait_for_env(&token, &id, |e| e["code"] == "not_found")
+        .await;
+    assert!(!own.exists());
+    victims.assert_untouched();
 }
 
 /// Runs `script` with the ids of the owner of `home`, as that user's own shell
