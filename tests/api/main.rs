@@ -13,6 +13,7 @@ mod health;
 mod helpers;
 mod http;
 mod isolation;
+mod nul;
 mod observability;
 mod openapi;
 mod ratelimit;
