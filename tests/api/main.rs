@@ -16,6 +16,7 @@ mod isolation;
 mod nul;
 mod observability;
 mod openapi;
+mod poison;
 mod ratelimit;
 mod restart;
 mod templates;
