@@ -254,6 +254,7 @@ async fn list_templates(
         (status = 200, body = TemplateResponse),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
         (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
@@ -393,6 +394,7 @@ async fn update_template(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
         (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
