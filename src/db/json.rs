@@ -52,8 +52,9 @@ impl StoredJson {
         }
     }
 
-    /// The value, or an empty one after logging why: for the machine's own use of a
-    /// row (an environment with unreadable variables can still be stopped or deleted).
+    /// The value, or `Value::Null` (read as none: no variables, packages or
+    /// cloud-config) after logging why: for the machine's own use of a row, so that
+    /// an environment with unreadable variables can still be stopped and deleted.
     pub fn or_empty(&self, table: &str, id: uuid::Uuid, column: &'static str) -> Value {
         match self.read(column) {
             Ok(value) => value.clone(),
