@@ -1030,12 +1030,31 @@ async fn get_metrics(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let addr = actor(&state, &caller, id).await?;
-    let metrics = addr.send(GetMetrics).await.map_err(|e| {
-        ApiError::ServiceUnavailable(format!(
+    let sample = match addr.send(GetMetrics).await {
+        Ok(sample) => sample.map_err(ApiError::from),
+        Err(e) => Err(ApiError::ServiceUnavailable(format!(
             "The environment's controller is restarting ({e}); try again."
-        ))
-    })??;
-    Ok(HttpResponse::Ok().json(MetricsResponse::from(metrics)))
+        ))),
+    };
+    match sample {
+        Ok(metrics) => Ok(HttpResponse::Ok().json(MetricsResponse::from(metrics))),
+        // Stopped or deleted while it was measured (its machine went away, its actor
+        // stopped): answered as if the request had come just after, 409 or 404.
+        Err(ApiError::ServiceUnavailable(detail)) => {
+            let now = load(&state, &caller, id).await?;
+            if now.status == Status::Running.as_str() && now.phase == Phase::Ready.as_str() {
+                return Err(ApiError::ServiceUnavailable(detail));
+            }
+            Err(ApiError::Conflict {
+                detail: format!(
+                    "Metrics are measured on a running machine; this one is {} ({}).",
+                    now.status, now.phase
+                ),
+                context: json!({}),
+            })
+        }
+        Err(err) => Err(err),
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -17,6 +17,7 @@ mod nul;
 mod observability;
 mod openapi;
 mod poison;
+mod races;
 mod ratelimit;
 mod restart;
 mod templates;
