@@ -1,6 +1,7 @@
 //! Environment rules the HTTP layer calls: validating a new environment, deriving
 //! its provider-safe name, plan quotas, and the object the app reads.
 
+pub mod limits;
 pub mod list_cache;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use uuid::Uuid;
 
 use crate::db::environments::{self as db, Environment, NewEnvironment};
+use crate::db::json::Unreadable;
 use crate::db::users::User;
 use crate::error::{ApiError, ValidationErrors};
 use crate::plans::{self, Plan};
@@ -358,7 +360,9 @@ fn limit_schema() -> Object {
 }
 
 impl EnvironmentResponse {
-    pub fn new(env: Environment, template_name: String) -> Self {
+    /// The environment as the app reads it; a row with a stored value that cannot be
+    /// read has no faithful answer.
+    pub fn new(env: Environment, template_name: String) -> Result<Self, Unreadable> {
         let size = plans::size(&env.size);
         // A DigitalOcean slug: its own CPUs and memory, the rest of its equivalent.
         let slug = DIGITALOCEAN_SIZES.iter().find(|s| s.0 == env.size);
@@ -371,7 +375,7 @@ impl EnvironmentResponse {
         let size = size.as_ref();
         let billing_note = (env.provider == devpocket_actors::provider::digitalocean::NAME)
             .then_some(DIGITALOCEAN_BILLING_NOTE);
-        let limits = &env.resource_limits;
+        let limits = env.resource_limits.read("resource_limits")?;
         let pick = |key: &str, fallback: Option<&str>| -> Value {
             match limits.get(key) {
                 Some(v) if !v.is_null() => v.clone(),
@@ -394,12 +398,11 @@ impl EnvironmentResponse {
             "memory": as_text(&resource_limits["memory"]),
             "storage": as_text(&resource_limits["storage"]),
         });
-        let environment_variables = if env.environment_variables.is_object() {
-            env.environment_variables
-        } else {
-            json!({})
+        let environment_variables = match env.environment_variables.read("environment_variables")? {
+            variables @ Value::Object(_) => variables.clone(),
+            _ => json!({}),
         };
-        Self {
+        Ok(Self {
             id: env.id,
             name: env.name,
             template_id: env.template_id.to_string(),
@@ -425,7 +428,7 @@ impl EnvironmentResponse {
             started_at: env.started_at,
             stopped_at: env.stopped_at,
             billing_note,
-        }
+        })
     }
 }
 

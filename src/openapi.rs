@@ -180,8 +180,9 @@ mod responses {
     }))]
     pub struct NotFound(pub ErrorBody<'static>);
 
-    /// A duplicate (`context.field` names it) or an operation that is not valid
-    /// in the resource's current state.
+    /// A duplicate (`context.field` names it), an operation that is not valid
+    /// in the resource's current state, or a resource with a stored value that
+    /// cannot be read (`context.field` names the column).
     #[derive(ToResponse)]
     #[response(example = json!({
         "detail": "The username 'alice' is already taken.",

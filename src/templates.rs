@@ -16,9 +16,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::db::json;
 use crate::error::{ApiError, ValidationErrors};
 
-pub use sync::{TemplateError, create, deprecate, load_files, not_found, sync, update};
+pub use sync::{TemplateError, create, deprecate, load_files, not_found, sync, unreadable, update};
 
 /// The built-in templates, shipped inside the binary so a fresh install has them.
 pub const BUILTIN: [(&str, &str); 5] = [
@@ -153,13 +154,18 @@ pub struct TemplateSpec {
     /// Apt packages a cloud machine installs before the bootstrap runs.
     #[serde(default)]
     pub packages: Vec<String>,
-    /// Extra cloud-config merged into a cloud machine's user-data.
+    /// Extra cloud-config merged into a cloud machine's user-data: at most 64 KiB as
+    /// JSON, no value more than 16 levels deep; numbers at most 2^53 in size, fractions
+    /// at least 10^-6, not -0.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub cloud_init: Map<String, Value>,
     /// A POSIX sh script run as the machine's cloud-init, printing stage markers.
     pub bootstrap: String,
 }
+
+/// How deep below its top a value of `cloud_init` may be; cloud-config needs a few.
+pub const MAX_CLOUD_INIT_DEPTH: usize = 16;
 
 fn default_status() -> Status {
     Status::Active
@@ -315,8 +321,13 @@ impl TemplateSpec {
                 }
             },
         );
-        if Value::Object(self.cloud_init.clone()).to_string().len() > 64 * 1024 {
+        let cloud_init = Value::Object(self.cloud_init.clone());
+        if cloud_init.to_string().len() > 64 * 1024 {
             e.add("cloud_init", "must be at most 64 KiB");
+        } else if let Some((field, message)) =
+            json::unstorable(&cloud_init, "cloud_init", MAX_CLOUD_INIT_DEPTH)
+        {
+            e.add(&field, message);
         }
         if self.bootstrap.trim().is_empty() {
             e.add("bootstrap", "is required: a POSIX sh script");

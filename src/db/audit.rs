@@ -7,6 +7,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::json::StoredJson;
 use super::schema::{audit_events, users};
 
 #[derive(Debug, Clone, Insertable)]
@@ -32,7 +33,7 @@ pub struct AuditEvent {
     pub action: String,
     pub resource_type: String,
     pub resource_id: Option<String>,
-    pub details: Value,
+    pub details: StoredJson,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub outcome: String,

@@ -18,6 +18,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::DbPool;
+use super::json::{StoredJson, Unreadable};
 use super::schema::{environment_logs, environments, templates};
 use crate::crypto::SecretBox;
 use crate::environments::list_cache::ListCache;
@@ -37,8 +38,8 @@ pub struct Environment {
     pub phase: String,
     pub progress: i32,
     pub status_message: Option<String>,
-    pub resource_limits: Value,
-    pub environment_variables: Value,
+    pub resource_limits: StoredJson,
+    pub environment_variables: StoredJson,
     pub ip_address: Option<String>,
     pub ssh_port: Option<i32>,
     pub ssh_user: Option<String>,
@@ -56,6 +57,18 @@ pub struct Environment {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl Environment {
+    /// The first of this row's stored values that cannot be read, if any.
+    pub fn unreadable(&self) -> Option<Unreadable> {
+        [
+            self.resource_limits.read("resource_limits"),
+            self.environment_variables.read("environment_variables"),
+        ]
+        .into_iter()
+        .find_map(Result::err)
+    }
 }
 
 #[derive(Debug, Insertable)]
@@ -336,7 +349,7 @@ fn string_map(value: &Value) -> BTreeMap<String, String> {
 impl Store for DbStore {
     async fn load(&self, id: Uuid) -> Result<Option<EnvironmentRecord>, StoreError> {
         let mut conn = self.conn().await?;
-        type Row = (Environment, String, String, Value, Value);
+        type Row = (Environment, String, String, StoredJson, StoredJson);
         let row: Option<Row> = environments::table
             .inner_join(templates::table)
             .filter(environments::id.eq(id))
@@ -355,6 +368,13 @@ impl Store for DbStore {
         let Some((env, template_name, bootstrap, packages, cloud_init)) = row else {
             return Ok(None);
         };
+        // What cannot be read is left out (and logged), so that such an environment
+        // can still be stopped and deleted.
+        let packages = packages.or_empty("templates", env.template_id, "packages");
+        let cloud_init = cloud_init.or_empty("templates", env.template_id, "cloud_init");
+        let variables =
+            env.environment_variables
+                .or_empty("environments", env.id, "environment_variables");
         let keys = match (
             self.open(env.id, &env.host_private_key)?,
             env.host_public_key.clone(),
@@ -411,7 +431,7 @@ impl Store for DbStore {
                 Value::Object(map) => map,
                 _ => serde_json::Map::new(),
             },
-            environment_variables: string_map(&env.environment_variables),
+            environment_variables: string_map(&variables),
             keys,
             machine,
             provider_ref: env.provider_ref,

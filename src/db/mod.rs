@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod embedded;
 pub mod environments;
+pub mod json;
 pub mod schema;
 pub mod sessions;
 pub mod templates;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::json::{StoredJson, Unreadable};
 use super::schema::{environments, templates};
 use crate::templates::{Category, Status, TemplateSpec};
 
@@ -22,14 +23,14 @@ pub struct Template {
     pub display_name: String,
     pub description: String,
     pub category: Category,
-    pub tags: Value,
+    pub tags: StoredJson,
     pub docker_image: String,
-    pub default_resources: Value,
-    pub environment_variables: Value,
-    pub startup_commands: Value,
+    pub default_resources: StoredJson,
+    pub environment_variables: StoredJson,
+    pub startup_commands: StoredJson,
     pub bootstrap: String,
-    pub packages: Value,
-    pub cloud_init: Value,
+    pub packages: StoredJson,
+    pub cloud_init: StoredJson,
     pub default_port: Option<i32>,
     pub documentation_url: Option<String>,
     pub icon_url: Option<String>,
@@ -37,6 +38,27 @@ pub struct Template {
     pub version: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Template {
+    fn json_columns(&self) -> [(&'static str, &StoredJson); 6] {
+        [
+            ("tags", &self.tags),
+            ("default_resources", &self.default_resources),
+            ("environment_variables", &self.environment_variables),
+            ("startup_commands", &self.startup_commands),
+            ("packages", &self.packages),
+            ("cloud_init", &self.cloud_init),
+        ]
+    }
+
+    /// The stored values of this row that cannot be read.
+    pub fn unreadable(&self) -> Vec<Unreadable> {
+        self.json_columns()
+            .into_iter()
+            .filter_map(|(column, value)| value.read(column).err())
+            .collect()
+    }
 }
 
 /// Everything a template file or an admin sets: the row minus id and timestamps.
@@ -98,26 +120,46 @@ impl TemplateFields {
         }
     }
 
-    pub fn from_row(row: &Template) -> Self {
-        Self {
+    /// The stored fields, unless one cannot be read.
+    pub fn from_row(row: &Template) -> Result<Self, Unreadable> {
+        Self::read(row, &mut Err)
+    }
+
+    /// The stored fields, with `Value::Null` for those that cannot be read.
+    pub fn from_row_lossy(row: &Template) -> Self {
+        match Self::read::<std::convert::Infallible>(row, &mut |_| Ok(Value::Null)) {
+            Ok(fields) => fields,
+            Err(never) => match never {},
+        }
+    }
+
+    fn read<E>(
+        row: &Template,
+        unreadable: &mut dyn FnMut(Unreadable) -> Result<Value, E>,
+    ) -> Result<Self, E> {
+        let mut json = |column, value: &StoredJson| match value.read(column) {
+            Ok(value) => Ok(value.clone()),
+            Err(err) => unreadable(err),
+        };
+        Ok(Self {
             name: row.name.clone(),
             display_name: row.display_name.clone(),
             description: row.description.clone(),
             category: row.category,
-            tags: row.tags.clone(),
+            tags: json("tags", &row.tags)?,
             docker_image: row.docker_image.clone(),
-            default_resources: row.default_resources.clone(),
-            environment_variables: row.environment_variables.clone(),
-            startup_commands: row.startup_commands.clone(),
+            default_resources: json("default_resources", &row.default_resources)?,
+            environment_variables: json("environment_variables", &row.environment_variables)?,
+            startup_commands: json("startup_commands", &row.startup_commands)?,
             bootstrap: row.bootstrap.clone(),
-            packages: row.packages.clone(),
-            cloud_init: row.cloud_init.clone(),
+            packages: json("packages", &row.packages)?,
+            cloud_init: json("cloud_init", &row.cloud_init)?,
             default_port: row.default_port,
             documentation_url: row.documentation_url.clone(),
             icon_url: row.icon_url.clone(),
             status: row.status,
             version: row.version.clone(),
-        }
+        })
     }
 }
 

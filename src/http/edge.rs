@@ -4,9 +4,11 @@
 //! `X-Request-Id` is kept when it is sane) and an API request is counted against its
 //! client address's limit. A refusal is answered right here, before any other work —
 //! no span, no routing, no other middleware — so a flood from one address costs as
-//! little as it can. Anything else is served inside a tracing span that carries the
-//! request id into every log line. On the way out every answer gets the request id,
-//! the security headers and the `RateLimit-*` headers, and is counted and logged.
+//! little as it can. A path or query with a NUL character is refused next, before
+//! routing, so that no handler sees one (`super::nul`). Anything else is served
+//! inside a tracing span that carries the request id into every log line. On the way
+//! out every answer gets the request id, the security headers and the `RateLimit-*`
+//! headers, and is counted and logged.
 
 use std::future::{Ready, ready};
 use std::rc::Rc;
@@ -20,6 +22,7 @@ use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
 use super::normalize::normalize;
+use super::nul;
 use crate::metrics::HttpSeries;
 use crate::ratelimit;
 use crate::startup::AppState;
@@ -104,6 +107,13 @@ where
             method = %req.method(),
             path = %req.path(),
         );
+        if let Some(refusal) = nul::in_uri(req.uri()) {
+            let mut res = req.error_response(refusal);
+            let status = finish(&mut res, &id, started, state.as_deref(), &self.series);
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            span.in_scope(|| tracing::info!(status, elapsed_ms, "request"));
+            return Box::pin(ready(Ok(res.map_into_right_body())));
+        }
         let call = span.in_scope(|| self.service.call(req));
         let series = self.series.clone();
         Box::pin(async move {

@@ -1,6 +1,7 @@
 //! A JSON body extractor whose failures name the offending field and use the error
 //! envelope: 415 for a non-JSON content type, 413 over the size limit, 400 for
-//! malformed JSON, 422 for a well-formed body with wrong or missing fields.
+//! malformed JSON, 422 for a well-formed body with wrong or missing fields or with a
+//! NUL character in any string.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +11,7 @@ use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ValidationErrors};
 
 /// The configured body limit, stored in app data.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +31,18 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "empty_body",
             "The request body is empty: send a JSON object.",
         ));
+    }
+    // Rare, so the body is read a second time only when it has one.
+    if super::nul::in_json_text(bytes)
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes)
+    {
+        let mut found = Vec::new();
+        super::nul::in_json(&value, "", &mut found);
+        let mut errors = ValidationErrors::default();
+        for field in found {
+            errors.add(&field, super::nul::MESSAGE);
+        }
+        errors.into_result()?;
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -175,6 +188,14 @@ mod tests {
         assert_eq!(
             field_of(parse::<Body>(br#"{"name": "x", "count": "many"}"#).expect_err("type")),
             "count"
+        );
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_a_422_naming_it() {
+        assert_eq!(
+            field_of(parse::<Body>(br#"{"name": "a\u0000", "count": 1}"#).expect_err("nul")),
+            "name"
         );
     }
 

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::audit::{Action, Event, Origin, Outcome, ResourceType};
 use crate::auth::AdminUser;
 use crate::db::audit::{self as audit_db, AuditEvent, AuditFilter};
+use crate::db::json::Unreadable;
 use crate::db::users::{self, AccountChanges};
 use crate::error::{ApiError, ValidationErrors};
 use crate::http::Json;
@@ -326,8 +327,9 @@ struct AuditEventResponse {
 }
 
 impl AuditEventResponse {
-    fn new(e: AuditEvent, username: Option<String>) -> Self {
-        Self {
+    fn new(e: AuditEvent, username: Option<String>) -> Result<Self, Unreadable> {
+        let details = e.details.read("details")?.clone();
+        Ok(Self {
             id: e.id,
             created_at: e.created_at,
             user_id: e.user_id,
@@ -338,8 +340,8 @@ impl AuditEventResponse {
             outcome: e.outcome,
             ip: e.ip,
             user_agent: e.user_agent,
-            details: e.details,
-        }
+            details,
+        })
     }
 }
 
@@ -454,9 +456,15 @@ async fn list_audit_events(
     };
     let mut conn = state.pool.get().await?;
     let (rows, total) = audit_db::list(&mut conn, &filter, per_page, (page - 1) * per_page).await?;
+    // One row that cannot be read must not take the page with it.
     let items = rows
         .into_iter()
-        .map(|(event, username)| AuditEventResponse::new(event, username))
+        .filter_map(|(event, username)| {
+            let id = event.id;
+            AuditEventResponse::new(event, username)
+                .inspect_err(|err| err.log("audit_events", id))
+                .ok()
+        })
         .collect();
     Ok(HttpResponse::Ok().json(paged(items, total, page, per_page)))
 }

@@ -23,9 +23,10 @@ use uuid::Uuid;
 use crate::audit::{Action, Event, Origin, ResourceType};
 use crate::auth::AuthUser;
 use crate::db::environments::{self as db, NewEnvironment};
+use crate::db::json::Unreadable;
 use crate::db::templates as template_db;
 use crate::environments::list_cache::CachedList;
-use crate::environments::{self as rules, EnvironmentResponse};
+use crate::environments::{self as rules, EnvironmentResponse, limits};
 use crate::error::{ApiError, ValidationErrors};
 use crate::http::{Json, OptionalJson};
 use crate::openapi::{
@@ -86,17 +87,45 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| not_found(raw))
 }
 
-/// The caller's environment as the app reads it; 404 for anyone else's.
-async fn load(
+/// The caller's environment as the app reads it, or which of its stored values
+/// cannot be read; 404 for anyone else's.
+async fn read(
     state: &AppState,
     caller: &AuthUser,
     id: Uuid,
-) -> Result<EnvironmentResponse, ApiError> {
+) -> Result<Result<EnvironmentResponse, Unreadable>, ApiError> {
     let mut conn = state.pool.get().await?;
     let (env, template) = db::find_owned(&mut conn, caller.user.id, id)
         .await?
         .ok_or_else(|| not_found(&id.to_string()))?;
     Ok(EnvironmentResponse::new(env, template))
+}
+
+/// The caller's environment as the app reads it; 404 for anyone else's, 409 for
+/// one with a stored value that cannot be read.
+async fn load(
+    state: &AppState,
+    caller: &AuthUser,
+    id: Uuid,
+) -> Result<EnvironmentResponse, ApiError> {
+    read(state, caller, id)
+        .await?
+        .map_err(|err| unreadable(id, &err))
+}
+
+/// An environment whose row holds a value that cannot be read (stored before such
+/// values were refused): nothing about it can be shown faithfully, and nothing done
+/// with it but deleting it.
+fn unreadable(id: Uuid, err: &Unreadable) -> ApiError {
+    err.log("environments", id);
+    ApiError::Conflict {
+        detail: format!(
+            "This environment's stored {} cannot be read (it was saved before such values \
+             were refused); it can only be deleted.",
+            err.column
+        ),
+        context: json!({ "field": err.column }),
+    }
 }
 
 /// The environment's actor (started from durable state if needed).
@@ -132,11 +161,18 @@ struct CreateRequest {
     /// on DigitalOcean also a size slug from `GET /api/v1/sizes` (default
     /// `DO_DEFAULT_SIZE`). Above the plan's largest is 403.
     size: Option<String>,
-    /// Kept as given and shown in `resource_limits`.
-    #[schema(value_type = Option<Object>)]
+    /// Kept as given and shown in `resource_limits`; DevPocket does not apply them
+    /// (the size does). Only the members `cpu`, `memory`, `storage` and
+    /// `max_instances`, each null or: `cpu` a number from 0.001 to 1024 or a string
+    /// such as "2", "0.5" or "500m"; `memory` and `storage` a number from 0.001 to
+    /// 2^53 or a string of one with an optional unit `K M G T P E`, each optionally
+    /// followed by `i` and/or `B` ("4Gi", "512Mi", "10GB"); `max_instances` a whole
+    /// number from 1 to 100 (or a string of one). Strings are at most 16 characters.
+    /// Anything else is 422 naming the member.
+    #[schema(value_type = Option<limits::LimitsRequest>)]
     resource_limits: Option<Value>,
-    /// Older apps send `resources`.
-    #[schema(value_type = Option<Object>)]
+    /// Older apps send `resources` (the same rules).
+    #[schema(value_type = Option<limits::LimitsRequest>)]
     resources: Option<Value>,
     /// At most 100 names of letters, digits and `_` (not starting with a digit) to
     /// strings of at most 4096 bytes; numbers and booleans are stored as strings.
@@ -206,16 +242,11 @@ async fn create(
         body.environment_variables.as_ref().unwrap_or(&Value::Null),
         &mut errors,
     );
-    let limits = body
-        .resource_limits
-        .or(body.resources)
-        .unwrap_or(Value::Null);
-    if !(limits.is_null() || limits.is_object()) {
-        errors.add(
-            "resource_limits",
-            "must be an object such as {\"cpu\": \"2\", \"memory\": \"4Gi\"}",
-        );
-    }
+    let limits = match (body.resource_limits, body.resources) {
+        (Some(given), _) => limits::validate(&given, "resource_limits", &mut errors),
+        (None, Some(given)) => limits::validate(&given, "resources", &mut errors),
+        (None, None) => serde_json::Map::new(),
+    };
     let key = body
         .template_id
         .or(body.template)
@@ -247,6 +278,18 @@ async fn create(
             ),
         ));
     };
+
+    if let Some(err) = template.unreadable().first() {
+        err.log("templates", template.id);
+        return Err(ApiError::validation(
+            "template_id",
+            format!(
+                "the template `{}` cannot be used now: its stored {} cannot be read; \
+                 an administrator has to replace it",
+                template.name, err.column
+            ),
+        ));
+    }
 
     let provider = state.default_provider.as_str();
     let region = body
@@ -306,11 +349,7 @@ async fn create(
         status: Status::Creating.as_str(),
         phase: Phase::Queued.as_str(),
         progress: 0,
-        resource_limits: if limits.is_object() {
-            limits
-        } else {
-            json!({})
-        },
+        resource_limits: Value::Object(limits),
         environment_variables: json!(variables),
     };
     rules::insert_within_quota(&mut conn, &caller.user, &new).await?;
@@ -353,14 +392,22 @@ fn check_user_data(
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("generating keys: {e}")))?;
     let packages: Vec<String> = template
         .packages
-        .as_array()
+        .read("packages")
+        .ok()
+        .and_then(Value::as_array)
         .map(|p| {
             p.iter()
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect()
         })
         .unwrap_or_default();
-    let cloud_init = template.cloud_init.as_object().cloned().unwrap_or_default();
+    let cloud_init = template
+        .cloud_init
+        .read("cloud_init")
+        .ok()
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let volume = digitalocean::volume_name(Uuid::nil());
     digitalocean::user_data::UserDataSpec {
         environment_id: Uuid::nil(),
@@ -441,9 +488,15 @@ async fn owned_list(state: &AppState, user_id: Uuid) -> Result<Arc<CachedList>, 
     let mut conn = state.pool.get().await?;
     let rows = db::list_owned(&mut conn, user_id).await?;
     drop(conn);
+    // One row that cannot be read must not take the others with it.
     let environments: Vec<EnvironmentResponse> = rows
         .into_iter()
-        .map(|(e, t)| EnvironmentResponse::new(e, t))
+        .filter_map(|(env, template)| {
+            let id = env.id;
+            EnvironmentResponse::new(env, template)
+                .inspect_err(|err| err.log("environments", id))
+                .ok()
+        })
         .collect();
     let body =
         serde_json::to_vec(&environments).map_err(|e| ApiError::internal(anyhow::Error::new(e)))?;
@@ -466,6 +519,7 @@ async fn owned_list(state: &AppState, user_id: Uuid) -> Result<Arc<CachedList>, 
         (status = 200, body = EnvironmentResponse),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
         (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
@@ -591,9 +645,14 @@ async fn send_lifecycle(
     command: Command,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(raw_id)?;
-    let current = load(state, caller, id).await?;
+    let current = match (read(state, caller, id).await?, &command) {
+        (Ok(current), _) => Some(current),
+        // Deleting needs none of the stored values.
+        (Err(_), Command::Delete) => None,
+        (Err(err), _) => return Err(unreadable(id, &err)),
+    };
     if matches!(command, Command::Start | Command::Restart)
-        && current.status == Status::Stopped.as_str()
+        && current.is_some_and(|c| c.status == Status::Stopped.as_str())
     {
         let mut conn = state.pool.get().await?;
         rules::check_quota(&mut conn, &caller.user, true, false).await?;
@@ -604,9 +663,10 @@ async fn send_lifecycle(
             "The environment's controller is restarting ({e}); try again."
         ))
     })??;
-    let env = load(state, caller, id).await;
-    match env {
-        Ok(env) => Ok(HttpResponse::Accepted().json(env)),
+    match read(state, caller, id).await {
+        Ok(Ok(env)) => Ok(HttpResponse::Accepted().json(env)),
+        Ok(Err(_)) => Ok(HttpResponse::Accepted()
+            .json(json!({ "id": id, "status": "terminated", "phase": "deleting" }))),
         // Deleted already: nothing left to show.
         Err(ApiError::NotFound(_)) => Ok(HttpResponse::Accepted()
             .json(json!({ "id": id, "status": "terminated", "phase": "deleted" }))),
@@ -970,12 +1030,31 @@ async fn get_metrics(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let addr = actor(&state, &caller, id).await?;
-    let metrics = addr.send(GetMetrics).await.map_err(|e| {
-        ApiError::ServiceUnavailable(format!(
+    let sample = match addr.send(GetMetrics).await {
+        Ok(sample) => sample.map_err(ApiError::from),
+        Err(e) => Err(ApiError::ServiceUnavailable(format!(
             "The environment's controller is restarting ({e}); try again."
-        ))
-    })??;
-    Ok(HttpResponse::Ok().json(MetricsResponse::from(metrics)))
+        ))),
+    };
+    match sample {
+        Ok(metrics) => Ok(HttpResponse::Ok().json(MetricsResponse::from(metrics))),
+        // Stopped or deleted while it was measured (its machine went away, its actor
+        // stopped): answered as if the request had come just after, 409 or 404.
+        Err(ApiError::ServiceUnavailable(detail)) => {
+            let now = load(&state, &caller, id).await?;
+            if now.status == Status::Running.as_str() && now.phase == Phase::Ready.as_str() {
+                return Err(ApiError::ServiceUnavailable(detail));
+            }
+            Err(ApiError::Conflict {
+                detail: format!(
+                    "Metrics are measured on a running machine; this one is {} ({}).",
+                    now.status, now.phase
+                ),
+                context: json!({}),
+            })
+        }
+        Err(err) => Err(err),
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -1028,6 +1107,7 @@ const MAX_LOG_LINES: i64 = 1000;
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
         (status = 422, response = Unprocessable),
         (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::audit::{Action, Event, Origin, ResourceType};
 use crate::auth::AuthUser;
+use crate::db::json::{StoredJson, Unreadable};
 use crate::db::templates::{self as store, ListFilter, Template};
 use crate::error::ApiError;
 use crate::http::Json;
@@ -93,18 +94,27 @@ pub struct TemplateResponse {
 }
 
 impl TemplateResponse {
-    pub fn new(t: Template, usage_count: i64, admin: bool) -> Self {
+    /// The template as the caller may see it; a row with a stored value that cannot
+    /// be read has no faithful answer.
+    pub fn new(t: Template, usage_count: i64, admin: bool) -> Result<Self, Unreadable> {
+        let json = |column, value: StoredJson| value.read(column).cloned();
+        let tags = json("tags", t.tags)?;
+        let default_resources = json("default_resources", t.default_resources)?;
+        let environment_variables = json("environment_variables", t.environment_variables)?;
+        let startup_commands = json("startup_commands", t.startup_commands)?;
+        let packages = json("packages", t.packages)?;
+        let cloud_init = json("cloud_init", t.cloud_init)?;
         let config = json!({
             "default_port": t.default_port,
-            "default_resources": t.default_resources,
-            "startup_commands": t.startup_commands,
+            "default_resources": default_resources,
+            "startup_commands": startup_commands,
         });
         let (bootstrap, packages, cloud_init) = if admin {
-            (Some(t.bootstrap), Some(t.packages), Some(t.cloud_init))
+            (Some(t.bootstrap), Some(packages), Some(cloud_init))
         } else {
             (None, None, None)
         };
-        Self {
+        Ok(Self {
             featured: templates::is_builtin(&t.name),
             image: t.docker_image.clone(),
             icon: t.icon_url.clone(),
@@ -114,11 +124,11 @@ impl TemplateResponse {
             display_name: t.display_name,
             description: t.description,
             category: t.category,
-            tags: t.tags,
+            tags,
             docker_image: t.docker_image,
-            default_resources: t.default_resources,
-            environment_variables: t.environment_variables,
-            startup_commands: t.startup_commands,
+            default_resources,
+            environment_variables,
+            startup_commands,
             status: t.status,
             version: t.version,
             created_at: t.created_at,
@@ -130,7 +140,7 @@ impl TemplateResponse {
             bootstrap,
             packages,
             cloud_init,
-        }
+        })
     }
 }
 
@@ -218,11 +228,14 @@ async fn list_templates(
     let rows = store::list(&mut conn, &filter).await?;
     let ids: Vec<Uuid> = rows.iter().map(|t| t.id).collect();
     let counts = store::usage_counts(&mut conn, &ids).await?;
+    // One row that cannot be read must not take the others with it.
     let body: Vec<TemplateResponse> = rows
         .into_iter()
-        .map(|t| {
-            let used = counts.get(&t.id).copied().unwrap_or(0);
+        .filter_map(|t| {
+            let (id, used) = (t.id, counts.get(&t.id).copied().unwrap_or(0));
             TemplateResponse::new(t, used, admin)
+                .inspect_err(|err| err.log("templates", id))
+                .ok()
         })
         .collect();
     Ok(HttpResponse::Ok().json(body))
@@ -241,6 +254,7 @@ async fn list_templates(
         (status = 200, body = TemplateResponse),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
         (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
@@ -380,6 +394,7 @@ async fn update_template(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
         (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
@@ -448,6 +463,8 @@ async fn respond_on(
     template: Template,
     admin: bool,
 ) -> Result<HttpResponse, ApiError> {
-    let used = store::usage_count(conn, template.id).await?;
-    Ok(builder.json(TemplateResponse::new(template, used, admin)))
+    let (id, used) = (template.id, store::usage_count(conn, template.id).await?);
+    let response = TemplateResponse::new(template, used, admin)
+        .map_err(|err| templates::unreadable(id, &err))?;
+    Ok(builder.json(response))
 }

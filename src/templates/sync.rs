@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::{BUILTIN, Status, TemplateSpec};
 use crate::db::DbPool;
+use crate::db::json::Unreadable;
 use crate::db::templates::{self as store, Template, TemplateFields, WriteOutcome};
 use crate::error::{ApiError, ValidationErrors};
 
@@ -147,7 +148,8 @@ async fn upsert(conn: &mut AsyncPgConnection, spec: &TemplateSpec) -> Result<boo
             if row.status == Status::Deprecated {
                 fields.status = Status::Deprecated;
             }
-            if TemplateFields::from_row(&row) == fields {
+            // A stored value that cannot be read is replaced by the file's.
+            if TemplateFields::from_row(&row).is_ok_and(|stored| stored == fields) {
                 return Ok(false);
             }
             store::update(conn, row.id, &fields).await?
@@ -163,6 +165,21 @@ async fn upsert(conn: &mut AsyncPgConnection, spec: &TemplateSpec) -> Result<boo
 /// is hidden from the caller.
 pub fn not_found(key: &str) -> ApiError {
     ApiError::NotFound(format!("No template with the id or name `{key}`."))
+}
+
+/// A template whose row holds a value that cannot be read (stored before such values
+/// were refused): it cannot be shown or used until an administrator replaces it.
+pub fn unreadable(id: Uuid, err: &Unreadable) -> ApiError {
+    err.log("templates", id);
+    ApiError::Conflict {
+        detail: format!(
+            "The template's stored {column} cannot be read (it was saved before such values \
+             were refused); an administrator can replace it: PUT the template with a new \
+             `{column}`.",
+            column = err.column
+        ),
+        context: json!({ "field": err.column }),
+    }
 }
 
 fn name_conflict(name: &str) -> ApiError {
@@ -194,8 +211,16 @@ pub async fn update(
         let row = store::find_for_update(conn, key)
             .await?
             .ok_or_else(|| not_found(key))?;
-        let Value::Object(mut merged) =
-            serde_json::to_value(TemplateFields::from_row(&row)).map_err(ApiError::internal)?
+        // A stored value that cannot be read has to be replaced by this change.
+        if let Some(err) = row
+            .unreadable()
+            .into_iter()
+            .find(|err| !patch.contains_key(err.column))
+        {
+            return Err(unreadable(row.id, &err));
+        }
+        let Value::Object(mut merged) = serde_json::to_value(TemplateFields::from_row_lossy(&row))
+            .map_err(ApiError::internal)?
         else {
             return Err(ApiError::internal(anyhow::anyhow!(
                 "a template is not an object"
@@ -217,6 +242,9 @@ pub async fn deprecate(conn: &mut AsyncPgConnection, key: &str) -> Result<Templa
     let row = store::find_by_id_or_name(conn, key)
         .await?
         .ok_or_else(|| not_found(key))?;
+    if let Some(err) = row.unreadable().first() {
+        return Err(unreadable(row.id, err));
+    }
     if row.status == Status::Deprecated {
         return Ok(row);
     }
