@@ -123,9 +123,11 @@ pub async fn list_owned(
 
 /// (environments that are not stopped, all environments) of a user.
 pub async fn counts(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<(i64, i64)> {
+    // What the API shows as terminated (being deleted) counts for nothing.
     let mine = environments::table
         .filter(environments::user_id.eq(user_id))
-        .filter(environments::deleted_at.is_null());
+        .filter(environments::deleted_at.is_null())
+        .filter(environments::status.ne(Status::Terminated.as_str()));
     let total: i64 = mine.count().get_result(conn).await?;
     let stopped: i64 = mine
         .filter(environments::status.eq("stopped"))

@@ -5,7 +5,7 @@ mod catalog;
 mod delete_during_create;
 mod fake;
 mod faults;
-mod lifecycle;
+pub mod lifecycle;
 mod provider;
 mod reconcile;
 mod restart;
