@@ -314,6 +314,7 @@ async fn create(
                     format!("`{region}` is not a DigitalOcean region such as nyc3 or fra1"),
                 ));
             }
+            check_region(state, &region).await?;
             let size = match size {
                 Some(size) => rules::digitalocean_size(plan, &size, &do_sizes(state, &size).await)?,
                 None => d.size.clone(),
@@ -358,6 +359,43 @@ async fn create(
     // The actor starts provisioning at once; the answer does not wait for it.
     actor(state, caller, id).await?;
     load(state, caller, id).await
+}
+
+/// Refuses a region DigitalOcean does not have, or where it takes no new droplets,
+/// naming those it has (its catalog is cached). When the catalog cannot be read
+/// quickly the region is let through: DigitalOcean's own refusal will say it.
+async fn check_region(state: &AppState, region: &str) -> Result<(), ApiError> {
+    let Some(provider) = &state.digitalocean else {
+        return Ok(());
+    };
+    let regions = match tokio::time::timeout(std::time::Duration::from_secs(5), provider.regions())
+        .await
+    {
+        Ok(Ok(regions)) => regions,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "DigitalOcean's regions cannot be read; not checking the region");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!("DigitalOcean's regions took too long; not checking the region");
+            return Ok(());
+        }
+    };
+    let available: Vec<&str> = regions
+        .iter()
+        .filter(|r| r["available"].as_bool().unwrap_or(true))
+        .filter_map(|r| r["slug"].as_str())
+        .collect();
+    if available.is_empty() || available.contains(&region) {
+        return Ok(());
+    }
+    Err(ApiError::validation(
+        "region",
+        format!(
+            "`{region}` is not a DigitalOcean region that takes new droplets; use one of {}",
+            available.join(", ")
+        ),
+    ))
 }
 
 /// DigitalOcean's sizes (cached), to check a size that is not one of DevPocket's;
