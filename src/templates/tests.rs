@@ -251,7 +251,7 @@ fn an_extra_directory_adds_and_replaces_templates() {
     let dir = TempHome::new("templates-dir");
     let custom = python_yaml()
         .replacen("name: python", "name: data-science", 1)
-        .replacen("display_name: Python 3.12", "display_name: Data science", 1);
+        .replacen("display_name: Python 3", "display_name: Data science", 1);
     std::fs::write(dir.0.join("data.yaml"), &custom).expect("write");
     let replaced = python_yaml().replacen("version: \"1.0.0\"", "version: \"2.0.0\"", 1);
     std::fs::write(dir.0.join("python.yml"), &replaced).expect("write");

@@ -12,8 +12,12 @@
 //! anything where another could find it. Whatever the server does inside a home
 //! it does as that user (see `tenant`); as root it only touches directories no
 //! tenant can write. Otherwise environments run as the server's user (see README).
+//!
+//! The template's packages come from the host (see `packages`): as root, the ones it
+//! lacks are installed before the init starts; unprivileged, they must be there.
 
 mod accounts;
+mod packages;
 mod tenant;
 
 use std::collections::HashSet;
@@ -32,6 +36,7 @@ use nix::unistd::{Pid, Uid};
 use uuid::Uuid;
 
 use self::accounts::Account;
+use self::packages::Stop;
 use self::tenant::Tenant;
 use super::{BootstrapWatch, Cancel, Machine, MachineSpec, Provider, ProviderError};
 use crate::logs::EXIT_MARKER;
@@ -51,6 +56,8 @@ pub struct LocalProvider {
     /// pass through the directories above the environments (and nothing more).
     group: Option<String>,
     locks: Arc<[Mutex<()>]>,
+    /// The machines whose packages are being installed (by a thread of this process).
+    installing: Arc<Mutex<HashSet<String>>>,
 }
 
 fn failed(context: &str, err: impl std::fmt::Display) -> ProviderError {
@@ -113,6 +120,22 @@ for rc in "$HOME/.profile" "$HOME/.bashrc"; do
 done
 "#;
 
+/// Run as the tenant: appends its standard input to the provisioning log.
+const APPEND_LOG: &str = r#"umask 077
+dir="$HOME/.devpocket"
+[ -d "$dir" ] || mkdir "$dir"
+exec cat >> "$dir/provisioning.log"
+"#;
+
+/// Run as the tenant when the init cannot start (its packages could not be
+/// installed): takes the init's lock, so that it never runs, and ends the log as the
+/// init would, with `$1` and the exit marker `$2`.
+const FAIL_INIT: &str = r#"umask 077
+dir="$HOME/.devpocket"
+mkdir "$dir/init.lock" 2>/dev/null || exit 0
+printf '%s\n%s\n' "$1" "$2" >> "$dir/provisioning.log"
+"#;
+
 /// Run as the tenant: the bootstrap, unless the init has run already (it says
 /// `started` then).
 const WRITE_BOOTSTRAP: &str = r#"set -eu
@@ -171,6 +194,7 @@ impl LocalProvider {
             as_root: Uid::effective().is_root(),
             group,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            installing: Arc::default(),
         })
     }
 
@@ -403,6 +427,22 @@ impl LocalProvider {
         Ok(())
     }
 
+    /// Writes the bootstrap into the home; false if the init has started already.
+    fn write_bootstrap(
+        &self,
+        spec: &MachineSpec,
+        layout: &Layout,
+        account: &Account,
+    ) -> Result<bool, ProviderError> {
+        let said = self.tenant(account, layout).sh(
+            "writing the bootstrap",
+            WRITE_BOOTSTRAP,
+            &[],
+            spec.bootstrap.as_bytes(),
+        )?;
+        Ok(said.trim() != "started")
+    }
+
     /// Runs the bootstrap as the machine's init, once per machine: the init takes an
     /// atomic lock (`mkdir`) before anything else, so a second launch — a resumed
     /// create after a crash — exits at once.
@@ -413,15 +453,6 @@ impl LocalProvider {
         account: &Account,
     ) -> Result<(), ProviderError> {
         let tenant = self.tenant(account, layout);
-        let said = tenant.sh(
-            "writing the bootstrap",
-            WRITE_BOOTSTRAP,
-            &[],
-            spec.bootstrap.as_bytes(),
-        )?;
-        if said.trim() == "started" {
-            return Ok(());
-        }
         // The log is opened by the init itself, as the tenant, after its lock.
         let init = format!(
             "# The machine's init: run the bootstrap once, then say how it ended.\n\
@@ -471,6 +502,77 @@ impl LocalProvider {
         Ok(())
     }
 
+    /// Installs the packages the host lacks on a thread of its own, then starts the
+    /// init; `create` returns meanwhile, so the log (where apt's output goes) is
+    /// followed from the start. At most one such thread per machine.
+    fn install_then_launch(
+        &self,
+        spec: &MachineSpec,
+        account: &Account,
+        cancel: &Cancel,
+        missing: Vec<String>,
+    ) {
+        let id = spec.environment_id.to_string();
+        let mut running = self
+            .installing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !running.insert(id.clone()) {
+            return;
+        }
+        drop(running);
+        let (this, spec, account, cancel) =
+            (self.clone(), spec.clone(), account.clone(), cancel.clone());
+        std::thread::spawn(move || {
+            this.install_blocking(&spec, &account, &cancel, &missing);
+            this.installing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+        });
+    }
+
+    fn install_blocking(
+        &self,
+        spec: &MachineSpec,
+        account: &Account,
+        cancel: &Cancel,
+        missing: &[String],
+    ) {
+        let id = spec.environment_id.to_string();
+        let layout = Layout::new(&self.root, &id);
+        let tenant = self.tenant(account, &layout);
+        let mut appender = tenant.command("/bin/sh", None);
+        appender.arg("-c").arg(APPEND_LOG);
+        let log = packages::Log::open(appender);
+        let outcome = packages::install(missing, &self.root, &log, cancel);
+        // Everything written before the init's first line.
+        drop(log);
+        let _lock = self.lock(&id);
+        // Deleted meanwhile: the delete removed (or is removing) it all.
+        if cancel.is_cancelled() || !layout.home.exists() {
+            return;
+        }
+        let failure = match outcome {
+            Ok(()) => match self.launch_bootstrap(spec, &layout, account) {
+                Ok(()) => return,
+                Err(e) => format!("could not start the bootstrap: {e}"),
+            },
+            Err(Stop::Cancelled) => return,
+            Err(Stop::Failed(message)) => message,
+        };
+        tracing::warn!(environment_id = %id, "{failure}");
+        let line = format!("{}{}", packages::PREFIX, failure.replace(['\n', '\r'], " "));
+        if let Err(e) = tenant.sh(
+            "recording the failed installation",
+            FAIL_INIT,
+            &[&line, &format!("{EXIT_MARKER}1")],
+            &[],
+        ) {
+            tracing::warn!(environment_id = %id, error = %e, "the failure could not reach the log");
+        }
+    }
+
     fn machine(account: &Account, port: u16, id: &str, host_public: &str) -> Machine {
         Machine {
             access: MachineAccess {
@@ -489,6 +591,13 @@ impl LocalProvider {
         cancel: &Cancel,
     ) -> Result<Machine, ProviderError> {
         let id = spec.environment_id.to_string();
+        // Unprivileged, the packages must be there already: fail before making anything.
+        if !self.as_root
+            && let Some(missing) = packages::missing(&spec.packages)?
+            && !missing.is_empty()
+        {
+            return Err(packages::unprivileged_error(&missing));
+        }
         let _lock = self.lock(&id);
         let layout = Layout::new(&self.root, &id);
         // Given up between steps when the environment is deleted meanwhile: the
@@ -500,8 +609,21 @@ impl LocalProvider {
         cancel.check()?;
         let port = self.ensure_sshd(&layout, &account)?;
         cancel.check()?;
-        self.launch_bootstrap(spec, &layout, &account)?;
-        Ok(Self::machine(&account, port, &id, &spec.keys.host_public))
+        let machine = Self::machine(&account, port, &id, &spec.keys.host_public);
+        if !self.write_bootstrap(spec, &layout, &account)? {
+            return Ok(machine);
+        }
+        let missing = if self.as_root {
+            packages::missing(&spec.packages)?.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if missing.is_empty() {
+            self.launch_bootstrap(spec, &layout, &account)?;
+        } else {
+            self.install_then_launch(spec, &account, cancel, missing);
+        }
+        Ok(machine)
     }
 
     fn start_blocking(&self, spec: &MachineSpec, id: &str) -> Result<Machine, ProviderError> {

@@ -96,8 +96,8 @@ impl Tenant<'_> {
                 let _ = stdin.write_all(&input);
             })
         });
-        let stdout = read_bounded(child.stdout.take());
-        let stderr = read_bounded(child.stderr.take());
+        let stdout = read_bounded(child.stdout.take(), OUTPUT_LIMIT);
+        let stderr = read_bounded(child.stderr.take(), OUTPUT_LIMIT);
         let status = wait_bounded(&mut child, TIMEOUT);
         if let Some(feeder) = feeder {
             let _ = feeder.join();
@@ -117,20 +117,20 @@ impl Tenant<'_> {
     }
 }
 
-/// Reads at most `OUTPUT_LIMIT` bytes of a pipe on a thread of its own.
-struct Reader(Option<std::thread::JoinHandle<String>>);
+/// Reads at most `limit` bytes of a pipe on a thread of its own.
+pub struct Reader(Option<std::thread::JoinHandle<String>>);
 
 impl Reader {
-    fn join(self) -> String {
+    pub fn join(self) -> String {
         self.0.and_then(|h| h.join().ok()).unwrap_or_default()
     }
 }
 
-fn read_bounded(pipe: Option<impl Read + Send + 'static>) -> Reader {
+pub fn read_bounded(pipe: Option<impl Read + Send + 'static>, limit: u64) -> Reader {
     Reader(pipe.map(|pipe| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
-            let _ = pipe.take(OUTPUT_LIMIT).read_to_end(&mut bytes);
+            let _ = pipe.take(limit).read_to_end(&mut bytes);
             String::from_utf8_lossy(&bytes).into_owned()
         })
     }))
