@@ -23,3 +23,4 @@ mod restart;
 mod templates;
 mod tenancy;
 mod terminals;
+mod tools;

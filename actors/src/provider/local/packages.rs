@@ -37,6 +37,8 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long apt may refresh its lists, and install; past that it is ended.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// Lists refreshed this recently are not refreshed again.
+const UPDATE_FRESH: Duration = Duration::from_secs(10 * 60);
 /// How long apt waits for another process's apt or dpkg to finish (apt's own lock).
 const APT_LOCK_TIMEOUT_SECS: u32 = 300;
 /// How much of apt's output goes into one environment's log (apt prints a few
@@ -143,7 +145,7 @@ pub fn install(
 ) -> Result<(), Stop> {
     let list = packages.join(" ");
     log.line(&format!(
-        "{PREFIX}installing the template's packages on the host: {list}"
+        "{PREFIX}this host lacks packages the template needs, installing them: {list}"
     ));
     let _turn = Turn::wait(log, cancel)?;
     let failed = |e: ProviderError| Stop::Failed(e.to_string());
@@ -157,19 +159,7 @@ pub fn install(
         return Err(Stop::Cancelled);
     }
     let list = missing.join(" ");
-    log.line(&format!(
-        "{PREFIX}refreshing the package lists (apt-get update)"
-    ));
-    match run_logged(&["update"], scratch, UPDATE_TIMEOUT, log) {
-        Ok(status) if status.success() => {}
-        // Installing from the lists the host has may still work.
-        Ok(status) => log.line(&format!(
-            "{PREFIX}apt-get update failed ({status}); installing from the lists this host has"
-        )),
-        Err(message) => log.line(&format!(
-            "{PREFIX}{message}; installing from the lists this host has"
-        )),
-    }
+    refresh_lists(scratch, log);
     if cancel.is_cancelled() {
         return Err(Stop::Cancelled);
     }
@@ -202,6 +192,27 @@ pub fn install(
     }
     log.line(&format!("{PREFIX}installed {list}"));
     Ok(())
+}
+
+/// Refreshes apt's package lists unless this process did a little while ago. Installing
+/// from the lists the host has may still work when it fails.
+fn refresh_lists(scratch: &Path, log: &Log) {
+    let mut last = LAST_UPDATE.lock().unwrap_or_else(PoisonError::into_inner);
+    if last.is_some_and(|at| at.elapsed() < UPDATE_FRESH) {
+        return;
+    }
+    log.line(&format!(
+        "{PREFIX}refreshing the package lists (apt-get update)"
+    ));
+    match run_logged(&["update"], scratch, UPDATE_TIMEOUT, log) {
+        Ok(status) if status.success() => *last = Some(Instant::now()),
+        Ok(status) => log.line(&format!(
+            "{PREFIX}apt-get update failed ({status}); installing from the lists this host has"
+        )),
+        Err(message) => log.line(&format!(
+            "{PREFIX}{message}; installing from the lists this host has"
+        )),
+    }
 }
 
 /// Runs apt-get with `args` until it ends or `timeout` passes, following its output
@@ -290,6 +301,8 @@ fn kill_group(child: &mut Child) {
 /// This process's one installation at a time.
 static BUSY: Mutex<bool> = Mutex::new(false);
 static FREED: Condvar = Condvar::new();
+/// When this process last refreshed apt's lists.
+static LAST_UPDATE: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// The turn to run apt, held until dropped.
 struct Turn;
@@ -492,6 +505,24 @@ mod tests {
             "{message}"
         );
         assert!(made.is_empty(), "{made:?}");
+    }
+
+    #[test]
+    fn one_installation_runs_at_a_time() {
+        let log = Log::open(Command::new("/nonexistent/devpocket-no-such-program"));
+        let first = Turn::wait(&log, &Cancel::never()).unwrap();
+        // While it runs, no other gets a turn: a waiter that is cancelled gives up.
+        let (canceller, cancel) = Cancel::new();
+        canceller.cancel();
+        assert!(matches!(Turn::wait(&log, &cancel), Err(Stop::Cancelled)));
+        let waiter = std::thread::spawn(|| {
+            let log = Log::open(Command::new("/nonexistent/devpocket-no-such-program"));
+            Turn::wait(&log, &Cancel::never()).is_ok()
+        });
+        drop(first);
+        assert!(waiter.join().unwrap());
+        // Free again once the waiter's turn ended.
+        assert!(Turn::wait(&log, &cancel).is_ok());
     }
 
     #[test]
