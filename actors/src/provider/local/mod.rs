@@ -120,13 +120,6 @@ for rc in "$HOME/.profile" "$HOME/.bashrc"; do
 done
 "#;
 
-/// Run as the tenant: appends its standard input to the provisioning log.
-const APPEND_LOG: &str = r#"umask 077
-dir="$HOME/.devpocket"
-[ -d "$dir" ] || mkdir "$dir"
-exec cat >> "$dir/provisioning.log"
-"#;
-
 /// Run as the tenant when the init cannot start (its packages could not be
 /// installed): takes the init's lock, so that it never runs, and ends the log as the
 /// init would, with `$1` and the exit marker `$2`.
@@ -542,9 +535,7 @@ impl LocalProvider {
         let id = spec.environment_id.to_string();
         let layout = Layout::new(&self.root, &id);
         let tenant = self.tenant(account, &layout);
-        let mut appender = tenant.command("/bin/sh", None);
-        appender.arg("-c").arg(APPEND_LOG);
-        let log = packages::Log::open(appender);
+        let log = tenant.log_writer();
         let outcome = packages::install(missing, &self.root, &log, cancel);
         // Everything written before the init's first line.
         drop(log);

@@ -10,20 +10,18 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Condvar, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::tenant::{read_bounded, wait_bounded};
+use super::tenant::{LogWriter, read_bounded, wait_bounded};
 use crate::provider::{Cancel, ProviderError};
 
 const DPKG_QUERY: &str = "/usr/bin/dpkg-query";
@@ -47,8 +45,6 @@ const FORWARD_LIMIT: u64 = 4 * 1024 * 1024;
 /// How often apt's output is looked at, and how often a waiting log says it waits.
 const POLL: Duration = Duration::from_millis(100);
 const WAIT_NOTICE: Duration = Duration::from_secs(15);
-/// How long the tenant's log writer may take to finish once told to.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of the installer start like the init's own (reserved for the init).
 pub const PREFIX: &str = "==> devpocket: ";
 
@@ -140,7 +136,7 @@ pub enum Stop {
 pub fn install(
     packages: &[String],
     scratch: &Path,
-    log: &Log,
+    log: &LogWriter,
     cancel: &Cancel,
 ) -> Result<(), Stop> {
     let list = packages.join(" ");
@@ -196,7 +192,7 @@ pub fn install(
 
 /// Refreshes apt's package lists unless this process did a little while ago. Installing
 /// from the lists the host has may still work when it fails.
-fn refresh_lists(scratch: &Path, log: &Log) {
+fn refresh_lists(scratch: &Path, log: &LogWriter) {
     let mut last = LAST_UPDATE.lock().unwrap_or_else(PoisonError::into_inner);
     if last.is_some_and(|at| at.elapsed() < UPDATE_FRESH) {
         return;
@@ -223,7 +219,7 @@ fn run_logged(
     args: &[&str],
     scratch: &Path,
     timeout: Duration,
-    log: &Log,
+    log: &LogWriter,
 ) -> Result<ExitStatus, String> {
     let io = |e: std::io::Error| format!("running apt-get: {e}");
     let path = scratch.join(format!(".apt-output-{}", std::process::id()));
@@ -271,7 +267,7 @@ fn run_logged(
 }
 
 /// Passes on what apt wrote since the last call, up to `FORWARD_LIMIT` in all.
-fn forward(reader: &mut File, forwarded: &mut u64, log: &Log) {
+fn forward(reader: &mut File, forwarded: &mut u64, log: &LogWriter) {
     let mut buf = [0u8; 16 * 1024];
     while *forwarded < FORWARD_LIMIT {
         match reader.read(&mut buf) {
@@ -308,7 +304,7 @@ static LAST_UPDATE: Mutex<Option<Instant>> = Mutex::new(None);
 struct Turn;
 
 impl Turn {
-    fn wait(log: &Log, cancel: &Cancel) -> Result<Self, Stop> {
+    fn wait(log: &LogWriter, cancel: &Cancel) -> Result<Self, Stop> {
         let since = Instant::now();
         let mut noticed = since;
         let mut busy = BUSY.lock().unwrap_or_else(PoisonError::into_inner);
@@ -342,77 +338,6 @@ impl Drop for Turn {
     fn drop(&mut self) {
         *BUSY.lock().unwrap_or_else(PoisonError::into_inner) = false;
         FREED.notify_all();
-    }
-}
-
-/// The provisioning log, appended to by a process of the tenant's (the server never
-/// opens a file in a home). Writing never blocks the installer: what the tenant's
-/// process does not take in time (it may be stuck on a FIFO planted where the log
-/// should be) is dropped.
-pub struct Log {
-    tx: Option<SyncSender<Vec<u8>>>,
-    child: Option<Child>,
-    writer: Option<JoinHandle<()>>,
-}
-
-impl Log {
-    /// Starts `appender`, a tenant's command that appends its standard input to the
-    /// log. If it cannot start, the lines go nowhere (the init's marker still decides).
-    pub fn open(mut appender: Command) -> Self {
-        let child = appender
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not start the provisioning log's writer");
-                return Self {
-                    tx: None,
-                    child: None,
-                    writer: None,
-                };
-            }
-        };
-        let (tx, rx) = sync_channel::<Vec<u8>>(1024);
-        let writer = child.stdin.take().map(|mut stdin| {
-            std::thread::spawn(move || {
-                for chunk in rx {
-                    if stdin.write_all(&chunk).is_err() {
-                        return;
-                    }
-                }
-            })
-        });
-        Self {
-            tx: Some(tx),
-            child: Some(child),
-            writer,
-        }
-    }
-
-    pub fn line(&self, text: &str) {
-        self.bytes(format!("{text}\n").as_bytes());
-    }
-
-    fn bytes(&self, data: &[u8]) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.try_send(data.to_vec());
-        }
-    }
-}
-
-impl Drop for Log {
-    /// Lets the writer finish what it has, bounded in time.
-    fn drop(&mut self) {
-        self.tx = None;
-        if let Some(child) = &mut self.child {
-            wait_bounded(child, CLOSE_TIMEOUT);
-        }
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
     }
 }
 
@@ -509,14 +434,14 @@ mod tests {
 
     #[test]
     fn one_installation_runs_at_a_time() {
-        let log = Log::open(Command::new("/nonexistent/devpocket-no-such-program"));
+        let log = LogWriter::spawn(Command::new("/nonexistent/devpocket-no-such-program"));
         let first = Turn::wait(&log, &Cancel::never()).unwrap();
         // While it runs, no other gets a turn: a waiter that is cancelled gives up.
         let (canceller, cancel) = Cancel::new();
         canceller.cancel();
         assert!(matches!(Turn::wait(&log, &cancel), Err(Stop::Cancelled)));
         let waiter = std::thread::spawn(|| {
-            let log = Log::open(Command::new("/nonexistent/devpocket-no-such-program"));
+            let log = LogWriter::spawn(Command::new("/nonexistent/devpocket-no-such-program"));
             Turn::wait(&log, &Cancel::never()).is_ok()
         });
         drop(first);
