@@ -525,6 +525,9 @@ impl LocalProvider {
         });
     }
 
+    /// The installer thread's work: the packages, then the init, or the failure and
+    /// the init's exit marker in the log. Nothing more once the environment is being
+    /// deleted.
     fn install_blocking(
         &self,
         spec: &MachineSpec,
@@ -532,6 +535,9 @@ impl LocalProvider {
         cancel: &Cancel,
         missing: &[String],
     ) {
+        if cancel.is_cancelled() {
+            return;
+        }
         let id = spec.environment_id.to_string();
         let layout = Layout::new(&self.root, &id);
         let tenant = self.tenant(account, &layout);

@@ -84,6 +84,13 @@ pub fn missing(wanted: &[String]) -> Result<Option<Vec<String>>, ProviderError> 
     if wanted.is_empty() {
         return Ok(Some(Vec::new()));
     }
+    // Templates are validated when written; these names reach apt's command line as
+    // root, so they are checked again: no option can pass for a package.
+    if let Some(bad) = wanted.iter().find(|p| !is_package_name(p)) {
+        return Err(ProviderError::Failed(format!(
+            "`{bad}` is not an apt package name"
+        )));
+    }
     if !Path::new(DPKG_QUERY).exists() {
         return Ok(None);
     }
@@ -107,6 +114,16 @@ pub fn missing(wanted: &[String]) -> Result<Option<Vec<String>>, ProviderError> 
             QUERY_TIMEOUT.as_secs()
         ))),
     }
+}
+
+/// Debian policy: lowercase letters, digits, `+ - .`, at least two characters,
+/// starting with a letter or digit.
+fn is_package_name(name: &str) -> bool {
+    (2..=100).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
 }
 
 /// Why an unprivileged server cannot make an environment whose packages are missing.
@@ -382,6 +399,20 @@ mod tests {
             names(&["golang-go", "rustc", "cargo"])
         );
         assert!(unsatisfied(&[], status).is_empty());
+    }
+
+    #[test]
+    fn only_package_names_reach_apt() {
+        for bad in [
+            "-oAPT::Update::Pre-Invoke::=id",
+            "--purge",
+            "Git",
+            "a",
+            "x y",
+        ] {
+            let error = missing(&names(&["git", bad])).unwrap_err().to_string();
+            assert!(error.contains("not an apt package name"), "{bad}: {error}");
+        }
     }
 
     #[test]
