@@ -14,9 +14,11 @@
 //! tenant can write. Otherwise environments run as the server's user (see README).
 //!
 //! The template's packages come from the host (see `packages`): as root, the ones it
-//! lacks are installed before the init starts; unprivileged, they must be there.
+//! lacks are installed before the init starts (see `install`); unprivileged, they
+//! must be there.
 
 mod accounts;
+mod install;
 mod packages;
 mod tenant;
 
@@ -36,7 +38,6 @@ use nix::unistd::{Pid, Uid};
 use uuid::Uuid;
 
 use self::accounts::Account;
-use self::packages::Stop;
 use self::tenant::Tenant;
 use super::{BootstrapWatch, Cancel, Machine, MachineSpec, Provider, ProviderError};
 use crate::logs::EXIT_MARKER;
@@ -118,15 +119,6 @@ for rc in "$HOME/.profile" "$HOME/.bashrc"; do
   grep -qsF '.devpocket/environment.sh' "$rc" || printf '%s\n' "$hook" >> "$rc" ||
     echo "could not add the environment hook to $rc"
 done
-"#;
-
-/// Run as the tenant when the init cannot start (its packages could not be
-/// installed): takes the init's lock, so that it never runs, and ends the log as the
-/// init would, with `$1` and the exit marker `$2`.
-const FAIL_INIT: &str = r#"umask 077
-dir="$HOME/.devpocket"
-mkdir "$dir/init.lock" 2>/dev/null || exit 0
-printf '%s\n%s\n' "$1" "$2" >> "$dir/provisioning.log"
 "#;
 
 /// Run as the tenant: the bootstrap, unless the init has run already (it says
@@ -493,81 +485,6 @@ impl LocalProvider {
             let _ = child.wait();
         });
         Ok(())
-    }
-
-    /// Installs the packages the host lacks on a thread of its own, then starts the
-    /// init; `create` returns meanwhile, so the log (where apt's output goes) is
-    /// followed from the start. At most one such thread per machine.
-    fn install_then_launch(
-        &self,
-        spec: &MachineSpec,
-        account: &Account,
-        cancel: &Cancel,
-        missing: Vec<String>,
-    ) {
-        let id = spec.environment_id.to_string();
-        let mut running = self
-            .installing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !running.insert(id.clone()) {
-            return;
-        }
-        drop(running);
-        let (this, spec, account, cancel) =
-            (self.clone(), spec.clone(), account.clone(), cancel.clone());
-        std::thread::spawn(move || {
-            this.install_blocking(&spec, &account, &cancel, &missing);
-            this.installing
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&id);
-        });
-    }
-
-    /// The installer thread's work: the packages, then the init, or the failure and
-    /// the init's exit marker in the log. Nothing more once the environment is being
-    /// deleted.
-    fn install_blocking(
-        &self,
-        spec: &MachineSpec,
-        account: &Account,
-        cancel: &Cancel,
-        missing: &[String],
-    ) {
-        if cancel.is_cancelled() {
-            return;
-        }
-        let id = spec.environment_id.to_string();
-        let layout = Layout::new(&self.root, &id);
-        let tenant = self.tenant(account, &layout);
-        let log = tenant.log_writer();
-        let outcome = packages::install(missing, &self.root, &log, cancel);
-        // Everything written before the init's first line.
-        drop(log);
-        let _lock = self.lock(&id);
-        // Deleted meanwhile: the delete removed (or is removing) it all.
-        if cancel.is_cancelled() || !layout.home.exists() {
-            return;
-        }
-        let failure = match outcome {
-            Ok(()) => match self.launch_bootstrap(spec, &layout, account) {
-                Ok(()) => return,
-                Err(e) => format!("could not start the bootstrap: {e}"),
-            },
-            Err(Stop::Cancelled) => return,
-            Err(Stop::Failed(message)) => message,
-        };
-        tracing::warn!(environment_id = %id, "{failure}");
-        let line = format!("{}{}", packages::PREFIX, failure.replace(['\n', '\r'], " "));
-        if let Err(e) = tenant.sh(
-            "recording the failed installation",
-            FAIL_INIT,
-            &[&line, &format!("{EXIT_MARKER}1")],
-            &[],
-        ) {
-            tracing::warn!(environment_id = %id, error = %e, "the failure could not reach the log");
-        }
     }
 
     fn machine(account: &Account, port: u16, id: &str, host_public: &str) -> Machine {
