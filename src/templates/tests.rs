@@ -32,16 +32,57 @@ impl Drop for TempHome {
     }
 }
 
-/// Runs `script` with /bin/sh as an environment would: a bare environment, HOME set.
-fn run_sh(script: &str, home: &Path) -> std::process::Output {
+/// Runs `script` with /bin/sh as an environment would: a bare environment, HOME set,
+/// and only the programs in `bin` (see `fake_bin`) on the PATH.
+fn run_sh(script: &str, home: &Path, bin: &Path) -> std::process::Output {
     Command::new("/bin/sh")
         .arg("-c")
         .arg(script)
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PATH", bin)
         .env("HOME", home)
         .output()
         .expect("run sh")
+}
+
+/// The tools a bootstrap checks (`check TOOL ARGS…`).
+fn checked_tools(bootstrap: &str) -> Vec<String> {
+    bootstrap
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("check ")?.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A directory for the PATH with the host's basic utilities the bootstraps use and a
+/// stand-in for each of `tools` that answers (or fails, when `broken`): the bootstraps
+/// are checked here, not the host's packages.
+fn fake_bin(home: &Path, tools: &[String], broken: Option<&str>) -> PathBuf {
+    let bin = home.join(".test-bin");
+    let _ = std::fs::remove_dir_all(&bin);
+    std::fs::create_dir_all(&bin).expect("bin");
+    for util in [
+        "mkdir", "cat", "grep", "head", "tr", "cut", "chmod", "mv", "rm",
+    ] {
+        let real = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(util))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no {util} on this host"));
+        std::os::unix::fs::symlink(real, bin.join(util)).expect("link");
+    }
+    for tool in tools {
+        let status = if broken == Some(tool.as_str()) { 1 } else { 0 };
+        let path = bin.join(tool);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho '{tool} stand-in'\nexit {status}\n"),
+        )
+        .expect("tool");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+    bin
 }
 
 /// `==> [STEP/TOTAL] Name` lines, parsed.
@@ -80,8 +121,11 @@ fn builtin_files_parse_validate_and_are_named_after_their_file() {
 fn builtin_bootstraps_run_offline_print_stages_and_lay_out_the_home() {
     for (file, spec) in builtins() {
         let home = TempHome::new(&spec.name);
+        let tools = checked_tools(&spec.bootstrap);
+        assert!(tools.len() >= 4, "{file} checks {tools:?}");
+        let bin = fake_bin(&home.0, &tools, None);
         let started = std::time::Instant::now();
-        let out = run_sh(&spec.bootstrap, &home.0);
+        let out = run_sh(&spec.bootstrap, &home.0, &bin);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -117,7 +161,7 @@ fn builtin_bootstraps_run_offline_print_stages_and_lay_out_the_home() {
         // env.sh exports exactly the template's variables.
         for (key, value) in &spec.environment_variables {
             let probe = format!(". \"$HOME/.devpocket/env.sh\" && printf '%s' \"${key}\"");
-            let out = run_sh(&probe, &home.0);
+            let out = run_sh(&probe, &home.0, &bin);
             assert!(out.status.success(), "{file}: sourcing env.sh");
             assert_eq!(
                 String::from_utf8_lossy(&out.stdout),
@@ -128,7 +172,7 @@ fn builtin_bootstraps_run_offline_print_stages_and_lay_out_the_home() {
 
         // A second run (a resumed provisioning) succeeds and keeps the user's files.
         std::fs::write(workspace.join("README.md"), "mine").expect("edit");
-        let again = run_sh(&spec.bootstrap, &home.0);
+        let again = run_sh(&spec.bootstrap, &home.0, &bin);
         assert!(again.status.success(), "{file}: second run");
         let readme = std::fs::read_to_string(workspace.join("README.md")).expect("readme");
         assert_eq!(readme, "mine", "{file}: overwrote the user's file");
@@ -140,6 +184,32 @@ fn builtin_bootstraps_run_offline_print_stages_and_lay_out_the_home() {
 
 fn python_yaml() -> &'static str {
     BUILTIN[0].1
+}
+
+#[test]
+fn a_builtin_bootstrap_fails_when_a_tool_is_missing_or_broken() {
+    for (file, spec) in builtins() {
+        let tools = checked_tools(&spec.bootstrap);
+        let main = tools[0].clone();
+        for broken in [false, true] {
+            let home = TempHome::new(&spec.name);
+            let others: Vec<String> = if broken {
+                tools.clone()
+            } else {
+                tools.iter().filter(|t| **t != main).cloned().collect()
+            };
+            let bin = fake_bin(&home.0, &others, broken.then_some(main.as_str()));
+            let out = run_sh(&spec.bootstrap, &home.0, &bin);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{file} ready without {main}");
+            assert!(
+                stderr.contains(&format!("cannot be ready without: {main} ")),
+                "{file}: {stderr}"
+            );
+            // It stopped before laying out anything.
+            assert!(!home.0.join("workspace").exists(), "{file}");
+        }
+    }
 }
 
 #[test]
@@ -251,7 +321,7 @@ fn an_extra_directory_adds_and_replaces_templates() {
     let dir = TempHome::new("templates-dir");
     let custom = python_yaml()
         .replacen("name: python", "name: data-science", 1)
-        .replacen("display_name: Python 3.12", "display_name: Data science", 1);
+        .replacen("display_name: Python 3", "display_name: Data science", 1);
     std::fs::write(dir.0.join("data.yaml"), &custom).expect("write");
     let replaced = python_yaml().replacen("version: \"1.0.0\"", "version: \"2.0.0\"", 1);
     std::fs::write(dir.0.join("python.yml"), &replaced).expect("write");

@@ -26,3 +26,4 @@ mod restart;
 mod templates;
 mod tenancy;
 mod terminals;
+mod tools;

@@ -112,7 +112,7 @@ async fn the_catalogue_lists_the_builtins_with_every_contract_field() {
         }
     }
     let python = &list[2];
-    assert_eq!(python["docker_image"], "python:3.12-bookworm");
+    assert_eq!(python["docker_image"], "python3");
     assert_eq!(python["category"], "programming_language");
     assert_eq!(python["default_port"], 8000);
     assert_eq!(python["config"]["default_port"], 8000);

@@ -12,8 +12,14 @@
 //! anything where another could find it. Whatever the server does inside a home
 //! it does as that user (see `tenant`); as root it only touches directories no
 //! tenant can write. Otherwise environments run as the server's user (see README).
+//!
+//! The template's packages come from the host (see `packages`): as root, the ones it
+//! lacks are installed before the init starts (see `install`); unprivileged, they
+//! must be there.
 
 mod accounts;
+mod install;
+mod packages;
 mod tenant;
 
 use std::collections::HashSet;
@@ -51,6 +57,8 @@ pub struct LocalProvider {
     /// pass through the directories above the environments (and nothing more).
     group: Option<String>,
     locks: Arc<[Mutex<()>]>,
+    /// The machines whose packages are being installed (by a thread of this process).
+    installing: Arc<Mutex<HashSet<String>>>,
 }
 
 fn failed(context: &str, err: impl std::fmt::Display) -> ProviderError {
@@ -171,6 +179,7 @@ impl LocalProvider {
             as_root: Uid::effective().is_root(),
             group,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            installing: Arc::default(),
         })
     }
 
@@ -403,6 +412,22 @@ impl LocalProvider {
         Ok(())
     }
 
+    /// Writes the bootstrap into the home; false if the init has started already.
+    fn write_bootstrap(
+        &self,
+        spec: &MachineSpec,
+        layout: &Layout,
+        account: &Account,
+    ) -> Result<bool, ProviderError> {
+        let said = self.tenant(account, layout).sh(
+            "writing the bootstrap",
+            WRITE_BOOTSTRAP,
+            &[],
+            spec.bootstrap.as_bytes(),
+        )?;
+        Ok(said.trim() != "started")
+    }
+
     /// Runs the bootstrap as the machine's init, once per machine: the init takes an
     /// atomic lock (`mkdir`) before anything else, so a second launch — a resumed
     /// create after a crash — exits at once.
@@ -413,15 +438,6 @@ impl LocalProvider {
         account: &Account,
     ) -> Result<(), ProviderError> {
         let tenant = self.tenant(account, layout);
-        let said = tenant.sh(
-            "writing the bootstrap",
-            WRITE_BOOTSTRAP,
-            &[],
-            spec.bootstrap.as_bytes(),
-        )?;
-        if said.trim() == "started" {
-            return Ok(());
-        }
         // The log is opened by the init itself, as the tenant, after its lock.
         let init = format!(
             "# The machine's init: run the bootstrap once, then say how it ended.\n\
@@ -489,6 +505,13 @@ impl LocalProvider {
         cancel: &Cancel,
     ) -> Result<Machine, ProviderError> {
         let id = spec.environment_id.to_string();
+        // Unprivileged, the packages must be there already: fail before making anything.
+        if !self.as_root
+            && let Some(missing) = packages::missing(&spec.packages)?
+            && !missing.is_empty()
+        {
+            return Err(packages::unprivileged_error(&missing));
+        }
         let _lock = self.lock(&id);
         let layout = Layout::new(&self.root, &id);
         // Given up between steps when the environment is deleted meanwhile: the
@@ -500,8 +523,21 @@ impl LocalProvider {
         cancel.check()?;
         let port = self.ensure_sshd(&layout, &account)?;
         cancel.check()?;
-        self.launch_bootstrap(spec, &layout, &account)?;
-        Ok(Self::machine(&account, port, &id, &spec.keys.host_public))
+        let machine = Self::machine(&account, port, &id, &spec.keys.host_public);
+        if !self.write_bootstrap(spec, &layout, &account)? {
+            return Ok(machine);
+        }
+        let missing = if self.as_root {
+            packages::missing(&spec.packages)?.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if missing.is_empty() {
+            self.launch_bootstrap(spec, &layout, &account)?;
+        } else {
+            self.install_then_launch(spec, &account, cancel, missing);
+        }
+        Ok(machine)
     }
 
     fn start_blocking(&self, spec: &MachineSpec, id: &str) -> Result<Machine, ProviderError> {

@@ -9,6 +9,8 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -72,6 +74,13 @@ impl Tenant<'_> {
         cmd
     }
 
+    /// A writer that appends to the provisioning log, as the tenant.
+    pub fn log_writer(&self) -> LogWriter {
+        let mut appender = self.command("/bin/sh", None);
+        appender.arg("-c").arg(APPEND_LOG);
+        LogWriter::spawn(appender)
+    }
+
     /// Runs `script` with `/bin/sh` as the tenant, `args` as `$1…`, `input` on its
     /// standard input; returns what it printed. Fails with what it said on error.
     pub fn sh(
@@ -96,8 +105,8 @@ impl Tenant<'_> {
                 let _ = stdin.write_all(&input);
             })
         });
-        let stdout = read_bounded(child.stdout.take());
-        let stderr = read_bounded(child.stderr.take());
+        let stdout = read_bounded(child.stdout.take(), OUTPUT_LIMIT);
+        let stderr = read_bounded(child.stderr.take(), OUTPUT_LIMIT);
         let status = wait_bounded(&mut child, TIMEOUT);
         if let Some(feeder) = feeder {
             let _ = feeder.join();
@@ -117,20 +126,99 @@ impl Tenant<'_> {
     }
 }
 
-/// Reads at most `OUTPUT_LIMIT` bytes of a pipe on a thread of its own.
-struct Reader(Option<std::thread::JoinHandle<String>>);
+/// Run as the tenant: appends its standard input to the provisioning log.
+const APPEND_LOG: &str = r#"umask 077
+dir="$HOME/.devpocket"
+[ -d "$dir" ] || mkdir "$dir"
+exec cat >> "$dir/provisioning.log"
+"#;
+
+/// The provisioning log, appended to by a process of the tenant's (the server never
+/// opens a file in a home). Writing never blocks the installer: what the tenant's
+/// process does not take in time (it may be stuck on a FIFO planted where the log
+/// should be) is dropped.
+pub struct LogWriter {
+    tx: Option<SyncSender<Vec<u8>>>,
+    child: Option<Child>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    /// Starts `appender`, a tenant's command that appends its standard input to the
+    /// log. If it cannot start, the lines go nowhere (the init's marker still decides).
+    pub fn spawn(mut appender: Command) -> Self {
+        let child = appender
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the provisioning log's writer");
+                return Self {
+                    tx: None,
+                    child: None,
+                    writer: None,
+                };
+            }
+        };
+        // A few MiB of apt's output at most wait for the tenant's process.
+        let (tx, rx) = sync_channel::<Vec<u8>>(256);
+        let writer = child.stdin.take().map(|mut stdin| {
+            std::thread::spawn(move || {
+                for chunk in rx {
+                    if stdin.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            })
+        });
+        Self {
+            tx: Some(tx),
+            child: Some(child),
+            writer,
+        }
+    }
+
+    pub fn line(&self, text: &str) {
+        self.bytes(format!("{text}\n").as_bytes());
+    }
+
+    pub fn bytes(&self, data: &[u8]) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(data.to_vec());
+        }
+    }
+}
+
+impl Drop for LogWriter {
+    /// Lets the writer finish what it has, bounded in time.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(child) = &mut self.child {
+            wait_bounded(child, TIMEOUT);
+        }
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Reads at most `limit` bytes of a pipe on a thread of its own.
+pub struct Reader(Option<std::thread::JoinHandle<String>>);
 
 impl Reader {
-    fn join(self) -> String {
+    pub fn join(self) -> String {
         self.0.and_then(|h| h.join().ok()).unwrap_or_default()
     }
 }
 
-fn read_bounded(pipe: Option<impl Read + Send + 'static>) -> Reader {
+pub fn read_bounded(pipe: Option<impl Read + Send + 'static>, limit: u64) -> Reader {
     Reader(pipe.map(|pipe| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
-            let _ = pipe.take(OUTPUT_LIMIT).read_to_end(&mut bytes);
+            let _ = pipe.take(limit).read_to_end(&mut bytes);
             String::from_utf8_lossy(&bytes).into_owned()
         })
     }))
@@ -152,4 +240,23 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process
     }
     let _ = child.wait();
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_that_takes_nothing_blocks_no_one() {
+        // As a tenant's writer stuck opening a FIFO planted where the log should be.
+        let mut stuck = Command::new("sleep");
+        stuck.arg("600").process_group(0);
+        let log = LogWriter::spawn(stuck);
+        let line = vec![b'x'; 16 * 1024];
+        for _ in 0..2048 {
+            log.bytes(&line);
+        }
+        // Ends the writer (its whole process group) once past its time.
+        drop(log);
+    }
 }
