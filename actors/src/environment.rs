@@ -773,6 +773,9 @@ impl Work {
         let mut deadline = Instant::now() + REACH_DEADLINE;
         let command = self.provider.bootstrap_watch().tail_command;
         let mut read: u64 = 0;
+        // What says why, should the bootstrap fail: its last `error: …` line, or
+        // the machine's line just before the exit marker.
+        let (mut reason, mut machine_said): (Option<String>, Option<String>) = (None, None);
         loop {
             let session = match SshSession::connect(access, &keys.user_private).await {
                 Ok(s) => s,
@@ -814,6 +817,15 @@ impl Work {
                     seq += 1;
                     if let Some(status) = logs::parse_exit(&text) {
                         exit = Some(status);
+                        // The machine's own word just before it ended says it best.
+                        if let Some(said) = machine_said.take() {
+                            reason = Some(said);
+                        }
+                    } else {
+                        machine_said = logs::machine_says(&text).map(str::to_owned);
+                        if let Some(error) = logs::error_line(&text) {
+                            reason = Some(error.to_owned());
+                        }
                     }
                     if seq > stored {
                         fresh.push(LogLine {
@@ -853,7 +865,7 @@ impl Work {
                 }
                 if let Some(status) = exit {
                     session.close().await;
-                    return self.finish_install(status).await;
+                    return self.finish_install(status, reason).await;
                 }
             }
             // The stream ended before the init did: the connection dropped.
@@ -863,12 +875,17 @@ impl Work {
         }
     }
 
-    async fn finish_install(&self, status: i32) -> Result<(), String> {
+    async fn finish_install(&self, status: i32, reason: Option<String>) -> Result<(), String> {
         if status != 0 {
-            return Err(format!(
-                "the {} template's bootstrap failed with exit status {status}; see the provisioning log",
-                self.record.template_name
-            ));
+            let template = &self.record.template_name;
+            return Err(match reason {
+                Some(reason) => format!(
+                    "the {template} template's bootstrap failed with exit status {status}: {reason}"
+                ),
+                None => format!(
+                    "the {template} template's bootstrap failed with exit status {status}; see the provisioning log"
+                ),
+            });
         }
         self.transition(Transition::new(Status::Creating, Phase::Configuring, 97))
             .await?;

@@ -74,6 +74,28 @@ pub fn parse_exit(line: &str) -> Option<i32> {
 /// dropped and counted in a marker (see [`LineSplitter`]).
 pub const MAX_LINE_BYTES: usize = 4096;
 
+/// How long a failure's reason quoted in an environment's status may be.
+const MAX_REASON_CHARS: usize = 300;
+
+/// What the machine itself says in its log (`==> devpocket: …`: its init, the
+/// package installer), shortened for a status.
+pub fn machine_says(line: &str) -> Option<&str> {
+    line.trim().strip_prefix("==> devpocket: ").map(shorten)
+}
+
+/// A bootstrap's `error: …` line, shortened for a status.
+pub fn error_line(line: &str) -> Option<&str> {
+    let line = line.trim();
+    line.starts_with("error: ").then(|| shorten(line))
+}
+
+fn shorten(text: &str) -> &str {
+    match text.char_indices().nth(MAX_REASON_CHARS) {
+        Some((cut, _)) => &text[..cut],
+        None => text,
+    }
+}
+
 /// Splits a byte stream into lines, carrying a partial line (and a partial UTF-8
 /// character) over to the next chunk.
 ///
@@ -187,6 +209,22 @@ mod tests {
         assert_eq!(
             parse_exit("==> devpocket: bootstrap exited with status 3"),
             Some(3)
+        );
+    }
+
+    #[test]
+    fn reasons_are_the_machines_words_or_errors_shortened() {
+        assert_eq!(
+            machine_says("==> devpocket: could not install golang-go"),
+            Some("could not install golang-go")
+        );
+        assert_eq!(machine_says("==> [1/2] Stage"), None);
+        assert_eq!(error_line("error: no go"), Some("error: no go"));
+        assert_eq!(error_line("an error: no"), None);
+        let long = format!("error: {}", "é".repeat(400));
+        assert_eq!(
+            error_line(&long).map(|l| l.chars().count()),
+            Some(MAX_REASON_CHARS)
         );
     }
 
