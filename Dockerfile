@@ -35,6 +35,18 @@ RUN set -eux; \
     rm -f /etc/ssh/ssh_host_*; \
     rm -rf /var/lib/apt/lists/*
 
+# The built-in templates' packages (templates/*.yaml, `packages`): the image runs
+# unprivileged and cannot install them when an environment needs them. A slimmer image
+# for custom templates: --build-arg TEMPLATE_PACKAGES="".
+ARG TEMPLATE_PACKAGES="build-essential pkg-config libssl-dev git curl vim nano htop \
+golang-go nodejs npm python3 python3-pip python3-venv python3-dev rustc cargo"
+RUN set -eux; \
+    if [ -n "$TEMPLATE_PACKAGES" ]; then \
+        apt-get update; \
+        apt-get install -y --no-install-recommends $TEMPLATE_PACKAGES; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi
+
 RUN useradd --uid 10001 --user-group --create-home --shell /bin/bash devpocket \
  && install -d -m 0700 -o devpocket -g devpocket /var/lib/devpocket
 
