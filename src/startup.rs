@@ -27,7 +27,7 @@ use crate::auth::session_cache::SessionCache;
 use crate::auth::tokens::TokenKeys;
 use crate::config::{DatabaseSetting, Settings};
 use crate::crypto::SecretBox;
-use crate::db::environments::DbStore;
+use crate::db::store::DbStore;
 use crate::db::{self, DbPool, embedded};
 use crate::environments::list_cache::ListCache;
 use crate::http::{self, json::JsonLimit};

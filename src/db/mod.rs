@@ -8,6 +8,7 @@ pub mod environments;
 pub mod json;
 pub mod schema;
 pub mod sessions;
+pub mod store;
 pub mod templates;
 pub mod users;
 

@@ -1,0 +1,390 @@
+//! `DbStore`: the actors' persistence (`devpocket_actors::store::Store`) on
+//! diesel-async, over the environment queries of `db::environments`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use devpocket_actors::model::{
+    EnvironmentRecord, MachineAccess, MachineKeys, Phase, Stamp, Status, Transition,
+};
+use devpocket_actors::store::{Resumable, Store, StoreError};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::DbPool;
+use super::environments::Environment;
+use super::json::StoredJson;
+use super::schema::{environment_logs, environments, templates};
+use crate::crypto::SecretBox;
+use crate::environments::list_cache::ListCache;
+
+/// The actors' store on PostgreSQL. Private keys are sealed with AES-256-GCM.
+pub struct DbStore {
+    pub pool: DbPool,
+    pub secrets: SecretBox,
+    /// Forgotten for the owner of every row a write changes that the list shows.
+    pub lists: Arc<ListCache>,
+}
+
+fn store_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl DbStore {
+    async fn conn(&self) -> Result<super::DbConn, StoreError> {
+        self.pool.get().await.map_err(store_err)
+    }
+
+    /// After a write that returned the owner of the row it changed (none when the
+    /// row is gone).
+    fn changed(&self, owner: QueryResult<Uuid>) -> Result<(), StoreError> {
+        if let Some(user_id) = owner.optional().map_err(store_err)? {
+            self.lists.forget(user_id);
+        }
+        Ok(())
+    }
+
+    /// A sealed key, or `None` when it cannot be opened (after a `SECRET_KEY`
+    /// change): the machine gets fresh keys at its next start, and it can always be
+    /// deleted.
+    fn open(&self, id: Uuid, sealed: &Option<Vec<u8>>) -> Result<Option<String>, StoreError> {
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        match self.secrets.open(sealed).map(String::from_utf8) {
+            Ok(Ok(key)) => Ok(Some(key)),
+            _ => {
+                tracing::warn!(environment_id = %id, "a stored machine key could not be decrypted (was SECRET_KEY changed?); new keys will be made");
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn string_map(value: &Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Store for DbStore {
+    async fn load(&self, id: Uuid) -> Result<Option<EnvironmentRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        type Row = (Environment, String, String, StoredJson, StoredJson);
+        let row: Option<Row> = environments::table
+            .inner_join(templates::table)
+            .filter(environments::id.eq(id))
+            .filter(environments::deleted_at.is_null())
+            .select((
+                Environment::as_select(),
+                templates::name,
+                templates::bootstrap,
+                templates::packages,
+                templates::cloud_init,
+            ))
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(store_err)?;
+        let Some((env, template_name, bootstrap, packages, cloud_init)) = row else {
+            return Ok(None);
+        };
+        // What cannot be read is left out (and logged), so that such an environment
+        // can still be stopped and deleted.
+        let packages = packages.or_empty("templates", env.template_id, "packages");
+        let cloud_init = cloud_init.or_empty("templates", env.template_id, "cloud_init");
+        let variables =
+            env.environment_variables
+                .or_empty("environments", env.id, "environment_variables");
+        let keys = match (
+            self.open(env.id, &env.host_private_key)?,
+            env.host_public_key.clone(),
+            self.open(env.id, &env.user_private_key)?,
+            env.user_public_key.clone(),
+        ) {
+            (Some(host_private), Some(host_public), Some(user_private), Some(user_public)) => {
+                Some(MachineKeys {
+                    host_private,
+                    host_public,
+                    user_private,
+                    user_public,
+                })
+            }
+            _ => None,
+        };
+        let machine = match (
+            &env.ip_address,
+            env.ssh_port,
+            &env.ssh_user,
+            &env.host_public_key,
+        ) {
+            (Some(host), Some(port), Some(user), Some(key)) => Some(MachineAccess {
+                host: host.clone(),
+                port: u16::try_from(port).map_err(store_err)?,
+                user: user.clone(),
+                host_public_key: key.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Some(EnvironmentRecord {
+            id: env.id,
+            user_id: env.user_id,
+            name: env.name,
+            slug: env.slug,
+            provider: env.provider,
+            region: env.region,
+            size: env.size,
+            status: env.status.parse::<Status>().map_err(StoreError)?,
+            phase: env.phase.parse::<Phase>().map_err(StoreError)?,
+            progress: env.progress,
+            status_message: env.status_message,
+            template_name,
+            bootstrap,
+            packages: packages
+                .as_array()
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            cloud_init: match cloud_init {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            },
+            environment_variables: string_map(&variables),
+            keys,
+            machine,
+            provider_ref: env.provider_ref,
+            log_seq: env.log_seq,
+            provisioned: env.started_at.is_some(),
+        }))
+    }
+
+    async fn transition(&self, id: Uuid, t: &Transition) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let target = environments::table.find(id);
+        let base = (
+            environments::status.eq(t.status.as_str()),
+            environments::phase.eq(t.phase.as_str()),
+            environments::progress.eq(t.progress.clamp(0, 100)),
+            environments::status_message.eq(t.message.clone()),
+            environments::updated_at.eq(diesel::dsl::now),
+        );
+        let owner = environments::user_id;
+        let result = match t.stamp {
+            Some(Stamp::Started) => {
+                diesel::update(target)
+                    .set((base, environments::started_at.eq(diesel::dsl::now)))
+                    .returning(owner)
+                    .get_result(&mut conn)
+                    .await
+            }
+            Some(Stamp::Stopped) => {
+                diesel::update(target)
+                    .set((base, environments::stopped_at.eq(diesel::dsl::now)))
+                    .returning(owner)
+                    .get_result(&mut conn)
+                    .await
+            }
+            None => {
+                diesel::update(target)
+                    .set(base)
+                    .returning(owner)
+                    .get_result(&mut conn)
+                    .await
+            }
+        };
+        self.changed(result)
+    }
+
+    async fn save_keys(&self, id: Uuid, keys: &MachineKeys) -> Result<(), StoreError> {
+        let host = self
+            .secrets
+            .seal(keys.host_private.as_bytes())
+            .map_err(store_err)?;
+        let user = self
+            .secrets
+            .seal(keys.user_private.as_bytes())
+            .map_err(store_err)?;
+        let mut conn = self.conn().await?;
+        diesel::update(environments::table.find(id))
+            .set((
+                environments::host_private_key.eq(host),
+                environments::host_public_key.eq(&keys.host_public),
+                environments::user_private_key.eq(user),
+                environments::user_public_key.eq(&keys.user_public),
+            ))
+            .execute(&mut conn)
+            .await
+            .map(drop)
+            .map_err(store_err)
+    }
+
+    async fn save_machine(
+        &self,
+        id: Uuid,
+        m: &MachineAccess,
+        provider_ref: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let owner = diesel::update(environments::table.find(id))
+            .set((
+                environments::ip_address.eq(&m.host),
+                environments::ssh_port.eq(i32::from(m.port)),
+                environments::ssh_user.eq(&m.user),
+                environments::provider_ref.eq(provider_ref),
+            ))
+            .returning(environments::user_id)
+            .get_result(&mut conn)
+            .await;
+        self.changed(owner)
+    }
+
+    async fn append_logs(
+        &self,
+        id: Uuid,
+        first_seq: i64,
+        lines: &[String],
+        keep: i64,
+    ) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<_> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| {
+                (
+                    environment_logs::environment_id.eq(id),
+                    environment_logs::seq.eq(first_seq + i64::try_from(i).unwrap_or(0)),
+                    // PostgreSQL text cannot hold NUL.
+                    environment_logs::line.eq(line.replace('\0', "")),
+                )
+            })
+            .collect();
+        let last = first_seq + i64::try_from(lines.len()).unwrap_or(1) - 1;
+        let mut conn = self.conn().await?;
+        conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+            diesel::insert_into(environment_logs::table)
+                .values(&rows)
+                .on_conflict_do_nothing()
+                .execute(&mut *conn)
+                .await?;
+            diesel::update(environments::table.find(id))
+                .set(environments::log_seq.eq(last))
+                .execute(&mut *conn)
+                .await?;
+            diesel::sql_query(
+                "DELETE FROM environment_logs WHERE environment_id = $1 AND seq <= $2",
+            )
+            .bind::<SqlUuid, _>(id)
+            .bind::<BigInt, _>(last - keep)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        })
+        .await
+        .map_err(store_err)
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let micros = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        let updated = diesel::sql_query(
+            "UPDATE environments SET lease_owner = $2, \
+               lease_expires_at = now() + make_interval(secs => $3::float8 / 1000000) \
+             WHERE id = $1 AND deleted_at IS NULL \
+               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())",
+        )
+        .bind::<SqlUuid, _>(id)
+        .bind::<SqlUuid, _>(owner)
+        .bind::<BigInt, _>(micros)
+        .execute(&mut conn)
+        .await
+        .map_err(store_err)?;
+        Ok(updated == 1)
+    }
+
+    async fn release_lease(&self, id: Uuid, owner: Uuid) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        diesel::update(
+            environments::table
+                .find(id)
+                .filter(environments::lease_owner.eq(owner)),
+        )
+        .set((
+            environments::lease_owner.eq(None::<Uuid>),
+            environments::lease_expires_at.eq(None::<DateTime<Utc>>),
+        ))
+        .execute(&mut conn)
+        .await
+        .map(drop)
+        .map_err(store_err)
+    }
+
+    async fn save_size(&self, id: Uuid, size: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let owner = diesel::update(environments::table.find(id))
+            .set((
+                environments::size.eq(size),
+                environments::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(environments::user_id)
+            .get_result(&mut conn)
+            .await;
+        self.changed(owner)
+    }
+
+    async fn mark_deleted(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let owner = diesel::update(environments::table.find(id))
+            .set((
+                environments::status.eq(Status::Terminated.as_str()),
+                environments::phase.eq(Phase::Deleted.as_str()),
+                environments::deleted_at.eq(diesel::dsl::now),
+                environments::updated_at.eq(diesel::dsl::now),
+                environments::host_private_key.eq(None::<Vec<u8>>),
+                environments::user_private_key.eq(None::<Vec<u8>>),
+            ))
+            .returning(environments::user_id)
+            .get_result(&mut conn)
+            .await;
+        self.changed(owner)
+    }
+
+    async fn resumable(&self) -> Result<Vec<Resumable>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<(Uuid, Uuid)> = environments::table
+            .filter(environments::deleted_at.is_null())
+            .filter(environments::phase.ne_all(["stopped", "failed", "deleted"]))
+            .select((environments::user_id, environments::id))
+            .load(&mut conn)
+            .await
+            .map_err(store_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, environment_id)| Resumable {
+                user_id,
+                environment_id,
+            })
+            .collect())
+    }
+}
