@@ -20,6 +20,7 @@ mod observability;
 mod openapi;
 mod ratelimit;
 mod restart;
+mod signin;
 mod templates;
 mod tenancy;
 mod terminals;
