@@ -1,9 +1,11 @@
-//! Sign-in limits at their defaults, as people and attackers meet them (issue 13,
+//! Sign-in limits. At their defaults, as people and attackers meet them (issue 13,
 //! point 2): a new user never meets one, five wrong passwords lock one address out
 //! with a 423, a stranger with many addresses neither keeps the owner out nor gets
 //! more guesses than the README says, and a carrier NAT's users share one address.
+//! Then each limit on its own: wrong passwords per account, failures per address.
 
 use crate::helpers::{PASSWORD, TestApp, assert_error};
+use crate::ratelimit::assert_limited;
 use serde_json::{Value, json};
 
 const WRONG: &str = "Wrong-password-1";
@@ -103,10 +105,9 @@ async fn five_wrong_passwords_from_one_address_lock_it_with_the_time_left() {
     let app = spawn().await;
     let here = "198.51.100.30";
     ok(register_from(&app, here, "typist").await, 201, "register").await;
-    for attempt in 1..=4 {
+    for _ in 1..=4 {
         let response = login_from(&app, here, "typist", WRONG).await;
         assert_error(response, 401, "unauthorized").await;
-        let _ = attempt;
     }
     let fifth = login_from(&app, here, "typist", WRONG).await;
     let body = assert_error(fifth, 423, "account_locked").await;
@@ -166,10 +167,10 @@ async fn a_stranger_with_many_addresses_does_not_keep_the_owner_out() {
         .get("/api/v1/auth/me")
         .await;
     ok(me, 200, "me").await;
-    assert_eq!(refresh_from(&app, "192.0.2.99", &mut session).await, 200);
+    assert_eq!(refresh_from(app, "192.0.2.99", &mut session).await, 200);
     // The price: from an address the account has not signed in from, even the
     // right password waits until the budget comes back.
-    let new_place = login_from(&app, "192.0.2.1", "owner", PASSWORD).await;
+    let new_place = login_from(app, "192.0.2.1", "owner", PASSWORD).await;
     let body = assert_error(new_place, 429, "rate_limited").await;
     let detail = body["detail"].as_str().unwrap();
     assert!(
@@ -247,4 +248,67 @@ async fn people_behind_one_carrier_nat_sign_up_and_in_without_meeting_a_limit() 
         let mut session = ok(login_from(&app, nat, &name, PASSWORD).await, 200, &name).await;
         assert_eq!(refresh_from(&app, nat, &mut session).await, 200, "{name}");
     }
+}
+
+// Each sign-in limit on its own, set tight.
+
+#[actix_web::test]
+async fn wrong_passwords_are_limited_per_account_from_any_address() {
+    let app = TestApp::spawn_with(&[
+        ("DEVPOCKET_TRUSTED_PROXIES", "127.0.0.1"),
+        ("DEVPOCKET_RATE_LIMIT_LOGIN_FAILURES_ACCOUNT", "3/1h"),
+    ])
+    .await;
+    app.signed_up("victim").await;
+    app.signed_up("bystander").await;
+
+    // Three guesses from three addresses, by username and by e-mail: one account.
+    for (n, login) in ["victim", "VICTIM", "victim@example.com"]
+        .iter()
+        .enumerate()
+    {
+        let from = format!("198.51.100.{}", n + 1);
+        let response = login_from(&app, &from, login, WRONG).await;
+        assert_error(response, 401, "unauthorized").await;
+    }
+    // A fourth address, even with the right password, waits.
+    let refused = login_from(&app, "198.51.100.4", "victim", PASSWORD).await;
+    let retry_after = assert_limited(refused, 3).await;
+    assert!((1..=1200).contains(&retry_after), "{retry_after}");
+
+    // Other accounts from the same address are not affected.
+    let other = login_from(&app, "198.51.100.4", "bystander", PASSWORD).await;
+    assert_eq!(other.status(), 200);
+    // Nor is the address the victim signed up from (127.0.0.1, not forwarded).
+    assert_eq!(app.login("victim", PASSWORD).await.status(), 200);
+}
+
+#[actix_web::test]
+async fn failed_sign_ins_are_limited_per_address_and_right_passwords_cost_nothing() {
+    let app = TestApp::spawn_with(&[
+        ("DEVPOCKET_TRUSTED_PROXIES", "127.0.0.1"),
+        ("DEVPOCKET_RATE_LIMIT_LOGIN_FAILURES_IP", "3/1h"),
+    ])
+    .await;
+    for name in ["ann", "ben", "cat"] {
+        app.signed_up(name).await;
+    }
+    let sprayer = "203.0.113.9";
+    let from_sprayer =
+        |login: &'static str, password: &'static str| login_from(&app, sprayer, login, password);
+    // Failures count, on any account and on no account at all; a right password
+    // in between costs nothing.
+    assert_eq!(from_sprayer("nobody", WRONG).await.status(), 401);
+    assert_eq!(from_sprayer("ann", WRONG).await.status(), 401);
+    assert_eq!(from_sprayer("ben", PASSWORD).await.status(), 200);
+    assert_eq!(from_sprayer("x@example.com", WRONG).await.status(), 401);
+    assert_limited(from_sprayer("nobody_else", WRONG).await, 3).await;
+    // Until the budget is back, a right password for an account new to the address
+    // waits too (it cannot be told from a guess before it is checked)...
+    assert_limited(from_sprayer("cat", PASSWORD).await, 3).await;
+    // ...but an account that signed in from there before is not held back.
+    assert_eq!(from_sprayer("ben", PASSWORD).await.status(), 200);
+    // Another address has its own budget.
+    let elsewhere = login_from(&app, "203.0.113.10", "nobody", WRONG).await;
+    assert_eq!(elsewhere.status(), 401);
 }
