@@ -1,8 +1,8 @@
 //! Rate limits (GCRA, on `governor`): requests per client address on the API,
-//! sign-ups, sign-ins and refreshes per address, wrong passwords per account (not
-//! counting the addresses that signed in to it lately), requests per signed-in user
-//! scaled by plan, WebSocket connection attempts per user, and terminal input frames
-//! per connection. Keyed state lives in DashMaps that a background task sweeps, so
+//! sign-ups and refreshes per address, failed sign-ins per address and per account
+//! (not counting the addresses that signed in to the account lately), requests per
+//! signed-in user scaled by plan, WebSocket connection attempts per user, and terminal
+//! input frames per connection. Keyed state lives in DashMaps that a background task sweeps, so
 //! memory follows the keys seen lately, not every key ever seen. See README, Rate limits.
 
 mod budget;
