@@ -196,10 +196,16 @@ pub struct Settings {
     pub rate_limit_ip: Rate,
     /// Requests per signed-in user on the free plan; other plans scale it.
     pub rate_limit_user: Rate,
-    /// Sign-up, sign-in and refresh requests per client address.
-    pub rate_limit_auth_ip: Rate,
-    /// Sign-in attempts per account.
-    pub rate_limit_auth_account: Rate,
+    /// Sign-ups per client address.
+    pub rate_limit_register_ip: Rate,
+    /// Token refreshes per client address.
+    pub rate_limit_refresh_ip: Rate,
+    /// Failed sign-ins per client address, and wrong passwords per account, not
+    /// counting an address that signed in to that account within `known_address_ttl`.
+    pub rate_limit_login_failures_ip: Rate,
+    pub rate_limit_login_failures_account: Rate,
+    /// How long an address that signed in to an account is remembered for it.
+    pub known_address_ttl: Duration,
     /// WebSocket connection attempts per user.
     pub rate_limit_ws_connect: Rate,
     /// How often the limiters drop the keys whose allowance is full again.
@@ -599,9 +605,36 @@ impl Settings {
         let per_minute = |count| Rate::new(nonzero(count), Duration::from_secs(60));
         let rate_limit_ip = source.rate("DEVPOCKET_RATE_LIMIT_IP", per_minute(1200))?;
         let rate_limit_user = source.rate("DEVPOCKET_RATE_LIMIT_USER", per_minute(300))?;
-        let rate_limit_auth_ip = source.rate("DEVPOCKET_RATE_LIMIT_AUTH_IP", per_minute(5))?;
-        let rate_limit_auth_account =
-            source.rate("DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT", per_minute(5))?;
+        let per_hour = |count| Rate::new(nonzero(count), Duration::from_secs(3600));
+        for (old, new) in [
+            (
+                "DEVPOCKET_RATE_LIMIT_AUTH_IP",
+                "DEVPOCKET_RATE_LIMIT_REGISTER_IP, DEVPOCKET_RATE_LIMIT_REFRESH_IP and DEVPOCKET_RATE_LIMIT_LOGIN_FAILURES_IP",
+            ),
+            (
+                "DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT",
+                "DEVPOCKET_RATE_LIMIT_LOGIN_FAILURES_ACCOUNT",
+            ),
+        ] {
+            if source.get(old).is_some() {
+                return Err(invalid(
+                    old,
+                    format!("is no longer read: see {new} in the README's settings"),
+                ));
+            }
+        }
+        let rate_limit_register_ip =
+            source.rate("DEVPOCKET_RATE_LIMIT_REGISTER_IP", per_hour(60))?;
+        let rate_limit_refresh_ip =
+            source.rate("DEVPOCKET_RATE_LIMIT_REFRESH_IP", per_minute(300))?;
+        let rate_limit_login_failures_ip =
+            source.rate("DEVPOCKET_RATE_LIMIT_LOGIN_FAILURES_IP", per_hour(100))?;
+        let rate_limit_login_failures_account =
+            source.rate("DEVPOCKET_RATE_LIMIT_LOGIN_FAILURES_ACCOUNT", per_hour(10))?;
+        let known_address_ttl = source.duration(
+            "DEVPOCKET_KNOWN_ADDRESS_TTL",
+            Duration::from_secs(30 * 86_400),
+        )?;
         let rate_limit_ws_connect =
             source.rate("DEVPOCKET_RATE_LIMIT_WS_CONNECT", per_minute(60))?;
         let rate_limit_sweep =
@@ -680,8 +713,11 @@ impl Settings {
             terminal_linger,
             rate_limit_ip,
             rate_limit_user,
-            rate_limit_auth_ip,
-            rate_limit_auth_account,
+            rate_limit_register_ip,
+            rate_limit_refresh_ip,
+            rate_limit_login_failures_ip,
+            rate_limit_login_failures_account,
+            known_address_ttl,
             rate_limit_ws_connect,
             rate_limit_sweep,
             session_cache_ttl,
@@ -816,8 +852,13 @@ mod tests {
             ("DEVPOCKET_TRUSTED_PROXIES", "10.0.0.0/99"),
             ("DEVPOCKET_RATE_LIMIT_IP", "100"),
             ("DEVPOCKET_RATE_LIMIT_USER", "0/1m"),
-            ("DEVPOCKET_RATE_LIMIT_AUTH_IP", "5/0s"),
-            ("DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT", "5/fortnight"),
+            ("DEVPOCKET_RATE_LIMIT_REGISTER_IP", "5/0s"),
+            ("DEVPOCKET_RATE_LIMIT_REFRESH_IP", "0/1m"),
+            ("DEVPOCKET_RATE_LIMIT_LOGIN_FAILURES_IP", "many/1h"),
+            ("DEVPOCKET_RATE_LIMIT_LOGIN_FAILURES_ACCOUNT", "5/fortnight"),
+            ("DEVPOCKET_KNOWN_ADDRESS_TTL", "0"),
+            ("DEVPOCKET_RATE_LIMIT_AUTH_IP", "5/1m"),
+            ("DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT", "5/1m"),
             ("DEVPOCKET_RATE_LIMIT_WS_CONNECT", "2000000/1s"),
             ("DEVPOCKET_RATE_LIMIT_SWEEP", "0"),
             ("DEVPOCKET_WS_INPUT_PER_SECOND", "0"),
@@ -867,7 +908,11 @@ mod tests {
         let s =
             load(&[("SECRET_KEY", KEY), ("DEVPOCKET_RATE_LIMIT_USER", "10/30s")]).expect("loads");
         assert_eq!(s.rate_limit_user.count.get(), 10);
-        assert_eq!(s.rate_limit_auth_ip.to_string(), "5/60s");
+        assert_eq!(s.rate_limit_register_ip.to_string(), "60/3600s");
+        assert_eq!(s.rate_limit_refresh_ip.to_string(), "300/60s");
+        assert_eq!(s.rate_limit_login_failures_ip.to_string(), "100/3600s");
+        assert_eq!(s.rate_limit_login_failures_account.to_string(), "10/3600s");
+        assert_eq!(s.known_address_ttl, Duration::from_secs(30 * 86_400));
         assert_eq!(s.ws_input_per_second.get(), 200);
         assert_eq!(s.rate_limit_sweep, Duration::from_secs(60));
         let s = load(&[("SECRET_KEY", KEY), ("DEVPOCKET_RATE_LIMIT_SWEEP", "5s")]).expect("loads");

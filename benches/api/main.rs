@@ -158,12 +158,14 @@ fn mib(kib: u64) -> f64 {
 
 /// Limits out of the way: every request does the work it would do for a client
 /// within its allowance.
-const RAISED: [(&str, &str); 6] = [
+const RAISED: [(&str, &str); 8] = [
     ("DEVPOCKET_RATE_LIMIT_IP", "1000000/1s"),
     // The bench user is on the `starter` plan: twice this.
     ("DEVPOCKET_RATE_LIMIT_USER", "500000/1s"),
-    ("DEVPOCKET_RATE_LIMIT_AUTH_IP", "1000000/1s"),
-    ("DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT", "1000000/1s"),
+    ("DEVPOCKET_RATE_LIMIT_REGISTER_IP", "1000000/1s"),
+    ("DEVPOCKET_RATE_LIMIT_REFRESH_IP", "1000000/1s"),
+    ("DEVPOCKET_RATE_LIMIT_LOGIN_FAILURES_IP", "1000000/1s"),
+    ("DEVPOCKET_RATE_LIMIT_LOGIN_FAILURES_ACCOUNT", "1000000/1s"),
     // Half the flood's passwords are wrong; a lock would turn them into cheap 423s.
     ("DEVPOCKET_LOCKOUT_THRESHOLD", "1000000"),
     ("DEVPOCKET_LOCKOUT_DURATION", "1s"),

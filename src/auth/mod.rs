@@ -7,6 +7,7 @@ pub mod session_cache;
 pub mod tokens;
 pub mod validation;
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -164,9 +165,15 @@ fn locked(until: chrono::DateTime<Utc>) -> ApiError {
 /// The longest attempted login name kept in the audit log.
 const AUDITED_LOGIN_CHARS: usize = 254;
 
+/// The client address of a request, when it has one.
+pub fn address(origin: &Origin) -> Option<IpAddr> {
+    origin.ip.as_deref().and_then(|ip| ip.parse().ok())
+}
+
 /// Checks a password and starts a session. Consecutive failures lock the
-/// (account, client address) pair; see README, Security. Every attempt that gets
-/// as far as checking is audited.
+/// (account, client address) pair; failures from an address that has not signed in
+/// to the account lately spend the address's and the account's budgets. See README,
+/// Security and Rate limits. Every attempt that gets as far as checking is audited.
 pub async fn login(
     state: &AppState,
     login: &str,
@@ -174,23 +181,29 @@ pub async fn login(
     origin: &Origin,
 ) -> Result<(User, TokenPair), ApiError> {
     let wrong = || ApiError::Unauthorized("Wrong username, e-mail or password.".into());
-    let client_ip = origin.ip.as_deref().unwrap_or_default();
+    let ip = address(origin);
+    // The lockout counts an IPv6 client per /64, as the rate limits do.
+    let lock_key = ip
+        .map(|ip| crate::ratelimit::address_key(ip).to_string())
+        .unwrap_or_default();
     let failed = |outcome: Outcome, reason: &str| {
         Event::new(Action::LoginFailed, outcome).details(json!({ "reason": reason }))
     };
     let mut conn = state.pool.get().await?;
     let user = users::find_by_login(&mut conn, login.trim()).await?;
     if let Some(user) = &user
-        && let Some(until) = users::lock_in_force(&mut conn, user.id, client_ip).await?
+        && let Some(until) = users::lock_in_force(&mut conn, user.id, &lock_key).await?
     {
         state
             .audit
             .record(origin, failed(Outcome::Denied, "locked").by(user.id));
         return Err(locked(until));
     }
-    // Per account, from any address: bounds guessing from many addresses.
-    let account = crate::ratelimit::Account::of(user.as_ref(), login);
-    state.ratelimits.check_login(&account)?;
+    // Only an account that exists has a budget of its own: memory stays bounded by
+    // the accounts, whatever logins are typed (an unknown one counts per address).
+    let attempt = state
+        .ratelimits
+        .begin_login(user.as_ref().map(|u| u.id), ip)?;
     // Do not hold a pooled connection across the (slow) hash.
     drop(conn);
     let ok = state
@@ -200,6 +213,7 @@ pub async fn login(
         .map_err(ApiError::internal)?;
     let mut conn = state.pool.get().await?;
     let Some(user) = user else {
+        attempt.failed();
         let attempted: String = login.trim().chars().take(AUDITED_LOGIN_CHARS).collect();
         state.audit.record(
             origin,
@@ -208,11 +222,12 @@ pub async fn login(
         return Err(wrong());
     };
     if !ok {
+        attempt.failed();
         let settings = &state.settings;
         let lock = users::record_failure(
             &mut conn,
             user.id,
-            client_ip,
+            &lock_key,
             settings.lockout_threshold,
             settings.lockout_duration,
         )
@@ -246,7 +261,8 @@ pub async fn login(
             "This account is deactivated; contact support.".into(),
         ));
     }
-    users::clear_failures(&mut conn, user.id, client_ip).await?;
+    users::clear_failures(&mut conn, user.id, &lock_key).await?;
+    attempt.succeeded();
     let user = users::record_login(&mut conn, user.id).await?;
     let pair = start_session(state, &mut conn, &user).await?;
     state.audit.record(

@@ -1,5 +1,5 @@
 //! The HTTP side of the limits: requests per client address (all API routes, checked
-//! by the edge; stricter on sign-up, sign-in and refresh, checked by middleware on
+//! by the edge; sign-up and refresh each have their own, checked by middleware on
 //! those routes), and the `RateLimit-*` headers, which describe the tightest limit
 //! that applied to the request.
 
@@ -9,7 +9,7 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, ORIGIN};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest, web};
 
-use super::Status;
+use super::{Credentials, Status};
 use crate::error::ApiError;
 use crate::http::client_ip;
 use crate::startup::AppState;
@@ -83,15 +83,31 @@ pub async fn answer_deferred(
     }
 }
 
-/// Sign-up, sign-in and refresh, per client address.
-pub async fn limit_auth_by_ip(
+/// Sign-ups per client address.
+pub async fn limit_register_by_ip(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    limit_by_ip(Credentials::Register, req, next).await
+}
+
+/// Token refreshes per client address.
+pub async fn limit_refresh_by_ip(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    limit_by_ip(Credentials::Refresh, req, next).await
+}
+
+async fn limit_by_ip<B: MessageBody + 'static>(
+    route: Credentials,
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
     if let Some(state) = req.app_data::<web::Data<AppState>>()
         && let Some(ip) = client_ip(req.request(), &state.settings.trusted_proxies)
     {
-        match state.ratelimits.check_auth_ip(ip) {
+        match state.ratelimits.check_credentials(route, ip) {
             Ok(status) => record(req.request(), status),
             // A response, not an `Err`: the edge still adds the request id, logs
             // it, and CORS applies.

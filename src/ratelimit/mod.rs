@@ -1,14 +1,20 @@
 //! Rate limits (GCRA, on `governor`): requests per client address on the API,
-//! sign-up/sign-in/refresh per address and sign-in per account, requests per signed-in
-//! user scaled by plan, WebSocket connection attempts per user, and terminal input
-//! frames per connection. Keyed state lives in DashMaps that a background task sweeps,
-//! so memory follows the keys seen lately, not every key ever seen. See README, Security.
+//! sign-ups and refreshes per address, failed sign-ins per address and per account
+//! (not counting the addresses that signed in to the account lately), requests per
+//! signed-in user scaled by plan, WebSocket connection attempts per user, and terminal
+//! input frames per connection. Keyed state lives in DashMaps that a background task sweeps, so
+//! memory follows the keys seen lately, not every key ever seen. See README, Rate limits.
 
+mod budget;
+mod known;
 mod middleware;
+mod signin;
 
 pub use middleware::{
-    add_headers, answer_deferred, check_at_edge, insert_headers, limit_auth_by_ip, record,
+    add_headers, answer_deferred, check_at_edge, insert_headers, limit_refresh_by_ip,
+    limit_register_by_ip, record,
 };
+pub use signin::LoginAttempt;
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -115,26 +121,9 @@ impl<K: Hash + Eq + Clone, C: Clock> Keyed<K, C> {
     }
 }
 
-/// Whose sign-in attempts are counted together: an account that exists, by id (its
-/// username and e-mail address share one allowance), or else what was typed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Account {
-    User(Uuid),
-    Login(String),
-}
-
-impl Account {
-    pub fn of(user: Option<&User>, login: &str) -> Self {
-        match user {
-            Some(user) => Self::User(user.id),
-            None => Self::Login(login.trim().to_lowercase()),
-        }
-    }
-}
-
 /// The key of a client address: IPv6 clients usually hold a whole /64, so they
 /// count as one.
-fn address_key(ip: IpAddr) -> IpAddr {
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -151,11 +140,24 @@ fn refused(what: &str, status: Status) -> ApiError {
     }
 }
 
+/// The routes, besides sign-in, that hand out tokens: each is limited per address
+/// on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    Register,
+    Refresh,
+}
+
 /// Every limit of the server, shared by all workers (one process counts its own).
 pub struct RateLimits {
     ip: Keyed<IpAddr>,
-    auth_ip: Keyed<IpAddr>,
-    auth_account: Keyed<Account>,
+    register_ip: Keyed<IpAddr>,
+    refresh_ip: Keyed<IpAddr>,
+    /// Failed sign-ins per address and per account, except on the (account,
+    /// address) pairs in `known`.
+    login_ip: budget::Budget<IpAddr>,
+    login_account: budget::Budget<Uuid>,
+    known: known::KnownAddresses,
     /// One per plan that has a per-user limit.
     users: Vec<(Plan, Keyed<Uuid>)>,
     ws_connect: Keyed<Uuid>,
@@ -166,8 +168,10 @@ pub struct RateLimits {
 /// `devpocket_rate_limit_rejections_total{limiter}`, one counter per limiter.
 struct Rejections {
     ip: ::metrics::Counter,
-    auth_ip: ::metrics::Counter,
-    auth_account: ::metrics::Counter,
+    register_ip: ::metrics::Counter,
+    login_ip: ::metrics::Counter,
+    refresh_ip: ::metrics::Counter,
+    login_account: ::metrics::Counter,
     user: ::metrics::Counter,
     ws_connect: ::metrics::Counter,
     ws_input: ::metrics::Counter,
@@ -178,8 +182,10 @@ impl Rejections {
         let counter = |limiter: &'static str| ::metrics::counter!("devpocket_rate_limit_rejections_total", "limiter" => limiter);
         metrics.record(|| Self {
             ip: counter("ip"),
-            auth_ip: counter("auth_ip"),
-            auth_account: counter("auth_account"),
+            register_ip: counter("register_ip"),
+            login_ip: counter("login_ip"),
+            refresh_ip: counter("refresh_ip"),
+            login_account: counter("login_account"),
             user: counter("user"),
             ws_connect: counter("ws_connect"),
             ws_input: counter("ws_input"),
@@ -192,8 +198,11 @@ impl RateLimits {
         Self {
             rejected: Rejections::new(metrics),
             ip: Keyed::new(settings.rate_limit_ip),
-            auth_ip: Keyed::new(settings.rate_limit_auth_ip),
-            auth_account: Keyed::new(settings.rate_limit_auth_account),
+            register_ip: Keyed::new(settings.rate_limit_register_ip),
+            refresh_ip: Keyed::new(settings.rate_limit_refresh_ip),
+            login_ip: budget::Budget::new(settings.rate_limit_login_failures_ip),
+            login_account: budget::Budget::new(settings.rate_limit_login_failures_account),
+            known: known::KnownAddresses::new(settings.known_address_ttl),
             users: Plan::ALL
                 .into_iter()
                 .filter_map(|plan| {
@@ -214,22 +223,23 @@ impl RateLimits {
         })
     }
 
-    /// Sign-up, sign-in or refresh from `ip`.
-    pub fn check_auth_ip(&self, ip: IpAddr) -> Result<Status, ApiError> {
-        self.auth_ip.check(&address_key(ip)).map_err(|s| {
-            self.rejected.auth_ip.increment(1);
-            refused(
-                "Too many sign-up, sign-in or refresh requests from your network address",
-                s,
-            )
-        })
-    }
-
-    /// A sign-in attempt on `account`, from wherever.
-    pub fn check_login(&self, account: &Account) -> Result<Status, ApiError> {
-        self.auth_account.check(account).map_err(|s| {
-            self.rejected.auth_account.increment(1);
-            refused("Too many sign-in attempts for this account", s)
+    /// A sign-up or a refresh from `ip` (sign-ins are limited by [`begin_login`](Self::begin_login)).
+    pub fn check_credentials(&self, route: Credentials, ip: IpAddr) -> Result<Status, ApiError> {
+        let (limiter, rejected, what) = match route {
+            Credentials::Register => (
+                &self.register_ip,
+                &self.rejected.register_ip,
+                "Too many sign-ups from your network address",
+            ),
+            Credentials::Refresh => (
+                &self.refresh_ip,
+                &self.rejected.refresh_ip,
+                "Too many token refreshes from your network address",
+            ),
+        };
+        limiter.check(&address_key(ip)).map_err(|s| {
+            rejected.increment(1);
+            refused(what, s)
         })
     }
 
@@ -267,11 +277,14 @@ impl RateLimits {
 
     /// Keys held per limiter, named as in `devpocket_rate_limit_keys{limiter}` (the
     /// per-user limits of all plans count together as `user`).
-    pub fn keys(&self) -> [(&'static str, usize); 5] {
+    pub fn keys(&self) -> [(&'static str, usize); 8] {
         [
             ("ip", self.ip.len()),
-            ("auth_ip", self.auth_ip.len()),
-            ("auth_account", self.auth_account.len()),
+            ("register_ip", self.register_ip.len()),
+            ("login_ip", self.login_ip.len()),
+            ("refresh_ip", self.refresh_ip.len()),
+            ("login_account", self.login_account.len()),
+            ("login_known", self.known.len()),
             ("user", self.users.iter().map(|(_, l)| l.len()).sum()),
             ("ws_connect", self.ws_connect.len()),
         ]
@@ -280,8 +293,11 @@ impl RateLimits {
     /// Sweeps every keyed limit.
     pub fn sweep(&self) {
         self.ip.sweep();
-        self.auth_ip.sweep();
-        self.auth_account.sweep();
+        self.register_ip.sweep();
+        self.login_ip.sweep();
+        self.refresh_ip.sweep();
+        self.login_account.sweep();
+        self.known.sweep();
         for (_, limiter) in &self.users {
             limiter.sweep();
         }

@@ -21,13 +21,21 @@ use crate::ratelimit;
 use crate::startup::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    // Routes that take credentials are under a stricter per-address limit too.
-    let limited = |path| web::resource(path).wrap(from_fn(ratelimit::limit_auth_by_ip));
+    // Sign-up and refresh have a per-address limit each, on top of the API's: a
+    // refresh is not a sign-in. Sign-in counts failures, in `auth::login`.
     cfg.service(
         web::scope("/auth")
-            .service(limited("/register").route(web::post().to(register)))
-            .service(limited("/login").route(web::post().to(login)))
-            .service(limited("/refresh").route(web::post().to(refresh)))
+            .service(
+                web::resource("/register")
+                    .wrap(from_fn(ratelimit::limit_register_by_ip))
+                    .route(web::post().to(register)),
+            )
+            .route("/login", web::post().to(login))
+            .service(
+                web::resource("/refresh")
+                    .wrap(from_fn(ratelimit::limit_refresh_by_ip))
+                    .route(web::post().to(refresh)),
+            )
             .route("/logout", web::post().to(logout))
             .route("/me", web::get().to(me)),
     );
@@ -122,6 +130,7 @@ async fn register(
         plan: Plan::Free,
     };
     let user = auth::create_user(&state.pool, &state.hasher, input).await?;
+    state.ratelimits.signed_up(user.id, auth::address(&origin));
     state.audit.record(
         &origin,
         Event::new(Action::Register, Outcome::Success).by(user.id),
@@ -146,7 +155,9 @@ struct LoginRequest {
 /// Sign in.
 ///
 /// Wrong credentials are 401; too many wrong passwords from one address lock
-/// sign-in for that account and address (423); a deactivated account is 403.
+/// sign-in for that account and address (423); a deactivated account is 403. Too
+/// many failed sign-ins from one address, or too many wrong passwords for the
+/// account from addresses that have not signed in to it lately, are 429.
 #[utoipa::path(
     post,
     path = "/api/v1/auth/login",

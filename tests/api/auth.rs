@@ -365,44 +365,6 @@ async fn deactivation_takes_effect_at_once() {
 }
 
 #[actix_web::test]
-async fn five_wrong_passwords_lock_even_the_right_one() {
-    let app = TestApp::spawn().await;
-    app.signed_up("ivan").await;
-    for attempt in 1..=4 {
-        assert_error(
-            app.login("ivan", "Wrong-password-1").await,
-            401,
-            "unauthorized",
-        )
-        .await;
-        let _ = attempt;
-    }
-    let fifth = assert_error(
-        app.login("ivan", "Wrong-password-1").await,
-        423,
-        "account_locked",
-    )
-    .await;
-    assert!(
-        fifth["detail"]
-            .as_str()
-            .unwrap()
-            .contains("15 more minutes"),
-        "{fifth}"
-    );
-
-    let response = app.login("ivan", PASSWORD).await;
-    let retry_after: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((800..=900).contains(&retry_after), "{retry_after}");
-    let body = assert_error(response, 423, "account_locked").await;
-    assert!(body["context"]["retry_after_seconds"].as_u64().unwrap() > 0);
-}
-
-#[actix_web::test]
 async fn success_resets_the_failure_count() {
     let app = TestApp::spawn().await;
     app.signed_up("judy").await;

@@ -197,13 +197,6 @@ pub fn test_settings(
         ("DEVPOCKET_DB_TIMEOUT".into(), "2s".into()),
         ("DEVPOCKET_DATA_DIR".into(), data_dir.display().to_string()),
         ("SECRET_KEY".into(), SECRET_KEY.into()),
-        // Tests sign up and in more than 5 times a minute from 127.0.0.1;
-        // tests/api/ratelimit.rs sets the limits it checks.
-        ("DEVPOCKET_RATE_LIMIT_AUTH_IP".into(), "10000/1m".into()),
-        (
-            "DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT".into(),
-            "10000/1m".into(),
-        ),
     ];
     for (k, v) in overrides {
         vars.retain(|(key, _)| key != k);

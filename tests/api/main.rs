@@ -23,6 +23,7 @@ mod poison;
 mod races;
 mod ratelimit;
 mod restart;
+mod signin;
 mod templates;
 mod tenancy;
 mod terminals;

@@ -1,6 +1,6 @@
 //! Rate limits: per client address (believing `X-Forwarded-For` from trusted proxies
-//! only), stricter on credential routes, per account on sign-in, per user by plan,
-//! WebSocket connection attempts per user and terminal input per connection.
+//! only), sign-up and refresh per address, per user by plan, WebSocket connection
+//! attempts per user and terminal input per connection. Sign-in limits: `signin.rs`.
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ fn number(response: &reqwest::Response, name: &str) -> u64 {
 
 /// Asserts a refusal: 429, `Retry-After`, `RateLimit-*` and the envelope. Returns
 /// the advertised wait.
-async fn assert_limited(response: reqwest::Response, limit: u64) -> u64 {
+pub async fn assert_limited(response: reqwest::Response, limit: u64) -> u64 {
     let retry_after = number(&response, "retry-after");
     assert!(retry_after >= 1);
     assert_eq!(number(&response, "ratelimit-limit"), limit);
@@ -41,16 +41,6 @@ async fn get_as(app: &TestApp, path: &str, forwarded_for: String) -> reqwest::Re
     app.client
         .get(app.url(path))
         .header("x-forwarded-for", forwarded_for)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn login_as(app: &TestApp, login: &str, password: &str, from: &str) -> reqwest::Response {
-    app.client
-        .post(app.url("/api/v1/auth/login"))
-        .header("x-forwarded-for", from)
-        .json(&json!({"username_or_email": login, "password": password}))
         .send()
         .await
         .unwrap()
@@ -169,7 +159,15 @@ async fn clients_are_held_until_their_allowance_is_back_then_swept() {
     }
     // `/metrics` is not under `/api/v1`: scraping adds no key.
     assert_eq!(series(&scrape(&app).await, ip_keys), 50.0);
-    for limiter in ["auth_ip", "auth_account", "user", "ws_connect"] {
+    for limiter in [
+        "register_ip",
+        "refresh_ip",
+        "login_ip",
+        "login_account",
+        "login_known",
+        "user",
+        "ws_connect",
+    ] {
         let label = format!("devpocket_rate_limit_keys{{limiter=\"{limiter}\"}}");
         assert_eq!(series(&scrape(&app).await, &label), 0.0, "{label}");
     }
@@ -190,62 +188,47 @@ async fn clients_are_held_until_their_allowance_is_back_then_swept() {
     assert_eq!(number(&again, "ratelimit-remaining"), 9);
 }
 
-#[actix_web::test]
-async fn credential_routes_have_a_stricter_limit_per_address() {
-    let app = TestApp::spawn_with(&[("DEVPOCKET_RATE_LIMIT_AUTH_IP", "3/1m")]).await;
-    let session = app.signed_up("strict").await;
-    let token = session["access_token"].as_str().unwrap();
-    assert_eq!(app.login("strict", PASSWORD).await.status(), 200);
-    let refreshed = app
-        .post_json(
-            "/api/v1/auth/refresh",
-            &json!({"refresh_token": session["refresh_token"]}),
-        )
-        .await;
-    assert_eq!(refreshed.status(), 200);
+/// Refreshes `session` in place (a refresh token works once); the answer if refused.
+async fn refresh(app: &TestApp, session: &mut Value) -> Result<(), reqwest::Response> {
+    let body = json!({"refresh_token": session["refresh_token"]});
+    let response = app.post_json("/api/v1/auth/refresh", &body).await;
+    if response.status() != 200 {
+        return Err(response);
+    }
+    let tokens: Value = response.json().await.unwrap();
+    session["refresh_token"] = tokens["refresh_token"].clone();
+    Ok(())
+}
 
-    assert_limited(app.login("strict", PASSWORD).await, 3).await;
-    let register = app.register("another").await;
-    assert_limited(register, 3).await;
+#[actix_web::test]
+async fn sign_up_and_refresh_each_have_their_own_limit_per_address() {
+    let app = TestApp::spawn_with(&[
+        ("DEVPOCKET_RATE_LIMIT_REGISTER_IP", "2/1h"),
+        ("DEVPOCKET_RATE_LIMIT_REFRESH_IP", "3/1h"),
+    ])
+    .await;
+    let mut session = app.signed_up("strict").await;
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        assert!(refresh(&app, &mut session).await.is_ok());
+    }
+    let refused = refresh(&app, &mut session).await.expect_err("limited");
+    assert_limited(refused, 3).await;
+    // Refreshing spent no sign-ins, and no sign-ups.
+    assert_eq!(app.login("strict", PASSWORD).await.status(), 200);
+    assert_eq!(app.register("another").await.status(), 201);
+    assert_limited(app.register("third").await, 2).await;
+    assert_eq!(app.login("another", PASSWORD).await.status(), 200);
 
     // The rest of the API is under the general limit only.
     assert_eq!(
-        app.authed_client(token)
+        app.authed_client(&token)
             .get("/api/v1/auth/me")
             .await
             .status(),
         200
     );
     assert_eq!(app.get("/api/v1/info").await.status(), 200);
-}
-
-#[actix_web::test]
-async fn sign_in_is_limited_per_account_from_any_address() {
-    let app = TestApp::spawn_with(&[
-        ("DEVPOCKET_TRUSTED_PROXIES", "127.0.0.1"),
-        ("DEVPOCKET_RATE_LIMIT_AUTH_ACCOUNT", "3/1m"),
-    ])
-    .await;
-    app.signed_up("victim").await;
-    app.signed_up("bystander").await;
-
-    // Three guesses from three addresses, by username and by e-mail: one account.
-    for (n, login) in ["victim", "VICTIM", "victim@example.com"]
-        .iter()
-        .enumerate()
-    {
-        let from = format!("198.51.100.{}", n + 1);
-        let response = login_as(&app, login, "Wrong-password-1", &from).await;
-        assert_error(response, 401, "unauthorized").await;
-    }
-    // A fourth address, even with the right password, waits.
-    let refused = login_as(&app, "victim", PASSWORD, "198.51.100.4").await;
-    let retry_after = assert_limited(refused, 3).await;
-    assert!((1..=20).contains(&retry_after), "{retry_after}");
-
-    // Other accounts from the same address are not affected.
-    let other = login_as(&app, "bystander", PASSWORD, "198.51.100.4").await;
-    assert_eq!(other.status(), 200);
 }
 
 async fn me(app: &TestApp, token: &str) -> reqwest::Response {
