@@ -321,42 +321,27 @@ impl Drop for TestApp {
     }
 }
 
-/// Stops what local machines under `data_dir` left running (sshd, bootstrap,
-/// processes and users of each environment), so tests leave nothing behind.
+/// Removes what local machines under `data_dir` left (sshd, bootstrap, every
+/// process, files and, as root, the user of each environment), so tests leave
+/// nothing behind: the provider's own sweep, with no environment kept.
 pub fn shut_down_machines(data_dir: &std::path::Path) {
-    use nix::sys::signal::{Signal, kill, killpg};
-    use nix::unistd::Pid;
-    let Ok(entries) = std::fs::read_dir(data_dir.join("environments")) else {
+    let environments = data_dir.join("environments");
+    if !environments.is_dir() {
         return;
-    };
-    for entry in entries.flatten() {
-        let machine = entry.path().join("machine");
-        let read = |name: &str| {
-            std::fs::read_to_string(machine.join(name))
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-        };
-        if let Some(pid) = read("sshd.pid") {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        if let Some(pgid) = read("bootstrap.pgid") {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-        }
-        if nix::unistd::Uid::effective().is_root() {
-            let id: String = entry
-                .file_name()
-                .to_string_lossy()
-                .chars()
-                .filter(|c| *c != '-')
-                .take(12)
-                .collect();
-            let user = format!("dp-{id}");
-            let _ = std::process::Command::new("pkill")
-                .args(["-KILL", "-u", &user])
-                .output();
-            let _ = std::process::Command::new("userdel").arg(&user).output();
-        }
     }
+    let group = nix::unistd::Uid::effective()
+        .is_root()
+        .then(|| "devpocket-env".to_owned());
+    on_own_runtime(async move {
+        match devpocket_actors::provider::local::LocalProvider::new(environments, group) {
+            Ok(provider) => {
+                if let Err(e) = provider.sweep(std::collections::HashSet::new()).await {
+                    eprintln!("could not remove a test's machines: {e}");
+                }
+            }
+            Err(e) => eprintln!("could not remove a test's machines: {e}"),
+        }
+    });
 }
 
 /// Requests carrying a bearer token.

@@ -12,7 +12,7 @@ use devpocket_actors::provider::local::LocalProvider;
 use devpocket_actors::provider::{Cancel, MachineSpec, Provider};
 use serde_json::Value;
 
-use crate::helpers::{TestApp, test_root};
+use crate::helpers::{TestApp, shut_down_machines, test_root};
 use crate::isolation::{run, ssh};
 
 fn is_root() -> bool {
@@ -266,6 +266,7 @@ async fn a_create_writes_the_state_directory_the_bootstrap_and_its_log_as_the_te
         &format!("g:{GROUP}"),
     )
     .unwrap();
+    let _cleanup = Machines(root.clone());
     let provider = LocalProvider::new(root.join("environments"), Some(GROUP.into())).unwrap();
     let spec = machine_spec("#!/bin/sh\necho bootstrapped\n");
     let id = spec.environment_id;
@@ -320,7 +321,16 @@ async fn a_create_writes_the_state_directory_the_bootstrap_and_its_log_as_the_te
 
     provider.delete(id, None).await.unwrap();
     assert!(!home.exists());
-    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Removes the machines under a data directory however the test ends.
+struct Machines(PathBuf);
+
+impl Drop for Machines {
+    fn drop(&mut self) {
+        shut_down_machines(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// What `command` prints on `id`'s machine, checking it succeeded.
