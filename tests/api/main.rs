@@ -18,6 +18,7 @@ mod http;
 mod isolation;
 mod observability;
 mod openapi;
+mod provisioning_progress;
 mod ratelimit;
 mod restart;
 mod templates;
