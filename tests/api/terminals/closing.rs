@@ -63,6 +63,9 @@ async fn stopping_the_environment_closes_its_terminals_without_reconnecting() {
     for ws in &mut terminals {
         assert_closed_cleanly(ws, "stopped").await;
     }
+    // The test ends with the stop, not in the middle of it.
+    app.wait_for_env(&token, &id, |e| e["status"] == "stopped")
+        .await;
 }
 
 #[actix_web::test]
@@ -80,4 +83,7 @@ async fn deleting_the_environment_closes_its_terminals_without_reconnecting() {
     for ws in &mut terminals {
         assert_closed_cleanly(ws, "deleted").await;
     }
+    // The test ends with the delete, not in the middle of it.
+    app.wait_for_env(&token, &id, |e| e["code"] == "not_found")
+        .await;
 }
