@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::deps::Deps;
 use crate::inspect::{ActorStats, Instrumented, Kind, Registration};
-use crate::logs::{self, LineSplitter, LogEvent, LogLine, Progress};
+use crate::logs::{self, LineSplitter, LogEvent, LogLine, Progress, Standing};
 use crate::metrics::{self, Metrics};
 use crate::model::{
     EnvironmentRecord, MachineAccess, MachineKeys, Phase, Stamp, Status, Transition,
@@ -87,6 +87,9 @@ pub struct EnvironmentActor {
     operation: Option<Operation>,
     next_operation: u64,
     install: InstallState,
+    /// The bootstrap's latest stage marker seen by this actor (not after a restart:
+    /// log subscribers then take it from the history).
+    stage: Option<Progress>,
     subscribers: Vec<mpsc::Sender<LogEvent>>,
     last_activity: Instant,
     metrics: Option<(Instant, Metrics)>,
@@ -133,6 +136,7 @@ impl EnvironmentActor {
             operation: None,
             next_operation: 0,
             install,
+            stage: None,
             subscribers: Vec::new(),
             last_activity: Instant::now(),
             metrics: None,
@@ -174,6 +178,15 @@ impl EnvironmentActor {
         self.registration.stats.set_clients(self.subscribers.len());
     }
 
+    /// Where provisioning stands now.
+    fn standing(&self) -> Standing {
+        Standing {
+            phase: self.record.phase,
+            progress: self.record.progress,
+            stage: self.stage.clone(),
+        }
+    }
+
     fn apply(&mut self, t: &Transition) {
         // Once deleting, only the delete's own outcome moves the environment, not
         // a late word from the operation it superseded.
@@ -182,6 +195,7 @@ impl EnvironmentActor {
         {
             return;
         }
+        let moved = self.record.phase != t.phase;
         self.record.status = t.status;
         self.record.phase = t.phase;
         self.record.progress = t.progress;
@@ -189,6 +203,11 @@ impl EnvironmentActor {
         self.registration
             .stats
             .set_state(format!("{}/{}", t.status, t.phase));
+        // Log subscribers follow provisioning phase by phase, up to the phase that
+        // ends it (ready, failed, or deleting).
+        if moved && self.install == InstallState::InProgress {
+            self.broadcast(&LogEvent::Progress(self.standing()));
+        }
     }
 
     /// Picks up whatever the durable state says is unfinished.
@@ -397,7 +416,10 @@ impl Handler<Announce> for EnvironmentActor {
                     self.broadcast(&LogEvent::Line(line));
                 }
             }
-            Announce::Progress(p) => self.broadcast(&LogEvent::Progress(p)),
+            Announce::Progress(p) => {
+                self.stage = Some(p);
+                self.broadcast(&LogEvent::Progress(self.standing()));
+            }
             Announce::Machine(access, provider_ref) => {
                 self.record.machine = Some(access);
                 self.record.provider_ref = Some(provider_ref);
@@ -534,7 +556,8 @@ impl Handler<Lifecycle> for EnvironmentActor {
 /// Subscribes to provisioning-log events. The reply says which line was announced
 /// last: every later line reaches `tx`, every earlier one is already stored, so a
 /// subscriber reads history up to that line and then follows `tx` with no gap and
-/// no duplicate.
+/// no duplicate. It also says where provisioning stands; every later change of
+/// that reaches `tx`.
 #[derive(Message)]
 #[rtype(result = "LogSubscription")]
 pub struct SubscribeLogs {
@@ -545,6 +568,7 @@ pub struct SubscribeLogs {
 pub struct LogSubscription {
     pub last_seq: i64,
     pub state: InstallState,
+    pub standing: Standing,
 }
 
 impl Handler<SubscribeLogs> for EnvironmentActor {
@@ -558,6 +582,7 @@ impl Handler<SubscribeLogs> for EnvironmentActor {
         MessageResult(LogSubscription {
             last_seq: self.record.log_seq,
             state: self.install.clone(),
+            standing: self.standing(),
         })
     }
 }

@@ -494,9 +494,13 @@ impl Connection {
         }
         let frame: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
-            Err(_) => {
+            // Says where: a character split across frames (half a surrogate pair
+            // in each) is refused here, as is any other invalid JSON.
+            Err(e) => {
                 return self
-                    .error("frames must be JSON objects with a \"type\"")
+                    .error(&format!(
+                        "frames must be JSON objects with a \"type\" ({e})"
+                    ))
                     .await;
             }
         };
