@@ -180,9 +180,13 @@ mod responses {
     }))]
     pub struct NotFound(pub ErrorBody<'static>);
 
-    /// A duplicate (`context.field` names it), an operation that is not valid
-    /// in the resource's current state, or a resource with a stored value that
-    /// cannot be read (`context.field` names the column).
+    /// A duplicate (`conflict`, `context.field` names it), a resource with a stored
+    /// value that cannot be read (`conflict`, `context.field` names the column), or
+    /// an operation that is not valid in the resource's current state, with a code
+    /// of its own: `environment_already_running`, `environment_already_stopped`,
+    /// `environment_creating`, `environment_failed`, `operation_in_progress`,
+    /// `environment_deleting`, `environment_not_resting`, `environment_not_running`,
+    /// `operation_unsupported`, `same_size`.
     #[derive(ToResponse)]
     #[response(example = json!({
         "detail": "The username 'alice' is already taken.",

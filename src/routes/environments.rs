@@ -57,8 +57,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 impl From<EnvError> for ApiError {
     fn from(err: EnvError) -> Self {
         match err {
-            EnvError::Conflict(detail) => ApiError::Conflict {
-                detail: capitalize(&detail),
+            EnvError::Conflict(conflict) => ApiError::State {
+                code: conflict.code(),
+                detail: capitalize(&conflict.to_string()),
                 context: json!({}),
             },
             EnvError::Store(e) => ApiError::DatabaseUnavailable(e.into()),

@@ -25,10 +25,14 @@ use crate::supervisor::ChildExited;
 mod maintenance;
 mod observe;
 mod operation;
+mod plan;
 mod work;
 
 pub use maintenance::{MachineGone, Maintain, MaintenanceRequest};
 pub use observe::{GetMetrics, LogSubscription, SubscribeLogs};
+pub use plan::{Command, Conflict};
+
+use plan::Step;
 
 use observe::MetricsWaiters;
 use operation::{Op, Operation};
@@ -45,8 +49,8 @@ const REACH_DEADLINE: Duration = Duration::from_secs(120);
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
     /// The operation is not valid in the current state (→ 409).
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -364,15 +368,6 @@ impl Handler<Announce> for EnvironmentActor {
     }
 }
 
-/// A lifecycle request from the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Start,
-    Stop,
-    Restart,
-    Delete,
-}
-
 /// Asks for a lifecycle operation. Replies, once the new phase is durable, with
 /// that phase; or why the operation is not valid now.
 #[derive(Message)]
@@ -384,70 +379,20 @@ impl Handler<Lifecycle> for EnvironmentActor {
 
     fn handle(&mut self, Lifecycle(command): Lifecycle, _: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
-        let (status, phase) = (self.record.status, self.record.phase);
-        let plan = match (command, status, phase) {
-            (Command::Delete, _, Phase::Deleting | Phase::Deleted) => {
-                Err("the environment is already being deleted".to_owned())
-            }
-            (Command::Delete, ..) => Ok((
-                Transition::new(Status::Terminated, Phase::Deleting, self.record.progress),
-                Op::Delete,
-            )),
-            (Command::Stop, Status::Running, Phase::Ready) => Ok((
-                Transition::new(Status::Running, Phase::Stopping, 100),
-                Op::Stop,
-            )),
-            (Command::Start, Status::Stopped, Phase::Stopped) => Ok((
-                Transition::new(Status::Stopped, Phase::Starting, 100),
-                Op::Start,
-            )),
-            (Command::Restart, Status::Running, Phase::Ready)
-                if self
-                    .provider()
-                    .is_ok_and(|p| p.supports(Maintenance::Reboot)) =>
-            {
-                Ok((Transition::new(status, Phase::Restarting, 100), Op::Reboot))
-            }
-            (Command::Restart, Status::Running, Phase::Ready)
-            | (Command::Restart, Status::Stopped, Phase::Stopped) => {
-                Ok((Transition::new(status, Phase::Restarting, 100), Op::Start))
-            }
-            (Command::Start, Status::Running, Phase::Ready) => {
-                Err("the environment is already running".to_owned())
-            }
-            (Command::Stop, Status::Stopped, Phase::Stopped) => {
-                Err("the environment is already stopped".to_owned())
-            }
-            (_, Status::Creating, _) => Err(format!(
-                "the environment is still being created ({phase}); wait until it is running"
-            )),
-            (Command::Start | Command::Restart, Status::Error, _)
-                if self.install == InstallState::Complete && self.record.provider_ref.is_some() =>
-            {
-                Ok((
-                    Transition::new(Status::Stopped, Phase::Starting, 100),
-                    Op::Start,
-                ))
-            }
-            (Command::Stop, Status::Error, _)
-                if self.install == InstallState::Complete && self.record.provider_ref.is_some() =>
-            {
-                Ok((
-                    Transition::new(Status::Error, Phase::Stopping, 100),
-                    Op::Stop,
-                ))
-            }
-            (_, Status::Error, _) => Err(
-                "the environment failed to provision; delete it and create a new one".to_owned(),
-            ),
-            _ => Err(format!(
-                "the environment is busy ({phase}); try again when it has finished"
-            )),
+        let state = plan::State {
+            status: self.record.status,
+            phase: self.record.phase,
+            progress: self.record.progress,
+            has_machine: self.install == InstallState::Complete
+                && self.record.provider_ref.is_some(),
+            can_reboot: self
+                .provider()
+                .is_ok_and(|p| p.supports(Maintenance::Reboot)),
         };
-        let (transition, op) = match plan {
+        let (transition, step) = match plan::plan(command, state) {
             Ok(plan) => plan,
-            Err(reason) => {
-                return AtomicResponse::new(Box::pin(fut::ready(Err(EnvError::Conflict(reason)))));
+            Err(conflict) => {
+                return AtomicResponse::new(Box::pin(fut::ready(Err(conflict.into()))));
             }
         };
         let (store, id) = (self.deps.store.clone(), self.record.id);
@@ -457,12 +402,15 @@ impl Handler<Lifecycle> for EnvironmentActor {
             move |res, act, ctx| {
                 res?;
                 act.apply(&transition);
-                if command == Command::Restart && !matches!(op, Op::Reboot) {
-                    // Restart = stop, then start, as one operation.
-                    act.run(Op::Stop, ctx);
-                    act.restart_after_stop = true;
-                } else {
-                    act.run(op, ctx);
+                match step {
+                    Step::Start => act.run(Op::Start, ctx),
+                    Step::Stop => act.run(Op::Stop, ctx),
+                    Step::Reboot => act.run(Op::Reboot, ctx),
+                    Step::Delete => act.run(Op::Delete, ctx),
+                    Step::StopThenStart => {
+                        act.run(Op::Stop, ctx);
+                        act.restart_after_stop = true;
+                    }
                 }
                 Ok(transition.phase)
             },

@@ -6,7 +6,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{EnvError, EnvironmentActor, InstallState, METRICS_TTL};
+use super::{Conflict, EnvError, EnvironmentActor, InstallState, METRICS_TTL};
 use crate::logs::{LogEvent, Standing};
 use crate::metrics::{self, Metrics};
 use crate::model::{Phase, Status};
@@ -67,10 +67,11 @@ impl Handler<GetMetrics> for EnvironmentActor {
         }
         let (machine, keys) = (self.record.machine.clone(), self.record.keys.clone());
         let (Some(machine), Some(keys), true) = (machine, keys, ready) else {
-            return Box::pin(std::future::ready(Err(EnvError::Conflict(format!(
-                "metrics are measured on a running machine; this one is {} ({})",
-                self.record.status, self.record.phase
-            )))));
+            return Box::pin(std::future::ready(Err(Conflict::NotRunning {
+                status: self.record.status,
+                phase: self.record.phase,
+            }
+            .into())));
         };
         // Single flight: requests that come while a sample is being taken wait for
         // that one instead of each opening a connection to the machine.
