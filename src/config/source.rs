@@ -64,20 +64,13 @@ impl Source {
         }
     }
 
+    /// A duration other than zero.
     pub(super) fn duration(
         &self,
         key: &'static str,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => parse_duration(v).filter(|d| !d.is_zero()).ok_or_else(|| {
-                invalid(
-                    key,
-                    format!("`{v}` is not a duration such as 900, 90s, 15m, 24h or 30d"),
-                )
-            }),
-        }
+        self.any_duration(key, default, false, "900, 90s, 15m, 24h or 30d")
     }
 
     /// How long a cache may keep an answer; zero turns it off.
@@ -86,11 +79,21 @@ impl Source {
         key: &'static str,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
+        self.any_duration(key, default, true, "0, 2s or 1m")
+    }
+
+    fn any_duration(
+        &self,
+        key: &'static str,
+        default: Duration,
+        zero: bool,
+        examples: &str,
+    ) -> Result<Duration, ConfigError> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => parse_duration(v).ok_or_else(|| {
-                invalid(key, format!("`{v}` is not a duration such as 0, 2s or 1m"))
-            }),
+            Some(v) => parse_duration(v)
+                .filter(|d| zero || !d.is_zero())
+                .ok_or_else(|| invalid(key, format!("`{v}` is not a duration such as {examples}"))),
         }
     }
 
