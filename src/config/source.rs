@@ -8,6 +8,9 @@ use std::time::Duration;
 use super::ConfigError;
 use super::rate_limits::Rate;
 
+/// A value read from a [`Source`], or the setting that could not be used.
+type Read<T> = Result<T, ConfigError>;
+
 /// Reads settings from a key/value source (the process environment in production,
 /// a map in tests).
 pub struct Source {
@@ -55,7 +58,7 @@ impl Source {
         key: &'static str,
         default: T,
         what: &str,
-    ) -> Result<T, ConfigError> {
+    ) -> Read<T> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v
@@ -65,20 +68,12 @@ impl Source {
     }
 
     /// A duration other than zero.
-    pub(super) fn duration(
-        &self,
-        key: &'static str,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
+    pub(super) fn duration(&self, key: &'static str, default: Duration) -> Read<Duration> {
         self.any_duration(key, default, false, "900, 90s, 15m, 24h or 30d")
     }
 
     /// How long a cache may keep an answer; zero turns it off.
-    pub(super) fn cache_ttl(
-        &self,
-        key: &'static str,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
+    pub(super) fn cache_ttl(&self, key: &'static str, default: Duration) -> Read<Duration> {
         self.any_duration(key, default, true, "0, 2s or 1m")
     }
 
@@ -88,7 +83,7 @@ impl Source {
         default: Duration,
         zero: bool,
         examples: &str,
-    ) -> Result<Duration, ConfigError> {
+    ) -> Read<Duration> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => parse_duration(v)
@@ -97,7 +92,7 @@ impl Source {
         }
     }
 
-    pub(super) fn rate(&self, key: &'static str, default: Rate) -> Result<Rate, ConfigError> {
+    pub(super) fn rate(&self, key: &'static str, default: Rate) -> Read<Rate> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => v.parse().map_err(|m| invalid(key, m)),
