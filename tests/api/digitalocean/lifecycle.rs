@@ -241,7 +241,7 @@ async fn full_lifecycle_on_digitalocean() {
             &json!({"size": "s-2vcpu-4gb"}),
         )
         .await;
-    crate::helpers::assert_error(again, 409, "operation_in_progress").await;
+    crate::helpers::assert_error(again, 409, "same_size").await;
     run_in_terminal(
         &app,
         &token,
