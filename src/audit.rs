@@ -176,6 +176,7 @@ impl Outcome {
             ) => None,
             Err(
                 ApiError::Forbidden(_)
+                | ApiError::Refused { .. }
                 | ApiError::Unauthorized(_)
                 | ApiError::Locked { .. }
                 | ApiError::RateLimited { .. },

@@ -8,18 +8,16 @@ pub mod placement;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use devpocket_actors::model::{Phase, Status};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use devpocket_actors::model::{EnvironmentRecord, Phase, Status};
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use uuid::Uuid;
 
-use crate::db::environments::{self as db, Environment, NewEnvironment};
+use crate::db::environments::Environment;
 use crate::db::json::Unreadable;
-use crate::db::users::User;
-use crate::error::{ApiError, ValidationErrors};
+use crate::error::ValidationErrors;
 use crate::plans;
 
 pub const MAX_VARIABLES: usize = 100;
@@ -108,40 +106,6 @@ pub fn validate_variables(
     out
 }
 
-/// Refuses an environment that would exceed the user's plan, saying which limit
-/// and how to free it.
-pub async fn check_quota(
-    conn: &mut AsyncPgConnection,
-    user: &User,
-    adding_active: bool,
-    adding_total: bool,
-) -> Result<(), ApiError> {
-    let limits = user.subscription_plan.limits();
-    let (active, total) = db::counts(conn, user.id).await?;
-    let plan = user.subscription_plan;
-    if let Some(max) = limits.total_environments
-        && adding_total
-        && total >= i64::from(max)
-    {
-        return Err(ApiError::Forbidden(format!(
-            "Your {plan} plan allows {max} environments in total, stopped ones included, and you have {total}. \
-             Delete one to make room, or upgrade your plan."
-        )));
-    }
-    if let Some(max) = limits.active_environments
-        && adding_active
-        && active >= i64::from(max)
-    {
-        return Err(ApiError::Forbidden(format!(
-            "Your {plan} plan allows {max} environment{} that {} not stopped, and you have {active}. \
-             Stop or delete one first, or upgrade your plan.",
-            if max == 1 { "" } else { "s" },
-            if max == 1 { "is" } else { "are" },
-        )));
-    }
-    Ok(())
-}
-
 /// DigitalOcean sizes an environment may ask for by slug, and the DevPocket size
 /// each amounts to (the smallest that covers its CPUs and memory), for plan limits.
 pub const DIGITALOCEAN_SIZES: [(&str, &str, &str, &str); 6] = [
@@ -156,37 +120,6 @@ pub const DIGITALOCEAN_SIZES: [(&str, &str, &str, &str); 6] = [
 /// What a stopped DigitalOcean environment still costs.
 pub const DIGITALOCEAN_BILLING_NOTE: &str = "DigitalOcean bills a droplet for as long as it exists, powered off or not, \
      and its home volume too: stopping this environment does not stop the charges; deleting it does.";
-
-/// Inserts a new environment after the quota check, both under a lock on the
-/// user's row so that two simultaneous creates cannot both squeeze in.
-pub async fn insert_within_quota(
-    conn: &mut AsyncPgConnection,
-    user: &User,
-    new: &NewEnvironment<'_>,
-) -> Result<(), ApiError> {
-    let user = user.clone();
-    let outcome = conn
-        .transaction::<_, ApiError, _>(async |conn| {
-            diesel::sql_query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
-                .bind::<diesel::sql_types::Uuid, _>(user.id)
-                .execute(&mut *conn)
-                .await?;
-            check_quota(conn, &user, true, true).await?;
-            Ok(db::insert(conn, new).await?)
-        })
-        .await?;
-    if outcome {
-        Ok(())
-    } else {
-        Err(ApiError::Conflict {
-            detail: format!(
-                "You already have an environment named '{}'; choose another name.",
-                new.name
-            ),
-            context: json!({ "field": "name" }),
-        })
-    }
-}
 
 /// The environment object of the mobile contract, plus DevPocket's own fields.
 #[derive(Debug, Serialize, ToSchema)]
@@ -306,45 +239,15 @@ impl EnvironmentResponse {
     /// The environment as the app reads it; a row with a stored value that cannot be
     /// read has no faithful answer.
     pub fn new(env: Environment, template_name: String) -> Result<Self, Unreadable> {
-        let size = plans::size(&env.size);
-        // A DigitalOcean slug: its own CPUs and memory, the rest of its equivalent.
-        let slug = DIGITALOCEAN_SIZES.iter().find(|s| s.0 == env.size);
-        let equivalent = slug.and_then(|s| plans::size(s.1));
-        let size = size.or(equivalent).map(|s| plans::Size {
-            cpu: slug.map_or(s.cpu, |d| d.2),
-            memory: slug.map_or(s.memory, |d| d.3),
-            ..*s
-        });
-        let size = size.as_ref();
-        let billing_note = (env.provider == devpocket_actors::provider::digitalocean::NAME)
-            .then_some(DIGITALOCEAN_BILLING_NOTE);
-        let limits = env.resource_limits.read("resource_limits")?;
-        let pick = |key: &str, fallback: Option<&str>| -> Value {
-            match limits.get(key) {
-                Some(v) if !v.is_null() => v.clone(),
-                _ => fallback.map_or(Value::Null, |f| json!(f)),
-            }
+        let limits = match env.resource_limits.read("resource_limits")? {
+            Value::Object(limits) => limits.clone(),
+            _ => serde_json::Map::new(),
         };
-        let resource_limits = json!({
-            "cpu": pick("cpu", size.map(|s| s.cpu)),
-            "memory": pick("memory", size.map(|s| s.memory)),
-            "storage": pick("storage", size.map(|s| s.storage)),
-            "max_instances": limits.get("max_instances").cloned().unwrap_or(json!(1)),
-        });
-        let as_text = |v: &Value| match v {
-            Value::String(s) => json!(s),
-            Value::Null => Value::Null,
-            other => json!(other.to_string()),
-        };
-        let resources = json!({
-            "cpu": as_text(&resource_limits["cpu"]),
-            "memory": as_text(&resource_limits["memory"]),
-            "storage": as_text(&resource_limits["storage"]),
-        });
         let environment_variables = match env.environment_variables.read("environment_variables")? {
             variables @ Value::Object(_) => variables.clone(),
             _ => json!({}),
         };
+        let (resource_limits, resources) = sized(&env.size, &limits);
         Ok(Self {
             id: env.id,
             name: env.name,
@@ -361,6 +264,7 @@ impl EnvironmentResponse {
             external_url: None,
             web_port: None,
             ssh_port: env.ssh_port,
+            billing_note: billing_note(&env.provider),
             provider: env.provider,
             region: env.region,
             size: env.size,
@@ -370,9 +274,83 @@ impl EnvironmentResponse {
             ip_address: env.ip_address,
             started_at: env.started_at,
             stopped_at: env.stopped_at,
-            billing_note,
         })
     }
+
+    /// The environment as its actor answered after a change (durable by then).
+    pub fn from_record(record: EnvironmentRecord) -> Self {
+        let (resource_limits, resources) = sized(&record.size, &record.resource_limits);
+        let machine = record.machine.as_ref();
+        Self {
+            id: record.id,
+            name: record.name,
+            template_id: record.template_id.to_string(),
+            template: record.template_id.to_string(),
+            template_name: record.template_name,
+            status: record.status.to_string(),
+            resource_limits,
+            resources,
+            environment_variables: json!(record.environment_variables),
+            created_at: record.times.created_at,
+            updated_at: record.times.updated_at,
+            last_accessed: record.times.last_accessed,
+            external_url: None,
+            web_port: None,
+            ssh_port: machine.map(|m| i32::from(m.port)),
+            ip_address: machine.map(|m| m.host.clone()),
+            billing_note: billing_note(&record.provider),
+            provider: record.provider,
+            region: record.region,
+            size: record.size,
+            phase: record.phase.to_string(),
+            progress: record.progress,
+            status_message: record.status_message,
+            started_at: record.times.started_at,
+            stopped_at: record.times.stopped_at,
+        }
+    }
+}
+
+fn billing_note(provider: &str) -> Option<&'static str> {
+    (provider == devpocket_actors::provider::digitalocean::NAME)
+        .then_some(DIGITALOCEAN_BILLING_NOTE)
+}
+
+/// `resource_limits` (as given at creation, else the size's) and `resources` (the
+/// same as strings) for an environment of `size`.
+fn sized(size: &str, limits: &serde_json::Map<String, Value>) -> (Value, Value) {
+    // A DigitalOcean slug: its own CPUs and memory, the rest of its equivalent.
+    let slug = DIGITALOCEAN_SIZES.iter().find(|s| s.0 == size);
+    let equivalent = slug.and_then(|s| plans::size(s.1));
+    let size = plans::size(size).or(equivalent).map(|s| plans::Size {
+        cpu: slug.map_or(s.cpu, |d| d.2),
+        memory: slug.map_or(s.memory, |d| d.3),
+        ..*s
+    });
+    let size = size.as_ref();
+    let pick = |key: &str, fallback: Option<&str>| -> Value {
+        match limits.get(key) {
+            Some(v) if !v.is_null() => v.clone(),
+            _ => fallback.map_or(Value::Null, |f| json!(f)),
+        }
+    };
+    let resource_limits = json!({
+        "cpu": pick("cpu", size.map(|s| s.cpu)),
+        "memory": pick("memory", size.map(|s| s.memory)),
+        "storage": pick("storage", size.map(|s| s.storage)),
+        "max_instances": limits.get("max_instances").cloned().unwrap_or(json!(1)),
+    });
+    let as_text = |v: &Value| match v {
+        Value::String(s) => json!(s),
+        Value::Null => Value::Null,
+        other => json!(other.to_string()),
+    };
+    let resources = json!({
+        "cpu": as_text(&resource_limits["cpu"]),
+        "memory": as_text(&resource_limits["memory"]),
+        "storage": as_text(&resource_limits["storage"]),
+    });
+    (resource_limits, resources)
 }
 
 #[cfg(test)]

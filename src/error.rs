@@ -24,6 +24,10 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A 403 with a code of its own (`quota_exceeded`): allowed to others, not
+    /// within this caller's plan now.
+    #[error("{detail}")]
+    Refused { code: &'static str, detail: String },
     #[error("{0}")]
     NotFound(String),
     #[error("{detail}")]
@@ -122,6 +126,7 @@ impl ApiError {
             Self::Validation(_) => "validation_error",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
+            Self::Refused { code, .. } => code,
             Self::NotFound(_) => "not_found",
             Self::Conflict { .. } => "conflict",
             Self::State { code, .. } => code,
@@ -189,7 +194,7 @@ impl ResponseError for ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::Refused { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } | Self::State { .. } => StatusCode::CONFLICT,
             Self::Locked { .. } => StatusCode::LOCKED,

@@ -160,12 +160,14 @@ mod responses {
     }))]
     pub struct Unauthorized(pub ErrorBody<'static>);
 
-    /// Not allowed: an administrator's operation, a limit of the caller's plan, or
-    /// a deactivated account; `detail` says which.
+    /// Not allowed: an administrator's operation or a deactivated account
+    /// (`forbidden`), or a limit of the caller's plan: too many environments in
+    /// total or not stopped (`quota_exceeded`), a size above the plan's (`forbidden`);
+    /// `detail` says which.
     #[derive(ToResponse)]
     #[response(example = json!({
         "detail": "Your free plan allows 1 environment that is not stopped, and you have 1. Stop or delete one first, or upgrade your plan.",
-        "code": "forbidden",
+        "code": "quota_exceeded",
         "context": {}
     }))]
     pub struct Forbidden(pub ErrorBody<'static>);
@@ -180,13 +182,15 @@ mod responses {
     }))]
     pub struct NotFound(pub ErrorBody<'static>);
 
-    /// A duplicate (`conflict`, `context.field` names it), a resource with a stored
-    /// value that cannot be read (`conflict`, `context.field` names the column), or
-    /// an operation that is not valid in the resource's current state, with a code
-    /// of its own: `environment_already_running`, `environment_already_stopped`,
+    /// A duplicate (`conflict`, or `name_taken` for an environment's name;
+    /// `context.field` names it), a template with a stored value that cannot be read
+    /// (`conflict`, `context.field` names the column), or an operation that is not
+    /// valid in the resource's current state, with a code of its own:
+    /// `environment_already_running`, `environment_already_stopped`,
     /// `environment_creating`, `environment_failed`, `operation_in_progress`,
     /// `environment_deleting`, `environment_not_resting`, `environment_not_running`,
-    /// `operation_unsupported`, `same_size`.
+    /// `operation_unsupported`, `same_size`, `environment_unreadable` (`context.field`
+    /// names the column).
     #[derive(ToResponse)]
     #[response(example = json!({
         "detail": "The username 'alice' is already taken.",

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::deps::Deps;
 use crate::model::{MachineAccess, MachineKeys};
-use crate::ssh::SshSession;
+use crate::ssh::{SshError, SshSession};
 
 /// The most a sample may print: a few KiB normally (`/proc/net/dev` grows by a
 /// line per interface).
@@ -118,22 +118,35 @@ pub fn parse(output: &str) -> Option<Metrics> {
     })
 }
 
+/// Why a sample could not be taken: the message is for the user, the source for
+/// the log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MetricsError {
+    #[error("the machine cannot be reached to measure it; try again in a moment")]
+    Unreachable(#[source] Arc<SshError>),
+    #[error("measuring the machine failed; try again in a moment")]
+    Measuring(#[source] Arc<SshError>),
+    #[error("the machine's measurements could not be read")]
+    Unreadable,
+    #[error("the environment's controller stopped; try again")]
+    Stopped,
+}
+
 /// Takes one sample, on its own connection.
 pub async fn sample(
     deps: Arc<Deps>,
     machine: MachineAccess,
     keys: MachineKeys,
-) -> Result<Metrics, String> {
+) -> Result<Metrics, MetricsError> {
     let session = SshSession::connect(&machine, &keys.user_private).await;
     deps.ssh_connect("metrics", session.is_ok());
-    let session = session.map_err(|e| format!("could not reach the machine: {e}"))?;
+    let session = session.map_err(|e| MetricsError::Unreachable(Arc::new(e)))?;
     let out = session
         .run(COMMAND, TIMEOUT, MAX_BYTES)
         .await
-        .map_err(|e| format!("measuring failed: {e}"));
+        .map_err(|e| MetricsError::Measuring(Arc::new(e)));
     session.close().await;
-    parse(&String::from_utf8_lossy(&out?.stdout))
-        .ok_or_else(|| "the machine's measurements were unreadable".to_owned())
+    parse(&String::from_utf8_lossy(&out?.stdout)).ok_or(MetricsError::Unreadable)
 }
 
 #[cfg(test)]

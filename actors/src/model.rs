@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -67,6 +68,23 @@ macro_rules! str_enum {
     };
 }
 
+/// Whether an environment in this state takes one of its plan's active places:
+/// all but one being deleted and one at rest stopped (a stopped one that is
+/// starting or restarting takes its place already).
+pub fn is_active(status: Status, phase: Phase) -> bool {
+    match status {
+        Status::Terminated => false,
+        Status::Stopped => !Phase::STOPPED_AT_REST.contains(&phase),
+        Status::Creating | Status::Running | Status::Error => true,
+    }
+}
+
+impl Phase {
+    /// The phases of a `stopped` environment that leave it at rest (a snapshot or
+    /// resize of a stopped machine does not wake it).
+    pub const STOPPED_AT_REST: [Phase; 3] = [Phase::Stopped, Phase::Snapshotting, Phase::Resizing];
+}
+
 str_enum!(Status {
     Creating => "creating",
     Running => "running",
@@ -122,13 +140,18 @@ impl fmt::Debug for MachineKeys {
     }
 }
 
-/// The durable state an environment actor starts from.
+/// The durable state an environment actor starts from, and what it answers with
+/// after each change.
 #[derive(Debug, Clone)]
 pub struct EnvironmentRecord {
     pub id: Uuid,
     pub user_id: Uuid,
     pub name: String,
     pub slug: String,
+    pub template_id: Uuid,
+    /// As given at creation (validated then); empty when none were given.
+    pub resource_limits: serde_json::Map<String, serde_json::Value>,
+    pub times: Times,
     pub provider: String,
     pub region: String,
     pub size: String,
@@ -150,6 +173,43 @@ pub struct EnvironmentRecord {
     /// Provisioning completed once (the machine has been up): a later failure is
     /// one of starting or stopping, not of the bootstrap.
     pub provisioned: bool,
+    /// The first of its own stored values that cannot be read (saved before such
+    /// values were refused), left out of this record: such an environment can only
+    /// be deleted.
+    pub unreadable: Option<&'static str>,
+}
+
+/// When an environment was made and last changed, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Times {
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub stopped_at: Option<DateTime<Utc>>,
+    pub last_accessed: Option<DateTime<Utc>>,
+}
+
+/// A new environment, validated and placed, for its owner's supervisor to store
+/// (within the owner's plan) and bring up.
+#[derive(Debug, Clone)]
+pub struct NewEnvironment {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub template_id: Uuid,
+    pub provider: String,
+    pub region: String,
+    pub size: String,
+    pub resource_limits: serde_json::Map<String, serde_json::Value>,
+    pub environment_variables: BTreeMap<String, String>,
+}
+
+/// What `PUT /environments/{id}` changes; `None` leaves it as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub name: Option<String>,
+    pub environment_variables: Option<BTreeMap<String, String>>,
 }
 
 /// A state change, written durably before anyone hears of it.

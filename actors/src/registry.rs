@@ -10,7 +10,8 @@ use uuid::Uuid;
 use crate::deps::Deps;
 use crate::environment::{EnvError, EnvironmentActor};
 use crate::inspect::Handle;
-use crate::supervisor::{GetEnvironment, UserSupervisor};
+use crate::model::{EnvironmentRecord, NewEnvironment};
+use crate::supervisor::{CreateEnvironment, GetEnvironment, UserSupervisor};
 
 pub struct Registry {
     deps: Arc<Deps>,
@@ -132,16 +133,27 @@ impl ActorSystem {
         user_id: Uuid,
         id: Uuid,
     ) -> Result<Option<Handle<EnvironmentActor>>, EnvError> {
-        let mailbox = |e: MailboxError| EnvError::Unavailable(format!("actor system: {e}"));
         let supervisor = self
             .registry
             .send(SupervisorFor { user_id })
             .await
-            .map_err(mailbox)?;
+            .map_err(EnvError::from)?;
         supervisor
             .send(GetEnvironment { id })
             .await
-            .map_err(mailbox)?
+            .map_err(EnvError::from)?
+    }
+
+    /// Stores `new` within its owner's plan and starts its actor (see
+    /// `CreateEnvironment`): the environment as stored.
+    pub async fn create(&self, new: NewEnvironment) -> Result<EnvironmentRecord, EnvError> {
+        let supervisor = self
+            .registry
+            .send(SupervisorFor {
+                user_id: new.user_id,
+            })
+            .await?;
+        supervisor.send(CreateEnvironment(new)).await?
     }
 
     /// The terminal actor for a session of `user_id`'s environment (the caller has
@@ -153,12 +165,11 @@ impl ActorSystem {
         name: String,
         mode: crate::terminal::SessionMode,
     ) -> Result<Handle<crate::terminal::TerminalActor>, EnvError> {
-        let mailbox = |e: MailboxError| EnvError::Unavailable(format!("actor system: {e}"));
         let supervisor = self
             .registry
             .send(SupervisorFor { user_id })
             .await
-            .map_err(mailbox)?;
+            .map_err(EnvError::from)?;
         supervisor
             .send(crate::supervisor::GetTerminal {
                 environment_id,
@@ -167,13 +178,13 @@ impl ActorSystem {
                 arbiter: Arbiter::current(),
             })
             .await
-            .map_err(mailbox)
+            .map_err(EnvError::from)
     }
 
     pub async fn resume_all(&self) -> Result<usize, EnvError> {
         self.registry
             .send(ResumeAll)
             .await
-            .map_err(|e| EnvError::Unavailable(format!("actor system: {e}")))?
+            .map_err(EnvError::from)?
     }
 }

@@ -7,11 +7,74 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::model::{EnvironmentRecord, MachineAccess, MachineKeys, Transition};
+use crate::model::{
+    Changes, EnvironmentRecord, MachineAccess, MachineKeys, NewEnvironment, Times, Transition,
+};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
-#[error("storage: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The owner's plan has no room for what was asked (nothing was written).
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+    /// The owner already has an environment of that name (nothing was written).
+    #[error("you already have an environment named '{0}'; choose another name")]
+    NameTaken(String),
+    /// A stored value the actors need cannot be read.
+    #[error("a stored {what} cannot be read: {value}")]
+    Unreadable { what: &'static str, value: String },
+    /// The database failed or cannot be reached; the cause is for the log.
+    #[error("the database failed: {0}")]
+    Database(#[source] BoxError),
+    #[error("this store does not record {0}")]
+    Unsupported(&'static str),
+}
+
+impl StoreError {
+    pub fn database(err: impl Into<BoxError>) -> Self {
+        Self::Database(err.into())
+    }
+}
+
+/// Which of a plan's limits a change would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaScope {
+    /// Environments in total, stopped ones included.
+    Total,
+    /// Environments that are not stopped.
+    Active,
+}
+
+/// A plan's limit that a create, start or restart would exceed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct QuotaExceeded {
+    pub plan: String,
+    pub scope: QuotaScope,
+    pub max: u32,
+    pub have: i64,
+}
+
+impl QuotaExceeded {
+    fn describe(&self) -> String {
+        let Self {
+            plan, max, have, ..
+        } = self;
+        match self.scope {
+            QuotaScope::Total => format!(
+                "Your {plan} plan allows {max} environments in total, stopped ones included, and you have {have}. \
+                 Delete one to make room, or upgrade your plan."
+            ),
+            QuotaScope::Active => format!(
+                "Your {plan} plan allows {max} environment{} that {} not stopped, and you have {have}. \
+                 Stop or delete one first, or upgrade your plan.",
+                if *max == 1 { "" } else { "s" },
+                if *max == 1 { "is" } else { "are" },
+            ),
+        }
+    }
+}
 
 /// An environment to bring back after a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +87,18 @@ pub struct Resumable {
 pub trait Store: Send + Sync + 'static {
     /// The environment, unless it was deleted.
     async fn load(&self, id: Uuid) -> Result<Option<EnvironmentRecord>, StoreError>;
-    async fn transition(&self, id: Uuid, transition: &Transition) -> Result<(), StoreError>;
+    /// Stores a new environment (`creating`/`queued`) if its owner's plan has room
+    /// for one more in total and one more active, checked and written under a lock
+    /// on the owner so that two creates cannot both squeeze in. Answers with it as
+    /// stored.
+    async fn create(&self, new: &NewEnvironment) -> Result<EnvironmentRecord, StoreError>;
+    /// Renames the environment and/or replaces its variables.
+    async fn update(&self, id: Uuid, changes: &Changes) -> Result<Times, StoreError>;
+    async fn transition(&self, id: Uuid, transition: &Transition) -> Result<Times, StoreError>;
+    /// A transition that makes a stopped environment active again, if the owner's
+    /// plan has room for one more active: checked and written under the same lock
+    /// as `create`, so that two starts cannot both squeeze in.
+    async fn activate(&self, id: Uuid, transition: &Transition) -> Result<Times, StoreError>;
     async fn save_keys(&self, id: Uuid, keys: &MachineKeys) -> Result<(), StoreError>;
     async fn save_machine(
         &self,
@@ -49,7 +123,7 @@ pub trait Store: Send + Sync + 'static {
     /// Records the machine's new size after a resize.
     async fn save_size(&self, id: Uuid, size: &str) -> Result<(), StoreError> {
         let _ = (id, size);
-        Err(StoreError("this store does not record sizes".into()))
+        Err(StoreError::Unsupported("sizes"))
     }
     /// Marks the environment deleted (status `terminated`).
     async fn mark_deleted(&self, id: Uuid) -> Result<(), StoreError>;

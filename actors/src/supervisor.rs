@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::deps::Deps;
 use crate::environment::{EnvError, EnvironmentActor};
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
-use crate::model::Transition;
+use crate::model::{EnvironmentRecord, NewEnvironment, Transition};
 use crate::registry::{Registry, SupervisorStopped};
 use crate::terminal::{SessionMode, TerminalActor};
 
@@ -129,6 +129,37 @@ impl Handler<GetEnvironment> for UserSupervisor {
     }
 }
 
+/// Stores a new environment of this user (within the plan, see `Store::create`)
+/// and starts its actor, which provisions it. Replies, once it is durable, with
+/// the environment as stored.
+#[derive(Message)]
+#[rtype(result = "Result<EnvironmentRecord, EnvError>")]
+pub struct CreateEnvironment(pub NewEnvironment);
+
+impl Handler<CreateEnvironment> for UserSupervisor {
+    type Result = AtomicResponse<Self, Result<EnvironmentRecord, EnvError>>;
+
+    fn handle(
+        &mut self,
+        CreateEnvironment(new): CreateEnvironment,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        self.last_activity = Instant::now();
+        let store = self.deps.store.clone();
+        // The registry routes by owner: a supervisor only ever gets its own.
+        debug_assert_eq!(new.user_id, self.user_id);
+        AtomicResponse::new(Box::pin(
+            async move { store.create(&new).await }
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    let record = res?;
+                    act.start_child(record.clone(), ctx);
+                    Ok(record)
+                }),
+        ))
+    }
+}
+
 /// Sent by a child's exit guard when it stops or dies.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -168,7 +199,9 @@ impl Handler<ChildExited> for UserSupervisor {
                 let t = Transition::failed(
                     "the environment's controller kept crashing; delete it and create a new one",
                 );
-                let _ = store.transition(id, &t).await;
+                if let Err(err) = store.transition(id, &t).await {
+                    tracing::error!(environment_id = %id, error = %err, "giving up on a crashing environment could not be recorded");
+                }
             });
             return;
         }

@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::Utc;
 use devpocket_actors::model::{
-    EnvironmentRecord, MachineAccess, MachineKeys, Phase, Status, Transition,
+    Changes, EnvironmentRecord, MachineAccess, MachineKeys, NewEnvironment, Phase, Status, Times,
+    Transition,
 };
 use devpocket_actors::provider::{
     BootstrapWatch, Cancel, Machine, MachineSpec, Provider, ProviderError,
@@ -108,7 +110,7 @@ impl MemoryStore {
     }
 
     fn missing(id: Uuid) -> StoreError {
-        StoreError(format!("no environment {id}"))
+        StoreError::database(format!("no environment {id}"))
     }
 }
 
@@ -118,8 +120,33 @@ impl Store for MemoryStore {
         Ok(self.record(id))
     }
 
-    async fn transition(&self, id: Uuid, t: &Transition) -> Result<(), StoreError> {
-        {
+    async fn create(&self, _: &NewEnvironment) -> Result<EnvironmentRecord, StoreError> {
+        // These tests put their records in directly (`MemoryStore::insert`).
+        Err(StoreError::Unsupported("new environments"))
+    }
+
+    async fn update(&self, id: Uuid, changes: &Changes) -> Result<Times, StoreError> {
+        let times = {
+            let mut state = self.lock();
+            let record = state
+                .records
+                .get_mut(&id)
+                .ok_or_else(|| Self::missing(id))?;
+            if let Some(name) = &changes.name {
+                record.name.clone_from(name);
+            }
+            if let Some(variables) = &changes.environment_variables {
+                record.environment_variables.clone_from(variables);
+            }
+            record.times.updated_at = Utc::now();
+            record.times
+        };
+        self.changed.notify_waiters();
+        Ok(times)
+    }
+
+    async fn transition(&self, id: Uuid, t: &Transition) -> Result<Times, StoreError> {
+        let times = {
             let mut state = self.lock();
             let record = state
                 .records
@@ -129,10 +156,18 @@ impl Store for MemoryStore {
             record.phase = t.phase;
             record.progress = t.progress;
             record.status_message = t.message.clone();
+            record.times.updated_at = Utc::now();
+            let times = record.times;
             state.transitions.push((id, t.clone()));
-        }
+            times
+        };
         self.changed.notify_waiters();
-        Ok(())
+        Ok(times)
+    }
+
+    /// No plans here: every start has room.
+    async fn activate(&self, id: Uuid, t: &Transition) -> Result<Times, StoreError> {
+        self.transition(id, t).await
     }
 
     async fn save_keys(&self, id: Uuid, keys: &MachineKeys) -> Result<(), StoreError> {
@@ -364,6 +399,15 @@ fn queued_record(user_id: Uuid) -> EnvironmentRecord {
         user_id,
         name: "Panic test".into(),
         slug: "panic-test".into(),
+        template_id: Uuid::new_v4(),
+        resource_limits: serde_json::Map::new(),
+        times: Times {
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            started_at: None,
+            stopped_at: None,
+            last_accessed: None,
+        },
         provider: PROVIDER.into(),
         region: "local".into(),
         size: "small".into(),
@@ -381,6 +425,7 @@ fn queued_record(user_id: Uuid) -> EnvironmentRecord {
         provider_ref: None,
         log_seq: 0,
         provisioned: false,
+        unreadable: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! The actors' persistence built on these is `db::store`.
 
 use chrono::{DateTime, Utc};
-use devpocket_actors::model::Status;
+use devpocket_actors::model::{Phase, Stamp, Status, Times, Transition};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
@@ -109,7 +109,8 @@ pub async fn list_owned(
         .await
 }
 
-/// (environments that are not stopped, all environments) of a user.
+/// (environments that take an active place, all environments) of a user; see
+/// `devpocket_actors::model::is_active`.
 pub async fn counts(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<(i64, i64)> {
     // What the API shows as terminated (being deleted) counts for nothing.
     let mine = environments::table
@@ -117,14 +118,16 @@ pub async fn counts(conn: &mut AsyncPgConnection, user_id: Uuid) -> QueryResult<
         .filter(environments::deleted_at.is_null())
         .filter(environments::status.ne(Status::Terminated.as_str()));
     let total: i64 = mine.count().get_result(conn).await?;
-    let stopped: i64 = mine
-        .filter(environments::status.eq("stopped"))
+    let at_rest: i64 = mine
+        .filter(environments::status.eq(Status::Stopped.as_str()))
+        .filter(environments::phase.eq_any(Phase::STOPPED_AT_REST.map(Phase::as_str)))
         .count()
         .get_result(conn)
         .await?;
-    Ok((total - stopped, total))
+    Ok((total - at_rest, total))
 }
 
+/// `Ok(false)` on a name clash.
 pub async fn insert(conn: &mut AsyncPgConnection, new: &NewEnvironment<'_>) -> QueryResult<bool> {
     use diesel::result::{DatabaseErrorKind, Error};
     match diesel::insert_into(environments::table)
@@ -138,50 +141,101 @@ pub async fn insert(conn: &mut AsyncPgConnection, new: &NewEnvironment<'_>) -> Q
     }
 }
 
-/// Renames and/or replaces environment variables; `Ok(false)` on a name clash.
+/// What a write returns: whose row it changed (whose list to forget) and the
+/// row's times after it.
+#[derive(Debug, Clone, Copy, Queryable, Selectable)]
+#[diesel(table_name = environments, check_for_backend(diesel::pg::Pg))]
+pub struct Stamped {
+    pub user_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub stopped_at: Option<DateTime<Utc>>,
+    pub last_accessed: Option<DateTime<Utc>>,
+}
+
+impl Stamped {
+    pub fn times(&self) -> Times {
+        Times {
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            started_at: self.started_at,
+            stopped_at: self.stopped_at,
+            last_accessed: self.last_accessed,
+        }
+    }
+}
+
+#[derive(AsChangeset)]
+#[diesel(table_name = environments)]
+struct Rename<'a> {
+    name: Option<&'a str>,
+    environment_variables: Option<Value>,
+    updated_at: DateTime<Utc>,
+}
+
+/// Renames and/or replaces environment variables; `Ok(None)` on a name clash.
 pub async fn update(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     name: Option<&str>,
     variables: Option<Value>,
-) -> QueryResult<bool> {
+) -> QueryResult<Option<Stamped>> {
     use diesel::result::{DatabaseErrorKind, Error};
-    let target = environments::table.find(id);
-    let result = match (name, variables) {
-        (Some(n), Some(v)) => {
-            diesel::update(target)
-                .set((
-                    environments::name.eq(n),
-                    environments::environment_variables.eq(v),
-                    environments::updated_at.eq(diesel::dsl::now),
-                ))
-                .execute(conn)
-                .await
-        }
-        (Some(n), None) => {
-            diesel::update(target)
-                .set((
-                    environments::name.eq(n),
-                    environments::updated_at.eq(diesel::dsl::now),
-                ))
-                .execute(conn)
-                .await
-        }
-        (None, Some(v)) => {
-            diesel::update(target)
-                .set((
-                    environments::environment_variables.eq(v),
-                    environments::updated_at.eq(diesel::dsl::now),
-                ))
-                .execute(conn)
-                .await
-        }
-        (None, None) => Ok(0),
+    let change = Rename {
+        name,
+        environment_variables: variables,
+        updated_at: Utc::now(),
     };
-    match result {
-        Ok(_) => Ok(true),
-        Err(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(false),
+    match diesel::update(environments::table.find(id))
+        .set(&change)
+        .returning(Stamped::as_returning())
+        .get_result(conn)
+        .await
+    {
+        Ok(stamped) => Ok(Some(stamped)),
+        Err(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Writes a transition; the row as stamped.
+pub async fn transition(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    t: &Transition,
+) -> QueryResult<Stamped> {
+    let target = environments::table.find(id);
+    let base = (
+        environments::status.eq(t.status.as_str()),
+        environments::phase.eq(t.phase.as_str()),
+        environments::progress.eq(t.progress.clamp(0, 100)),
+        environments::status_message.eq(t.message.clone()),
+        environments::updated_at.eq(diesel::dsl::now),
+    );
+    let stamped = Stamped::as_returning();
+    match t.stamp {
+        Some(Stamp::Started) => {
+            diesel::update(target)
+                .set((base, environments::started_at.eq(diesel::dsl::now)))
+                .returning(stamped)
+                .get_result(conn)
+                .await
+        }
+        Some(Stamp::Stopped) => {
+            diesel::update(target)
+                .set((base, environments::stopped_at.eq(diesel::dsl::now)))
+                .returning(stamped)
+                .get_result(conn)
+                .await
+        }
+        None => {
+            diesel::update(target)
+                .set(base)
+                .returning(stamped)
+                .get_result(conn)
+                .await
+        }
     }
 }
 

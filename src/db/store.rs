@@ -8,21 +8,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use devpocket_actors::model::{
-    EnvironmentRecord, MachineAccess, MachineKeys, Phase, Stamp, Status, Transition,
+    Changes, EnvironmentRecord, MachineAccess, MachineKeys, NewEnvironment, Phase, Status, Times,
+    Transition,
 };
-use devpocket_actors::store::{Resumable, Store, StoreError};
+use devpocket_actors::store::{BoxError, QuotaExceeded, QuotaScope, Resumable, Store, StoreError};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::DbPool;
-use super::environments::Environment;
+use super::environments::{self as queries, Environment, Stamped};
 use super::json::StoredJson;
-use super::schema::{environment_logs, environments, templates};
+use super::schema::{environment_logs, environments, templates, users};
 use crate::crypto::SecretBox;
 use crate::environments::list_cache::ListCache;
+use crate::plans::Plan;
 
 /// The actors' store on PostgreSQL. Private keys are sealed with AES-256-GCM.
 pub struct DbStore {
@@ -32,8 +34,44 @@ pub struct DbStore {
     pub lists: Arc<ListCache>,
 }
 
-fn store_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+fn store_err(e: impl Into<BoxError>) -> StoreError {
+    StoreError::database(e)
+}
+
+/// Whether `user_id`'s plan has room for one more active environment (and, when
+/// `scope` is `Total`, one more in all). Locks the user's row until the end of the
+/// transaction, so that the check and the write that follows are one step.
+async fn room(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    scope: QuotaScope,
+) -> QueryResult<Result<(), QuotaExceeded>> {
+    let plan: Plan = users::table
+        .find(user_id)
+        .select(users::subscription_plan)
+        .for_update()
+        .get_result(conn)
+        .await?;
+    let limits = plan.limits();
+    let (active, total) = queries::counts(conn, user_id).await?;
+    let exceeded = |scope, max: u32, have: i64| QuotaExceeded {
+        plan: plan.to_string(),
+        scope,
+        max,
+        have,
+    };
+    if let Some(max) = limits.total_environments
+        && scope == QuotaScope::Total
+        && total >= i64::from(max)
+    {
+        return Ok(Err(exceeded(QuotaScope::Total, max, total)));
+    }
+    if let Some(max) = limits.active_environments
+        && active >= i64::from(max)
+    {
+        return Ok(Err(exceeded(QuotaScope::Active, max, active)));
+    }
+    Ok(Ok(()))
 }
 
 impl DbStore {
@@ -48,6 +86,12 @@ impl DbStore {
             self.lists.forget(user_id);
         }
         Ok(())
+    }
+
+    /// After a write that returned the row's owner and times.
+    fn stamped(&self, stamped: Stamped) -> Times {
+        self.lists.forget(stamped.user_id);
+        stamped.times()
     }
 
     /// A sealed key, or `None` when it cannot be opened (after a `SECRET_KEY`
@@ -102,7 +146,8 @@ impl Store for DbStore {
             return Ok(None);
         };
         // What cannot be read is left out (and logged), so that such an environment
-        // can still be stopped and deleted.
+        // can still be deleted (the actor refuses the rest).
+        let unreadable = env.unreadable().map(|u| u.column);
         let packages = packages.or_empty("templates", env.template_id, "packages");
         let cloud_init = cloud_init.or_empty("templates", env.template_id, "cloud_init");
         let variables =
@@ -143,11 +188,39 @@ impl Store for DbStore {
             user_id: env.user_id,
             name: env.name,
             slug: env.slug,
+            template_id: env.template_id,
+            resource_limits: match env.resource_limits.or_empty(
+                "environments",
+                env.id,
+                "resource_limits",
+            ) {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            },
+            times: Times {
+                created_at: env.created_at,
+                updated_at: env.updated_at,
+                started_at: env.started_at,
+                stopped_at: env.stopped_at,
+                last_accessed: env.last_accessed,
+            },
             provider: env.provider,
             region: env.region,
             size: env.size,
-            status: env.status.parse::<Status>().map_err(StoreError)?,
-            phase: env.phase.parse::<Phase>().map_err(StoreError)?,
+            status: env
+                .status
+                .parse::<Status>()
+                .map_err(|_| StoreError::Unreadable {
+                    what: "status",
+                    value: env.status.clone(),
+                })?,
+            phase: env
+                .phase
+                .parse::<Phase>()
+                .map_err(|_| StoreError::Unreadable {
+                    what: "phase",
+                    value: env.phase.clone(),
+                })?,
             progress: env.progress,
             status_message: env.status_message,
             template_name,
@@ -170,44 +243,89 @@ impl Store for DbStore {
             provider_ref: env.provider_ref,
             log_seq: env.log_seq,
             provisioned: env.started_at.is_some(),
+            unreadable,
         }))
     }
 
-    async fn transition(&self, id: Uuid, t: &Transition) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let target = environments::table.find(id);
-        let base = (
-            environments::status.eq(t.status.as_str()),
-            environments::phase.eq(t.phase.as_str()),
-            environments::progress.eq(t.progress.clamp(0, 100)),
-            environments::status_message.eq(t.message.clone()),
-            environments::updated_at.eq(diesel::dsl::now),
-        );
-        let owner = environments::user_id;
-        let result = match t.stamp {
-            Some(Stamp::Started) => {
-                diesel::update(target)
-                    .set((base, environments::started_at.eq(diesel::dsl::now)))
-                    .returning(owner)
-                    .get_result(&mut conn)
-                    .await
-            }
-            Some(Stamp::Stopped) => {
-                diesel::update(target)
-                    .set((base, environments::stopped_at.eq(diesel::dsl::now)))
-                    .returning(owner)
-                    .get_result(&mut conn)
-                    .await
-            }
-            None => {
-                diesel::update(target)
-                    .set(base)
-                    .returning(owner)
-                    .get_result(&mut conn)
-                    .await
-            }
+    async fn create(&self, new: &NewEnvironment) -> Result<EnvironmentRecord, StoreError> {
+        let row = queries::NewEnvironment {
+            id: new.id,
+            user_id: new.user_id,
+            name: &new.name,
+            slug: &new.slug,
+            template_id: new.template_id,
+            provider: &new.provider,
+            region: &new.region,
+            size: &new.size,
+            status: Status::Creating.as_str(),
+            phase: Phase::Queued.as_str(),
+            progress: 0,
+            resource_limits: Value::Object(new.resource_limits.clone()),
+            environment_variables: serde_json::json!(new.environment_variables),
         };
-        self.changed(result)
+        let mut conn = self.conn().await?;
+        let inserted = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                if let Err(quota) = room(conn, new.user_id, QuotaScope::Total).await? {
+                    return Ok(Err(StoreError::Quota(quota)));
+                }
+                if !queries::insert(conn, &row).await? {
+                    return Ok(Err(StoreError::NameTaken(new.name.clone())));
+                }
+                Ok(Ok(()))
+            })
+            .await
+            .map_err(store_err)?;
+        inserted?;
+        drop(conn);
+        self.lists.forget(new.user_id);
+        Store::load(self, new.id)
+            .await?
+            .ok_or_else(|| StoreError::database("the new environment was deleted at once"))
+    }
+
+    async fn update(&self, id: Uuid, changes: &Changes) -> Result<Times, StoreError> {
+        let variables = changes
+            .environment_variables
+            .as_ref()
+            .map(|v| serde_json::json!(v));
+        let mut conn = self.conn().await?;
+        match queries::update(&mut conn, id, changes.name.as_deref(), variables)
+            .await
+            .map_err(store_err)?
+        {
+            Some(stamped) => Ok(self.stamped(stamped)),
+            None => Err(StoreError::NameTaken(
+                changes.name.clone().unwrap_or_default(),
+            )),
+        }
+    }
+
+    async fn transition(&self, id: Uuid, t: &Transition) -> Result<Times, StoreError> {
+        let mut conn = self.conn().await?;
+        let stamped = queries::transition(&mut conn, id, t)
+            .await
+            .map_err(store_err)?;
+        Ok(self.stamped(stamped))
+    }
+
+    async fn activate(&self, id: Uuid, t: &Transition) -> Result<Times, StoreError> {
+        let mut conn = self.conn().await?;
+        let written = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                let owner: Uuid = environments::table
+                    .find(id)
+                    .select(environments::user_id)
+                    .get_result(conn)
+                    .await?;
+                if let Err(quota) = room(conn, owner, QuotaScope::Active).await? {
+                    return Ok(Err(quota));
+                }
+                Ok(Ok(queries::transition(conn, id, t).await?))
+            })
+            .await
+            .map_err(store_err)?;
+        Ok(self.stamped(written?))
     }
 
     async fn save_keys(&self, id: Uuid, keys: &MachineKeys) -> Result<(), StoreError> {

@@ -306,7 +306,7 @@ async fn quotas_sizes_and_templates_are_checked() {
             &json!({"name": "second", "template_id": "ubuntu"}),
         )
         .await;
-    let body = assert_error(second, 403, "forbidden").await;
+    let body = assert_error(second, 403, "quota_exceeded").await;
     assert!(
         body["detail"].as_str().unwrap().contains("Stop or delete"),
         "{body}"
@@ -322,7 +322,8 @@ async fn quotas_sizes_and_templates_are_checked() {
             &json!({"name": "DUP", "template_id": "ubuntu"}),
         )
         .await;
-    assert_error(dup, 409, "conflict").await;
+    let body = assert_error(dup, 409, "name_taken").await;
+    assert_eq!(body["context"]["field"], "name", "{body}");
 
     // Another user's environment does not exist for them, over HTTP and WebSocket.
     let id = first["id"].as_str().unwrap();

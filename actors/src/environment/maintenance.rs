@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
+use super::failure::WorkError;
 use super::{Announce, Conflict, EnvError, EnvironmentActor, Op, Work, plan};
-use crate::model::{Phase, Stamp, Status, Transition};
+use crate::model::{EnvironmentRecord, Phase, Stamp, Status, Transition};
 use crate::provider::{Maintenance, ProviderError};
 
 /// The provider reports that the machine no longer exists (reconciliation). A
@@ -36,11 +37,15 @@ impl Handler<MachineGone> for EnvironmentActor {
         Box::pin(
             async move { store.transition(id, &t2).await }
                 .into_actor(self)
-                .map(move |res, act, _| {
-                    if res.is_ok() {
-                        act.apply(&t);
+                .map(move |res, act, _| match res {
+                    Ok(times) => {
+                        act.apply(&t, times);
+                        true
                     }
-                    res.is_ok()
+                    Err(err) => {
+                        tracing::error!(environment_id = %act.record.id, error = %err, "the vanished machine could not be recorded");
+                        false
+                    }
                 }),
         )
     }
@@ -54,20 +59,23 @@ pub enum MaintenanceRequest {
 }
 
 /// Asks for a snapshot or a resize of a running or stopped environment. Replies,
-/// once the new phase (`snapshotting`, `resizing`) is durable, with that phase; or
-/// why it cannot be done (the provider cannot, or not now).
+/// once the new phase (`snapshotting`, `resizing`) is durable, with the environment
+/// in it; or why it cannot be done (the provider cannot, or not now).
 #[derive(Message)]
-#[rtype(result = "Result<Phase, EnvError>")]
+#[rtype(result = "Result<EnvironmentRecord, EnvError>")]
 pub struct Maintain(pub MaintenanceRequest);
 
 impl Handler<Maintain> for EnvironmentActor {
-    type Result = AtomicResponse<Self, Result<Phase, EnvError>>;
+    type Result = AtomicResponse<Self, Result<EnvironmentRecord, EnvError>>;
 
     fn handle(&mut self, Maintain(request): Maintain, _: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
         let refuse = |conflict: Conflict| -> Self::Result {
             AtomicResponse::new(Box::pin(fut::ready(Err(conflict.into()))))
         };
+        if let Some(column) = self.record.unreadable {
+            return refuse(Conflict::Unreadable(column));
+        }
         let (status, phase) = (self.record.status, self.record.phase);
         let (kind, operation) = match &request {
             MaintenanceRequest::Snapshot { .. } => (Maintenance::Snapshot, "take snapshots"),
@@ -107,10 +115,9 @@ impl Handler<Maintain> for EnvironmentActor {
         let write = async move { store.transition(id, &t).await };
         AtomicResponse::new(Box::pin(write.into_actor(self).map(
             move |res, act, ctx| {
-                res?;
-                act.apply(&transition);
+                act.apply(&transition, res?);
                 act.run(op, ctx);
-                Ok(transition.phase)
+                Ok(act.record.clone())
             },
         )))
     }
@@ -134,15 +141,13 @@ impl Work {
             Ok(image) if image.is_empty() => format!("snapshot {name} saved"),
             Ok(image) => format!("snapshot {name} saved (image {image})"),
             Err(ProviderError::Gone(m)) => {
-                let _ = self
-                    .transition(Transition::failed(format!("the machine is gone: {m}")))
-                    .await;
-                return;
+                return self.failed("snapshot", WorkError::Gone(m)).await;
             }
-            Err(e) => format!("the snapshot failed: {e}"),
+            // The machine is as it was: only the snapshot failed.
+            Err(e) => WorkError::provider("the snapshot")(e).to_string(),
         };
         tracing::info!(environment_id = %self.record.id, %message, "snapshot finished");
-        let _ = self.transition(self.resting(message)).await;
+        self.rest(self.resting(message)).await;
     }
 
     pub(super) async fn resize(self, size: String) {
@@ -156,17 +161,18 @@ impl Work {
                     self.me.do_send(Announce::Size(size.clone()));
                     Ok(format!("resized to {size}"))
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(WorkError::from(e)),
             },
             Err(ProviderError::Gone(m)) => {
-                let _ = self
-                    .transition(Transition::failed(format!("the machine is gone: {m}")))
-                    .await;
-                return;
+                return self.failed("resize", WorkError::Gone(m)).await;
             }
-            Err(e) => Err(format!("the resize failed: {e}")),
+            Err(e) => Err(WorkError::provider("the resize")(e)),
         };
-        let message = outcome.unwrap_or_else(|e| e);
+        // The machine keeps its old size when the resize failed: it rests, saying why.
+        let message = outcome.unwrap_or_else(|err| {
+            tracing::warn!(environment_id = %self.record.id, error = %err, cause = %err.causes(), "resize failed");
+            err.to_string()
+        });
         if was_running {
             // Whatever happened, a running environment comes back up.
             let up = async {
@@ -175,17 +181,16 @@ impl Work {
                     .provider
                     .start(&self.spec(keys), &provider_ref)
                     .await
-                    .map_err(|e| format!("starting the machine after the resize failed: {e}"))?;
+                    .map_err(WorkError::provider("starting the machine after the resize"))?;
                 self.save_machine(&machine).await
             }
             .await;
-            if let Err(e) = up {
-                let _ = self.transition(Transition::failed(e)).await;
-                return;
+            if let Err(err) = up {
+                return self.failed("resize", err).await;
             }
         }
         tracing::info!(environment_id = %self.record.id, %message, "resize finished");
-        let _ = self.transition(self.resting(message)).await;
+        self.rest(self.resting(message)).await;
     }
 
     pub(super) async fn reboot(self) {
@@ -194,17 +199,17 @@ impl Work {
                 .record
                 .provider_ref
                 .clone()
-                .ok_or_else(|| "the machine was never created".to_owned())?;
+                .ok_or(WorkError::NoMachine)?;
             self.provider
                 .reboot(&provider_ref)
                 .await
-                .map_err(|e| format!("restarting the machine failed: {e}"))?;
+                .map_err(WorkError::provider("restarting the machine"))?;
             let keys = self.keys().await?;
             let machine = self
                 .provider
                 .start(&self.spec(keys), &provider_ref)
                 .await
-                .map_err(|e| format!("starting the machine failed: {e}"))?;
+                .map_err(WorkError::provider("starting the machine"))?;
             self.save_machine(&machine).await?;
             self.transition(
                 Transition::new(Status::Running, Phase::Ready, 100)
@@ -214,8 +219,8 @@ impl Work {
             .await
         }
         .await;
-        if let Err(message) = result {
-            let _ = self.transition(Transition::failed(message)).await;
+        if let Err(err) = result {
+            self.failed("restart", err).await;
         }
     }
 
@@ -228,6 +233,6 @@ impl Work {
                 "snapshot"
             }
         );
-        let _ = self.transition(self.resting(message)).await;
+        self.rest(self.resting(message)).await;
     }
 }

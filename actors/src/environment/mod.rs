@@ -17,11 +17,15 @@ use crate::deps::Deps;
 use crate::inspect::{ActorStats, Instrumented, Kind, Registration};
 use crate::logs::{LogEvent, LogLine, Progress, Standing};
 use crate::metrics::Metrics;
-use crate::model::{EnvironmentRecord, MachineAccess, MachineKeys, Phase, Status, Transition};
+use crate::model::{
+    Changes, EnvironmentRecord, MachineAccess, MachineKeys, Phase, Status, Times, Transition,
+    is_active,
+};
 use crate::provider::{Maintenance, Provider};
 use crate::store::StoreError;
 use crate::supervisor::ChildExited;
 
+mod failure;
 mod maintenance;
 mod observe;
 mod operation;
@@ -51,10 +55,14 @@ pub enum EnvError {
     /// The operation is not valid in the current state (→ 409).
     #[error(transparent)]
     Conflict(#[from] Conflict),
+    /// The store refused (a plan's limit, a taken name) or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Unavailable(String),
+    /// The actor that would answer is gone: it is stopping or being restarted.
+    #[error("the environment's controller is restarting; try again")]
+    Restarting(#[from] MailboxError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// How provisioning is going, as log subscribers see it.
@@ -152,17 +160,12 @@ impl EnvironmentActor {
         }
     }
 
-    fn provider(&self) -> Result<Arc<dyn Provider>, String> {
+    fn provider(&self) -> Result<Arc<dyn Provider>, failure::WorkError> {
         self.deps
             .providers
             .get(&self.record.provider)
             .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "provider {} is not configured on this server",
-                    self.record.provider
-                )
-            })
+            .ok_or_else(|| failure::WorkError::NoProvider(self.record.provider.clone()))
     }
 
     /// Sends an event to every subscriber; one that cannot keep up is dropped (it
@@ -192,7 +195,9 @@ impl EnvironmentActor {
         }
     }
 
-    fn apply(&mut self, t: &Transition) {
+    /// A transition that is durable now (stored at `times`).
+    fn apply(&mut self, t: &Transition, times: Times) {
+        self.record.times = times;
         // Once deleting, only the delete's own outcome moves the environment, not
         // a late word from the operation it superseded.
         if self.record.phase == Phase::Deleting
@@ -213,6 +218,23 @@ impl EnvironmentActor {
         if moved && self.install == InstallState::InProgress {
             self.broadcast(&LogEvent::Progress(self.standing()));
         }
+    }
+
+    /// Writes `t` and applies it once durable. A failure to write is logged: the
+    /// environment stays as stored.
+    fn record(&mut self, t: Transition, ctx: &mut Context<Self>) {
+        let (store, id) = (self.deps.store.clone(), self.record.id);
+        let t2 = t.clone();
+        ctx.wait(
+            async move { store.transition(id, &t2).await }
+                .into_actor(self)
+                .map(move |res, act, _| match res {
+                    Ok(times) => act.apply(&t, times),
+                    Err(err) => {
+                        tracing::error!(environment_id = %act.record.id, error = %err, phase = %t.phase, "a transition could not be recorded");
+                    }
+                }),
+        );
     }
 
     /// Picks up whatever the durable state says is unfinished.
@@ -313,7 +335,7 @@ impl EnvironmentActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 enum Announce {
-    Transition(Transition),
+    Transition(Transition, Times),
     Lines(Vec<LogLine>),
     Progress(Progress),
     Machine(MachineAccess, String),
@@ -328,7 +350,7 @@ impl Handler<Announce> for EnvironmentActor {
 
     fn handle(&mut self, msg: Announce, ctx: &mut Context<Self>) {
         match msg {
-            Announce::Transition(t) => self.apply(&t),
+            Announce::Transition(t, times) => self.apply(&t, times),
             Announce::Lines(lines) => {
                 if let Some(last) = lines.last() {
                     self.record.log_seq = last.seq;
@@ -369,13 +391,14 @@ impl Handler<Announce> for EnvironmentActor {
 }
 
 /// Asks for a lifecycle operation. Replies, once the new phase is durable, with
-/// that phase; or why the operation is not valid now.
+/// the environment in it; or why the operation is not valid now (including a
+/// start that the owner's plan has no room for).
 #[derive(Message)]
-#[rtype(result = "Result<Phase, EnvError>")]
+#[rtype(result = "Result<EnvironmentRecord, EnvError>")]
 pub struct Lifecycle(pub Command);
 
 impl Handler<Lifecycle> for EnvironmentActor {
-    type Result = AtomicResponse<Self, Result<Phase, EnvError>>;
+    type Result = AtomicResponse<Self, Result<EnvironmentRecord, EnvError>>;
 
     fn handle(&mut self, Lifecycle(command): Lifecycle, _: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
@@ -388,6 +411,7 @@ impl Handler<Lifecycle> for EnvironmentActor {
             can_reboot: self
                 .provider()
                 .is_ok_and(|p| p.supports(Maintenance::Reboot)),
+            unreadable: self.record.unreadable,
         };
         let (transition, step) = match plan::plan(command, state) {
             Ok(plan) => plan,
@@ -397,11 +421,20 @@ impl Handler<Lifecycle> for EnvironmentActor {
         };
         let (store, id) = (self.deps.store.clone(), self.record.id);
         let t = transition.clone();
-        let write = async move { store.transition(id, &t).await };
+        // Waking a stopped environment takes a place in the plan: checked with
+        // the write, under the owner's lock.
+        let activates = !is_active(self.record.status, self.record.phase)
+            && is_active(transition.status, transition.phase);
+        let write = async move {
+            if activates {
+                store.activate(id, &t).await
+            } else {
+                store.transition(id, &t).await
+            }
+        };
         AtomicResponse::new(Box::pin(write.into_actor(self).map(
             move |res, act, ctx| {
-                res?;
-                act.apply(&transition);
+                act.apply(&transition, res?);
                 match step {
                     Step::Start => act.run(Op::Start, ctx),
                     Step::Stop => act.run(Op::Stop, ctx),
@@ -412,9 +445,46 @@ impl Handler<Lifecycle> for EnvironmentActor {
                         act.restart_after_stop = true;
                     }
                 }
-                Ok(transition.phase)
+                Ok(act.record.clone())
             },
         )))
+    }
+}
+
+/// Renames the environment and/or replaces its variables (the next start uses
+/// them). Replies, once durable, with the environment as changed.
+#[derive(Message)]
+#[rtype(result = "Result<EnvironmentRecord, EnvError>")]
+pub struct Update(pub Changes);
+
+impl Handler<Update> for EnvironmentActor {
+    type Result = AtomicResponse<Self, Result<EnvironmentRecord, EnvError>>;
+
+    fn handle(&mut self, Update(changes): Update, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        if let Some(column) = self.record.unreadable {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(
+                Conflict::Unreadable(column).into()
+            ))));
+        }
+        if changes == Changes::default() {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(self.record.clone()))));
+        }
+        let (store, id) = (self.deps.store.clone(), self.record.id);
+        let write = {
+            let changes = changes.clone();
+            async move { store.update(id, &changes).await }
+        };
+        AtomicResponse::new(Box::pin(write.into_actor(self).map(move |res, act, _| {
+            act.record.times = res?;
+            if let Some(name) = changes.name {
+                act.record.name = name;
+            }
+            if let Some(variables) = changes.environment_variables {
+                act.record.environment_variables = variables;
+            }
+            Ok(act.record.clone())
+        })))
     }
 }
 
@@ -427,20 +497,31 @@ impl Handler<StopFinished> for EnvironmentActor {
     type Result = ();
 
     fn handle(&mut self, _: StopFinished, ctx: &mut Context<Self>) {
-        if std::mem::take(&mut self.restart_after_stop) {
-            let t = Transition::new(Status::Stopped, Phase::Restarting, 100);
-            let (store, id) = (self.deps.store.clone(), self.record.id);
-            let t2 = t.clone();
-            ctx.wait(
-                async move { store.transition(id, &t2).await }
-                    .into_actor(self)
-                    .map(move |res, act, ctx| {
-                        if res.is_ok() {
-                            act.apply(&t);
-                            act.run(Op::Start, ctx);
-                        }
-                    }),
-            );
+        if !std::mem::take(&mut self.restart_after_stop) {
+            return;
         }
+        // The stop gave up the environment's active place: taking it back is
+        // checked like any start.
+        let t = Transition::new(Status::Stopped, Phase::Restarting, 100);
+        let (store, id) = (self.deps.store.clone(), self.record.id);
+        let t2 = t.clone();
+        ctx.wait(
+            async move { store.activate(id, &t2).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(times) => {
+                        act.apply(&t, times);
+                        act.run(Op::Start, ctx);
+                    }
+                    Err(StoreError::Quota(quota)) => {
+                        let rest = Transition::new(Status::Stopped, Phase::Stopped, 100)
+                            .message(format!("stopped, not restarted: {quota}"));
+                        act.record(rest, ctx);
+                    }
+                    Err(err) => {
+                        tracing::error!(environment_id = %act.record.id, error = %err, "the restart could not be recorded; the environment stays stopped");
+                    }
+                }),
+        );
     }
 }

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Conflict, EnvError, EnvironmentActor, InstallState, METRICS_TTL};
 use crate::logs::{LogEvent, Standing};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, MetricsError};
 use crate::model::{Phase, Status};
 
 /// Subscribes to provisioning-log events. The reply says which line was announced
@@ -51,7 +51,7 @@ impl Handler<SubscribeLogs> for EnvironmentActor {
 pub struct GetMetrics;
 
 /// Who waits for the sample in flight.
-pub(super) type MetricsWaiters = Vec<oneshot::Sender<Result<Metrics, String>>>;
+pub(super) type MetricsWaiters = Vec<oneshot::Sender<Result<Metrics, MetricsError>>>;
 
 impl Handler<GetMetrics> for EnvironmentActor {
     type Result = ResponseFuture<Result<Metrics, EnvError>>;
@@ -85,8 +85,11 @@ impl Handler<GetMetrics> for EnvironmentActor {
                 metrics::sample(deps, machine, keys)
                     .into_actor(self)
                     .map(|res, act, _| {
-                        if let Ok(m) = &res {
-                            act.metrics = Some((Instant::now(), m.clone()));
+                        match &res {
+                            Ok(m) => act.metrics = Some((Instant::now(), m.clone())),
+                            Err(err) => {
+                                tracing::info!(environment_id = %act.record.id, error = %err, cause = ?std::error::Error::source(err).map(ToString::to_string), "no metrics sample");
+                            }
                         }
                         for waiter in act.metrics_waiters.take().unwrap_or_default() {
                             let _ = waiter.send(res.clone());
@@ -96,8 +99,8 @@ impl Handler<GetMetrics> for EnvironmentActor {
         }
         Box::pin(async move {
             rx.await
-                .unwrap_or_else(|_| Err("the environment's controller stopped".to_owned()))
-                .map_err(EnvError::Unavailable)
+                .unwrap_or(Err(MetricsError::Stopped))
+                .map_err(EnvError::from)
         })
     }
 }

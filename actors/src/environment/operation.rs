@@ -51,7 +51,7 @@ impl EnvironmentActor {
                     let _done = _done;
                     match work {
                         None => {}
-                        Some(Err(message)) => fail(deps, id, message, me).await,
+                        Some(Err(err)) => fail(deps, id, err, me).await,
                         Some(Ok(work)) => work.perform(op).await,
                     }
                 }

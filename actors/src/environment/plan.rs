@@ -25,6 +25,8 @@ pub struct State {
     pub has_machine: bool,
     /// The provider restarts a machine in one step.
     pub can_reboot: bool,
+    /// A stored value that cannot be read (see `EnvironmentRecord::unreadable`).
+    pub unreadable: Option<&'static str>,
 }
 
 /// What the actor does once the transition is durable.
@@ -68,6 +70,10 @@ pub enum Conflict {
     SameSize(String),
     #[error("metrics are measured on a running machine; this one is {status} ({phase})")]
     NotRunning { status: Status, phase: Phase },
+    #[error(
+        "this environment's stored {0} cannot be read (it was saved before such values were refused); it can only be deleted"
+    )]
+    Unreadable(&'static str),
 }
 
 impl Conflict {
@@ -84,11 +90,12 @@ impl Conflict {
             Self::NotResting { .. } => "environment_not_resting",
             Self::SameSize(_) => "same_size",
             Self::NotRunning { .. } => "environment_not_running",
+            Self::Unreadable(_) => "environment_unreadable",
         }
     }
 
     /// Every code, for documentation.
-    pub const CODES: [&'static str; 10] = [
+    pub const CODES: [&'static str; 11] = [
         "environment_deleting",
         "environment_already_running",
         "environment_already_stopped",
@@ -99,6 +106,7 @@ impl Conflict {
         "environment_not_resting",
         "same_size",
         "environment_not_running",
+        "environment_unreadable",
     ];
 }
 
@@ -110,7 +118,13 @@ pub fn plan(command: Command, state: State) -> Result<(Transition, Step), Confli
         progress,
         has_machine,
         can_reboot,
+        unreadable,
     } = state;
+    if let Some(column) = unreadable
+        && command != Command::Delete
+    {
+        return Err(Conflict::Unreadable(column));
+    }
     let to = |status, phase| Transition::new(status, phase, 100);
     match (command, status, phase) {
         (Command::Delete, _, Phase::Deleting | Phase::Deleted) => Err(Conflict::Deleting),
@@ -176,6 +190,28 @@ mod tests {
             progress: 40,
             has_machine: true,
             can_reboot: false,
+            unreadable: None,
+        }
+    }
+
+    #[test]
+    fn an_environment_that_cannot_be_read_can_only_be_deleted() {
+        for command in COMMANDS {
+            let s = State {
+                unreadable: Some("environment_variables"),
+                ..state(Status::Stopped, Phase::Stopped)
+            };
+            match plan(command, s) {
+                Ok((t, step)) => assert_eq!(
+                    (command, t.phase, step),
+                    (Command::Delete, Phase::Deleting, Step::Delete)
+                ),
+                Err(conflict) => assert_eq!(
+                    conflict,
+                    Conflict::Unreadable("environment_variables"),
+                    "{command:?}"
+                ),
+            }
         }
     }
 
@@ -386,6 +422,7 @@ mod tests {
                 status: Status::Stopped,
                 phase: Phase::Stopped,
             },
+            Conflict::Unreadable("resource_limits"),
         ];
         let codes: Vec<&str> = all.iter().map(Conflict::code).collect();
         assert_eq!(codes, Conflict::CODES);

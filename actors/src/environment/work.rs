@@ -10,13 +10,14 @@ use chrono::Utc;
 use russh::ChannelMsg;
 use uuid::Uuid;
 
+use super::failure::WorkError;
 use super::{Announce, EnvironmentActor, LOG_BATCH, Op, REACH_DEADLINE, StopFinished};
 use crate::deps::Deps;
 use crate::logs::{self, LineSplitter, LogLine, Progress};
 use crate::model::{
     EnvironmentRecord, MachineAccess, MachineKeys, Phase, Stamp, Status, Transition,
 };
-use crate::provider::{Cancel, MachineSpec, Provider, ProviderError};
+use crate::provider::{Cancel, MachineSpec, Provider};
 use crate::ssh::{self, SshError, SshSession};
 
 /// Everything the async work needs, detached from the actor.
@@ -29,11 +30,19 @@ pub(super) struct Work {
     pub(super) cancel: Cancel,
 }
 
-pub(super) async fn fail(deps: Arc<Deps>, id: Uuid, message: String, me: Addr<EnvironmentActor>) {
+/// Records that provisioning failed, for the owner and for log subscribers.
+pub(super) async fn fail(deps: Arc<Deps>, id: Uuid, err: WorkError, me: Addr<EnvironmentActor>) {
+    let message = err.to_string();
+    tracing::warn!(environment_id = %id, error = %message, cause = %err.causes(), "provisioning failed");
     let t = Transition::failed(message.clone());
-    if deps.store.transition(id, &t).await.is_ok() {
-        me.do_send(Announce::Transition(t));
-        me.do_send(Announce::Installed(Err(message)));
+    match deps.store.transition(id, &t).await {
+        Ok(times) => {
+            me.do_send(Announce::Transition(t, times));
+            me.do_send(Announce::Installed(Err(message)));
+        }
+        Err(store) => {
+            tracing::error!(environment_id = %id, error = %store, failure = %message, "a failed provisioning could not be recorded");
+        }
     }
 }
 
@@ -53,29 +62,45 @@ impl Work {
     }
 
     /// Durable first, then announced. A superseded operation writes nothing more.
-    pub(super) async fn transition(&self, t: Transition) -> Result<(), String> {
+    pub(super) async fn transition(&self, t: Transition) -> Result<(), WorkError> {
         if self.cancel.is_cancelled() {
-            return Err(ProviderError::Cancelled.to_string());
+            return Err(WorkError::Cancelled);
         }
-        self.deps
-            .store
-            .transition(self.record.id, &t)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.me.do_send(Announce::Transition(t));
+        let times = self.deps.store.transition(self.record.id, &t).await?;
+        self.me.do_send(Announce::Transition(t, times));
         Ok(())
     }
 
-    pub(super) async fn keys(&self) -> Result<MachineKeys, String> {
+    /// Records that `operation` failed: the owner reads why in the status message,
+    /// the log gets the cause. A superseded operation records nothing; a failure
+    /// to record is logged.
+    pub(super) async fn failed(&self, operation: &'static str, err: WorkError) {
+        if matches!(err, WorkError::Cancelled) {
+            return;
+        }
+        let message = err.to_string();
+        tracing::warn!(environment_id = %self.record.id, operation, error = %message, cause = %err.causes(), "operation failed");
+        if let Err(store) = self.transition(Transition::failed(message.clone())).await {
+            tracing::error!(environment_id = %self.record.id, operation, error = %store, failure = %message, "a failure could not be recorded");
+        }
+    }
+
+    /// Moves the environment back to rest after work that cannot fail it (a
+    /// snapshot, a resize); a failure to record that is logged.
+    pub(super) async fn rest(&self, t: Transition) {
+        if let Err(err) = self.transition(t).await
+            && !matches!(err, WorkError::Cancelled)
+        {
+            tracing::error!(environment_id = %self.record.id, error = %err, cause = %err.causes(), "the end of an operation could not be recorded");
+        }
+    }
+
+    pub(super) async fn keys(&self) -> Result<MachineKeys, WorkError> {
         if let Some(keys) = &self.record.keys {
             return Ok(keys.clone());
         }
-        let keys = ssh::generate_machine_keys(&self.record.slug).map_err(|e| e.to_string())?;
-        self.deps
-            .store
-            .save_keys(self.record.id, &keys)
-            .await
-            .map_err(|e| e.to_string())?;
+        let keys = ssh::generate_machine_keys(&self.record.slug).map_err(WorkError::Keys)?;
+        self.deps.store.save_keys(self.record.id, &keys).await?;
         self.me.do_send(Announce::Keys(keys.clone()));
         Ok(keys)
     }
@@ -83,12 +108,11 @@ impl Work {
     pub(super) async fn save_machine(
         &self,
         machine: &crate::provider::Machine,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         self.deps
             .store
             .save_machine(self.record.id, &machine.access, &machine.provider_ref)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         self.me.do_send(Announce::Machine(
             machine.access.clone(),
             machine.provider_ref.clone(),
@@ -116,10 +140,7 @@ impl Work {
         let limit = self.deps.settings.provision_timeout;
         let outcome = match tokio::time::timeout(limit, self.try_provision()).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(format!(
-                "provisioning did not finish within {} minutes (the bootstrap hung or the machine restarted); see the provisioning log",
-                limit.as_secs().div_ceil(60)
-            )),
+            Err(_) => Err(WorkError::Timeout(limit.as_secs().div_ceil(60))),
         };
         let provider = self.provider.name();
         if self.cancel.is_cancelled() {
@@ -132,16 +153,15 @@ impl Work {
                 self.deps
                     .provisioned(provider, "success", started.elapsed());
             }
-            Err(message) => {
+            Err(err) => {
                 self.deps
                     .provisioned(provider, "failure", started.elapsed());
-                tracing::warn!(environment_id = %self.record.id, %message, "provisioning failed");
-                fail(self.deps.clone(), self.record.id, message, self.me.clone()).await;
+                fail(self.deps.clone(), self.record.id, err, self.me.clone()).await;
             }
         }
     }
 
-    async fn try_provision(&self) -> Result<(), String> {
+    async fn try_provision(&self) -> Result<(), WorkError> {
         let keys = self.keys().await?;
         if matches!(self.record.phase, Phase::Queued) {
             self.transition(Transition::new(Status::Creating, Phase::Provisioning, 5))
@@ -151,7 +171,7 @@ impl Work {
             .provider
             .create(&self.spec(keys.clone()), &self.cancel)
             .await
-            .map_err(|e| format!("creating the machine failed: {e}"))?;
+            .map_err(WorkError::provider("creating the machine"))?;
         self.save_machine(&machine).await?;
         if matches!(self.record.phase, Phase::Queued | Phase::Provisioning) {
             self.transition(Transition::new(Status::Creating, Phase::Booting, 15))
@@ -160,7 +180,7 @@ impl Work {
         // Following the log makes nothing: it may stop at any moment.
         tokio::select! {
             result = self.follow_bootstrap(&machine.access, &keys) => result,
-            () = self.cancel.cancelled() => Err(ProviderError::Cancelled.to_string()),
+            () = self.cancel.cancelled() => Err(WorkError::Cancelled),
         }
     }
 
@@ -170,7 +190,7 @@ impl Work {
         &self,
         access: &MachineAccess,
         keys: &MachineKeys,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         let mut stored = self.record.log_seq;
         let mut announced_installing =
             matches!(self.record.phase, Phase::Installing | Phase::Configuring);
@@ -183,10 +203,10 @@ impl Work {
         loop {
             let session = match SshSession::connect(access, &keys.user_private).await {
                 Ok(s) => s,
-                Err(e @ SshError::HostKeyMismatch { .. }) => return Err(e.to_string()),
+                Err(e @ SshError::HostKeyMismatch { .. }) => return Err(WorkError::HostKey(e)),
                 Err(e) => {
                     if Instant::now() > deadline {
-                        return Err(format!("could not reach the machine over SSH: {e}"));
+                        return Err(WorkError::Unreachable(e));
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
@@ -197,7 +217,7 @@ impl Work {
                     .await?;
                 announced_installing = true;
             }
-            let mut channel = session.exec(&command).await.map_err(|e| e.to_string())?;
+            let mut channel = session.exec(&command).await.map_err(WorkError::Tail)?;
             let mut splitter = LineSplitter::default();
             let mut seq = 0i64;
             while let Some(msg) = channel.wait().await {
@@ -210,10 +230,7 @@ impl Work {
                 read += data.len() as u64;
                 if read > logs::MAX_LOG_BYTES {
                     session.close().await;
-                    return Err(format!(
-                        "the provisioning log passed {} MiB, more than any bootstrap should print; see its first lines",
-                        logs::MAX_LOG_BYTES >> 20
-                    ));
+                    return Err(WorkError::LogTooLong(logs::MAX_LOG_BYTES >> 20));
                 }
                 let mut fresh = Vec::new();
                 let mut exit = None;
@@ -247,8 +264,7 @@ impl Work {
                         self.deps
                             .store
                             .append_logs(self.record.id, batch[0].seq, &texts, logs::KEEP_LINES)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                            .await?;
                     }
                     stored = seq;
                     let stages: Vec<Progress> = fresh
@@ -279,16 +295,12 @@ impl Work {
         }
     }
 
-    async fn finish_install(&self, status: i32, reason: Option<String>) -> Result<(), String> {
+    async fn finish_install(&self, status: i32, reason: Option<String>) -> Result<(), WorkError> {
         if status != 0 {
-            let template = &self.record.template_name;
-            return Err(match reason {
-                Some(reason) => format!(
-                    "the {template} template's bootstrap failed with exit status {status}: {reason}"
-                ),
-                None => format!(
-                    "the {template} template's bootstrap failed with exit status {status}; see the provisioning log"
-                ),
+            return Err(WorkError::Bootstrap {
+                template: self.record.template_name.clone(),
+                status,
+                reason,
             });
         }
         self.transition(Transition::new(Status::Creating, Phase::Configuring, 97))
@@ -303,26 +315,19 @@ impl Work {
         Ok(())
     }
 
-    pub(super) async fn start(mut self, already_running: bool) {
-        // Variables may have changed (PUT) since this actor loaded its record.
-        if let Ok(Some(fresh)) = self.deps.store.load(self.record.id).await {
-            self.record.environment_variables = fresh.environment_variables;
-        }
+    pub(super) async fn start(self, already_running: bool) {
         let result = async {
             let keys = self.keys().await?;
             let provider_ref = self
                 .record
                 .provider_ref
                 .clone()
-                .ok_or_else(|| "the machine was never created".to_owned())?;
+                .ok_or(WorkError::NoMachine)?;
             let machine = self
                 .provider
                 .start(&self.spec(keys), &provider_ref)
                 .await
-                .map_err(|e| match e {
-                    ProviderError::Gone(m) => format!("the machine is gone: {m}"),
-                    other => format!("starting the machine failed: {other}"),
-                })?;
+                .map_err(WorkError::provider("starting the machine"))?;
             self.save_machine(&machine).await?;
             if !already_running {
                 self.transition(
@@ -332,11 +337,11 @@ impl Work {
                 )
                 .await?;
             }
-            Ok::<_, String>(())
+            Ok(())
         }
         .await;
-        if let Err(message) = result {
-            let _ = self.transition(Transition::failed(message)).await;
+        if let Err(err) = result {
+            self.failed("start", err).await;
         }
     }
 
@@ -346,7 +351,7 @@ impl Work {
                 self.provider
                     .stop(provider_ref)
                     .await
-                    .map_err(|e| format!("stopping the machine failed: {e}"))?;
+                    .map_err(WorkError::provider("stopping the machine"))?;
             }
             self.transition(
                 Transition::new(Status::Stopped, Phase::Stopped, 100)
@@ -358,9 +363,7 @@ impl Work {
         .await;
         match result {
             Ok(()) => self.me.do_send(StopFinished),
-            Err(message) => {
-                let _ = self.transition(Transition::failed(message)).await;
-            }
+            Err(err) => self.failed("stop", err).await,
         }
     }
 
@@ -379,20 +382,13 @@ impl Work {
             self.provider
                 .delete(self.record.id, self.record.provider_ref.as_deref())
                 .await
-                .map_err(|e| format!("deleting the machine failed: {e}"))?;
-            self.deps
-                .store
-                .mark_deleted(self.record.id)
-                .await
-                .map_err(|e| e.to_string())
+                .map_err(WorkError::provider("deleting the machine"))?;
+            Ok::<_, WorkError>(self.deps.store.mark_deleted(self.record.id).await?)
         }
         .await;
         match result {
             Ok(()) => self.me.do_send(Announce::Deleted),
-            Err(message) => {
-                tracing::warn!(environment_id = %self.record.id, %message, "delete failed");
-                let _ = self.transition(Transition::failed(message)).await;
-            }
+            Err(err) => self.failed("delete", err).await,
         }
     }
 }

@@ -2,16 +2,14 @@
 //! provider's rules and inserted within the plan; its actor provisions it.
 
 use actix_web::{HttpResponse, web};
-use devpocket_actors::model::{Phase, Status};
+use devpocket_actors::model::NewEnvironment;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{actor, load};
 use crate::audit::{Action, Event, Origin, ResourceType};
 use crate::auth::AuthUser;
-use crate::db::environments::NewEnvironment;
 use crate::db::templates as template_db;
 use crate::environments::placement::{self, Placement};
 use crate::environments::{self as rules, EnvironmentResponse, limits};
@@ -174,7 +172,6 @@ async fn create(
         ));
     }
 
-    let provider = state.default_provider.as_str();
     let Placement { region, size } = placement::place(
         state,
         placement::Request {
@@ -188,26 +185,21 @@ async fn create(
     .await?;
 
     let id = Uuid::new_v4();
-    let slug = rules::slug(&name, id);
-    let new = NewEnvironment {
-        id,
-        user_id: caller.user.id,
-        name: &name,
-        slug: &slug,
-        template_id: template.id,
-        provider,
-        region: &region,
-        size: &size,
-        status: Status::Creating.as_str(),
-        phase: Phase::Queued.as_str(),
-        progress: 0,
-        resource_limits: Value::Object(limits),
-        environment_variables: json!(variables),
-    };
-    rules::insert_within_quota(&mut conn, &caller.user, &new).await?;
-    drop(conn);
-    state.lists.forget(caller.user.id);
-    // The actor starts provisioning at once; the answer does not wait for it.
-    actor(state, caller, id).await?;
-    load(state, caller, id).await
+    let record = state
+        .actors
+        .create(NewEnvironment {
+            id,
+            user_id: caller.user.id,
+            slug: rules::slug(&name, id),
+            name,
+            template_id: template.id,
+            provider: state.default_provider.clone(),
+            region,
+            size,
+            resource_limits: limits,
+            environment_variables: variables,
+        })
+        .await?;
+    // The actor is provisioning it already; the answer does not wait for that.
+    Ok(EnvironmentResponse::from_record(record))
 }

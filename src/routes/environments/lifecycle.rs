@@ -2,15 +2,13 @@
 //! actor, audited, answered with the environment in its new phase.
 
 use actix_web::{HttpResponse, web};
-use devpocket_actors::environment::{Command, Lifecycle};
-use devpocket_actors::model::Status;
-use serde_json::json;
+use devpocket_actors::environment::{Command, EnvError, Lifecycle};
 use uuid::Uuid;
 
-use super::{actor, parse_id, read, unreadable};
+use super::{actor, parse_id};
 use crate::audit::{Action, Event, Origin, ResourceType};
 use crate::auth::AuthUser;
-use crate::environments::{self as rules, EnvironmentResponse};
+use crate::environments::EnvironmentResponse;
 use crate::error::ApiError;
 use crate::openapi::{Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, Unavailable};
 use crate::startup::AppState;
@@ -49,33 +47,12 @@ async fn send_lifecycle(
     command: Command,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(raw_id)?;
-    let current = match (read(state, caller, id).await?, &command) {
-        (Ok(current), _) => Some(current),
-        // Deleting needs none of the stored values.
-        (Err(_), Command::Delete) => None,
-        (Err(err), _) => return Err(unreadable(id, &err)),
-    };
-    if matches!(command, Command::Start | Command::Restart)
-        && current.is_some_and(|c| c.status == Status::Stopped.as_str())
-    {
-        let mut conn = state.pool.get().await?;
-        rules::check_quota(&mut conn, &caller.user, true, false).await?;
-    }
-    let addr = actor(state, caller, id).await?;
-    addr.send(Lifecycle(command)).await.map_err(|e| {
-        ApiError::ServiceUnavailable(format!(
-            "The environment's controller is restarting ({e}); try again."
-        ))
-    })??;
-    match read(state, caller, id).await {
-        Ok(Ok(env)) => Ok(HttpResponse::Accepted().json(env)),
-        Ok(Err(_)) => Ok(HttpResponse::Accepted()
-            .json(json!({ "id": id, "status": "terminated", "phase": "deleting" }))),
-        // Deleted already: nothing left to show.
-        Err(ApiError::NotFound(_)) => Ok(HttpResponse::Accepted()
-            .json(json!({ "id": id, "status": "terminated", "phase": "deleted" }))),
-        Err(e) => Err(e),
-    }
+    let record = actor(state, caller, id)
+        .await?
+        .send(Lifecycle(command))
+        .await
+        .map_err(EnvError::from)??;
+    Ok(HttpResponse::Accepted().json(EnvironmentResponse::from_record(record)))
 }
 
 /// Delete an environment.

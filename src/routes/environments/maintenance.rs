@@ -3,7 +3,7 @@
 
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
-use devpocket_actors::environment::{Maintain, MaintenanceRequest};
+use devpocket_actors::environment::{EnvError, Maintain, MaintenanceRequest};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -173,13 +173,12 @@ async fn maintain(
     id: Uuid,
     request: MaintenanceRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let addr = actor(state, caller, id).await?;
-    addr.send(Maintain(request)).await.map_err(|e| {
-        ApiError::ServiceUnavailable(format!(
-            "The environment's controller is restarting ({e}); try again."
-        ))
-    })??;
-    Ok(HttpResponse::Accepted().json(load(state, caller, id).await?))
+    let record = actor(state, caller, id)
+        .await?
+        .send(Maintain(request))
+        .await
+        .map_err(EnvError::from)??;
+    Ok(HttpResponse::Accepted().json(EnvironmentResponse::from_record(record)))
 }
 
 fn audit_maintenance(

@@ -14,8 +14,9 @@ pub(crate) mod metrics;
 pub(crate) mod update;
 
 use actix_web::web;
-use devpocket_actors::environment::{EnvError, EnvironmentActor};
+use devpocket_actors::environment::{Conflict, EnvError, EnvironmentActor};
 use devpocket_actors::inspect::Handle;
+use devpocket_actors::store::StoreError;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -56,13 +57,41 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 impl From<EnvError> for ApiError {
     fn from(err: EnvError) -> Self {
         match err {
-            EnvError::Conflict(conflict) => ApiError::State {
-                code: conflict.code(),
-                detail: capitalize(&conflict.to_string()),
-                context: json!({}),
+            EnvError::Conflict(conflict) => conflict.into(),
+            EnvError::Store(StoreError::Quota(quota)) => ApiError::Refused {
+                code: "quota_exceeded",
+                detail: quota.to_string(),
             },
-            EnvError::Store(e) => ApiError::DatabaseUnavailable(e.into()),
-            EnvError::Unavailable(detail) => ApiError::ServiceUnavailable(capitalize(&detail)),
+            EnvError::Store(taken @ StoreError::NameTaken(_)) => ApiError::State {
+                code: "name_taken",
+                detail: capitalize(&taken.to_string()),
+                context: json!({ "field": "name" }),
+            },
+            EnvError::Store(err) => ApiError::DatabaseUnavailable(err.into()),
+            err @ EnvError::Restarting(_) => {
+                tracing::warn!(error = ?err, "an environment's controller did not answer");
+                ApiError::ServiceUnavailable(capitalize(&err.to_string()))
+            }
+            EnvError::Metrics(err) => {
+                if let Some(cause) = std::error::Error::source(&err) {
+                    tracing::info!(error = %err, %cause, "no metrics for the app");
+                }
+                ApiError::ServiceUnavailable(capitalize(&err.to_string()))
+            }
+        }
+    }
+}
+
+impl From<Conflict> for ApiError {
+    fn from(conflict: Conflict) -> Self {
+        let context = match conflict {
+            Conflict::Unreadable(column) => json!({ "field": column }),
+            _ => json!({}),
+        };
+        ApiError::State {
+            code: conflict.code(),
+            detail: capitalize(&conflict.to_string()),
+            context,
         }
     }
 }
@@ -118,14 +147,7 @@ async fn load(
 /// with it but deleting it.
 fn unreadable(id: Uuid, err: &Unreadable) -> ApiError {
     err.log("environments", id);
-    ApiError::Conflict {
-        detail: format!(
-            "This environment's stored {} cannot be read (it was saved before such values \
-             were refused); it can only be deleted.",
-            err.column
-        ),
-        context: json!({ "field": err.column }),
-    }
+    Conflict::Unreadable(err.column).into()
 }
 
 /// The environment's actor (started from durable state if needed).

@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, web};
-use serde_json::{Value, json};
+use devpocket_actors::environment::{EnvError, Update};
+use devpocket_actors::model::Changes;
+use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{db, load, parse_id};
+use super::{actor, parse_id};
 use crate::auth::AuthUser;
 use crate::environments::{self as rules, EnvironmentResponse};
 use crate::error::{ApiError, ValidationErrors};
@@ -73,24 +75,18 @@ pub(super) async fn update_environment(
             None
         }
     };
-    let variables = match body.get("environment_variables") {
+    let environment_variables = match body.get("environment_variables") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(json!(rules::validate_variables(v, &mut errors))),
+        Some(v) => Some(rules::validate_variables(v, &mut errors)),
     };
     errors.into_result()?;
-    load(&state, &caller, id).await?;
-    let mut conn = state.pool.get().await?;
-    let updated = db::update(&mut conn, id, name.as_deref(), variables).await;
-    state.lists.forget(caller.user.id);
-    if !updated? {
-        return Err(ApiError::Conflict {
-            detail: format!(
-                "You already have an environment named '{}'; choose another name.",
-                name.unwrap_or_default()
-            ),
-            context: json!({ "field": "name" }),
-        });
-    }
-    drop(conn);
-    Ok(HttpResponse::Ok().json(load(&state, &caller, id).await?))
+    let record = actor(&state, &caller, id)
+        .await?
+        .send(Update(Changes {
+            name,
+            environment_variables,
+        }))
+        .await
+        .map_err(EnvError::from)??;
+    Ok(HttpResponse::Ok().json(EnvironmentResponse::from_record(record)))
 }

@@ -64,7 +64,7 @@ async fn environment_lifecycle_and_terminal_sessions_are_recorded() {
         &create("second"),
     )
     .await;
-    assert_error(refused, 403, "forbidden").await;
+    assert_error(refused, 403, "quota_exceeded").await;
 
     app.wait_for_env(&token, &id, |e| e["status"] == "running")
         .await;
@@ -136,5 +136,5 @@ async fn environment_lifecycle_and_terminal_sessions_are_recorded() {
     assert_eq!(denied[0]["user_id"], carol_id.as_str());
     assert_eq!(denied[0]["resource_id"], Value::Null);
     assert_eq!(denied[0]["details"]["name"], "second");
-    assert_eq!(denied[0]["details"]["error"], "forbidden");
+    assert_eq!(denied[0]["details"]["error"], "quota_exceeded");
 }

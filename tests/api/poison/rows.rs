@@ -37,11 +37,16 @@ async fn stored_environment(
     id.to_string()
 }
 
-/// A 409 naming `column`.
-async fn unreadable(response: reqwest::Response, column: &str) {
-    let body = assert_error(response, 409, "conflict").await;
+/// A 409 naming `column`, with `code`.
+async fn unreadable_as(response: reqwest::Response, code: &str, column: &str) {
+    let body = assert_error(response, 409, code).await;
     assert_eq!(body["context"]["field"], column, "{body}");
     assert!(body["detail"].as_str().unwrap().contains(column), "{body}");
+}
+
+/// An environment's stored value that cannot be read: 409 naming `column`.
+async fn unreadable(response: reqwest::Response, column: &str) {
+    unreadable_as(response, "environment_unreadable", column).await;
 }
 
 async fn gone(client: &AuthedClient<'_>, id: &str) {
@@ -139,7 +144,7 @@ async fn an_environment_that_cannot_be_read_is_left_out_and_can_be_deleted() {
             &json!({"name": "more", "template_id": "ubuntu"}),
         )
         .await;
-    assert_error(more, 403, "forbidden").await;
+    assert_error(more, 403, "quota_exceeded").await;
 
     for id in [&limits, &vars] {
         let deleted = client.delete(&format!("/api/v1/environments/{id}")).await;
@@ -187,8 +192,18 @@ async fn a_template_that_cannot_be_read_is_left_out_until_an_admin_replaces_it()
             .await
             .unwrap();
         assert!(!names(&searched).contains(&"ubuntu"));
-        unreadable(client.get("/api/v1/templates/ubuntu").await, "cloud_init").await;
-        unreadable(client.get("/api/v1/templates/golang").await, "tags").await;
+        unreadable_as(
+            client.get("/api/v1/templates/ubuntu").await,
+            "conflict",
+            "cloud_init",
+        )
+        .await;
+        unreadable_as(
+            client.get("/api/v1/templates/golang").await,
+            "conflict",
+            "tags",
+        )
+        .await;
     }
     let created = user
         .post(
@@ -203,14 +218,20 @@ async fn a_template_that_cannot_be_read_is_left_out_until_an_admin_replaces_it()
     );
 
     // Deprecating or changing something else would leave it broken: refused.
-    unreadable(admin.delete("/api/v1/templates/ubuntu").await, "cloud_init").await;
-    unreadable(
+    unreadable_as(
+        admin.delete("/api/v1/templates/ubuntu").await,
+        "conflict",
+        "cloud_init",
+    )
+    .await;
+    unreadable_as(
         admin
             .put(
                 "/api/v1/templates/ubuntu",
                 &json!({"description": "edited"}),
             )
             .await,
+        "conflict",
         "cloud_init",
     )
     .await;
