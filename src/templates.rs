@@ -199,7 +199,7 @@ impl TemplateSpec {
                 message: "the file is empty".to_owned(),
             });
         }
-        let de = serde_yaml::Deserializer::from_str(text);
+        let de = serde_norway::Deserializer::from_str(text);
         let mut spec: Self = serde_path_to_error::deserialize(de).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner();
@@ -429,7 +429,7 @@ fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
 /// in the path); locations are dropped.
 fn describe(path: String, message: &str, root: &str) -> (String, String) {
     let message = message.split(" at line ").next().unwrap_or(message);
-    // serde_yaml repeats the path in front of its message.
+    // serde_norway repeats the path in front of its message.
     let prefix = format!("{path}: ");
     let message = message.strip_prefix(prefix.as_str()).unwrap_or(message);
     if let Some(rest) = message.strip_prefix("missing field `") {

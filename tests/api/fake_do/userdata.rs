@@ -5,7 +5,7 @@
 //! are run at first boot.
 
 use base64::Engine;
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 
 #[derive(Debug, Default, Clone)]
 pub struct UserData {
@@ -136,7 +136,7 @@ impl UserData {
 
     fn cloud_config(&mut self, text: &str) -> Result<(), String> {
         let doc: Yaml =
-            serde_yaml::from_str(text).map_err(|e| format!("cloud-config is not YAML: {e}"))?;
+            serde_norway::from_str(text).map_err(|e| format!("cloud-config is not YAML: {e}"))?;
         for user in doc["users"].as_sequence().into_iter().flatten() {
             if self.user.is_none()
                 && let Some(name) = user["name"].as_str()

@@ -166,7 +166,7 @@ impl UserDataSpec<'_> {
         files.push(json!({"path": "/etc/tmux.conf", "permissions": "0644", "content": TMUX_CONF}));
         files.push(json!({"path": SSHD_DROP_IN, "permissions": "0644", "content": SSHD_CONF}));
         config.insert("write_files".into(), Value::Array(files));
-        let yaml = serde_yaml::to_string(&Value::Object(config))
+        let yaml = serde_norway::to_string(&Value::Object(config))
             .map_err(|e| UserDataError::Render(e.to_string()))?;
         Ok(format!(
             "#cloud-config\n# DevPocket environment {} ({}).\n{yaml}",
@@ -328,7 +328,7 @@ mod tests {
         assert!(data.starts_with("Content-Type: multipart/mixed; boundary="));
         assert!(data.contains("text/cloud-config") && data.contains("text/x-shellscript"));
         let config = spec.cloud_config().expect("config");
-        let yaml: serde_yaml::Value = serde_yaml::from_str(&config).expect("yaml");
+        let yaml: serde_norway::Value = serde_norway::from_str(&config).expect("yaml");
         assert_eq!(yaml["users"][0]["name"], "dev");
         assert_eq!(yaml["users"][0]["lock_passwd"], true);
         assert_eq!(

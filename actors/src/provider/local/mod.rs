@@ -16,21 +16,23 @@
 //! The template's packages come from the host (see `packages`): as root, the ones it
 //! lacks are installed before the init starts (see `install`); unprivileged, they
 //! must be there.
+//!
+//! A machine's files and its sshd are in `machine`, what runs in it as its tenant
+//! in `bootstrap`, the removal of what no environment owns in `sweep`.
 
 mod accounts;
+mod bootstrap;
 mod install;
+mod machine;
 mod packages;
+mod sweep;
 mod tenant;
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -38,11 +40,10 @@ use nix::unistd::{Pid, Uid};
 use uuid::Uuid;
 
 use self::accounts::Account;
+use self::machine::{Layout, ensure_dir};
 use self::tenant::Tenant;
 use super::{BootstrapWatch, Cancel, Machine, MachineSpec, Provider, ProviderError};
-use crate::logs::EXIT_MARKER;
 use crate::model::MachineAccess;
-use crate::ssh::shell_quote;
 
 const SSHD: &str = "/usr/sbin/sshd";
 const HOST: &str = "127.0.0.1";
@@ -63,98 +64,6 @@ pub struct LocalProvider {
 
 fn failed(context: &str, err: impl std::fmt::Display) -> ProviderError {
     ProviderError::Failed(format!("{context}: {err}"))
-}
-
-/// The files of one local machine. Only `home` (and the machine's private
-/// temporary directories) can be written by the environment's user; everything
-/// else is root's.
-struct Layout {
-    dir: PathBuf,
-    machine: PathBuf,
-    keys: PathBuf,
-    home: PathBuf,
-    /// The machine's `/tmp` and the like (isolated mode): mounted in its namespace,
-    /// unreachable from outside it.
-    private: PathBuf,
-}
-
-/// The private directories and where the machine sees them.
-const PRIVATE_DIRS: [(&str, &str); 4] = [
-    ("tmp", "/tmp"),
-    ("var-tmp", "/var/tmp"),
-    ("shm", "/dev/shm"),
-    ("lock", "/run/lock"),
-];
-
-/// Starts a machine's sshd in a mount namespace of its own: the private
-/// directories (opened before anything is mounted, as they may lie under `/tmp`
-/// themselves) over the shared ones, and the home over itself, all `nosuid,nodev`.
-/// `$1` is the private directory, `$2` the home, the rest the sshd command.
-const NAMESPACE_INIT: &str = r#"set -eu
-private=$1 home=$2
-shift 2
-exec 3<"$private/tmp" 4<"$private/var-tmp" 5<"$private/shm" 6<"$private/lock" 7<"$home"
-for pair in 3:/tmp 4:/var/tmp 5:/dev/shm 6:/run/lock 7:"$home"; do
-  fd=${pair%%:*} target=${pair#*:}
-  [ -d "$target" ] || continue
-  mount --bind "/proc/self/fd/$fd" "$target"
-  mount -o remount,bind,nosuid,nodev "$target"
-done
-exec 3<&- 4<&- 5<&- 6<&- 7<&-
-exec "$@"
-"#;
-
-/// Run as the tenant: the environment's variables for every login shell, and the
-/// line in `~/.profile` and `~/.bashrc` that reads them. A start-up file the
-/// tenant made unwritable is reported, not fatal.
-const WRITE_ENVIRONMENT: &str = r#"set -eu
-umask 077
-dir="$HOME/.devpocket"
-[ -d "$dir" ] || mkdir "$dir"
-rm -f "$dir/environment.sh.tmp"
-cat > "$dir/environment.sh.tmp"
-mv -f "$dir/environment.sh.tmp" "$dir/environment.sh"
-hook='[ -f "$HOME/.devpocket/environment.sh" ] && . "$HOME/.devpocket/environment.sh"'
-for rc in "$HOME/.profile" "$HOME/.bashrc"; do
-  grep -qsF '.devpocket/environment.sh' "$rc" || printf '%s\n' "$hook" >> "$rc" ||
-    echo "could not add the environment hook to $rc"
-done
-"#;
-
-/// Run as the tenant: the bootstrap, unless the init has run already (it says
-/// `started` then).
-const WRITE_BOOTSTRAP: &str = r#"set -eu
-umask 077
-dir="$HOME/.devpocket"
-if [ -e "$dir/init.lock" ]; then echo started; exit 0; fi
-rm -f "$dir/bootstrap.sh.tmp"
-cat > "$dir/bootstrap.sh.tmp"
-mv -f "$dir/bootstrap.sh.tmp" "$dir/bootstrap.sh"
-"#;
-
-impl Layout {
-    fn new(root: &Path, id: &str) -> Self {
-        let dir = root.join(id);
-        Self {
-            machine: dir.join("machine"),
-            keys: dir.join("keys"),
-            home: dir.join("home"),
-            private: dir.join("private"),
-            dir,
-        }
-    }
-    fn pid_file(&self) -> PathBuf {
-        self.machine.join("sshd.pid")
-    }
-    fn port_file(&self) -> PathBuf {
-        self.machine.join("port")
-    }
-    fn config(&self) -> PathBuf {
-        self.machine.join("sshd_config")
-    }
-    fn bootstrap_pgid(&self) -> PathBuf {
-        self.machine.join("bootstrap.pgid")
-    }
 }
 
 impl LocalProvider {
@@ -208,283 +117,6 @@ impl LocalProvider {
             home: &layout.home,
             switch: self.as_root,
         }
-    }
-
-    /// Directories, keys and configuration; idempotent.
-    fn prepare(&self, spec: &MachineSpec, layout: &Layout) -> Result<Account, ProviderError> {
-        ensure_dir(&layout.dir, 0o711, None)?;
-        ensure_dir(&layout.machine, 0o700, None)?;
-        ensure_dir(&layout.keys, 0o711, None)?;
-        let account = self.account(&spec.environment_id.to_string(), &layout.home)?;
-        ensure_dir(&layout.home, 0o700, self.as_root.then_some(&account))?;
-        if self.as_root {
-            ensure_dir(&layout.private, 0o700, None)?;
-            for (dir, _) in PRIVATE_DIRS {
-                ensure_dir(&layout.private.join(dir), 0o1777, None)?;
-            }
-        }
-        write_file(
-            &layout.machine.join("ssh_host_ed25519_key"),
-            spec.keys.host_private.as_bytes(),
-            0o600,
-        )?;
-        write_file(
-            &layout.keys.join("authorized_keys"),
-            format!("{}\n", spec.keys.user_public.trim()).as_bytes(),
-            0o644,
-        )?;
-        Ok(account)
-    }
-
-    fn sshd_config(&self, layout: &Layout, account: &Account, port: u16) -> String {
-        let q = |p: &Path| format!("\"{}\"", p.display());
-        format!(
-            "# DevPocket local machine: rewritten at every start\n\
-             Port {port}\n\
-             ListenAddress {HOST}\n\
-             HostKey {host_key}\n\
-             AuthorizedKeysFile {authorized}\n\
-             PidFile {pid}\n\
-             AllowUsers {user}\n\
-             PubkeyAuthentication yes\n\
-             PasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\n\
-             UsePAM no\n\
-             StrictModes no\n\
-             PermitRootLogin no\n\
-             X11Forwarding no\n\
-             AllowAgentForwarding no\n\
-             AllowTcpForwarding no\n\
-             PermitTunnel no\n\
-             PrintMotd no\n\
-             ClientAliveInterval 30\n\
-             ClientAliveCountMax 4\n\
-             MaxStartups 100:30:200\n\
-             MaxSessions 100\n\
-             LogLevel ERROR\n\
-             AcceptEnv SHLVL\n\
-             PermitUserRC no\n\
-             SetEnv HOME={home}{tmux}\n",
-            host_key = q(&layout.machine.join("ssh_host_ed25519_key")),
-            authorized = q(&layout.keys.join("authorized_keys")),
-            pid = q(&layout.pid_file()),
-            user = account.name,
-            home = layout.home.display(),
-            tmux = self
-                .tmux_dir(layout)
-                .map(|d| format!(" TMUX_TMPDIR={}", d.display()))
-                .unwrap_or_default(),
-        )
-    }
-
-    /// Where the machine's tmux server keeps its socket. As root every machine has
-    /// its own user and its own `/tmp`; unprivileged, all machines share one user,
-    /// so each gets a short private directory (socket paths are limited to 107
-    /// bytes, so not under the home directory).
-    fn tmux_dir(&self, layout: &Layout) -> Option<PathBuf> {
-        if self.as_root {
-            return None;
-        }
-        let id = layout.dir.file_name()?.to_string_lossy().replace('-', "");
-        Some(std::env::temp_dir().join(format!("dp-tmux-{}", &id[..id.len().min(12)])))
-    }
-
-    /// The machine's sshd, if it runs: the pid in its pid file, checked to be that
-    /// sshd (a stale file may name a process that has since taken the number).
-    fn sshd_pid(layout: &Layout) -> Option<Pid> {
-        let pid: i32 = fs::read_to_string(layout.pid_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let config = layout.config();
-        let config = config.to_string_lossy();
-        String::from_utf8_lossy(&cmdline)
-            .contains(config.as_ref())
-            .then(|| Pid::from_raw(pid))
-    }
-
-    /// Starts the machine's sshd unless it runs; returns its port.
-    fn ensure_sshd(&self, layout: &Layout, account: &Account) -> Result<u16, ProviderError> {
-        let saved_port: Option<u16> = fs::read_to_string(layout.port_file())
-            .ok()
-            .and_then(|p| p.trim().parse().ok());
-        // Running means answering on its port: a pid alone can be a zombie that
-        // nobody reaped yet (after a crash of the host side, say).
-        match (saved_port, Self::sshd_pid(layout)) {
-            (Some(port), Some(_)) if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() => {
-                return Ok(port);
-            }
-            (_, Some(stale)) => {
-                let _ = kill(stale, Signal::SIGKILL);
-            }
-            _ => {}
-        }
-        // Keep the port across restarts when it is still free.
-        let port = match saved_port {
-            Some(port) if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() => port,
-            _ => free_port()?,
-        };
-        write_file(&layout.port_file(), port.to_string().as_bytes(), 0o600)?;
-        if let Some(dir) = self.tmux_dir(layout) {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .create(&dir)
-                .map_err(|e| failed("creating the tmux directory", e))?;
-            ensure_dir(&dir, 0o700, None)?;
-        }
-        write_file(
-            &layout.config(),
-            self.sshd_config(layout, account, port).as_bytes(),
-            0o600,
-        )?;
-        let log = layout.machine.join("sshd.log");
-        let mut cmd = if self.as_root {
-            // sshd's privilege-separation directory.
-            let _ = fs::DirBuilder::new().mode(0o755).create("/run/sshd");
-            let mut cmd = Command::new("unshare");
-            cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-                .arg(NAMESPACE_INIT)
-                .arg("sh")
-                .arg(&layout.private)
-                .arg(&layout.home)
-                .arg(SSHD);
-            cmd
-        } else {
-            Command::new(SSHD)
-        };
-        let out = cmd
-            .arg("-f")
-            .arg(layout.config())
-            .arg("-E")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| failed("starting sshd", e))?;
-        if !out.status.success() {
-            let log = fs::read_to_string(&log).unwrap_or_default();
-            return Err(failed(
-                "starting sshd",
-                format!(
-                    "{} {}",
-                    String::from_utf8_lossy(&out.stderr).trim(),
-                    log.trim()
-                ),
-            ));
-        }
-        // sshd forks into the background; wait until it accepts connections.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(ProviderError::Failed(format!(
-                    "sshd did not start listening on port {port}"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(port)
-    }
-
-    /// The environment's variables, for the init and for every login shell; written
-    /// at each create and start, so a change takes effect at the next start.
-    fn write_environment(
-        &self,
-        spec: &MachineSpec,
-        layout: &Layout,
-        account: &Account,
-    ) -> Result<(), ProviderError> {
-        let mut env_file = String::from(
-            "# Environment variables of this DevPocket environment (rewritten at start)\n",
-        );
-        for (key, value) in &spec.environment_variables {
-            env_file.push_str(&format!("export {key}={}\n", shell_quote(value)));
-        }
-        let said = self.tenant(account, layout).sh(
-            "writing the environment's variables",
-            WRITE_ENVIRONMENT,
-            &[],
-            env_file.as_bytes(),
-        )?;
-        for line in said.lines() {
-            tracing::warn!(environment_id = %spec.environment_id, "{line}");
-        }
-        Ok(())
-    }
-
-    /// Writes the bootstrap into the home; false if the init has started already.
-    fn write_bootstrap(
-        &self,
-        spec: &MachineSpec,
-        layout: &Layout,
-        account: &Account,
-    ) -> Result<bool, ProviderError> {
-        let said = self.tenant(account, layout).sh(
-            "writing the bootstrap",
-            WRITE_BOOTSTRAP,
-            &[],
-            spec.bootstrap.as_bytes(),
-        )?;
-        Ok(said.trim() != "started")
-    }
-
-    /// Runs the bootstrap as the machine's init, once per machine: the init takes an
-    /// atomic lock (`mkdir`) before anything else, so a second launch — a resumed
-    /// create after a crash — exits at once.
-    fn launch_bootstrap(
-        &self,
-        spec: &MachineSpec,
-        layout: &Layout,
-        account: &Account,
-    ) -> Result<(), ProviderError> {
-        let tenant = self.tenant(account, layout);
-        // The log is opened by the init itself, as the tenant, after its lock.
-        let init = format!(
-            "# The machine's init: run the bootstrap once, then say how it ended.\n\
-             mkdir \"$HOME/.devpocket/init.lock\" 2>/dev/null || exit 0\n\
-             umask 077\n\
-             exec >>\"$HOME/.devpocket/provisioning.log\" 2>&1\n\
-             cd \"$HOME\"\n\
-             . \"$HOME/.devpocket/environment.sh\"\n\
-             status=0\n\
-             /bin/sh \"$HOME/.devpocket/bootstrap.sh\" 2>&1 || status=$?\n\
-             echo \"{EXIT_MARKER}$status\"\n"
-        );
-        // In the isolated mode it runs where the machine's shells run: in the
-        // namespace of its sshd, with its private `/tmp`.
-        let namespace =
-            if self.as_root {
-                Some(Self::sshd_pid(layout).ok_or_else(|| {
-                    ProviderError::Failed("the machine's sshd is not running".into())
-                })?)
-            } else {
-                None
-            };
-        let child = tenant
-            .command("/bin/sh", namespace)
-            .arg("-c")
-            .arg(init)
-            .env("DEVPOCKET_ENVIRONMENT_ID", spec.environment_id.to_string())
-            .env("DEVPOCKET_ENVIRONMENT", &spec.slug)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| failed("starting the bootstrap", e))?;
-        if !self.as_root {
-            // Without a user of its own, the machine's processes are found by group.
-            write_file(
-                &layout.bootstrap_pgid(),
-                child.id().to_string().as_bytes(),
-                0o600,
-            )?;
-        }
-        // Reap it when it ends, without tying the machine to this thread.
-        std::thread::spawn(move || {
-            let mut child = child;
-            let _ = child.wait();
-        });
-        Ok(())
     }
 
     fn machine(account: &Account, port: u16, id: &str, host_public: &str) -> Machine {
@@ -602,101 +234,12 @@ impl LocalProvider {
         }
         Ok(())
     }
-
-    /// Removes the machines (and, as root, the users) under this provider's
-    /// directory that belong to none of `live`: what a crash or a delete that
-    /// never finished left behind. Returns the environment ids removed.
-    pub async fn sweep(&self, live: HashSet<Uuid>) -> Result<Vec<String>, ProviderError> {
-        let this = self.clone();
-        blocking(move || {
-            let mut orphans: HashSet<String> = HashSet::new();
-            let entries = fs::read_dir(&this.root)
-                .map_err(|e| failed("listing the environments directory", e))?;
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if Uuid::parse_str(&name).is_ok_and(|id| !live.contains(&id)) {
-                    orphans.insert(name);
-                }
-            }
-            if this.as_root {
-                for (user, home) in accounts::under(&this.root) {
-                    let id = home
-                        .parent()
-                        .and_then(Path::file_name)
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    match Uuid::parse_str(&id) {
-                        Ok(uuid) if live.contains(&uuid) => {}
-                        Ok(_) => {
-                            orphans.insert(id);
-                        }
-                        // Not one of ours by its home: leave it.
-                        Err(_) => tracing::warn!(user, "an environment user with an unexpected home"),
-                    }
-                }
-            }
-            let mut removed = Vec::new();
-            for id in orphans {
-                match this.delete_blocking(&id) {
-                    Ok(()) => removed.push(id),
-                    Err(e) => tracing::warn!(environment_id = %id, error = %e, "could not remove an orphan machine"),
-                }
-            }
-            Ok(removed)
-        })
-        .await
-    }
 }
 
 /// A system user name for an environment (at most 32 characters).
 fn account_name(id: &str) -> String {
     let compact: String = id.chars().filter(|c| *c != '-').take(12).collect();
     format!("dp-{compact}")
-}
-
-fn free_port() -> Result<u16, ProviderError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| failed("finding a free port", e))
-}
-
-/// Makes `dir` (its parent must exist and be root's) unless it exists, then sets
-/// its mode and owner on the directory itself: opened without following a link,
-/// changed through the descriptor.
-fn ensure_dir(dir: &Path, mode: u32, owner: Option<&Account>) -> Result<(), ProviderError> {
-    let what = |e: std::io::Error| failed(&format!("preparing {}", dir.display()), e);
-    match fs::create_dir(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(what(e)),
-        _ => {}
-    }
-    let handle = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
-        .open(dir)
-        .map_err(what)?;
-    if let Some(owner) = owner {
-        std::os::unix::fs::fchown(&handle, Some(owner.uid.as_raw()), Some(owner.gid.as_raw()))
-            .map_err(what)?;
-    }
-    handle
-        .set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(what)
-}
-
-/// Writes a file in one of root's directories (never in a home).
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), ProviderError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| failed(&format!("writing {}", path.display()), e))?;
-    file.write_all(contents)
-        .map_err(|e| failed(&format!("writing {}", path.display()), e))?;
-    fs::rename(&tmp, path).map_err(|e| failed(&format!("writing {}", path.display()), e))
 }
 
 async fn blocking<T: Send + 'static>(
