@@ -108,7 +108,10 @@ impl Reconciler {
         actix_web::rt::spawn(async move {
             loop {
                 if let Err(e) = self.round().await {
-                    tracing::warn!(error = %e, "reconciliation with DigitalOcean failed; trying again later");
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "reconciliation with DigitalOcean failed; trying again later"
+                    );
                 }
                 actix_web::rt::time::sleep(self.settings.reconcile_interval).await;
             }
@@ -157,7 +160,7 @@ impl Reconciler {
                         self.destroyed("droplet");
                     }
                     Err(e) => {
-                        tracing::warn!(droplet, error = %e, "could not destroy an orphan droplet")
+                        tracing::warn!(droplet, error = %devpocket_actors::error_chain(&e), "could not destroy an orphan droplet")
                     }
                 }
             }
@@ -179,7 +182,7 @@ impl Reconciler {
                         self.destroyed("volume");
                     }
                     Err(e) => {
-                        tracing::warn!(volume, error = %e, "could not delete an orphan volume")
+                        tracing::warn!(volume, error = %devpocket_actors::error_chain(&e), "could not delete an orphan volume")
                     }
                 }
             }

@@ -348,7 +348,7 @@ impl Provider for PanickyProvider {
         if call <= self.panics {
             panic!("test provider panics on purpose (create call {call})");
         }
-        Err(ProviderError::Failed(CREATE_ERROR.to_owned()))
+        Err(ProviderError::ForOwner(CREATE_ERROR.to_owned()))
     }
 
     async fn start(

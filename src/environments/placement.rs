@@ -108,7 +108,7 @@ async fn check_region(state: &AppState, region: &str) -> Result<(), ApiError> {
     let regions = match tokio::time::timeout(CATALOG_TIMEOUT, provider.regions()).await {
         Ok(Ok(regions)) => regions,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "DigitalOcean's regions cannot be read; not checking the region");
+            tracing::warn!(error = %devpocket_actors::error_chain(&e), "DigitalOcean's regions cannot be read; not checking the region");
             return Ok(());
         }
         Err(_) => {
@@ -145,7 +145,7 @@ async fn do_sizes(state: &AppState, size: &str) -> Vec<Value> {
     match tokio::time::timeout(CATALOG_TIMEOUT, provider.sizes()).await {
         Ok(Ok(sizes)) => sizes,
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "DigitalOcean's sizes cannot be read; using the built-in list");
+            tracing::warn!(error = %devpocket_actors::error_chain(&e), "DigitalOcean's sizes cannot be read; using the built-in list");
             Vec::new()
         }
         Err(_) => {

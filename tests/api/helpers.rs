@@ -663,7 +663,10 @@ impl TestApp {
             .json()
             .await
             .expect("json");
-        let id = env["id"].as_str().expect("id").to_owned();
+        let id = env["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id: {env}"))
+            .to_owned();
         let mut ws = self
             .ws(&format!("/api/v1/ws/logs/{id}?token={token}"))
             .await;

@@ -30,7 +30,7 @@ pub(super) enum WorkError {
     },
     #[error("the machine's SSH keys could not be made")]
     Keys(#[source] SshError),
-    #[error("the machine's SSH host key changed: refusing to connect")]
+    #[error("the machine's SSH host key does not match the pinned one: refusing to connect")]
     HostKey(#[source] SshError),
     #[error("could not reach the machine over SSH")]
     Unreachable(#[source] SshError),
@@ -74,13 +74,7 @@ impl WorkError {
 
     /// The causes below the message, for the log.
     pub(super) fn causes(&self) -> String {
-        let mut causes = Vec::new();
-        let mut next = self.source();
-        while let Some(cause) = next {
-            causes.push(cause.to_string());
-            next = cause.source();
-        }
-        causes.join(": ")
+        self.source().map(crate::error_chain).unwrap_or_default()
     }
 }
 

@@ -13,10 +13,32 @@ use uuid::Uuid;
 
 use crate::model::{MachineAccess, MachineKeys};
 
+/// Why a provider could not do something. The message (`Display`) is what the
+/// environment's owner may read; a cloud API's own words, a system command's
+/// output and advice for the operator are the `source`, for the log only.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
+    /// Told in words for the environment's owner: what happened to their machine.
     #[error("{0}")]
-    Failed(String),
+    ForOwner(String),
+    /// The cloud's API refused or failed at `doing`.
+    #[error("{doing}: {trouble}")]
+    Service {
+        doing: String,
+        trouble: Trouble,
+        #[source]
+        cause: BoxError,
+    },
+    /// This host failed at `doing`, in a way the owner cannot act on.
+    #[error("{doing}: the server could not do it; try again later")]
+    Host {
+        doing: String,
+        #[source]
+        cause: BoxError,
+    },
+    /// The provider cannot run as configured (at start-up): for the operator.
+    #[error("{0}")]
+    Setup(String),
     #[error("the machine no longer exists: {0}")]
     Gone(String),
     #[error("this provider cannot {0}")]
@@ -25,6 +47,28 @@ pub enum ProviderError {
     #[error("cancelled: the environment is being deleted")]
     Cancelled,
 }
+
+/// What kind of trouble a cloud API is in, as its owner may read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Trouble {
+    /// It refused this server's credentials (the operator's to fix).
+    #[error("the cloud refused this server's credentials; the operator has to fix them")]
+    Credentials,
+    /// The credentials may not do this (the operator's to fix).
+    #[error("this server's cloud account may not do this; the operator has to allow it")]
+    Permission,
+    /// Too many requests for now.
+    #[error("the cloud is limiting requests; try again in a minute")]
+    RateLimited,
+    /// It refused this request.
+    #[error("the cloud refused the request")]
+    Refused,
+    /// No answer, a failure on its side, or an answer that made no sense.
+    #[error("the cloud did not answer clearly; try again later")]
+    Unavailable,
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Asks work in progress to give up at its next safe point: between the calls it
 /// makes, never in the middle of one (a request that may have made something is

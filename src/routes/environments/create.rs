@@ -159,6 +159,8 @@ async fn create(
             ),
         ));
     };
+    // Not held while the supervisor stores the environment (it takes its own).
+    drop(conn);
 
     if let Some(err) = template.unreadable().first() {
         err.log("templates", template.id);

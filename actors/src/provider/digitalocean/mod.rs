@@ -32,7 +32,9 @@ use uuid::Uuid;
 use self::catalog::Catalog;
 use self::client::{ApiError, Client};
 use self::limiter::Limiter;
-use super::{BootstrapWatch, Cancel, Machine, MachineSpec, Maintenance, Provider, ProviderError};
+use super::{
+    BootstrapWatch, Cancel, Machine, MachineSpec, Maintenance, Provider, ProviderError, Trouble,
+};
 use crate::logs::EXIT_MARKER;
 
 pub const NAME: &str = "digitalocean";
@@ -121,32 +123,38 @@ pub fn volume_name(id: Uuid) -> String {
     format!("devpocket-{id}")
 }
 
+/// A failure told in words for the environment's owner.
 fn failed(message: impl Into<String>) -> ProviderError {
-    ProviderError::Failed(message.into())
+    ProviderError::ForOwner(message.into())
 }
 
-/// What DigitalOcean's refusal means for the environment.
+/// What DigitalOcean's refusal means for the environment: the kind of trouble for
+/// its owner; DigitalOcean's own words, with advice for the operator, for the log.
 fn explain(doing: &str, err: ApiError) -> ProviderError {
-    match &err {
-        ApiError::Api { status: 401, .. } => failed(format!(
-            "{doing}: DigitalOcean refused the API token (401): check DO_API_TOKEN"
-        )),
-        ApiError::Api {
-            status: 403,
-            message,
-            ..
-        } => failed(format!(
-            "{doing}: the API token may not do this (403: {message}); it needs read and write scope"
-        )),
-        ApiError::Api {
-            status,
-            message,
-            id,
-        } => failed(format!(
-            "{doing}: DigitalOcean said {message} ({status} {id})"
-        )),
-        _ => failed(format!("{doing}: {err}")),
+    let (trouble, advice) = match err.status() {
+        Some(401) => (Trouble::Credentials, Some("check DO_API_TOKEN")),
+        Some(403) => (
+            Trouble::Permission,
+            Some("the API token needs read and write scope"),
+        ),
+        Some(429) => (Trouble::RateLimited, None),
+        Some(status) if status >= 500 => (Trouble::Unavailable, None),
+        Some(_) => (Trouble::Refused, None),
+        None => (Trouble::Unavailable, None),
+    };
+    ProviderError::Service {
+        doing: doing.to_owned(),
+        trouble,
+        cause: Box::new(Advised { err, advice }),
     }
+}
+
+/// DigitalOcean's error and what the operator can do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{err}{}", .advice.map(|a| format!(" ({a})")).unwrap_or_default())]
+struct Advised {
+    err: ApiError,
+    advice: Option<&'static str>,
 }
 
 /// The droplet's public IPv4 address, once it has one.
@@ -183,7 +191,7 @@ pub struct DigitalOceanProvider {
 impl DigitalOceanProvider {
     pub fn new(config: DigitalOceanConfig) -> Result<Self, ProviderError> {
         if config.token.trim().is_empty() {
-            return Err(failed("DO_API_TOKEN is empty"));
+            return Err(ProviderError::Setup("DO_API_TOKEN is empty".into()));
         }
         let limiter = Limiter::for_token(
             &config.token,
@@ -196,7 +204,7 @@ impl DigitalOceanProvider {
             config.request_timeout,
             limiter,
         )
-        .map_err(failed)?;
+        .map_err(|e| ProviderError::Setup(format!("DigitalOcean's API client: {e}")))?;
         Ok(Self {
             config,
             client,

@@ -52,7 +52,7 @@ impl Account {
     pub fn current() -> Result<Self, ProviderError> {
         let user = User::from_uid(Uid::effective())
             .map_err(|e| failed("looking up the server's user", e))?
-            .ok_or_else(|| ProviderError::Failed("the server's user has no name".into()))?;
+            .ok_or_else(|| ProviderError::Setup("the server's user has no name".into()))?;
         Ok(Self {
             name: user.name,
             uid: user.uid,
@@ -100,8 +100,12 @@ pub fn ensure(name: &str, home: &Path, group: Option<&str>) -> Result<Account, P
         return Err(failed("creating the environment's user", describe(&out)));
     }
     drop(lock);
-    Account::lookup(name)?
-        .ok_or_else(|| ProviderError::Failed(format!("user {name} was not created")))
+    Account::lookup(name)?.ok_or_else(|| {
+        failed(
+            "creating the environment's user",
+            format!("user {name} was not created"),
+        )
+    })
 }
 
 /// Ends every process of the account: as the account itself, `kill -KILL -1`
@@ -126,10 +130,10 @@ pub fn kill_all(account: &Account) -> Result<(), ProviderError> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(ProviderError::Failed(format!(
-                "the processes of {} would not end",
-                account.name
-            )));
+            return Err(failed(
+                "ending the machine's processes",
+                format!("the processes of {} would not end", account.name),
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -221,8 +225,9 @@ impl HighWater {
             .unwrap_or(0);
         let next = recorded.max(in_use).max(FIRST_ID - 1) + 1;
         if next > LAST_ID {
-            return Err(ProviderError::Failed(
-                "no environment user ids are left on this host".into(),
+            return Err(failed(
+                "choosing the environment's user id",
+                "no environment user ids are left on this host",
             ));
         }
         let file = &mut *self.file;

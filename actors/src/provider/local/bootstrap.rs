@@ -105,14 +105,13 @@ impl LocalProvider {
         );
         // In the isolated mode it runs where the machine's shells run: in the
         // namespace of its sshd, with its private `/tmp`.
-        let namespace =
-            if self.as_root {
-                Some(Self::sshd_pid(layout).ok_or_else(|| {
-                    ProviderError::Failed("the machine's sshd is not running".into())
-                })?)
-            } else {
-                None
-            };
+        let namespace = if self.as_root {
+            Some(Self::sshd_pid(layout).ok_or_else(|| {
+                ProviderError::ForOwner("the machine's sshd is not running".into())
+            })?)
+        } else {
+            None
+        };
         let child = tenant
             .command("/bin/sh", namespace)
             .arg("-c")

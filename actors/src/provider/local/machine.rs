@@ -257,9 +257,10 @@ impl LocalProvider {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
             if Instant::now() > deadline {
-                return Err(ProviderError::Failed(format!(
-                    "sshd did not start listening on port {port}"
-                )));
+                return Err(failed(
+                    "starting the machine's sshd",
+                    format!("sshd did not start listening on port {port}"),
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

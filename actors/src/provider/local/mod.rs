@@ -62,8 +62,12 @@ pub struct LocalProvider {
     installing: Arc<Mutex<HashSet<String>>>,
 }
 
-fn failed(context: &str, err: impl std::fmt::Display) -> ProviderError {
-    ProviderError::Failed(format!("{context}: {err}"))
+/// This host failed at `doing`: the owner is told that much, the log why.
+fn failed(doing: &str, err: impl std::fmt::Display) -> ProviderError {
+    ProviderError::Host {
+        doing: doing.to_owned(),
+        cause: err.to_string().into(),
+    }
 }
 
 impl LocalProvider {
@@ -71,7 +75,7 @@ impl LocalProvider {
     /// `group`, when running as root, is the (existing) group environment users join.
     pub fn new(root: PathBuf, group: Option<String>) -> Result<Self, ProviderError> {
         if !Path::new(SSHD).exists() {
-            return Err(ProviderError::Failed(
+            return Err(ProviderError::Setup(
                 "OpenSSH server is not installed: apt-get install openssh-server".into(),
             ));
         }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::failed;
 use super::tenant::{read_bounded, wait_bounded};
 use crate::provider::ProviderError;
 
@@ -58,7 +59,7 @@ pub fn missing(wanted: &[String]) -> Result<Option<Vec<String>>, ProviderError> 
     // Templates are validated when written; these names reach apt's command line as
     // root, so they are checked again: no option can pass for a package.
     if let Some(bad) = wanted.iter().find(|p| !is_package_name(p)) {
-        return Err(ProviderError::Failed(format!(
+        return Err(ProviderError::ForOwner(format!(
             "`{bad}` is not an apt package name"
         )));
     }
@@ -71,19 +72,20 @@ pub fn missing(wanted: &[String]) -> Result<Option<Vec<String>>, ProviderError> 
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| ProviderError::Failed(format!("{what}: {e}")))?;
+        .map_err(|e| failed(what, e))?;
     let out = read_bounded(child.stdout.take(), STATUS_LIMIT);
     let status = wait_bounded(&mut child, QUERY_TIMEOUT);
     let out = out.join();
     match status {
         Some(status) if status.success() => Ok(Some(unsatisfied(wanted, &out))),
-        Some(status) => Err(ProviderError::Failed(format!(
-            "{what}: dpkg-query {status}"
-        ))),
-        None => Err(ProviderError::Failed(format!(
-            "{what}: dpkg-query gave no answer within {} s",
-            QUERY_TIMEOUT.as_secs()
-        ))),
+        Some(status) => Err(failed(what, format!("dpkg-query {status}"))),
+        None => Err(failed(
+            what,
+            format!(
+                "dpkg-query gave no answer within {} s",
+                QUERY_TIMEOUT.as_secs()
+            ),
+        )),
     }
 }
 
@@ -97,14 +99,18 @@ fn is_package_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
 }
 
-/// Why an unprivileged server cannot make an environment whose packages are missing.
+/// Why an unprivileged server cannot make an environment whose packages are
+/// missing: the owner reads which; the operator, in the log, what to run.
 pub fn unprivileged_error(missing: &[String]) -> ProviderError {
     let list = missing.join(" ");
-    ProviderError::Failed(format!(
-        "this host lacks packages the template needs: {list}. The server does not run as \
-         root, so it cannot install them: install them as root (apt-get install {list}) \
-         and create the environment again, or run the server as root, which installs them \
-         itself"
+    tracing::warn!(
+        packages = %list,
+        "a template needs packages this host lacks, and the server does not run as root to install them: \
+         install them as root (apt-get install {list}), or run the server as root, which installs them itself"
+    );
+    ProviderError::ForOwner(format!(
+        "this server lacks packages the template needs: {list}; its operator has to install \
+         them before this template can be used"
     ))
 }
 
@@ -208,20 +214,17 @@ mod tests {
         }
         let message = result.unwrap_err().to_string();
         assert!(
-            message.contains("needs: devpocket-no-such-package.")
-                && message.contains("apt-get install devpocket-no-such-package)"),
+            message.contains("needs: devpocket-no-such-package;"),
             "{message}"
         );
         assert!(made.is_empty(), "{made:?}");
     }
 
     #[test]
-    fn an_unprivileged_server_names_the_packages_and_the_command() {
+    fn an_unprivileged_server_names_the_packages_to_the_owner() {
         let message = unprivileged_error(&names(&["golang-go", "git"])).to_string();
         assert!(message.contains("golang-go git"), "{message}");
-        assert!(
-            message.contains("apt-get install golang-go git"),
-            "{message}"
-        );
+        // What to run is the operator's business: in the log, not the message.
+        assert!(!message.contains("apt-get"), "{message}");
     }
 }

@@ -46,7 +46,7 @@ impl LocalProvider {
             for id in orphans {
                 match this.delete_blocking(&id) {
                     Ok(()) => removed.push(id),
-                    Err(e) => tracing::warn!(environment_id = %id, error = %e, "could not remove an orphan machine"),
+                    Err(e) => tracing::warn!(environment_id = %id, error = %crate::error_chain(&e), "could not remove an orphan machine"),
                 }
             }
             Ok(removed)

@@ -114,11 +114,11 @@ impl Tenant<'_> {
         let (stdout, stderr) = (stdout.join(), stderr.join());
         match status {
             Some(status) if status.success() => Ok(stdout),
-            Some(status) => Err(ProviderError::Failed(format!(
+            Some(status) => Err(ProviderError::ForOwner(format!(
                 "{what}: {} ({status})",
                 stderr.trim()
             ))),
-            None => Err(ProviderError::Failed(format!(
+            None => Err(ProviderError::ForOwner(format!(
                 "{what}: gave up after {} s (is something in the home directory blocking, such as a FIFO?)",
                 TIMEOUT.as_secs()
             ))),
