@@ -2,7 +2,9 @@
 //! slow to wait for, dropped connections — half of those after taking effect), and
 //! every operation (create, stop, start, snapshot, resize, delete) still completes
 //! with exactly one droplet and one snapshot per environment; a
-//! droplet that presents another host key than the pinned one is refused.
+//! droplet that presents another host key than the pinned one is refused; a refused
+//! token tells the owner what kind of trouble it is, not DigitalOcean's words or the
+//! operator's advice.
 
 use std::time::Duration;
 
@@ -195,4 +197,26 @@ async fn a_host_key_that_is_not_the_pinned_one_is_refused() {
         f.droplets().is_empty() && f.volumes().is_empty()
     })
     .await;
+}
+
+#[actix_web::test]
+async fn a_refused_token_tells_the_owner_the_trouble_and_keeps_the_operators_advice_in_the_log() {
+    let fake = FakeDo::start();
+    let app = spawn_app(&fake, &[("DO_API_TOKEN", "not-the-fakes-token")]).await;
+    let token = app.user_token("refused").await;
+    let id = create(&app, &token, "refused").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let env = app
+        .wait_for_env(&token, &id, |e| e["status"] == "error")
+        .await;
+    let message = env["status_message"].as_str().unwrap();
+    assert!(message.contains("credentials"), "{message}");
+    // DigitalOcean's own answer ("Unable to authenticate you", 401) and what the
+    // operator should do about it are not the owner's to read.
+    for secret in ["DO_API_TOKEN", "Unable to authenticate", "401", "scope"] {
+        assert!(!message.contains(secret), "{secret:?} in {message}");
+    }
+    assert!(fake.droplets_tagged("devpocket").is_empty());
 }
