@@ -6,6 +6,7 @@ pub mod audit;
 pub mod embedded;
 pub mod environments;
 pub mod json;
+pub mod quota;
 pub mod schema;
 pub mod sessions;
 pub mod store;

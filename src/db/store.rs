@@ -1,5 +1,6 @@
 //! `DbStore`: the actors' persistence (`devpocket_actors::store::Store`) on
-//! diesel-async, over the environment queries of `db::environments`.
+//! diesel-async, over the environment queries of `db::environments` and the plan
+//! checks of `db::quota`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,20 +12,20 @@ use devpocket_actors::model::{
     Changes, EnvironmentRecord, MachineAccess, MachineKeys, NewEnvironment, Phase, Status, Times,
     Transition,
 };
-use devpocket_actors::store::{BoxError, QuotaExceeded, QuotaScope, Resumable, Store, StoreError};
+use devpocket_actors::store::{BoxError, QuotaScope, Resumable, Store, StoreError};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::DbPool;
 use super::environments::{self as queries, Environment, Stamped};
 use super::json::StoredJson;
-use super::schema::{environment_logs, environments, templates, users};
+use super::quota::room;
+use super::schema::{environment_logs, environments, templates};
 use crate::crypto::SecretBox;
 use crate::environments::list_cache::ListCache;
-use crate::plans::Plan;
 
 /// The actors' store on PostgreSQL. Private keys are sealed with AES-256-GCM.
 pub struct DbStore {
@@ -36,42 +37,6 @@ pub struct DbStore {
 
 fn store_err(e: impl Into<BoxError>) -> StoreError {
     StoreError::database(e)
-}
-
-/// Whether `user_id`'s plan has room for one more active environment (and, when
-/// `scope` is `Total`, one more in all). Locks the user's row until the end of the
-/// transaction, so that the check and the write that follows are one step.
-async fn room(
-    conn: &mut AsyncPgConnection,
-    user_id: Uuid,
-    scope: QuotaScope,
-) -> QueryResult<Result<(), QuotaExceeded>> {
-    let plan: Plan = users::table
-        .find(user_id)
-        .select(users::subscription_plan)
-        .for_update()
-        .get_result(conn)
-        .await?;
-    let limits = plan.limits();
-    let (active, total) = queries::counts(conn, user_id).await?;
-    let exceeded = |scope, max: u32, have: i64| QuotaExceeded {
-        plan: plan.to_string(),
-        scope,
-        max,
-        have,
-    };
-    if let Some(max) = limits.total_environments
-        && scope == QuotaScope::Total
-        && total >= i64::from(max)
-    {
-        return Ok(Err(exceeded(QuotaScope::Total, max, total)));
-    }
-    if let Some(max) = limits.active_environments
-        && active >= i64::from(max)
-    {
-        return Ok(Err(exceeded(QuotaScope::Active, max, active)));
-    }
-    Ok(Ok(()))
 }
 
 impl DbStore {
