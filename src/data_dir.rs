@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rand::RngCore;
+use rand::TryRng;
 
 use crate::config::{MIN_SECRET_LEN, Secret};
 
@@ -26,6 +26,8 @@ pub enum DataDirError {
         path.display()
     )]
     ShortSecretKey { path: PathBuf },
+    #[error("the system's random number generator failed: {0}")]
+    Randomness(#[source] rand::rngs::SysError),
 }
 
 /// Creates the data directory (owner-only) if needed.
@@ -62,7 +64,9 @@ pub fn development_secret_key(data_dir: &Path) -> Result<Secret<Vec<u8>>, DataDi
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut bytes = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            rand::rngs::SysRng
+                .try_fill_bytes(&mut bytes)
+                .map_err(DataDirError::Randomness)?;
             let key = hex::encode(bytes);
             let mut file = std::fs::OpenOptions::new()
                 .write(true)

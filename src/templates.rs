@@ -39,6 +39,8 @@ pub fn is_builtin(name: &str) -> bool {
 
 /// Declares a closed set of snake_case words stored as `text` and sent as strings,
 /// and its OpenAPI schema under the name `$schema`.
+// Not strum: the diesel and OpenAPI impls need the macro anyway, and the parse error
+// lists the allowed words, which strum's does not.
 macro_rules! text_enum {
     ($(#[doc = $doc:literal])* $name:ident as $schema:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[doc = $doc])*

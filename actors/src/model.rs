@@ -42,6 +42,8 @@ pub enum Phase {
     Resizing,
 }
 
+// Not strum: four derives and a proc-macro crate for these lines, and its parse error
+// ("Matching variant not found") would not say which enum a bad stored word was for.
 macro_rules! str_enum {
     ($ty:ty { $($variant:ident => $s:literal),+ $(,)? }) => {
         impl $ty {

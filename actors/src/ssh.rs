@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngCore;
+use rand::TryRng;
 use russh::client::{self, Handle};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::Ed25519Keypair;
@@ -79,7 +79,9 @@ impl client::Handler for PinnedHost {
 /// Generates an ed25519 key pair: (private key in OpenSSH PEM, `ssh-ed25519 …` line).
 pub fn generate_keypair(comment: &str) -> Result<(String, String), SshError> {
     let mut seed = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut seed);
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut seed)
+        .map_err(|e| SshError::Key(format!("the system's random number generator failed: {e}")))?;
     let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     key.set_comment(comment);
     let private = key

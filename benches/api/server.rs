@@ -66,11 +66,7 @@ fn level(line: &[u8]) -> Option<&[u8]> {
 /// little next to writing it.
 fn read_log(mut stderr: std::process::ChildStderr, tx: &std::sync::mpsc::Sender<String>) {
     use std::io::Read;
-    use std::os::fd::AsRawFd;
-    let _ = nix::fcntl::fcntl(
-        stderr.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
-    );
+    let _ = nix::fcntl::fcntl(&stderr, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
     const LISTENING: &[u8] = b"DevPocket is listening";
     let mut chunk = vec![0u8; 1 << 20];
     let mut pending = Vec::new();

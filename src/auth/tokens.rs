@@ -79,9 +79,12 @@ impl TokenKeys {
         validation.leeway = 5;
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        // Only an empty key is refused, and a derived key is 32 bytes.
         Self {
-            encoding: EncodingKey::from_secret(&key),
-            decoding: DecodingKey::from_secret(&key),
+            encoding: EncodingKey::from_secret(&key)
+                .unwrap_or_else(|_| unreachable!("a derived key is never empty")),
+            decoding: DecodingKey::from_secret(&key)
+                .unwrap_or_else(|_| unreachable!("a derived key is never empty")),
             validation,
             access_ttl,
             refresh_ttl,

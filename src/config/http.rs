@@ -70,58 +70,41 @@ impl HttpSettings {
     }
 }
 
-/// A trusted reverse proxy: an address or a CIDR block.
+/// A trusted reverse proxy: an address or a CIDR block. An IPv4 block also holds
+/// the IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) a dual-stack socket reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            (IpAddr::V6(_), IpAddr::V4(v4)) => self.contains(IpAddr::V6(v4.to_ipv6_mapped())),
-            (IpAddr::V4(_), IpAddr::V6(v6)) => v6
-                .to_ipv4_mapped()
-                .is_some_and(|v4| self.contains(v4.into())),
-        }
+        let ip = ip.to_canonical();
+        self.0.contains(&ip)
+            || matches!(ip, IpAddr::V4(v4) if self.0.contains(&IpAddr::V6(v4.to_ipv6_mapped())))
     }
 }
 
 impl std::str::FromStr for IpNet {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
+        let Some((addr, prefix)) = s.split_once('/') else {
+            return s
+                .trim()
+                .parse::<IpAddr>()
+                .map(|a| Self(a.into()))
+                .map_err(|_| format!("`{s}` is not an IP address or CIDR block"));
         };
         let addr: IpAddr = addr
             .trim()
             .parse()
             .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("`{s}`: the prefix length must be 0..={max}"))?,
-            None => max,
-        };
-        Ok(Self { addr, prefix })
+        prefix
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .and_then(|p| ipnet::IpNet::new(addr, p).ok())
+            .map(Self)
+            .ok_or_else(|| format!("`{s}`: the prefix length must be 0..={max}"))
     }
 }
 
@@ -139,5 +122,15 @@ mod tests {
         assert!(!one.contains("127.0.0.2".parse().expect("ip")));
         let all: IpNet = "0.0.0.0/0".parse().expect("all");
         assert!(all.contains("8.8.8.8".parse().expect("ip")));
+        // What a dual-stack socket reports for an IPv4 client.
+        assert!(net.contains("::ffff:10.1.2.3".parse().expect("mapped")));
+        let mapped: IpNet = "::ffff:10.0.0.0/104".parse().expect("mapped block");
+        assert!(mapped.contains("10.9.9.9".parse().expect("ip")));
+        let v6: IpNet = "2001:db8::/32".parse().expect("v6");
+        assert!(v6.contains("2001:db8::1".parse().expect("ip")));
+        assert!(!v6.contains("10.1.2.3".parse().expect("ip")));
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert!("10.0.0.0/x".parse::<IpNet>().is_err());
+        assert!("proxy.local".parse::<IpNet>().is_err());
     }
 }

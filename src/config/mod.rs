@@ -29,6 +29,8 @@ pub use terminal::TerminalSettings;
 use source::invalid;
 
 /// A secret value that never shows up in `Debug` output or logs.
+// Not `secrecy`: its zeroing on drop buys nothing when every secret is copied into a client
+// (a connection string, a header, a derived key), and redaction is all this does.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret<T>(T);
 
@@ -224,7 +226,7 @@ mod tests {
         assert_eq!(s.auth.session_cache_ttl, Duration::ZERO);
         let e = load(&[
             ("SECRET_KEY", KEY),
-            ("DEVPOCKET_SESSION_CACHE_TTL", "2 secs"),
+            ("DEVPOCKET_SESSION_CACHE_TTL", "2 scs"),
         ]);
         assert!(e.is_err_and(|e| e.to_string().contains("DEVPOCKET_SESSION_CACHE_TTL")));
         assert_eq!(s.environments.list_cache_ttl, Duration::from_secs(1));

@@ -107,25 +107,15 @@ pub(super) fn invalid(key: &'static str, message: impl Into<String>) -> ConfigEr
     }
 }
 
-/// Parses `90`, `90s`, `15m`, `24h`, `30d` (and `250ms`) into a duration.
+/// Parses `90` (seconds), `90s`, `15m`, `24h`, `30d`, `250ms` and combinations such
+/// as `1h30m` into a duration.
 pub fn parse_duration(value: &str) -> Option<Duration> {
     let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    if unit.trim() == "ms" {
-        return Some(Duration::from_millis(number));
+    // A bare number is seconds here; humantime wants a unit.
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.parse().ok().map(Duration::from_secs);
     }
-    let seconds = match unit.trim() {
-        "" | "s" => number,
-        "m" => number.checked_mul(60)?,
-        "h" => number.checked_mul(3600)?,
-        "d" => number.checked_mul(86_400)?,
-        _ => return None,
-    };
-    Some(Duration::from_secs(seconds))
+    humantime::parse_duration(value).ok()
 }
 
 /// `n`, or 1 for 0: for defaults, which are never 0.
@@ -147,7 +137,11 @@ mod tests {
         assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("30d"), Some(Duration::from_secs(2_592_000)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("3w"), None);
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("3x"), None);
         assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("-5s"), None);
+        assert_eq!(parse_duration("99999999999999999999"), None);
     }
 }

@@ -222,7 +222,7 @@ async fn bad_bearer_tokens_are_401() {
     let expired = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &expired_claims,
-        &jsonwebtoken::EncodingKey::from_secret(&key),
+        &jsonwebtoken::EncodingKey::from_secret(&key).unwrap(),
     )
     .unwrap();
     let body = assert_error(
@@ -239,7 +239,7 @@ async fn bad_bearer_tokens_are_401() {
     let hs384 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
         &claims(access),
-        &jsonwebtoken::EncodingKey::from_secret(&key),
+        &jsonwebtoken::EncodingKey::from_secret(&key).unwrap(),
     )
     .unwrap();
     assert_error(

@@ -14,7 +14,7 @@ use super::{
 
 impl EmbeddedPostgres {
     pub(super) fn load_or_create_password(&self) -> Result<String, EmbeddedError> {
-        use rand::RngCore;
+        use rand::TryRng;
         match fs::read_to_string(&self.password_file) {
             Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_owned()),
             Ok(_) => {}
@@ -29,7 +29,9 @@ impl EmbeddedPostgres {
             )));
         }
         let mut bytes = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        rand::rngs::SysRng.try_fill_bytes(&mut bytes).map_err(|e| {
+            EmbeddedError::Setup(format!("the system's random number generator failed: {e}"))
+        })?;
         let password = hex::encode(bytes);
         write_private(&self.password_file, password.as_bytes(), None)?;
         Ok(password)

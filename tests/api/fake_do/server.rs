@@ -11,7 +11,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use rand::Rng;
+use rand::RngExt;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
@@ -90,9 +90,9 @@ impl Fault {
 
 fn draw(inner: &Inner) -> Option<Fault> {
     let faults = inner.config().faults;
-    let mut rng = rand::thread_rng();
-    let r: f64 = rng.r#gen();
-    let half = rng.gen_bool(0.5);
+    let mut rng = rand::rng();
+    let r: f64 = rng.random();
+    let half = rng.random_bool(0.5);
     let mut edge = faults.throttle;
     if r < edge {
         return Some(Fault::Throttle);

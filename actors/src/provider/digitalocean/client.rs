@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
+use rand::RngExt;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -89,7 +89,7 @@ impl RetryPolicy {
             .base
             .saturating_mul(2u32.saturating_pow(attempt.min(16)))
             .min(self.max);
-        ceiling.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+        ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 }
 
