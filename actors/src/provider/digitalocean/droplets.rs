@@ -1,8 +1,8 @@
 //! The API calls the lifecycle is made of: looking droplets up by tag, creating
-//! them without ever repeating a create blindly, following actions, waiting out
-//! pending events, and the home volume.
+//! them without ever repeating a create blindly, waiting until one is active, and
+//! the home volume.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -234,80 +234,6 @@ impl DigitalOceanProvider {
         ))
     }
 
-    /// Follows an action to its end.
-    pub(super) async fn follow(
-        &self,
-        action: u64,
-        doing: &str,
-        limit: Duration,
-    ) -> Result<bool, ProviderError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let body = self
-                .client
-                .send(
-                    Method::GET,
-                    &format!("/v2/actions/{action}"),
-                    &[],
-                    None,
-                    Repeat::Safe,
-                )
-                .await
-                .map_err(|e| explain(doing, e))?;
-            match body["action"]["status"].as_str() {
-                Some("completed") => return Ok(true),
-                Some("errored") => return Ok(false),
-                _ if Instant::now() > deadline => {
-                    return Err(failed(format!(
-                        "{doing}: DigitalOcean's action {action} did not finish within {} s",
-                        limit.as_secs()
-                    )));
-                }
-                _ => self.pause().await,
-            }
-        }
-    }
-
-    /// Starts a droplet action, waiting while another one is pending.
-    pub(super) async fn action(
-        &self,
-        droplet: u64,
-        body: Value,
-        doing: &str,
-    ) -> Result<u64, ProviderError> {
-        let deadline = Instant::now() + self.config.create_timeout;
-        loop {
-            match self
-                .client
-                .send(
-                    Method::POST,
-                    &format!("/v2/droplets/{droplet}/actions"),
-                    &[],
-                    Some(&body),
-                    Repeat::Safe,
-                )
-                .await
-            {
-                Ok(answer) => {
-                    return answer["action"]["id"].as_u64().ok_or_else(|| {
-                        failed(format!("{doing}: DigitalOcean returned no action"))
-                    });
-                }
-                Err(e) if e.is_pending_event() && Instant::now() < deadline => {
-                    tracing::debug!(droplet, doing, "droplet busy with another action; waiting");
-                    self.client.retried(RetryReason::Busy);
-                    self.pause().await;
-                }
-                Err(e) if e.is_not_found() => {
-                    return Err(ProviderError::Gone(format!(
-                        "droplet {droplet} no longer exists on DigitalOcean"
-                    )));
-                }
-                Err(e) => return Err(explain(doing, e)),
-            }
-        }
-    }
-
     /// Waits until the droplet is active with a public address.
     pub(super) async fn until_active(
         &self,
@@ -400,33 +326,5 @@ impl DigitalOceanProvider {
                 Err(e) => return Err(explain("deleting the home volume", e)),
             }
         }
-    }
-
-    /// Follows the droplet's most recent action of `kind` begun at or after
-    /// `since`, if DigitalOcean has one (a POST whose answer was lost).
-    pub(super) async fn recent_action(
-        &self,
-        droplet: u64,
-        kind: &str,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<u64>, ProviderError> {
-        let actions = self
-            .client
-            .list(&format!("/v2/droplets/{droplet}/actions"), "actions", &[])
-            .await
-            .map_err(|e| explain("listing the droplet's actions", e))?;
-        Ok(actions
-            .iter()
-            .filter(|a| a["type"] == kind)
-            .filter(|a| {
-                a["started_at"]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .is_some_and(|t| {
-                        t.with_timezone(&chrono::Utc) >= since - chrono::Duration::seconds(5)
-                    })
-            })
-            .filter_map(|a| a["id"].as_u64())
-            .max())
     }
 }
