@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::fake_do::{FakeDo, Point};
 use crate::helpers::{TestApp, TestDatabase, test_root};
-use crate::isolation::{run, ssh};
+use crate::helpers::{run, ssh};
 
 #[actix_web::test]
 async fn a_data_directory_inside_a_private_directory_of_roots_works() {

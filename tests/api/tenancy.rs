@@ -13,7 +13,7 @@ use devpocket_actors::provider::{Cancel, MachineSpec, Provider};
 use serde_json::Value;
 
 use crate::helpers::{TestApp, shut_down_machines, test_root};
-use crate::isolation::{run, ssh};
+use crate::helpers::{run, ssh};
 
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
