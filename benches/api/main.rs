@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use load::{Wrk, WrkResult, percentile};
 use server::{Metrics, Server};
 
@@ -93,13 +93,7 @@ async fn bench() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     ));
     println!("{report}");
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map(|p| p.join("bench"))
-        .context("target dir")?;
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("api.md"), &report)?;
-    eprintln!("written to {}", out.join("api.md").display());
+    devpocket_testkit::report::save(env!("CARGO_TARGET_TMPDIR"), "api.md", &report)?;
     Ok(())
 }
 
@@ -251,6 +245,7 @@ async fn one_hash(secret: &str, scale: &Scale, sections: &mut Sections) -> anyho
 /// Authenticated `GET /api/v1/environments` at 256 connections.
 async fn list_environments(server: &Server, token: &str, scale: &Scale) -> anyhow::Result<String> {
     let listed: serde_json::Value = server
+        .api
         .http
         .get(server.url("/api/v1/environments"))
         .bearer_auth(token)
@@ -505,12 +500,12 @@ async fn quiet(secret: &str, scale: &Scale, sections: &mut Sections) -> anyhow::
         // The allowance comes back a request at a time (20/s by default): the
         // next request may pass, one of the next few is refused.
         let url = server.url("/api/v1/environments");
-        let mut answer = peer::Answer::record(&server.http, &url).await?;
+        let mut answer = peer::Answer::record(&server.api.http, &url).await?;
         for _ in 0..100 {
             if answer.status == 429 {
                 break;
             }
-            answer = peer::Answer::record(&server.http, &url).await?;
+            answer = peer::Answer::record(&server.api.http, &url).await?;
         }
         if answer.status != 429 {
             bail!("expected a 429 to give the peer, got {}", answer.status);

@@ -2,37 +2,10 @@
 //! port opens, admin commands on the same database as the server (embedded or not,
 //! with or without a server running), and the embedded cluster's lifecycle.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::helpers::{PASSWORD, TestApp, devpocket, serve, test_root};
+use crate::helpers::{PASSWORD, Server, TestApp, create_user, devpocket, serve, test_root};
 use serde_json::Value;
-
-fn create_user(
-    cmd: &mut Command,
-    username: &str,
-    plan: &str,
-    password: &str,
-) -> std::process::Output {
-    let mut child = cmd
-        .args(["admin", "create-user", "--username", username, "--email"])
-        .arg(format!("{username}@example.com"))
-        .args(["--plan", plan])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 #[test]
 fn every_command_has_help() {
@@ -90,7 +63,8 @@ async fn create_user_and_migrate_use_the_configured_database() {
         "root_admin",
         "admin",
         PASSWORD,
-    );
+    )
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -112,7 +86,8 @@ async fn create_user_and_migrate_use_the_configured_database() {
         "weakling",
         "free",
         "weak",
-    );
+    )
+    .unwrap();
     assert!(!weak.status.success());
     assert!(String::from_utf8_lossy(&weak.stderr).contains("password"));
     let duplicate = create_user(
@@ -120,7 +95,8 @@ async fn create_user_and_migrate_use_the_configured_database() {
         "root_admin",
         "free",
         PASSWORD,
-    );
+    )
+    .unwrap();
     assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already taken"));
 
     let migrate = devpocket()
@@ -133,7 +109,7 @@ async fn create_user_and_migrate_use_the_configured_database() {
 }
 
 /// Starts `devpocket serve` on the embedded database in `data_dir`.
-fn start_server(data_dir: &Path) -> (Child, String) {
+fn start_server(data_dir: &Path) -> Server {
     let mut cmd = devpocket();
     cmd.env("DEVPOCKET_DATA_DIR", data_dir);
     serve(cmd)
@@ -157,7 +133,8 @@ async fn embedded_database_is_shared_by_server_and_admin_commands() {
         "first_admin",
         "admin",
         PASSWORD,
-    );
+    )
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -171,7 +148,8 @@ async fn embedded_database_is_shared_by_server_and_admin_commands() {
     assert_eq!(mode & 0o077, 0, "credentials readable by others");
 
     // The server reuses the cluster and sees that user.
-    let (mut server, address) = start_server(&data_dir);
+    let server = start_server(&data_dir);
+    let address = &server.address;
     let client = reqwest::Client::new();
     let login = |user: &'static str| {
         client
@@ -187,7 +165,8 @@ async fn embedded_database_is_shared_by_server_and_admin_commands() {
         "second_user",
         "pro",
         PASSWORD,
-    );
+    )
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -197,19 +176,7 @@ async fn embedded_database_is_shared_by_server_and_admin_commands() {
     assert!(status(&data_dir).contains("running"));
 
     // SIGTERM stops the server and the cluster it started.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(exit) = server.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "server did not stop");
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = server.stop().unwrap();
     assert!(exit.success());
     assert!(status(&data_dir).contains("stopped"));
     let _ = std::fs::remove_dir_all(&data_dir);

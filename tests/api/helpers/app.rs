@@ -9,7 +9,7 @@ use devpocket::startup::Application;
 use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
 
-use super::{TestDatabase, shut_down_machines, test_root, ws_until};
+use super::{TestDatabase, shut_down_machines, test_database, test_root, ws_until};
 
 pub const SECRET_KEY: &str = "test-secret-key-test-secret-key-0123456789";
 pub const PASSWORD: &str = "Correct-horse-9";
@@ -51,7 +51,7 @@ impl TestApp {
 
     /// Starts the application with extra settings.
     pub async fn spawn_with(overrides: &[(&str, &str)]) -> Self {
-        let db = TestDatabase::create().await;
+        let db = test_database().await;
         Self::spawn_on(db, None, overrides).await
     }
 

@@ -1,173 +1,24 @@
-//! The test database: one embedded PostgreSQL cluster per test run, a migrated
-//! template database, a database of its own cloned from it for each test, and a
-//! proxy that can cut a server off from it.
+//! The test database (the cluster and its per-test databases are the testkit's),
+//! where tests keep their files, and a proxy that can cut a server off from it.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use devpocket::config::Secret;
-use devpocket::db::embedded::{self, Durability, EmbeddedPostgres};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-
-/// The cluster every test in this process uses, and the template to clone.
-pub struct Cluster {
-    /// A URL of the cluster's maintenance database, for CREATE/DROP DATABASE.
-    admin_url: String,
-    template: String,
-    _embedded: Option<EmbeddedPostgres>,
-}
-
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-
-/// Replaces the database name of a PostgreSQL URL.
-pub fn with_database(url: &str, name: &str) -> String {
-    let mut url = url::Url::parse(url).expect("database url");
-    url.set_path(&format!("/{name}"));
-    url.to_string()
-}
-
-/// Runs async setup work on its own runtime (cluster set-up happens once, from
-/// whichever test gets there first).
-pub(super) fn on_own_runtime<T: Send + 'static>(
-    f: impl std::future::Future<Output = T> + Send + 'static,
-) -> T {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    })
-    .join()
-    .expect("setup thread")
-}
-
-fn migrations_digest() -> String {
-    use sha2::Digest;
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
-            .expect("migrations dir")
-            .flatten()
-            .map(|e| e.path().join("up.sql"))
-            .collect();
-    files.sort();
-    let mut hasher = sha2::Sha256::new();
-    for f in files {
-        hasher.update(std::fs::read(&f).unwrap_or_default());
-    }
-    hex::encode(hasher.finalize())[..16].to_owned()
-}
+pub use devpocket_testkit::cluster::{Cluster, TestDatabase};
 
 /// Where tests keep their embedded cluster and per-test data directories.
 pub fn test_root() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("devpocket-test")
 }
 
+/// The cluster every test in this process uses.
 pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(|| {
-        let (admin_url, embedded) = match std::env::var("TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => (url, None),
-            _ => {
-                let mut pg = EmbeddedPostgres::prepare(&test_root(), None, Durability::Ephemeral)
-                    .expect("embedded PostgreSQL for tests");
-                pg.ensure_running().expect("start embedded PostgreSQL");
-                (pg.url(embedded::DATABASE).expose().clone(), Some(pg))
-            }
-        };
-        let template = format!("devpocket_tpl_{}", migrations_digest());
-        let (admin, tpl) = (admin_url.clone(), template.clone());
-        on_own_runtime(async move { ensure_template(&admin, &tpl).await });
-        Cluster {
-            admin_url,
-            template,
-            _embedded: embedded,
-        }
-    })
+    Cluster::shared(&test_root())
 }
 
-async fn ensure_template(admin_url: &str, template: &str) {
-    let mut conn = AsyncPgConnection::establish(admin_url)
-        .await
-        .expect("admin connection");
-    // Several test processes may race to build the template.
-    diesel::sql_query("SELECT pg_advisory_lock(4242)")
-        .execute(&mut conn)
-        .await
-        .expect("lock");
-    let exists: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-        "EXISTS (SELECT 1 FROM pg_database WHERE datname = '{template}')"
-    )))
-    .get_result(&mut conn)
-    .await
-    .expect("check template");
-    if !exists {
-        let building = format!("{template}_building");
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS {building}"))
-            .execute(&mut conn)
-            .await
-            .expect("drop");
-        diesel::sql_query(format!("CREATE DATABASE {building}"))
-            .execute(&mut conn)
-            .await
-            .expect("create");
-        let url = Secret::new(with_database(admin_url, &building));
-        devpocket::db::run_migrations(&url)
-            .await
-            .expect("migrate template");
-        diesel::sql_query(format!("ALTER DATABASE {building} RENAME TO {template}"))
-            .execute(&mut conn)
-            .await
-            .expect("rename template");
-    }
-    diesel::sql_query("SELECT pg_advisory_unlock(4242)")
-        .execute(&mut conn)
-        .await
-        .expect("unlock");
-}
-
-/// A database of its own for one test, dropped when the test ends.
-pub struct TestDatabase {
-    pub name: String,
-    pub url: String,
-}
-
-impl TestDatabase {
-    pub async fn create() -> Self {
-        let cluster = cluster();
-        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = AsyncPgConnection::establish(&cluster.admin_url)
-            .await
-            .expect("admin connection");
-        diesel::sql_query(format!(
-            "CREATE DATABASE {name} TEMPLATE {}",
-            cluster.template
-        ))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-        let url = with_database(&cluster.admin_url, &name);
-        Self { name, url }
-    }
-
-    pub async fn connect(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.url)
-            .await
-            .expect("test database connection")
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let admin = cluster().admin_url.clone();
-        let name = self.name.clone();
-        on_own_runtime(async move {
-            if let Ok(mut conn) = AsyncPgConnection::establish(&admin).await {
-                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await;
-            }
-        });
-    }
+/// A database of its own for one test, dropped with it.
+pub async fn test_database() -> TestDatabase {
+    cluster().database().await
 }
 
 /// A TCP front for the test database that can be cut and restored, to see how the

@@ -6,9 +6,9 @@ use std::time::Duration;
 use devpocket::crypto::SecretBox;
 use devpocket_actors::model::MachineAccess;
 use devpocket_actors::ssh::SshSession;
+use devpocket_testkit::cluster::on_own_runtime;
 use diesel_async::RunQueryDsl;
 
-use super::database::on_own_runtime;
 use super::{SECRET_KEY, TestApp};
 
 /// Removes what local machines under `data_dir` left (sshd, bootstrap, every

@@ -13,3 +13,6 @@ pub use database::*;
 pub use machines::*;
 pub use process::*;
 pub use ws::*;
+
+/// Polling, where no event can be awaited: the one way tests wait.
+pub use devpocket_testkit::eventually;

@@ -15,13 +15,18 @@ pub enum WsEvent {
     Closed(Option<(u16, String)>),
 }
 
+/// A WebSocket to `path` on the server at `address` (`http://…`).
+pub async fn ws_connect(address: &str, path: &str) -> Ws {
+    let url = format!("{}{path}", address.replacen("http://", "ws://", 1));
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connect");
+    ws
+}
+
 impl TestApp {
     pub async fn ws(&self, path: &str) -> Ws {
-        let url = format!("{}{path}", self.address.replacen("http://", "ws://", 1));
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket connect");
-        ws
+        ws_connect(&self.address, path).await
     }
 
     /// A WebSocket whose socket has a small receive buffer, so a test can make it
