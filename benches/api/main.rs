@@ -623,13 +623,17 @@ fn refusals((rows, cpus): &(String, String), scale: &Scale) -> String {
 /// and the keys left.
 async fn until_swept(server: &Server, limit: Duration) -> anyhow::Result<(Duration, f64)> {
     let start = Instant::now();
-    loop {
-        let keys = server.metrics().await?.ip_keys();
-        if keys < 100.0 || start.elapsed() > limit {
-            return Ok((start.elapsed(), keys));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let polled = devpocket_testkit::poll(limit, async || match server.metrics().await {
+        Ok(metrics) if metrics.ip_keys() < 100.0 => Ok(Ok(metrics.ip_keys())),
+        Ok(metrics) => Err(metrics.ip_keys()),
+        Err(e) => Ok(Err(e)),
+    })
+    .await;
+    let keys = match polled {
+        Ok(swept) => swept?,
+        Err(left) => left,
+    };
+    Ok((start.elapsed(), keys))
 }
 
 /// The fifth server: many client addresses, twice, each round swept before the

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use devpocket_testkit::api::Api;
-use devpocket_testkit::process::{self, create_user};
+use devpocket_testkit::process::{self, create_user, succeeded};
 use devpocket_testkit::report::{machine, sh};
 
 /// Everything the benchmark writes: the server's data directory and wrk's scripts.
@@ -94,18 +94,9 @@ impl Server {
 
     /// Creates a user with the CLI (password on stdin).
     pub fn create_user(&self, username: &str, password: &str, plan: &str) -> anyhow::Result<()> {
-        let out = create_user(
-            devpocket(&self.secret).env("RUST_LOG", "warn"),
-            username,
-            plan,
-            password,
-        )?;
-        if !out.status.success() {
-            bail!(
-                "admin create-user failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let mut cmd = devpocket(&self.secret);
+        let out = create_user(cmd.env("RUST_LOG", "warn"), username, plan, password)?;
+        succeeded(out).context("admin create-user")?;
         Ok(())
     }
 
@@ -122,10 +113,7 @@ impl Server {
         template: &str,
     ) -> anyhow::Result<String> {
         let id = self.api.create_environment(token, name, template).await?;
-        let env = self.api.settled(token, &id, CREATE).await?;
-        if env["status"] != "running" {
-            bail!("the environment did not start: {env}");
-        }
+        self.api.running(token, &id, CREATE).await?;
         Ok(id)
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use devpocket_testkit::api::Api;
-use devpocket_testkit::process::{self, Server, create_user};
+use devpocket_testkit::process::{self, Server, create_user, succeeded};
 use devpocket_testkit::report::{machine, sh};
 
 use crate::client::{SshClient, WsClient};
@@ -61,22 +61,12 @@ impl Bench {
         let secret = hex::encode(rand::random::<[u8; 32]>());
         eprintln!("starting the server (data in {})", dir.display());
         let server = Server::start(devpocket(&dir, &secret))?;
-        let created = create_user(
-            devpocket(&dir, &secret).env("RUST_LOG", "warn"),
-            "bench",
-            "admin",
-            PASSWORD,
-        )?;
-        if !created.status.success() {
-            bail!(
-                "admin create-user failed: {}",
-                String::from_utf8_lossy(&created.stderr)
-            );
-        }
+        let mut cmd = devpocket(&dir, &secret);
+        let created = create_user(cmd.env("RUST_LOG", "warn"), "bench", "admin", PASSWORD)?;
+        succeeded(created).context("admin create-user")?;
         let api = Api::new(&server.address);
         let token = api.login("bench", PASSWORD).await?;
         let env_id = api.create_environment(&token, "bench", "ubuntu").await?;
-        let env = api.settled(&token, &env_id, CREATE).await?;
         let bench = Self {
             server,
             dir,
@@ -84,9 +74,9 @@ impl Bench {
             token,
             env_id,
         };
-        if env["status"] != "running" {
+        if let Err(e) = bench.api.running(&bench.token, &bench.env_id, CREATE).await {
             bench.stop().await;
-            bail!("the environment did not start: {env}");
+            return Err(e);
         }
         Ok(bench)
     }

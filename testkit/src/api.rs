@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 
 use crate::poll;
@@ -60,6 +60,19 @@ impl Api {
             .to_owned())
     }
 
+    /// Signs `username` up and creates their environment `name` from `template`,
+    /// without waiting for it: the token and the environment's id.
+    pub async fn new_user_with_environment(
+        &self,
+        (username, password): (&str, &str),
+        name: &str,
+        template: &str,
+    ) -> anyhow::Result<(String, String)> {
+        let token = self.register(username, password).await?;
+        let id = self.create_environment(&token, name, template).await?;
+        Ok((token, id))
+    }
+
     /// Creates an environment from `template`, without waiting for it; its id.
     pub async fn create_environment(
         &self,
@@ -94,16 +107,20 @@ impl Api {
     }
 
     /// Waits (at most `within`) until the environment is no longer being created;
-    /// how it is then (running, or not).
-    pub async fn settled(&self, token: &str, id: &str, within: Duration) -> anyhow::Result<Value> {
-        poll(within, async || {
+    /// how it is then, which must be running.
+    pub async fn running(&self, token: &str, id: &str, within: Duration) -> anyhow::Result<Value> {
+        let env = poll(within, async || {
             let env = self.environment(token, id).await?;
             if env["status"] == "creating" {
                 return Err(anyhow!("still creating: {env}"));
             }
             Ok(env)
         })
-        .await
+        .await?;
+        if env["status"] != "running" {
+            bail!("the environment did not start: {env}");
+        }
+        Ok(env)
     }
 
     /// The environment's provisioning log, up to 1,000 lines.

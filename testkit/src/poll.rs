@@ -38,7 +38,7 @@ pub async fn eventually<T, E: Display>(
 ) -> T {
     match poll(within, check).await {
         Ok(done) => done,
-        Err(seen) => panic!("waited {within:?} for {what}; last seen: {seen}"),
+        Err(seen) => panic!("waited {within:?} for: {what}; last seen: {seen}"),
     }
 }
 
@@ -89,7 +89,7 @@ mod tests {
     }
 
     #[tokio::test]
-    #[should_panic(expected = "for the door to open; last seen: still shut")]
+    #[should_panic(expected = "for: the door to open; last seen: still shut")]
     async fn eventually_says_what_it_waited_for_and_what_it_saw() {
         eventually(Duration::ZERO, "the door to open", async || {
             Err::<(), _>("still shut")

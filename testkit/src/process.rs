@@ -51,6 +51,18 @@ pub fn create_user(
     Ok(child.wait_with_output()?)
 }
 
+/// `out` if its command succeeded, else an error with what it said on stderr.
+pub fn succeeded(out: Output) -> anyhow::Result<Output> {
+    if !out.status.success() {
+        bail!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out)
+}
+
 /// Warnings and errors a server logs, printed up to this many.
 const LOGGED_PROBLEMS: usize = 20;
 

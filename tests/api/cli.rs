@@ -3,9 +3,29 @@
 //! with or without a server running), and the embedded cluster's lifecycle.
 
 use std::path::Path;
+use std::process::Output;
 
-use crate::helpers::{PASSWORD, Server, TestApp, create_user, devpocket, serve, test_root};
 use serde_json::Value;
+
+use crate::helpers::{
+    PASSWORD, Server, TestApp, create_user, devpocket, serve, succeeded, test_root,
+};
+
+/// `admin create-user` with the database setting `(key, value)`: what it printed.
+fn create(database: (&str, &str), username: &str, plan: &str, password: &str) -> Output {
+    create_user(
+        devpocket().env(database.0, database.1),
+        username,
+        plan,
+        password,
+    )
+    .unwrap()
+}
+
+/// The same, which must succeed.
+fn created(database: (&str, &str), username: &str, plan: &str) -> Output {
+    succeeded(create(database, username, plan, PASSWORD)).unwrap()
+}
 
 #[test]
 fn every_command_has_help() {
@@ -58,18 +78,7 @@ fn bad_settings_fail_before_listening_and_name_the_key() {
 async fn create_user_and_migrate_use_the_configured_database() {
     let app = TestApp::spawn().await;
     let url = app.db.url.clone();
-    let out = create_user(
-        devpocket().env("DATABASE_URL", &url),
-        "root_admin",
-        "admin",
-        PASSWORD,
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = created(("DATABASE_URL", &url), "root_admin", "admin");
     assert!(String::from_utf8_lossy(&out.stdout).contains("plan admin"));
 
     let login: Value = app
@@ -81,22 +90,10 @@ async fn create_user_and_migrate_use_the_configured_database() {
     assert_eq!(login["user"]["subscription_plan"], "admin");
 
     // Bad input is refused before the database is touched, with the reason.
-    let weak = create_user(
-        devpocket().env("DATABASE_URL", &url),
-        "weakling",
-        "free",
-        "weak",
-    )
-    .unwrap();
+    let weak = create(("DATABASE_URL", &url), "weakling", "free", "weak");
     assert!(!weak.status.success());
     assert!(String::from_utf8_lossy(&weak.stderr).contains("password"));
-    let duplicate = create_user(
-        devpocket().env("DATABASE_URL", &url),
-        "root_admin",
-        "free",
-        PASSWORD,
-    )
-    .unwrap();
+    let duplicate = create(("DATABASE_URL", &url), "root_admin", "free", PASSWORD);
     assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already taken"));
 
     let migrate = devpocket()
@@ -127,19 +124,9 @@ fn status(data_dir: &Path) -> String {
 #[actix_web::test]
 async fn embedded_database_is_shared_by_server_and_admin_commands() {
     let data_dir = test_root().join(format!("embedded-{}", uuid::Uuid::new_v4().simple()));
+    let embedded = ("DEVPOCKET_DATA_DIR", data_dir.to_str().unwrap());
     // No server yet: the command creates the cluster, uses it and stops it again.
-    let out = create_user(
-        devpocket().env("DEVPOCKET_DATA_DIR", &data_dir),
-        "first_admin",
-        "admin",
-        PASSWORD,
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    created(embedded, "first_admin", "admin");
     assert!(status(&data_dir).contains("stopped"));
     let password_file = data_dir.join("postgres.password");
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -160,18 +147,7 @@ async fn embedded_database_is_shared_by_server_and_admin_commands() {
     assert_eq!(login("first_admin").await.unwrap().status(), 200);
 
     // While it runs, an admin command uses the same cluster and leaves it running.
-    let out = create_user(
-        devpocket().env("DEVPOCKET_DATA_DIR", &data_dir),
-        "second_user",
-        "pro",
-        PASSWORD,
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    created(embedded, "second_user", "pro");
     assert_eq!(login("second_user").await.unwrap().status(), 200);
     assert!(status(&data_dir).contains("running"));
 

@@ -9,7 +9,7 @@ use devpocket::startup::Application;
 use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
 
-use super::{TestDatabase, shut_down_machines, test_database, test_root, ws_until};
+use super::{TestDatabase, eventually, shut_down_machines, test_database, test_root, ws_until};
 
 pub const SECRET_KEY: &str = "test-secret-key-test-secret-key-0123456789";
 pub const PASSWORD: &str = "Correct-horse-9";
@@ -263,24 +263,17 @@ impl TestApp {
         id: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        loop {
-            let env: Value = self
-                .authed_client(token)
-                .get(&format!("/api/v1/environments/{id}"))
-                .await
-                .json()
-                .await
-                .expect("json");
-            if pred(&env) {
-                return env;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "environment never reached the state: {env}"
-            );
-            actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let client = self.authed_client(token);
+        let path = format!("/api/v1/environments/{id}");
+        eventually(
+            std::time::Duration::from_secs(120),
+            "the environment to reach the state",
+            async || {
+                let env: Value = client.get(&path).await.json().await.expect("json");
+                if pred(&env) { Ok(env) } else { Err(env) }
+            },
+        )
+        .await
     }
 }
 

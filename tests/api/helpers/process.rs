@@ -4,7 +4,7 @@
 use std::process::Command;
 
 pub use devpocket_testkit::api::Api;
-pub use devpocket_testkit::process::{Server, create_user};
+pub use devpocket_testkit::process::{Server, create_user, succeeded};
 
 use super::SECRET_KEY;
 
