@@ -215,7 +215,7 @@ impl FromRequest for Origin {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(match req.app_data::<web::Data<AppState>>() {
-            Some(state) => Ok(Self::of(req, &state.settings.trusted_proxies)),
+            Some(state) => Ok(Self::of(req, &state.settings.http.trusted_proxies)),
             None => Err(ApiError::internal(anyhow::anyhow!(
                 "application state missing"
             ))),

@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::auth::password::PasswordHasher;
 use crate::auth::{self, Registration};
-use crate::config::{DatabaseSetting, Secret, Settings, Source};
+use crate::config::{DatabaseLocation, Secret, Settings, Source};
+use crate::data_dir;
 use crate::db::embedded::{self, Durability, EmbeddedPostgres};
 use crate::db::{self};
 use crate::error::ApiError;
@@ -85,7 +86,7 @@ enum DbCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(&Source::from_env()) {
+    let settings = match settings() {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("configuration error: {err}");
@@ -110,6 +111,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The settings every command runs with: the environment's, and in development
+/// without `SECRET_KEY` the key kept in the data directory (made on first use).
+fn settings() -> anyhow::Result<Settings> {
+    let mut settings = Settings::load(&Source::from_env())?;
+    if settings.auth.secret_key.is_none() {
+        settings.auth.secret_key = Some(data_dir::development_secret_key(&settings.data_dir)?);
+    }
+    Ok(settings)
+}
+
 /// How a command leaves the embedded cluster it started.
 #[derive(Clone, Copy)]
 enum StopMode {
@@ -128,15 +139,15 @@ struct Database {
 
 impl Database {
     fn open(settings: &Settings) -> anyhow::Result<Self> {
-        match &settings.database {
-            DatabaseSetting::External(url) => Ok(Self {
+        match &settings.database.location {
+            DatabaseLocation::External(url) => Ok(Self {
                 url: url.clone(),
                 embedded: None,
             }),
-            DatabaseSetting::Embedded => {
+            DatabaseLocation::Embedded => {
                 let mut pg = EmbeddedPostgres::prepare(
                     &settings.data_dir,
-                    settings.pg_bin_dir.as_deref(),
+                    settings.database.pg_bin_dir.as_deref(),
                     Durability::Durable,
                 )?;
                 pg.ensure_running()?;
@@ -185,8 +196,8 @@ fn runtime<F: std::future::Future>(future: F) -> F::Output {
 
 fn serve(mut settings: Settings) -> anyhow::Result<()> {
     let database = Database::open(&settings)?;
-    settings.database = DatabaseSetting::External(database.url.clone());
-    let listen = settings.listen;
+    settings.database.location = DatabaseLocation::External(database.url.clone());
+    let listen = settings.http.listen;
     let result = runtime(async move {
         let app = Application::build(settings).await?;
         tracing::info!(
@@ -265,7 +276,7 @@ fn create_user(settings: Settings, args: CreateUserArgs) -> anyhow::Result<()> {
     let database = Database::open(&settings)?;
     let result = runtime(async {
         db::run_migrations(&database.url).await?;
-        let pool = db::build_pool(&database.url, 2, settings.db_timeout)?;
+        let pool = db::build_pool(&database.url, 2, settings.database.timeout)?;
         let hasher = PasswordHasher::new(1)?;
         auth::create_user(&pool, &hasher, input)
             .await
@@ -283,12 +294,12 @@ fn create_user(settings: Settings, args: CreateUserArgs) -> anyhow::Result<()> {
 }
 
 fn db_command(settings: Settings, command: DbCommand) -> anyhow::Result<()> {
-    if let DatabaseSetting::External(_) = settings.database {
+    if let DatabaseLocation::External(_) = settings.database.location {
         anyhow::bail!("DATABASE_URL is set: DevPocket is not managing an embedded cluster");
     }
     let mut pg = EmbeddedPostgres::prepare(
         &settings.data_dir,
-        settings.pg_bin_dir.as_deref(),
+        settings.database.pg_bin_dir.as_deref(),
         Durability::Durable,
     )?;
     match command {

@@ -3,6 +3,7 @@
 
 pub mod limits;
 pub mod list_cache;
+pub mod placement;
 
 use std::collections::BTreeMap;
 
@@ -19,7 +20,7 @@ use crate::db::environments::{self as db, Environment, NewEnvironment};
 use crate::db::json::Unreadable;
 use crate::db::users::User;
 use crate::error::{ApiError, ValidationErrors};
-use crate::plans::{self, Plan};
+use crate::plans;
 
 pub const MAX_VARIABLES: usize = 100;
 pub const MAX_VARIABLE_BYTES: usize = 4096;
@@ -152,67 +153,9 @@ pub const DIGITALOCEAN_SIZES: [(&str, &str, &str, &str); 6] = [
     ("s-8vcpu-16gb", "xlarge", "8", "16Gi"),
 ];
 
-/// A DigitalOcean environment's size: a DevPocket size (`small` … `xlarge`), or a
-/// DigitalOcean size from `catalog` (DigitalOcean's list, when it could be read) or
-/// else `DIGITALOCEAN_SIZES`, within the plan. Returns the DigitalOcean slug.
-pub fn digitalocean_size(plan: Plan, size: &str, catalog: &[Value]) -> Result<String, ApiError> {
-    if let Some(slug) = devpocket_actors::provider::digitalocean::size_slug(size) {
-        check_size(plan, size)?;
-        return Ok(slug.to_owned());
-    }
-    if let Some(found) = catalog.iter().find(|s| s["slug"] == size) {
-        let (cpus, memory) = (found["vcpus"].as_u64(), found["memory"].as_u64());
-        if found["available"] == false {
-            return Err(ApiError::validation(
-                "size",
-                format!("`{size}` is not available at DigitalOcean now; choose another size"),
-            ));
-        }
-        if !plan.fits(cpus.unwrap_or(u64::MAX), memory.unwrap_or(u64::MAX)) {
-            return Err(ApiError::Forbidden(format!(
-                "The {size} size is not available on the {plan} plan (up to {}); choose a smaller size or upgrade.",
-                plan.limits().max_size
-            )));
-        }
-        return Ok(size.to_owned());
-    }
-    let Some((slug, equivalent, ..)) = DIGITALOCEAN_SIZES.iter().find(|s| s.0 == size) else {
-        let mut names: Vec<&str> = plans::SIZES.iter().map(|s| s.name).collect();
-        names.extend(DIGITALOCEAN_SIZES.iter().map(|s| s.0));
-        return Err(ApiError::validation(
-            "size",
-            format!("`{size}` is not a size; choose one of {}", names.join(", ")),
-        ));
-    };
-    if !plan.allows_size(equivalent) {
-        return Err(ApiError::Forbidden(format!(
-            "The {size} size is not available on the {plan} plan (up to {}); choose a smaller size or upgrade.",
-            plan.limits().max_size
-        )));
-    }
-    Ok((*slug).to_owned())
-}
-
 /// What a stopped DigitalOcean environment still costs.
 pub const DIGITALOCEAN_BILLING_NOTE: &str = "DigitalOcean bills a droplet for as long as it exists, powered off or not, \
      and its home volume too: stopping this environment does not stop the charges; deleting it does.";
-
-pub fn check_size(plan: Plan, size: &str) -> Result<(), ApiError> {
-    if plans::size(size).is_none() {
-        let names: Vec<&str> = plans::SIZES.iter().map(|s| s.name).collect();
-        return Err(ApiError::validation(
-            "size",
-            format!("`{size}` is not a size; choose one of {}", names.join(", ")),
-        ));
-    }
-    if !plan.allows_size(size) {
-        return Err(ApiError::Forbidden(format!(
-            "The {size} size is not available on the {plan} plan (up to {}); choose a smaller size or upgrade.",
-            plan.limits().max_size
-        )));
-    }
-    Ok(())
-}
 
 /// Inserts a new environment after the quota check, both under a lock on the
 /// user's row so that two simultaneous creates cannot both squeeze in.

@@ -28,6 +28,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("{detail}")]
     Conflict { detail: String, context: Value },
+    /// A 409 with a code of its own: the resource's state refuses the operation
+    /// (`environment_not_running`, `operation_in_progress`, …).
+    #[error("{detail}")]
+    State {
+        code: &'static str,
+        detail: String,
+        context: Value,
+    },
     #[error("{detail}")]
     Locked {
         detail: String,
@@ -116,6 +124,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Conflict { .. } => "conflict",
+            Self::State { code, .. } => code,
             Self::Locked { .. } => "account_locked",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -128,7 +137,7 @@ impl ApiError {
     fn context(&self) -> Value {
         match self {
             Self::Validation(v) => json!({ "fields": v.fields }),
-            Self::Conflict { context, .. } => context.clone(),
+            Self::Conflict { context, .. } | Self::State { context, .. } => context.clone(),
             Self::Locked { retry_after, .. } => {
                 json!({ "retry_after_seconds": retry_after.as_secs().max(1) })
             }
@@ -182,7 +191,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Conflict { .. } | Self::State { .. } => StatusCode::CONFLICT,
             Self::Locked { .. } => StatusCode::LOCKED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod data_dir;
 pub mod db;
 pub mod environments;
 pub mod error;

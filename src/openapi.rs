@@ -51,18 +51,18 @@ rate limit is exceeded; 5xx bodies are generic.";
         templates::get_template,
         templates::update_template,
         templates::delete_template,
-        environments::list_environments,
-        environments::create_environment,
-        environments::get_environment,
-        environments::update_environment,
-        environments::delete_environment,
-        environments::start_environment,
-        environments::stop_environment,
-        environments::restart_environment,
-        environments::snapshot_environment,
-        environments::resize_environment,
-        environments::get_metrics,
-        environments::get_logs,
+        environments::list::list_environments,
+        environments::create::create_environment,
+        environments::get::get_environment,
+        environments::update::update_environment,
+        environments::lifecycle::delete_environment,
+        environments::lifecycle::start_environment,
+        environments::lifecycle::stop_environment,
+        environments::lifecycle::restart_environment,
+        environments::maintenance::snapshot_environment,
+        environments::maintenance::resize_environment,
+        environments::metrics::get_metrics,
+        environments::logs::get_logs,
         catalog::list_regions,
         catalog::list_sizes,
         ws_logs::logs_socket,
@@ -180,9 +180,13 @@ mod responses {
     }))]
     pub struct NotFound(pub ErrorBody<'static>);
 
-    /// A duplicate (`context.field` names it), an operation that is not valid
-    /// in the resource's current state, or a resource with a stored value that
-    /// cannot be read (`context.field` names the column).
+    /// A duplicate (`conflict`, `context.field` names it), a resource with a stored
+    /// value that cannot be read (`conflict`, `context.field` names the column), or
+    /// an operation that is not valid in the resource's current state, with a code
+    /// of its own: `environment_already_running`, `environment_already_stopped`,
+    /// `environment_creating`, `environment_failed`, `operation_in_progress`,
+    /// `environment_deleting`, `environment_not_resting`, `environment_not_running`,
+    /// `operation_unsupported`, `same_size`.
     #[derive(ToResponse)]
     #[response(example = json!({
         "detail": "The username 'alice' is already taken.",

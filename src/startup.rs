@@ -25,7 +25,7 @@ use crate::audit::{AuditLog, AuditWriter};
 use crate::auth::password::PasswordHasher;
 use crate::auth::session_cache::SessionCache;
 use crate::auth::tokens::TokenKeys;
-use crate::config::{DatabaseSetting, Settings};
+use crate::config::{DatabaseLocation, Secret, Settings};
 use crate::crypto::SecretBox;
 use crate::db::store::DbStore;
 use crate::db::{self, DbPool, embedded};
@@ -87,6 +87,7 @@ const ENVIRONMENT_GROUP: &str = "devpocket-env";
 /// environment: what a crash, or a delete that never finished, left behind.
 async fn start_actors(
     settings: &Settings,
+    secret_key: &Secret<Vec<u8>>,
     pool: &DbPool,
     metrics: &Metrics,
     digitalocean: Option<Arc<DigitalOceanProvider>>,
@@ -97,7 +98,7 @@ async fn start_actors(
         // Each environment runs as its own user in this group; the group may pass
         // through (not list) the directories above the environments.
         embedded::ensure_system_group(ENVIRONMENT_GROUP)?;
-        crate::config::ensure_data_dir(&settings.data_dir)?;
+        crate::data_dir::ensure_data_dir(&settings.data_dir)?;
         std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o711))
             .context("opening the data directory to environment users")?;
         let dir = settings.data_dir.canonicalize()?;
@@ -125,7 +126,7 @@ async fn start_actors(
     }
     let store = DbStore {
         pool: pool.clone(),
-        secrets: SecretBox::new(settings.secret_key.expose()),
+        secrets: SecretBox::new(secret_key.expose()),
         lists,
     };
     let deps = Deps {
@@ -133,14 +134,14 @@ async fn start_actors(
         providers,
         owner: uuid::Uuid::new_v4(),
         settings: ActorSettings {
-            lease_ttl: settings.lease_ttl,
-            provision_timeout: settings.provision_timeout,
+            lease_ttl: settings.environments.lease_ttl,
+            provision_timeout: settings.environments.provision_timeout,
             ..ActorSettings::default()
         },
         terminal: TerminalSettings {
-            buffer_bytes: settings.terminal_buffer_bytes,
-            client_queue_bytes: settings.terminal_client_queue_bytes,
-            linger: settings.terminal_linger,
+            buffer_bytes: settings.terminal.buffer_bytes,
+            client_queue_bytes: settings.terminal.client_queue_bytes,
+            linger: settings.terminal.linger,
             ..TerminalSettings::default()
         },
         gauges: Gauges::default(),
@@ -185,12 +186,15 @@ pub struct Application {
 }
 
 impl Application {
-    /// Migrates the database, then binds `settings.listen` (port 0 picks a free one).
-    /// `settings.database` must name a server: the embedded cluster is resolved to a
-    /// URL by the caller (see `cli`).
+    /// Migrates the database, then binds `settings.http.listen` (port 0 picks a free one).
+    /// `settings.database` must name a server and `settings.auth` hold the secret key:
+    /// the embedded cluster and the development key are resolved by the caller (see `cli`).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let DatabaseSetting::External(url) = &settings.database else {
+        let DatabaseLocation::External(url) = &settings.database.location else {
             anyhow::bail!("the embedded database must be started before building the application");
+        };
+        let Some(secret_key) = settings.auth.secret_key.clone() else {
+            anyhow::bail!("the secret key must be loaded before building the application");
         };
         let applied = db::run_migrations(url)
             .await
@@ -198,22 +202,23 @@ impl Application {
         if !applied.is_empty() {
             tracing::info!(?applied, "migrations applied");
         }
-        let pool = db::build_pool(url, settings.db_pool_size, settings.db_timeout)?;
+        let pool = db::build_pool(url, settings.database.pool_size, settings.database.timeout)?;
         crate::templates::sync(&pool, settings.templates_dir.as_deref())
             .await
             .context("loading templates")?;
-        let hasher = PasswordHasher::new(settings.hash_concurrency)?;
+        let hasher = PasswordHasher::new(settings.auth.hash_concurrency)?;
         let tokens = TokenKeys::new(
-            settings.secret_key.expose(),
-            settings.access_token_ttl,
-            settings.refresh_token_ttl,
+            secret_key.expose(),
+            settings.auth.access_token_ttl,
+            settings.auth.refresh_token_ttl,
         );
         let metrics = Arc::new(Metrics::new()?);
         Metrics::spawn_upkeep(&metrics, METRICS_UPKEEP);
         let digitalocean = digitalocean_provider(&settings, &metrics)?.map(Arc::new);
-        let lists = Arc::new(ListCache::new(settings.list_cache_ttl));
+        let lists = Arc::new(ListCache::new(settings.environments.list_cache_ttl));
         let actors = start_actors(
             &settings,
+            &secret_key,
             &pool,
             &metrics,
             digitalocean.clone(),
@@ -237,12 +242,12 @@ impl Application {
             ),
             _ => None,
         };
-        let listener = TcpListener::bind(settings.listen)
-            .with_context(|| format!("binding {}", settings.listen))?;
+        let listener = TcpListener::bind(settings.http.listen)
+            .with_context(|| format!("binding {}", settings.http.listen))?;
         let port = listener.local_addr()?.port();
-        let workers = settings.workers;
-        let ratelimits = Arc::new(RateLimits::new(&settings, &metrics));
-        ratelimit::spawn_sweeper(&ratelimits, settings.rate_limit_sweep);
+        let workers = settings.http.workers;
+        let ratelimits = Arc::new(RateLimits::new(&settings.rate_limits, &metrics));
+        ratelimit::spawn_sweeper(&ratelimits, settings.rate_limits.sweep);
         let settings = Arc::new(settings);
         let (audit, audit_writer) = AuditLog::start(pool.clone());
         let state = web::Data::new(AppState {
@@ -266,10 +271,10 @@ impl Application {
             ratelimits,
             audit,
             metrics,
-            sessions: SessionCache::new(settings.session_cache_ttl),
+            sessions: SessionCache::new(settings.auth.session_cache_ttl),
             lists,
         });
-        let metrics_listener = match settings.metrics_listen {
+        let metrics_listener = match settings.metrics.listen {
             Some(address) => Some(
                 TcpListener::bind(address)
                     .with_context(|| format!("binding DEVPOCKET_METRICS_LISTEN {address}"))?,
@@ -351,10 +356,10 @@ pub fn app(
         InitError = (),
     > + use<>,
 > {
-    let metrics_on_main = settings.metrics_listen.is_none();
+    let metrics_on_main = settings.metrics.listen.is_none();
     App::new()
-        .app_data(JsonLimit(settings.max_json_bytes))
-        .wrap(cors(&settings.allowed_origins))
+        .app_data(JsonLimit(settings.http.max_json_bytes))
+        .wrap(cors(&settings.http.allowed_origins))
         .wrap(ErrorHandlers::new().default_handler(http::envelope_fallback))
         .wrap(http::Edge)
         .configure(routes::configure)

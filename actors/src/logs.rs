@@ -5,6 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::model::Phase;
+
 /// How many lines an environment keeps.
 pub const KEEP_LINES: i64 = 10_000;
 
@@ -32,11 +34,22 @@ pub struct Progress {
     pub percent: u32,
 }
 
+/// Where provisioning stands, as a progress bar shows it: sent to a subscriber
+/// when it subscribes, at each stage marker and at each phase change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Standing {
+    pub phase: Phase,
+    /// How far provisioning got, 0–100: the environment's `progress`.
+    pub progress: i32,
+    /// The bootstrap's latest stage marker, once there is one.
+    pub stage: Option<Progress>,
+}
+
 /// What log subscribers receive, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogEvent {
     Line(LogLine),
-    Progress(Progress),
+    Progress(Standing),
     Complete,
     Failed(String),
     /// The environment was deleted: the stream ends.

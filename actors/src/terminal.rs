@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::deps::Deps;
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
-use crate::model::{Phase, Status};
+use crate::model::{EnvironmentRecord, Phase, Status};
 use crate::ssh::{SshSession, shell_quote};
 
 /// Tunables, documented in the README.
@@ -455,33 +455,28 @@ impl TerminalActor {
         let me = self.own_handle(ctx);
         let deps = self.deps.clone();
         let fut = async move {
-            let record = store
+            let loaded = store
                 .load(id)
                 .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "the environment was deleted".to_owned())?;
-            if record.status != Status::Running || record.phase != Phase::Ready {
-                return Err(format!(
-                    "the environment is {} ({})",
-                    record.status, record.phase
-                ));
-            }
+                .map_err(|e| Failure::Lost(e.to_string()))?;
+            let record = running(loaded).map_err(Failure::Closed)?;
             let (Some(machine), Some(keys)) = (record.machine, record.keys) else {
-                return Err("the environment has no machine".to_owned());
+                return Err(Failure::Lost("the environment has no machine".to_owned()));
             };
             let session = SshSession::connect(&machine, &keys.user_private).await;
             deps.ssh_connect("terminal", session.is_ok());
-            let session = session.map_err(|e| e.to_string())?;
+            let session = session.map_err(|e| Failure::Lost(e.to_string()))?;
             let command = match mode {
-                SessionMode::Tmux => {
-                    format!("cd; exec tmux new-session -A -s {}", shell_quote(&name))
-                }
-                SessionMode::Shell => "cd; exec \"${SHELL:-/bin/sh}\" -l".to_owned(),
+                SessionMode::Tmux => format!(
+                    "cd; {UTF8_LOCALE}; exec tmux -u new-session -A -s {}",
+                    shell_quote(&name)
+                ),
+                SessionMode::Shell => format!("cd; {UTF8_LOCALE}; exec \"${{SHELL:-/bin/sh}}\" -l"),
             };
             let channel = session
                 .pty(&command, cols, rows)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Failure::Lost(e.to_string()))?;
             Ok((Arc::new(session), channel))
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
@@ -546,22 +541,46 @@ impl TerminalActor {
                     act.status("connected", "terminal attached");
                     act.redraw(ctx);
                 }
-                Err(message) => act.retry(message, ctx),
+                Err(Failure::Closed(why)) => act.close(why, ctx),
+                Err(Failure::Lost(message)) => act.reconnect(message, ctx),
             }
         }));
     }
 
-    /// After a failure: reconnect with backoff while the environment runs, or tell
-    /// everyone the terminal is closed.
-    fn retry(&mut self, message: String, ctx: &mut Context<Self>) {
+    /// The SSH connection dropped. If the environment is no longer running — a
+    /// stop or delete is written before the machine goes — that is why: the
+    /// terminal closes, without a `reconnecting` first. Otherwise it reconnects.
+    fn lost(&mut self, message: String, ctx: &mut Context<Self>) {
         self.session = None;
         self.writer.send_replace(None);
-        if message.contains("deleted") || message.contains("the environment is") {
-            self.status("closed", message);
-            self.clients.clear();
-            ctx.stop();
-            return;
-        }
+        let generation = self.generation;
+        let (store, id) = (self.deps.store.clone(), self.environment_id);
+        let check = async move { store.load(id).await.map(running) };
+        ctx.spawn(check.into_actor(self).map(move |res, act, ctx| {
+            if generation != act.generation {
+                return;
+            }
+            match res {
+                Ok(Err(why)) => act.close(why, ctx),
+                // Still running, or the store cannot say: the connection was lost.
+                Ok(Ok(_)) | Err(_) => act.reconnect(message, ctx),
+            }
+        }));
+    }
+
+    /// Tells every client the terminal is closed, and why, and stops.
+    fn close(&mut self, why: String, ctx: &mut Context<Self>) {
+        self.session = None;
+        self.writer.send_replace(None);
+        self.status("closed", why);
+        self.clients.clear();
+        ctx.stop();
+    }
+
+    /// Reconnects with backoff, telling the clients.
+    fn reconnect(&mut self, message: String, ctx: &mut Context<Self>) {
+        self.session = None;
+        self.writer.send_replace(None);
         self.attempts += 1;
         self.deps.metric(|| {
             ::metrics::counter!("devpocket_ssh_reconnects_total", "purpose" => "terminal")
@@ -578,6 +597,38 @@ impl TerminalActor {
                 act.connect(ctx);
             }
         });
+    }
+}
+
+/// Terminals speak UTF-8 (frames are JSON text): unless the user's locale already
+/// does, the PTY's programs are told so, whatever the machine's sshd passes (a
+/// local machine's passes no locale at all). Without it tmux draws every
+/// non-ASCII character as `_` and readline mangles typed ones; `tmux -u` says the
+/// same to tmux itself.
+const UTF8_LOCALE: &str = "case \"${LC_ALL:-${LC_CTYPE:-${LANG:-}}}\" in \
+     *[Uu][Tt][Ff]-8*|*[Uu][Tt][Ff]8*) ;; \
+     *) export LC_CTYPE=C.UTF-8; [ -z \"${LC_ALL:-}\" ] || export LC_ALL=C.UTF-8 ;; esac";
+
+/// Why a connection attempt failed.
+enum Failure {
+    /// The environment is not running: the terminal closes, saying why.
+    Closed(String),
+    /// Anything else: the terminal reconnects.
+    Lost(String),
+}
+
+/// The environment's record if it is running, or why the terminal closes.
+fn running(record: Option<EnvironmentRecord>) -> Result<EnvironmentRecord, String> {
+    let Some(record) = record else {
+        return Err("the environment was deleted".to_owned());
+    };
+    match (record.status, record.phase) {
+        (Status::Running, Phase::Ready) => Ok(record),
+        (Status::Terminated, _) | (_, Phase::Deleting | Phase::Deleted) => {
+            Err("the environment was deleted".to_owned())
+        }
+        (_, Phase::Stopping | Phase::Stopped) => Err("the environment was stopped".to_owned()),
+        (status, phase) => Err(format!("the environment is {status} ({phase})")),
     }
 }
 
@@ -630,7 +681,7 @@ impl Handler<Disconnected> for TerminalActor {
     type Result = ();
     fn handle(&mut self, msg: Disconnected, ctx: &mut Context<Self>) {
         if msg.generation == self.generation {
-            self.retry("the SSH connection dropped".into(), ctx);
+            self.lost("the SSH connection dropped".into(), ctx);
         }
     }
 }
@@ -808,5 +859,42 @@ impl Handler<Resize> for TerminalActor {
             c.rows = msg.rows;
         }
         self.use_size_of(msg.client);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UTF8_LOCALE;
+
+    /// The character type `sh` ends up with, after `UTF8_LOCALE`, from `env`.
+    fn ctype_after(env: &[(&str, &str)]) -> String {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "{UTF8_LOCALE}; echo \"${{LC_ALL:-${{LC_CTYPE:-${{LANG:-}}}}}}|${{LANG:-}}\""
+            ))
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .expect("sh runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_terminal_is_utf8_whatever_the_locale_it_is_given() {
+        // Nothing, or a locale of another character set: UTF-8, the language kept.
+        assert_eq!(ctype_after(&[]), "C.UTF-8|");
+        assert_eq!(ctype_after(&[("LANG", "C")]), "C.UTF-8|C");
+        assert_eq!(ctype_after(&[("LC_ALL", "POSIX")]), "C.UTF-8|");
+        // A UTF-8 locale the user chose is left alone.
+        assert_eq!(
+            ctype_after(&[("LANG", "en_US.UTF-8")]),
+            "en_US.UTF-8|en_US.UTF-8"
+        );
+        assert_eq!(ctype_after(&[("LC_CTYPE", "C.utf8")]), "C.utf8|");
     }
 }

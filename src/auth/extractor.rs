@@ -105,7 +105,7 @@ impl FromRequest for AdminUser {
         );
         let origin = state
             .as_ref()
-            .map(|s| Origin::of(req, &s.settings.trusted_proxies))
+            .map(|s| Origin::of(req, &s.settings.http.trusted_proxies))
             .unwrap_or_default();
         Box::pin(async move {
             let caller = caller.await?;

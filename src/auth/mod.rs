@@ -228,8 +228,8 @@ pub async fn login(
             &mut conn,
             user.id,
             &lock_key,
-            settings.lockout_threshold,
-            settings.lockout_duration,
+            settings.auth.lockout_threshold,
+            settings.auth.lockout_duration,
         )
         .await?;
         state.audit.record(
@@ -245,7 +245,7 @@ pub async fn login(
                         .by(user.id)
                         .details(json!({
                             "locked_until": until,
-                            "failures": settings.lockout_threshold,
+                            "failures": settings.auth.lockout_threshold,
                         })),
                 );
                 Err(locked(until))

@@ -96,7 +96,7 @@ impl EmbeddedPostgres {
         durability: Durability,
     ) -> Result<Self, EmbeddedError> {
         let bin_dir = find_binaries(bin_dir)?;
-        crate::config::ensure_data_dir(data_dir)
+        crate::data_dir::ensure_data_dir(data_dir)
             .map_err(|e| EmbeddedError::Setup(e.to_string()))?;
         let data_dir = data_dir.canonicalize().map_err(io_err(data_dir))?;
         let run_as = if Uid::effective().is_root() {

@@ -54,7 +54,7 @@ pub fn check_at_edge(req: &ServiceRequest, state: &AppState) -> Option<ApiError>
     if !crate::routes::is_api(req.path()) {
         return None;
     }
-    let ip = client_ip(req.request(), &state.settings.trusted_proxies)?;
+    let ip = client_ip(req.request(), &state.settings.http.trusted_proxies)?;
     match state.ratelimits.check_ip(ip) {
         Ok(status) => {
             record(req.request(), status);
@@ -105,7 +105,7 @@ async fn limit_by_ip<B: MessageBody + 'static>(
     next: Next<B>,
 ) -> Result<ServiceResponse<EitherBody<B>>, Error> {
     if let Some(state) = req.app_data::<web::Data<AppState>>()
-        && let Some(ip) = client_ip(req.request(), &state.settings.trusted_proxies)
+        && let Some(ip) = client_ip(req.request(), &state.settings.http.trusted_proxies)
     {
         match state.ratelimits.check_credentials(route, ip) {
             Ok(status) => record(req.request(), status),

@@ -27,7 +27,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
-use crate::config::{Rate, Settings};
+use crate::config::{Rate, RateLimitSettings};
 use crate::db::users::User;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -194,23 +194,23 @@ impl Rejections {
 }
 
 impl RateLimits {
-    pub fn new(settings: &Settings, metrics: &Metrics) -> Self {
+    pub fn new(settings: &RateLimitSettings, metrics: &Metrics) -> Self {
         Self {
             rejected: Rejections::new(metrics),
-            ip: Keyed::new(settings.rate_limit_ip),
-            register_ip: Keyed::new(settings.rate_limit_register_ip),
-            refresh_ip: Keyed::new(settings.rate_limit_refresh_ip),
-            login_ip: budget::Budget::new(settings.rate_limit_login_failures_ip),
-            login_account: budget::Budget::new(settings.rate_limit_login_failures_account),
+            ip: Keyed::new(settings.ip),
+            register_ip: Keyed::new(settings.register_ip),
+            refresh_ip: Keyed::new(settings.refresh_ip),
+            login_ip: budget::Budget::new(settings.login_failures_ip),
+            login_account: budget::Budget::new(settings.login_failures_account),
             known: known::KnownAddresses::new(settings.known_address_ttl),
             users: Plan::ALL
                 .into_iter()
                 .filter_map(|plan| {
                     let factor = plan.rate_limit_multiplier()?;
-                    Some((plan, Keyed::new(settings.rate_limit_user.scaled(factor))))
+                    Some((plan, Keyed::new(settings.user.scaled(factor))))
                 })
                 .collect(),
-            ws_connect: Keyed::new(settings.rate_limit_ws_connect),
+            ws_connect: Keyed::new(settings.ws_connect),
             ws_input: Quota::per_second(settings.ws_input_per_second),
         }
     }

@@ -31,7 +31,7 @@ pub(crate) async fn metrics(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(expected) = &state.settings.metrics_token {
+    if let Some(expected) = &state.settings.metrics.token {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)

@@ -1,14 +1,15 @@
 //! `WS /api/v1/ws/logs/{environment_id}?token=ACCESS_TOKEN[&after=SEQ]`: the
-//! provisioning log, history first, then live, with no gap and no duplicate at the
-//! seam (the actor says which line it announced last when we subscribe; history is
-//! read up to that line, live lines follow it).
+//! provisioning log, history first, then where provisioning stands, then live, with
+//! no gap and no duplicate at the seam (the actor says which line it announced last
+//! and where provisioning stands when we subscribe; history is read up to that
+//! line, live events follow it).
 
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, Message, Session};
 use devpocket_actors::environment::{InstallState, SubscribeLogs};
-use devpocket_actors::logs::{self, LogEvent, Progress};
+use devpocket_actors::logs::{self, LogEvent, Standing};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -44,7 +45,8 @@ struct LogsQuery {
 /// The frame protocol, for the OpenAPI document.
 const PROTOCOL: &str = "\
 Upgrades to a WebSocket carrying the provisioning log: the stored lines after `after`, \
-then `installation_complete` or `installation_error` if provisioning has ended, then \
+then one `installation_progress` saying where provisioning stands, then \
+`installation_complete` or `installation_error` if provisioning has ended, then \
 live events, with no gap and no duplicate where history meets live. JSON text frames.
 
 Server frames:
@@ -52,7 +54,7 @@ Server frames:
 | Frame | When |
 |---|---|
 | `{\"type\": \"installation_log\", \"data\", \"seq\", \"timestamp\"}` | one per line |
-| `{\"type\": \"installation_progress\", \"stage\", \"step\", \"total\", \"percent\"}` | after a stage marker line |
+| `{\"type\": \"installation_progress\", \"phase\", \"progress\", \"stage\", \"step\", \"total\", \"percent\"}` | right after the history, then at each phase change while provisioning (to `provisioning`, `booting`, `installing`, `configuring`, then `ready`, `failed` or `deleting`) and after each stage marker line. `phase` and `progress` (0-100) are the environment's; `stage`, `step`, `total` and `percent` its bootstrap's latest stage marker (before the first one: the phase, and 0) |
 | `{\"type\": \"installation_complete\"}` | the bootstrap exited with status 0 |
 | `{\"type\": \"installation_error\", \"error\"}` | provisioning failed |
 | `{\"type\": \"pong\"}` | answer to any client text frame, such as `{\"type\": \"ping\"}` |
@@ -145,9 +147,23 @@ fn line_frame(seq: i64, data: &str, timestamp: chrono::DateTime<chrono::Utc>) ->
         .to_string()
 }
 
-fn progress_frame(p: &Progress) -> String {
-    json!({"type": "installation_progress", "stage": p.stage, "step": p.step, "total": p.total, "percent": p.percent})
-        .to_string()
+/// Where provisioning stands. Before the bootstrap's first stage marker, `stage`
+/// is the phase and `step`, `total` and `percent` are 0.
+fn progress_frame(s: &Standing) -> String {
+    let (stage, step, total, percent) = match &s.stage {
+        Some(p) => (p.stage.as_str(), p.step, p.total, p.percent),
+        None => (s.phase.as_str(), 0, 0, 0),
+    };
+    json!({
+        "type": "installation_progress",
+        "phase": s.phase,
+        "progress": s.progress,
+        "stage": stage,
+        "step": step,
+        "total": total,
+        "percent": percent,
+    })
+    .to_string()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -163,6 +179,9 @@ async fn serve(
 ) {
     // History: stored lines after `after`, up to what the actor announced.
     let mut cursor = after.max(0);
+    // The latest stage marker in the history, for when the actor has not seen one
+    // (it was re-created after a server restart).
+    let mut history_stage = None;
     while cursor < sub.last_seq {
         let rows = match state.pool.get().await {
             Ok(mut conn) => {
@@ -194,13 +213,21 @@ async fn serve(
             if session.text(frame).await.is_err() {
                 return;
             }
-            if let Some(p) = logs::parse_stage(line)
-                && session.text(progress_frame(&p)).await.is_err()
-            {
-                return;
+            if let Some(p) = logs::parse_stage(line) {
+                history_stage = Some(p);
             }
             cursor = *seq;
         }
+    }
+    // Then where provisioning stands, so a progress bar opened mid-way is right.
+    let mut standing = sub.standing;
+    if standing.stage.is_none() {
+        standing.stage = history_stage;
+    }
+    let frame = progress_frame(&standing);
+    ws.sent(frame.len());
+    if session.text(frame).await.is_err() {
+        return;
     }
     match &sub.state {
         InstallState::Complete => {
@@ -226,7 +253,7 @@ async fn serve(
                         line_frame(line.seq, &line.data, line.timestamp)
                     }
                     Some(LogEvent::Line(_)) => continue,
-                    Some(LogEvent::Progress(p)) => progress_frame(&p),
+                    Some(LogEvent::Progress(s)) => progress_frame(&s),
                     Some(LogEvent::Complete) => json!({"type": "installation_complete"}).to_string(),
                     Some(LogEvent::Failed(error)) => json!({"type": "installation_error", "error": error}).to_string(),
                     Some(LogEvent::Closed) => return close(session, CloseCode::Normal, "environment deleted").await,

@@ -180,7 +180,7 @@ async fn terminal_socket(
     query: web::Query<TerminalQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let (response, session, stream) = actix_ws::handle(&req, payload)?;
-    let origin = Origin::of(&req, &state.settings.trusted_proxies);
+    let origin = Origin::of(&req, &state.settings.http.trusted_proxies);
     let stream = stream.max_frame_size(PROTOCOL_FRAME_LIMIT);
     let query = query.into_inner();
     let id = id.into_inner();
@@ -494,9 +494,13 @@ impl Connection {
         }
         let frame: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
-            Err(_) => {
+            // Says where: a character split across frames (half a surrogate pair
+            // in each) is refused here, as is any other invalid JSON.
+            Err(e) => {
                 return self
-                    .error("frames must be JSON objects with a \"type\"")
+                    .error(&format!(
+                        "frames must be JSON objects with a \"type\" ({e})"
+                    ))
                     .await;
             }
         };
@@ -518,7 +522,7 @@ impl Connection {
                 };
                 if self.input_limit.check().is_err() {
                     self.state.ratelimits.rejected_ws_input();
-                    let max = self.state.settings.ws_input_per_second;
+                    let max = self.state.settings.rate_limits.ws_input_per_second;
                     return self
                         .error(&format!(
                             "too many input frames (at most {max} per second); input dropped"

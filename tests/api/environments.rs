@@ -149,7 +149,7 @@ async fn full_lifecycle_with_live_provisioning_logs() {
             .post(&format!("/api/v1/environments/{id}/stop"), &json!({}))
             .await,
         409,
-        "conflict",
+        "environment_already_stopped",
     )
     .await;
     assert_error(
@@ -157,7 +157,7 @@ async fn full_lifecycle_with_live_provisioning_logs() {
             .get(&format!("/api/v1/environments/{id}/metrics"))
             .await,
         409,
-        "conflict",
+        "environment_not_running",
     )
     .await;
 
@@ -177,7 +177,7 @@ async fn full_lifecycle_with_live_provisioning_logs() {
             .post(&format!("/api/v1/environments/{id}/start"), &json!({}))
             .await,
         409,
-        "conflict",
+        "environment_already_running",
     )
     .await;
 

@@ -20,6 +20,7 @@ mod nul;
 mod observability;
 mod openapi;
 mod poison;
+mod provisioning_progress;
 mod races;
 mod ratelimit;
 mod restart;

@@ -319,3 +319,13 @@ async fn secured_operations_refuse_requests_without_a_token() {
     }
     assert!(checked >= 20, "only {checked} secured operations");
 }
+
+#[test]
+fn every_conflict_code_is_documented_in_the_readme_and_the_document() {
+    let readme = include_str!("../../README.md");
+    let document = document().to_string();
+    for code in devpocket_actors::environment::Conflict::CODES {
+        assert!(readme.contains(&format!("`{code}`")), "README lacks {code}");
+        assert!(document.contains(code), "the OpenAPI document lacks {code}");
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::{Announce, EnvError, EnvironmentActor, Op, Work};
+use super::{Announce, Conflict, EnvError, EnvironmentActor, Op, Work, plan};
 use crate::model::{Phase, Stamp, Status, Transition};
 use crate::provider::{Maintenance, ProviderError};
 
@@ -65,32 +65,30 @@ impl Handler<Maintain> for EnvironmentActor {
 
     fn handle(&mut self, Maintain(request): Maintain, _: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
-        let refuse = |reason: String| -> Self::Result {
-            AtomicResponse::new(Box::pin(fut::ready(Err(EnvError::Conflict(reason)))))
+        let refuse = |conflict: Conflict| -> Self::Result {
+            AtomicResponse::new(Box::pin(fut::ready(Err(conflict.into()))))
         };
         let (status, phase) = (self.record.status, self.record.phase);
-        let (kind, doing) = match &request {
+        let (kind, operation) = match &request {
             MaintenanceRequest::Snapshot { .. } => (Maintenance::Snapshot, "take snapshots"),
             MaintenanceRequest::Resize { .. } => (Maintenance::Resize, "be resized"),
         };
         if !self.provider().is_ok_and(|p| p.supports(kind)) {
-            return refuse(format!(
-                "environments on the {} provider cannot {doing}",
-                self.record.provider
-            ));
+            return refuse(Conflict::Unsupported {
+                provider: self.record.provider.clone(),
+                operation,
+            });
         }
         let resting = matches!(
             (status, phase),
             (Status::Running, Phase::Ready) | (Status::Stopped, Phase::Stopped)
         );
         if !resting || self.record.provider_ref.is_none() {
-            return refuse(format!(
-                "the environment is {status} ({phase}); snapshots and resizes wait until it is running or stopped"
-            ));
+            return refuse(plan::not_resting(status, phase));
         }
         let (phase, message, op) = match request {
             MaintenanceRequest::Resize { size } if size == self.record.size => {
-                return refuse(format!("the environment is already of size {size}"));
+                return refuse(Conflict::SameSize(size));
             }
             MaintenanceRequest::Resize { size } => (
                 Phase::Resizing,

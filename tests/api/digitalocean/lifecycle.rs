@@ -241,7 +241,7 @@ async fn full_lifecycle_on_digitalocean() {
             &json!({"size": "s-2vcpu-4gb"}),
         )
         .await;
-    crate::helpers::assert_error(again, 409, "conflict").await;
+    crate::helpers::assert_error(again, 409, "same_size").await;
     run_in_terminal(
         &app,
         &token,
@@ -316,13 +316,13 @@ async fn snapshots_and_resizes_are_refused_on_the_local_provider() {
         .send()
         .await
         .unwrap();
-    crate::helpers::assert_error(empty, 409, "conflict").await;
+    crate::helpers::assert_error(empty, 409, "operation_unsupported").await;
     let body = crate::helpers::assert_error(
         client
             .post(&format!("/api/v1/environments/{id}/snapshot"), &json!({}))
             .await,
         409,
-        "conflict",
+        "operation_unsupported",
     )
     .await;
     assert!(
@@ -340,7 +340,7 @@ async fn snapshots_and_resizes_are_refused_on_the_local_provider() {
             )
             .await,
         409,
-        "conflict",
+        "operation_unsupported",
     )
     .await;
     assert!(

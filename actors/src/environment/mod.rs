@@ -1,0 +1,446 @@
+//! `EnvironmentActor`: one per environment. It owns the machine's lifecycle
+//! (provision, start, stop, restart, delete), tails the provisioning log over SSH,
+//! fans log events out to subscribers and samples resource use.
+//!
+//! Every transition is written to the store before anyone hears of it: the async
+//! work writes durably, then tells the actor (through its own mailbox, in order),
+//! and only the actor announces.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::deps::Deps;
+use crate::inspect::{ActorStats, Instrumented, Kind, Registration};
+use crate::logs::{LogEvent, LogLine, Progress, Standing};
+use crate::metrics::Metrics;
+use crate::model::{EnvironmentRecord, MachineAccess, MachineKeys, Phase, Status, Transition};
+use crate::provider::{Maintenance, Provider};
+use crate::store::StoreError;
+use crate::supervisor::ChildExited;
+
+mod maintenance;
+mod observe;
+mod operation;
+mod plan;
+mod work;
+
+pub use maintenance::{MachineGone, Maintain, MaintenanceRequest};
+pub use observe::{GetMetrics, LogSubscription, SubscribeLogs};
+pub use plan::{Command, Conflict};
+
+use plan::Step;
+
+use observe::MetricsWaiters;
+use operation::{Op, Operation};
+use work::Work;
+
+/// How long a metrics sample is reused, so a refreshing app does not open a
+/// channel per request.
+const METRICS_TTL: Duration = Duration::from_secs(5);
+/// Provisioning-log lines stored in one statement.
+const LOG_BATCH: usize = 1000;
+/// How long provisioning may go without reaching the machine before it fails.
+const REACH_DEADLINE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// The operation is not valid in the current state (→ 409).
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// How provisioning is going, as log subscribers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallState {
+    InProgress,
+    Complete,
+    Failed(String),
+}
+
+/// Tells the supervisor when the actor is gone, and whether it died in a panic:
+/// `Drop` runs while a panic unwinds. `stopped()` marks the exit clean, unless it
+/// is itself running during that unwinding (actix calls it from the context's
+/// `Drop`).
+struct ExitGuard {
+    id: Uuid,
+    supervisor: Recipient<ChildExited>,
+    clean: bool,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.supervisor.do_send(ChildExited {
+            id: self.id,
+            crashed: !self.clean,
+        });
+    }
+}
+
+pub struct EnvironmentActor {
+    deps: Arc<Deps>,
+    record: EnvironmentRecord,
+    guard: ExitGuard,
+    /// The lifecycle operation in progress, if any.
+    operation: Option<Operation>,
+    next_operation: u64,
+    install: InstallState,
+    /// The bootstrap's latest stage marker seen by this actor (not after a restart:
+    /// log subscribers then take it from the history).
+    stage: Option<Progress>,
+    subscribers: Vec<mpsc::Sender<LogEvent>>,
+    last_activity: Instant,
+    metrics: Option<(Instant, Metrics)>,
+    /// While a metrics sample is being taken: who waits for it.
+    metrics_waiters: Option<MetricsWaiters>,
+    has_lease: bool,
+    /// A restart is a stop followed by a start.
+    restart_after_stop: bool,
+    registration: Registration,
+}
+
+impl EnvironmentActor {
+    pub fn new(
+        deps: Arc<Deps>,
+        record: EnvironmentRecord,
+        supervisor: Recipient<ChildExited>,
+    ) -> Self {
+        let install = match record.status {
+            Status::Creating => InstallState::InProgress,
+            Status::Error if !record.provisioned => InstallState::Failed(
+                record
+                    .status_message
+                    .clone()
+                    .unwrap_or_else(|| "provisioning failed".into()),
+            ),
+            _ => InstallState::Complete,
+        };
+        let registration = deps.inspector.register(
+            Kind::Environment,
+            format!("environment:{}", record.id),
+            vec![format!("user:{}", record.user_id)],
+        );
+        registration
+            .stats
+            .set_state(format!("{}/{}", record.status, record.phase));
+        Self {
+            guard: ExitGuard {
+                id: record.id,
+                supervisor,
+                clean: false,
+            },
+            deps,
+            record,
+            operation: None,
+            next_operation: 0,
+            install,
+            stage: None,
+            subscribers: Vec::new(),
+            last_activity: Instant::now(),
+            metrics: None,
+            metrics_waiters: None,
+            has_lease: false,
+            restart_after_stop: false,
+            registration,
+        }
+    }
+
+    fn provider(&self) -> Result<Arc<dyn Provider>, String> {
+        self.deps
+            .providers
+            .get(&self.record.provider)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "provider {} is not configured on this server",
+                    self.record.provider
+                )
+            })
+    }
+
+    /// Sends an event to every subscriber; one that cannot keep up is dropped (it
+    /// reconnects with `after=SEQ` and loses nothing).
+    fn broadcast(&mut self, event: &LogEvent) {
+        self.subscribers
+            .retain(|tx| match tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::info!("dropping a log subscriber that fell behind");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::debug!("log subscriber gone");
+                    false
+                }
+            });
+        self.registration.stats.set_clients(self.subscribers.len());
+    }
+
+    /// Where provisioning stands now.
+    fn standing(&self) -> Standing {
+        Standing {
+            phase: self.record.phase,
+            progress: self.record.progress,
+            stage: self.stage.clone(),
+        }
+    }
+
+    fn apply(&mut self, t: &Transition) {
+        // Once deleting, only the delete's own outcome moves the environment, not
+        // a late word from the operation it superseded.
+        if self.record.phase == Phase::Deleting
+            && !matches!(t.phase, Phase::Deleting | Phase::Deleted | Phase::Failed)
+        {
+            return;
+        }
+        let moved = self.record.phase != t.phase;
+        self.record.status = t.status;
+        self.record.phase = t.phase;
+        self.record.progress = t.progress;
+        self.record.status_message = t.message.clone();
+        self.registration
+            .stats
+            .set_state(format!("{}/{}", t.status, t.phase));
+        // Log subscribers follow provisioning phase by phase, up to the phase that
+        // ends it (ready, failed, or deleting).
+        if moved && self.install == InstallState::InProgress {
+            self.broadcast(&LogEvent::Progress(self.standing()));
+        }
+    }
+
+    /// Picks up whatever the durable state says is unfinished.
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        let op = match self.record.phase {
+            Phase::Queued
+            | Phase::Provisioning
+            | Phase::Booting
+            | Phase::Installing
+            | Phase::Configuring => Some(Op::Provision),
+            Phase::Starting | Phase::Restarting => Some(Op::Start),
+            Phase::Stopping => Some(Op::Stop),
+            Phase::Deleting => Some(Op::Delete),
+            // A machine that should be running is brought up (after a server restart).
+            Phase::Ready => Some(Op::EnsureUp),
+            // The provider's action may or may not have finished: back to rest.
+            Phase::Snapshotting | Phase::Resizing => Some(Op::Settle),
+            Phase::Stopped | Phase::Failed | Phase::Deleted => None,
+        };
+        if let Some(op) = op {
+            self.run(op, ctx);
+        }
+    }
+}
+
+impl Actor for EnvironmentActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let ttl = self.deps.settings.lease_ttl;
+        // Renew the lease well before it runs out.
+        ctx.run_interval(ttl / 3, |act, ctx| act.renew_lease(ctx));
+        ctx.run_interval(Duration::from_secs(5), |act, ctx| {
+            let idle = act.operation.is_none()
+                && act.subscribers.iter().all(|s| s.is_closed())
+                && act.last_activity.elapsed() >= act.deps.settings.environment_idle;
+            if idle {
+                ctx.stop();
+            }
+        });
+        self.renew_lease(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        tracing::debug!(environment_id = %self.record.id, "environment actor stopped");
+        // actix also calls `stopped()` from `ContextFut`'s `Drop`, which tokio runs
+        // while a panic in this actor unwinds: that is not a clean stop.
+        self.guard.clean = !std::thread::panicking();
+        if self.has_lease {
+            let (store, id, owner) = (self.deps.store.clone(), self.record.id, self.deps.owner);
+            actix::spawn(async move {
+                let _ = store.release_lease(id, owner).await;
+            });
+        }
+    }
+}
+
+impl Instrumented for EnvironmentActor {
+    fn stats(&self) -> &Arc<ActorStats> {
+        &self.registration.stats
+    }
+}
+
+crate::instrumented!(EnvironmentActor);
+
+impl EnvironmentActor {
+    fn renew_lease(&mut self, ctx: &mut Context<Self>) {
+        let (store, id, owner, ttl) = (
+            self.deps.store.clone(),
+            self.record.id,
+            self.deps.owner,
+            self.deps.settings.lease_ttl,
+        );
+        let fut = async move { store.acquire_lease(id, owner, ttl).await };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(true) if !act.has_lease => {
+                act.has_lease = true;
+                act.resume(ctx);
+            }
+            Ok(true) => {}
+            Ok(false) => {
+                if act.has_lease {
+                    // Someone else took over: stop driving this machine at once.
+                    tracing::warn!(environment_id = %act.record.id, "lease lost");
+                    act.has_lease = false;
+                    if let Some(running) = act.operation.take() {
+                        running.canceller.cancel();
+                        ctx.cancel_future(running.handle);
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(environment_id = %act.record.id, error = %err, "lease renewal failed"),
+        }));
+    }
+}
+
+/// Internal: durable facts reported by the work in progress, to be announced.
+#[derive(Message)]
+#[rtype(result = "()")]
+enum Announce {
+    Transition(Transition),
+    Lines(Vec<LogLine>),
+    Progress(Progress),
+    Machine(MachineAccess, String),
+    Keys(MachineKeys),
+    Size(String),
+    Installed(Result<(), String>),
+    Deleted,
+}
+
+impl Handler<Announce> for EnvironmentActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Announce, ctx: &mut Context<Self>) {
+        match msg {
+            Announce::Transition(t) => self.apply(&t),
+            Announce::Lines(lines) => {
+                if let Some(last) = lines.last() {
+                    self.record.log_seq = last.seq;
+                }
+                for line in lines {
+                    self.broadcast(&LogEvent::Line(line));
+                }
+            }
+            Announce::Progress(p) => {
+                self.stage = Some(p);
+                self.broadcast(&LogEvent::Progress(self.standing()));
+            }
+            Announce::Machine(access, provider_ref) => {
+                self.record.machine = Some(access);
+                self.record.provider_ref = Some(provider_ref);
+            }
+            Announce::Keys(keys) => self.record.keys = Some(keys),
+            Announce::Size(size) => self.record.size = size,
+            Announce::Installed(outcome) => {
+                let event = match &outcome {
+                    Ok(()) => LogEvent::Complete,
+                    Err(e) => LogEvent::Failed(e.clone()),
+                };
+                self.install = match outcome {
+                    Ok(()) => InstallState::Complete,
+                    Err(e) => InstallState::Failed(e),
+                };
+                self.broadcast(&event);
+            }
+            Announce::Deleted => {
+                tracing::info!(environment_id = %self.record.id, subscribers = self.subscribers.len(), "environment deleted");
+                self.broadcast(&LogEvent::Closed);
+                self.subscribers.clear();
+                ctx.stop();
+            }
+        }
+    }
+}
+
+/// Asks for a lifecycle operation. Replies, once the new phase is durable, with
+/// that phase; or why the operation is not valid now.
+#[derive(Message)]
+#[rtype(result = "Result<Phase, EnvError>")]
+pub struct Lifecycle(pub Command);
+
+impl Handler<Lifecycle> for EnvironmentActor {
+    type Result = AtomicResponse<Self, Result<Phase, EnvError>>;
+
+    fn handle(&mut self, Lifecycle(command): Lifecycle, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        let state = plan::State {
+            status: self.record.status,
+            phase: self.record.phase,
+            progress: self.record.progress,
+            has_machine: self.install == InstallState::Complete
+                && self.record.provider_ref.is_some(),
+            can_reboot: self
+                .provider()
+                .is_ok_and(|p| p.supports(Maintenance::Reboot)),
+        };
+        let (transition, step) = match plan::plan(command, state) {
+            Ok(plan) => plan,
+            Err(conflict) => {
+                return AtomicResponse::new(Box::pin(fut::ready(Err(conflict.into()))));
+            }
+        };
+        let (store, id) = (self.deps.store.clone(), self.record.id);
+        let t = transition.clone();
+        let write = async move { store.transition(id, &t).await };
+        AtomicResponse::new(Box::pin(write.into_actor(self).map(
+            move |res, act, ctx| {
+                res?;
+                act.apply(&transition);
+                match step {
+                    Step::Start => act.run(Op::Start, ctx),
+                    Step::Stop => act.run(Op::Stop, ctx),
+                    Step::Reboot => act.run(Op::Reboot, ctx),
+                    Step::Delete => act.run(Op::Delete, ctx),
+                    Step::StopThenStart => {
+                        act.run(Op::Stop, ctx);
+                        act.restart_after_stop = true;
+                    }
+                }
+                Ok(transition.phase)
+            },
+        )))
+    }
+}
+
+/// Internal: a stop finished (a restart continues with a start).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopFinished;
+
+impl Handler<StopFinished> for EnvironmentActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopFinished, ctx: &mut Context<Self>) {
+        if std::mem::take(&mut self.restart_after_stop) {
+            let t = Transition::new(Status::Stopped, Phase::Restarting, 100);
+            let (store, id) = (self.deps.store.clone(), self.record.id);
+            let t2 = t.clone();
+            ctx.wait(
+                async move { store.transition(id, &t2).await }
+                    .into_actor(self)
+                    .map(move |res, act, ctx| {
+                        if res.is_ok() {
+                            act.apply(&t);
+                            act.run(Op::Start, ctx);
+                        }
+                    }),
+            );
+        }
+    }
+}
