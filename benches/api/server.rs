@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use anyhow::Context;
 use devpocket_testkit::api::Api;
@@ -45,9 +44,6 @@ pub fn fresh_root() -> anyhow::Result<()> {
     std::fs::create_dir_all(&root)?;
     Ok(())
 }
-
-/// How long an environment may take to be made.
-const CREATE: Duration = Duration::from_secs(300);
 
 pub struct Server {
     process: process::Server,
@@ -98,23 +94,6 @@ impl Server {
         let out = create_user(cmd.env("RUST_LOG", "warn"), username, plan, password)?;
         succeeded(out).context("admin create-user")?;
         Ok(())
-    }
-
-    /// Signs in; the access token.
-    pub async fn login(&self, username: &str, password: &str) -> anyhow::Result<String> {
-        self.api.login(username, password).await
-    }
-
-    /// Creates an environment from `template` and waits until it runs; its id.
-    pub async fn create_environment(
-        &self,
-        token: &str,
-        name: &str,
-        template: &str,
-    ) -> anyhow::Result<String> {
-        let id = self.api.create_environment(token, name, template).await?;
-        self.api.running(token, &id, CREATE).await?;
-        Ok(id)
     }
 
     /// Deletes an environment (its sshd, tmux, files, user) and waits until it is gone.
