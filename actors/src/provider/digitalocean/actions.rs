@@ -140,18 +140,18 @@ impl DigitalOceanProvider {
         let doing = action.doing;
         let since = chrono::Utc::now();
         let deadline = Instant::now() + self.config.create_timeout;
+        let path = format!("/v2/droplets/{droplet}/actions");
+        let request = || {
+            self.send_when_free(
+                (Method::POST, &path),
+                Some(&action.body),
+                action.repeat,
+                ApiError::is_pending_event,
+                deadline,
+            )
+        };
         loop {
-            match self
-                .client
-                .send(
-                    Method::POST,
-                    &format!("/v2/droplets/{droplet}/actions"),
-                    &[],
-                    Some(&action.body),
-                    action.repeat,
-                )
-                .await
-            {
+            match request().await {
                 Ok(answer) => {
                     return answer["action"]["id"].as_u64().ok_or_else(|| {
                         failed(format!("{doing}: DigitalOcean returned no action"))
@@ -164,11 +164,6 @@ impl DigitalOceanProvider {
                         return Ok(found);
                     }
                     self.client.retried(RetryReason::Unclear);
-                }
-                Err(e) if e.is_pending_event() && Instant::now() < deadline => {
-                    tracing::debug!(droplet, doing, "droplet busy with another action; waiting");
-                    self.client.retried(RetryReason::Busy);
-                    self.pause().await;
                 }
                 Err(e) if e.is_not_found() => {
                     return Err(ProviderError::Gone(format!(
@@ -188,23 +183,18 @@ impl DigitalOceanProvider {
         kind: &str,
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<u64>, ProviderError> {
-        let actions = self
-            .client
-            .list(&format!("/v2/droplets/{droplet}/actions"), "actions", &[])
-            .await
-            .map_err(|e| explain("listing the droplet's actions", e))?;
-        Ok(actions
-            .iter()
-            .filter(|a| a["type"] == kind)
-            .filter(|a| {
-                a["started_at"]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .is_some_and(|t| {
-                        t.with_timezone(&chrono::Utc) >= since - chrono::Duration::seconds(5)
-                    })
-            })
-            .filter_map(|a| a["id"].as_u64())
-            .max())
+        let path = format!("/v2/droplets/{droplet}/actions");
+        let started_since = |a: &Value| {
+            a["started_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| {
+                    t.with_timezone(&chrono::Utc) >= since - chrono::Duration::seconds(5)
+                })
+        };
+        self.newest((&path, "actions"), "listing the droplet's actions", |a| {
+            a["type"] == kind && started_since(a)
+        })
+        .await
     }
 }

@@ -20,6 +20,53 @@ impl DigitalOceanProvider {
         tokio::time::sleep(self.config.poll_interval).await;
     }
 
+    /// Sends a request, and sends it again after a pause while DigitalOcean answers
+    /// that what it acts on is `busy` (another action pending, a volume still
+    /// attached) and `deadline` has not passed; the last answer.
+    pub(super) async fn send_when_free(
+        &self,
+        (method, path): (Method, &str),
+        body: Option<&Value>,
+        repeat: Repeat,
+        busy: impl Fn(&ApiError) -> bool,
+        deadline: Instant,
+    ) -> Result<Value, ApiError> {
+        loop {
+            match self
+                .client
+                .send(method.clone(), path, &[], body, repeat)
+                .await
+            {
+                Err(e) if busy(&e) && Instant::now() < deadline => {
+                    tracing::debug!(path, error = %e, "busy; waiting");
+                    self.client.retried(RetryReason::Busy);
+                    self.pause().await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// The id of the newest item listed at `path` (under `key`) that `wanted`, if
+    /// there is one; `doing` names the listing in an error.
+    pub(super) async fn newest(
+        &self,
+        (path, key): (&str, &str),
+        doing: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Result<Option<u64>, ProviderError> {
+        let items = self
+            .client
+            .list(path, key, &[])
+            .await
+            .map_err(|e| explain(doing, e))?;
+        Ok(items
+            .iter()
+            .filter(|item| wanted(item))
+            .filter_map(|item| item["id"].as_u64())
+            .max())
+    }
+
     /// Droplets carrying `tag`, oldest first.
     pub(super) async fn droplets_tagged(&self, tag: &str) -> Result<Vec<Value>, ApiError> {
         let mut droplets = self
@@ -304,27 +351,22 @@ impl DigitalOceanProvider {
     /// Deletes the volume once the droplet has let go of it.
     pub(super) async fn delete_volume(&self, volume: &str) -> Result<(), ProviderError> {
         let deadline = Instant::now() + self.config.create_timeout;
-        loop {
-            match self
-                .client
-                .send(
-                    Method::DELETE,
-                    &format!("/v2/volumes/{volume}"),
-                    &[],
-                    None,
-                    Repeat::Safe,
-                )
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_not_found() => return Ok(()),
-                // Still attached: a destroyed droplet lets go of it a few seconds later.
-                Err(e) if e.status() == Some(409) && Instant::now() < deadline => {
-                    self.client.retried(RetryReason::Busy);
-                    self.pause().await
-                }
-                Err(e) => return Err(explain("deleting the home volume", e)),
-            }
+        // Still attached: a destroyed droplet lets go of it a few seconds later.
+        let attached = |e: &ApiError| e.status() == Some(409);
+        let path = format!("/v2/volumes/{volume}");
+        match self
+            .send_when_free(
+                (Method::DELETE, &path),
+                None,
+                Repeat::Safe,
+                attached,
+                deadline,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(explain("deleting the home volume", e)),
         }
     }
 }

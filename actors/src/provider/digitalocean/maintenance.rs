@@ -42,18 +42,14 @@ impl DigitalOceanProvider {
                     "DigitalOcean could not take the snapshot (action {action} errored)"
                 ))
             })?;
-        let snapshots = self
-            .client
-            .list(&format!("/v2/droplets/{id}/snapshots"), "snapshots", &[])
-            .await
-            .map_err(|e| explain("listing the droplet's snapshots", e))?;
-        Ok(snapshots
-            .iter()
-            .filter(|s| s["name"] == name)
-            .filter_map(|s| s["id"].as_u64())
-            .max()
-            .map(|s| s.to_string())
-            .unwrap_or_default())
+        let snapshot = self
+            .newest(
+                (&format!("/v2/droplets/{id}/snapshots"), "snapshots"),
+                "listing the droplet's snapshots",
+                |s| s["name"] == name,
+            )
+            .await?;
+        Ok(snapshot.map(|s| s.to_string()).unwrap_or_default())
     }
 
     pub(super) async fn resize_machine(
