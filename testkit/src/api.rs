@@ -46,18 +46,32 @@ impl Api {
     }
 
     async fn token(&self, path: &str, body: &Value) -> anyhow::Result<String> {
-        let session: Value = self
-            .http
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(session["access_token"]
+        self.post_for(path, None, body, "access_token").await
+    }
+
+    /// POSTs `body` to `path` (with `token`, if any); the answer's string `field`.
+    async fn post_for(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+        field: &str,
+    ) -> anyhow::Result<String> {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let answer: Value = request.send().await?.json().await?;
+        Ok(answer[field]
             .as_str()
-            .with_context(|| format!("{path} gave no token: {session}"))?
+            .with_context(|| format!("{path} gave no {field}: {answer}"))?
             .to_owned())
+    }
+
+    /// GETs `path` with `token`; the answer.
+    async fn get_json(&self, token: &str, path: &str) -> anyhow::Result<Value> {
+        let request = self.http.get(self.url(path)).bearer_auth(token);
+        Ok(request.send().await?.json().await?)
     }
 
     /// Signs `username` up and creates their environment `name` from `template`,
@@ -80,30 +94,14 @@ impl Api {
         name: &str,
         template: &str,
     ) -> anyhow::Result<String> {
-        let env: Value = self
-            .http
-            .post(self.url("/api/v1/environments"))
-            .bearer_auth(token)
-            .json(&json!({"name": name, "template_id": template}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(env["id"]
-            .as_str()
-            .with_context(|| format!("creating the environment: {env}"))?
-            .to_owned())
+        let body = json!({"name": name, "template_id": template});
+        self.post_for("/api/v1/environments", Some(token), &body, "id")
+            .await
     }
 
     pub async fn environment(&self, token: &str, id: &str) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(self.url(&format!("/api/v1/environments/{id}")))
-            .bearer_auth(token)
-            .send()
-            .await?
-            .json()
-            .await?)
+        self.get_json(token, &format!("/api/v1/environments/{id}"))
+            .await
     }
 
     /// Waits (at most `within`) until the environment is no longer being created;
@@ -125,14 +123,8 @@ impl Api {
 
     /// The environment's provisioning log, up to 1,000 lines.
     pub async fn logs(&self, token: &str, id: &str) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(self.url(&format!("/api/v1/environments/{id}/logs?lines=1000")))
-            .bearer_auth(token)
-            .send()
-            .await?
-            .json()
-            .await?)
+        let path = format!("/api/v1/environments/{id}/logs?lines=1000");
+        self.get_json(token, &path).await
     }
 
     /// Deletes the environment (its machine: processes, files, user) and waits

@@ -90,10 +90,12 @@ impl Cluster {
         let mut conn = AsyncPgConnection::establish(&self.admin_url)
             .await
             .expect("admin connection");
-        diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {}", self.template))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
+        run(
+            &mut conn,
+            format!("CREATE DATABASE {name} TEMPLATE {}", self.template),
+            "create test database",
+        )
+        .await;
         let url = with_database(&self.admin_url, &name);
         TestDatabase {
             name,
@@ -103,15 +105,20 @@ impl Cluster {
     }
 }
 
+/// Runs one statement on the admin connection; `what` names it if it fails.
+async fn run(conn: &mut AsyncPgConnection, sql: impl AsRef<str>, what: &str) {
+    diesel::sql_query(sql.as_ref())
+        .execute(conn)
+        .await
+        .expect(what);
+}
+
 async fn ensure_template(admin_url: &str, template: &str) {
     let mut conn = AsyncPgConnection::establish(admin_url)
         .await
         .expect("admin connection");
     // Several test processes may race to build the template.
-    diesel::sql_query("SELECT pg_advisory_lock(4242)")
-        .execute(&mut conn)
-        .await
-        .expect("lock");
+    run(&mut conn, "SELECT pg_advisory_lock(4242)", "lock").await;
     let exists: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
         "EXISTS (SELECT 1 FROM pg_database WHERE datname = '{template}')"
     )))
@@ -120,27 +127,25 @@ async fn ensure_template(admin_url: &str, template: &str) {
     .expect("check template");
     if !exists {
         let building = format!("{template}_building");
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS {building}"))
-            .execute(&mut conn)
-            .await
-            .expect("drop");
-        diesel::sql_query(format!("CREATE DATABASE {building}"))
-            .execute(&mut conn)
-            .await
-            .expect("create");
+        run(
+            &mut conn,
+            format!("DROP DATABASE IF EXISTS {building}"),
+            "drop",
+        )
+        .await;
+        run(&mut conn, format!("CREATE DATABASE {building}"), "create").await;
         let url = Secret::new(with_database(admin_url, &building));
         devpocket::db::run_migrations(&url)
             .await
             .expect("migrate template");
-        diesel::sql_query(format!("ALTER DATABASE {building} RENAME TO {template}"))
-            .execute(&mut conn)
-            .await
-            .expect("rename template");
+        run(
+            &mut conn,
+            format!("ALTER DATABASE {building} RENAME TO {template}"),
+            "rename template",
+        )
+        .await;
     }
-    diesel::sql_query("SELECT pg_advisory_unlock(4242)")
-        .execute(&mut conn)
-        .await
-        .expect("unlock");
+    run(&mut conn, "SELECT pg_advisory_unlock(4242)", "unlock").await;
 }
 
 /// A database of its own for one test, dropped when the test ends.

@@ -11,21 +11,29 @@ use devpocket_actors::backoff::Backoff;
 const PACE: Backoff =
     Backoff::doubling(Duration::from_millis(10)).at_most(Duration::from_millis(100));
 
+/// The waits between one check and the next, on [`PACE`]: none once `within` has
+/// passed.
+fn waits(within: Duration) -> impl Iterator<Item = Duration> {
+    let deadline = Instant::now() + within;
+    (0..).map_while(move |attempt| (Instant::now() < deadline).then(|| PACE.delay(attempt)))
+}
+
 /// Checks until `check` gives `Ok`, and returns that; once `within` has passed,
 /// the last `Err`: what was seen instead. Checks at least once.
 pub async fn poll<T, E>(
     within: Duration,
     mut check: impl AsyncFnMut() -> Result<T, E>,
 ) -> Result<T, E> {
-    let deadline = Instant::now() + within;
-    let mut attempt = 0;
+    let mut waits = waits(within);
     loop {
-        match check().await {
+        let seen = match check().await {
             Ok(done) => return Ok(done),
-            Err(seen) if Instant::now() >= deadline => return Err(seen),
-            Err(_) => tokio::time::sleep(PACE.delay(attempt)).await,
-        }
-        attempt += 1;
+            Err(seen) => seen,
+        };
+        let Some(wait) = waits.next() else {
+            return Err(seen);
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -43,20 +51,20 @@ pub async fn eventually<T, E: Display>(
 }
 
 /// [`poll`] for a thread that blocks (no runtime): the fake machines' start-up
-/// and shutdown.
+/// and shutdown, a server's stop.
 pub fn poll_blocking<T, E>(
     within: Duration,
     mut check: impl FnMut() -> Result<T, E>,
 ) -> Result<T, E> {
-    let deadline = Instant::now() + within;
-    let mut attempt = 0;
+    let mut waits = waits(within);
     loop {
         match check() {
-            Ok(done) => return Ok(done),
-            Err(seen) if Instant::now() >= deadline => return Err(seen),
-            Err(_) => std::thread::sleep(PACE.delay(attempt)),
+            Ok(done) => break Ok(done),
+            Err(seen) => match waits.next() {
+                Some(wait) => std::thread::sleep(wait),
+                None => break Err(seen),
+            },
         }
-        attempt += 1;
     }
 }
 

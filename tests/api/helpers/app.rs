@@ -7,6 +7,7 @@ use actix_web::dev::ServerHandle;
 use devpocket::config::{Settings, Source};
 use devpocket::startup::Application;
 use diesel_async::RunQueryDsl;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{TestDatabase, eventually, shut_down_machines, test_database, test_root, ws_until};
@@ -167,25 +168,33 @@ pub struct AuthedClient<'a> {
 }
 
 impl AuthedClient<'_> {
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.app
+    /// Sends `method path` with the token (and `body` as JSON, if any).
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> reqwest::Response {
+        let mut request = self
+            .app
             .client
-            .get(self.app.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .expect("request")
+            .request(method, self.app.url(path))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.send(Method::GET, path, None).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.app
-            .client
-            .post(self.app.url(path))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .expect("request")
+        self.send(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.send(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.send(Method::DELETE, path, None).await
     }
 }
 
@@ -230,32 +239,7 @@ impl TestApp {
             .expect("token")
             .to_owned()
     }
-}
 
-impl AuthedClient<'_> {
-    pub async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.app
-            .client
-            .put(self.app.url(path))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .expect("request")
-    }
-
-    pub async fn delete(&self, path: &str) -> reqwest::Response {
-        self.app
-            .client
-            .delete(self.app.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .expect("request")
-    }
-}
-
-impl TestApp {
     /// Polls an environment until `pred` holds (bounded: 120 s).
     pub async fn wait_for_env(
         &self,
@@ -275,9 +259,7 @@ impl TestApp {
         )
         .await
     }
-}
 
-impl TestApp {
     /// Creates an environment from `template` and waits until it runs.
     pub async fn ready_environment(&self, token: &str, name: &str, template: &str) -> String {
         let env: Value = self
