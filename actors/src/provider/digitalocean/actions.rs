@@ -7,6 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::{ApiError, Repeat, RetryReason};
+use super::droplets::gone;
 use super::{DigitalOceanProvider, explain, failed};
 use crate::provider::ProviderError;
 
@@ -165,11 +166,7 @@ impl DigitalOceanProvider {
                     }
                     self.client.retried(RetryReason::Unclear);
                 }
-                Err(e) if e.is_not_found() => {
-                    return Err(ProviderError::Gone(format!(
-                        "droplet {droplet} no longer exists on DigitalOcean"
-                    )));
-                }
+                Err(e) if e.is_not_found() => return Err(gone(droplet)),
                 Err(e) => return Err(explain(doing, e)),
             }
         }

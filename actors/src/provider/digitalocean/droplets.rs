@@ -94,6 +94,15 @@ impl DigitalOceanProvider {
         Ok(found.into_iter().next())
     }
 
+    /// The droplet; [`ProviderError::Gone`] once DigitalOcean no longer has it.
+    pub(super) async fn droplet(&self, id: u64) -> Result<Value, ProviderError> {
+        match self.get_droplet(id).await {
+            Ok(d) => Ok(d),
+            Err(e) if e.is_not_found() => Err(gone(id)),
+            Err(e) => Err(explain("checking on the droplet", e)),
+        }
+    }
+
     pub(super) async fn get_droplet(&self, id: u64) -> Result<Value, ApiError> {
         let body = self
             .client
@@ -289,15 +298,7 @@ impl DigitalOceanProvider {
     ) -> Result<Machine, ProviderError> {
         let deadline = Instant::now() + self.config.create_timeout;
         loop {
-            let droplet = match self.get_droplet(id).await {
-                Ok(d) => d,
-                Err(e) if e.is_not_found() => {
-                    return Err(ProviderError::Gone(format!(
-                        "droplet {id} no longer exists on DigitalOcean"
-                    )));
-                }
-                Err(e) => return Err(explain("checking on the droplet", e)),
-            };
+            let droplet = self.droplet(id).await?;
             if droplet["status"] == "active"
                 && let Some(ip) = public_ipv4(&droplet)
             {
@@ -369,4 +370,9 @@ impl DigitalOceanProvider {
             Err(e) => Err(explain("deleting the home volume", e)),
         }
     }
+}
+
+/// What a droplet that DigitalOcean no longer has makes of an operation on it.
+pub(super) fn gone(id: u64) -> ProviderError {
+    ProviderError::Gone(format!("droplet {id} no longer exists on DigitalOcean"))
 }

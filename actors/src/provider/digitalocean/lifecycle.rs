@@ -105,15 +105,7 @@ impl DigitalOceanProvider {
         provider_ref: &str,
     ) -> Result<Machine, ProviderError> {
         let (id, _) = parse_ref(provider_ref)?;
-        let droplet = match self.get_droplet(id).await {
-            Ok(d) => d,
-            Err(e) if e.is_not_found() => {
-                return Err(ProviderError::Gone(format!(
-                    "droplet {id} no longer exists on DigitalOcean"
-                )));
-            }
-            Err(e) => return Err(explain("checking on the droplet", e)),
-        };
+        let droplet = self.droplet(id).await?;
         if droplet["status"] == "off" {
             self.power(id, true).await?;
         }

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::actions::{Action, Ended};
-use super::{DigitalOceanProvider, explain, failed, parse_ref};
+use super::{DigitalOceanProvider, failed, parse_ref};
 use crate::provider::ProviderError;
 
 impl DigitalOceanProvider {
@@ -58,15 +58,7 @@ impl DigitalOceanProvider {
         size: &str,
     ) -> Result<(), ProviderError> {
         let (id, _) = parse_ref(provider_ref)?;
-        let droplet = match self.get_droplet(id).await {
-            Ok(d) => d,
-            Err(e) if e.is_not_found() => {
-                return Err(ProviderError::Gone(format!(
-                    "droplet {id} no longer exists on DigitalOcean"
-                )));
-            }
-            Err(e) => return Err(explain("checking on the droplet", e)),
-        };
+        let droplet = self.droplet(id).await?;
         if droplet["size_slug"] == size {
             return Ok(());
         }
