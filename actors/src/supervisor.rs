@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::deps::Deps;
 use crate::environment::{EnvError, EnvironmentActor};
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
@@ -205,7 +206,7 @@ impl Handler<ChildExited> for UserSupervisor {
             });
             return;
         }
-        let delay = self.deps.settings.restart_backoff * 2u32.saturating_pow(attempt - 1);
+        let delay = Backoff::doubling(self.deps.settings.restart_backoff).delay(attempt - 1);
         let id = msg.id;
         ctx.run_later(delay, move |act, ctx| {
             if act.children.contains_key(&id) {

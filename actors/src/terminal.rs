@@ -586,7 +586,8 @@ impl TerminalActor {
             ::metrics::counter!("devpocket_ssh_reconnects_total", "purpose" => "terminal")
                 .increment(1);
         });
-        let delay = Duration::from_millis(200 * 2u64.saturating_pow(self.attempts.min(5)));
+        let delay = crate::backoff::Backoff::doubling(Duration::from_millis(200))
+            .delay(self.attempts.min(5));
         self.status(
             "reconnecting",
             format!("connection lost ({message}); reconnecting"),

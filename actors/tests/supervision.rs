@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use devpocket_actors::backoff::Backoff;
 use devpocket_actors::model::{
     Changes, EnvironmentRecord, MachineAccess, MachineKeys, NewEnvironment, Phase, Status, Times,
     Transition,
@@ -492,10 +493,11 @@ impl Harness {
             .expect("supervisor answers")
     }
 
-    /// Lets a few more backoff periods pass, so a restart that should not happen
-    /// would have.
+    /// Lets a longer backoff pass than the supervisor would ever wait, so a restart
+    /// that should not happen would have.
     async fn settle(&self) {
-        tokio::time::sleep(BACKOFF * 2u32.pow(MAX_RESTARTS + 1)).await;
+        let longest = Backoff::doubling(BACKOFF).delay(MAX_RESTARTS + 1);
+        tokio::time::sleep(longest).await;
     }
 }
 

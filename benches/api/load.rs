@@ -68,7 +68,20 @@ impl WrkResult {
 /// would be in every percentile the prober reports.
 pub const FLOOD_NICENESS: u8 = 10;
 
-impl Wrk<'_> {
+impl<'a> Wrk<'a> {
+    /// A plain `GET url` with no script, timed out after 5 s.
+    pub fn get(name: &'a str, url: String, connections: usize, duration: Duration) -> Self {
+        Self {
+            name,
+            script: "",
+            url,
+            connections,
+            duration,
+            timeout: Duration::from_secs(5),
+            headers: Vec::new(),
+        }
+    }
+
     pub async fn run(&self) -> anyhow::Result<WrkResult> {
         self.run_at(0).await
     }

@@ -27,13 +27,7 @@ async fn main() -> anyhow::Result<()> {
     bench.stop().await;
     let report = result?;
     println!("{report}");
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .map(|p| p.join("bench"))
-        .context("target dir")?;
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("terminal.md"), &report)?;
-    eprintln!("written to {}", out.join("terminal.md").display());
+    devpocket_testkit::report::save(env!("CARGO_TARGET_TMPDIR"), "terminal.md", &report)?;
     Ok(())
 }
 

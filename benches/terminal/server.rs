@@ -1,35 +1,27 @@
 //! Everything the benchmark runs against, started and stopped by it: the release
 //! server with its embedded PostgreSQL, a user, and one local environment.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use devpocket_testkit::api::Api;
+use devpocket_testkit::process::{self, Server, create_user, succeeded};
+use devpocket_testkit::report::{machine, sh};
 
 use crate::client::{SshClient, WsClient};
 
 const PASSWORD: &str = "Bench-password-1";
 
-/// The server process, stopped (SIGTERM, which also stops its PostgreSQL) when
-/// dropped, whether the benchmark finished or failed.
-struct ServerProcess(std::process::Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.0.wait();
-    }
-}
+/// How long the environment may take to be made.
+const CREATE: Duration = Duration::from_secs(300);
 
 pub struct Bench {
-    child: ServerProcess,
+    server: Server,
     dir: PathBuf,
-    base: String,
-    http: reqwest::Client,
+    api: Api,
     token: String,
     env_id: String,
 }
@@ -43,12 +35,8 @@ pub struct Machine {
 }
 
 fn devpocket(dir: &std::path::Path, secret: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_devpocket"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SECRET_KEY", secret)
-        .env("DEVPOCKET_DATA_DIR", dir)
-        .env("DEVPOCKET_LOG_FORMAT", "json")
+    let mut cmd = process::command(env!("CARGO_BIN_EXE_devpocket"), secret);
+    cmd.env("DEVPOCKET_DATA_DIR", dir)
         .env("RUST_LOG", "info")
         // The benchmark opens hundreds of connections from one address on purpose.
         .env("DEVPOCKET_RATE_LIMIT_IP", "1000000/1m")
@@ -72,129 +60,36 @@ impl Bench {
         std::fs::create_dir_all(&dir)?;
         let secret = hex::encode(rand::random::<[u8; 32]>());
         eprintln!("starting the server (data in {})", dir.display());
-        let mut child = devpocket(&dir, &secret)
-            .env("DEVPOCKET_LISTEN", "127.0.0.1:0")
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting devpocket serve")?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let child = ServerProcess(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(json) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if json["fields"]["message"] == "DevPocket is listening" {
-                    let address = json["fields"]["address"].as_str().unwrap_or_default();
-                    let _ = tx.send(address.to_owned());
-                } else if json["level"] == "WARN" || json["level"] == "ERROR" {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
-        let address = rx
-            .recv_timeout(Duration::from_secs(120))
-            .context("the server did not start")?;
-        let base = address;
-
-        let mut create = devpocket(&dir, &secret)
-            .args(["admin", "create-user", "--username", "bench"])
-            .args(["--email", "bench@example.com", "--plan", "admin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .env("RUST_LOG", "warn")
-            .spawn()?;
-        create
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(format!("{PASSWORD}\n").as_bytes())?;
-        if !create.wait()?.success() {
-            bail!("admin create-user failed");
-        }
-        let http = reqwest::Client::new();
-        let login: Value = http
-            .post(format!("{base}/api/v1/auth/login"))
-            .json(&json!({"username_or_email": "bench", "password": PASSWORD}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let token = login["access_token"]
-            .as_str()
-            .context("login gave no token")?
-            .to_owned();
-        let env: Value = http
-            .post(format!("{base}/api/v1/environments"))
-            .bearer_auth(&token)
-            .json(&json!({"name": "bench", "template_id": "ubuntu"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let env_id = env["id"]
-            .as_str()
-            .with_context(|| format!("creating the environment: {env}"))?
-            .to_owned();
+        let server = Server::start(devpocket(&dir, &secret))?;
+        let mut cmd = devpocket(&dir, &secret);
+        let created = create_user(cmd.env("RUST_LOG", "warn"), "bench", "admin", PASSWORD)?;
+        succeeded(created).context("admin create-user")?;
+        let api = Api::new(&server.address);
+        let token = api.login("bench", PASSWORD).await?;
+        let env_id = api.create_environment(&token, "bench", "ubuntu").await?;
         let bench = Self {
-            child,
+            server,
             dir,
-            base,
-            http,
+            api,
             token,
             env_id,
         };
-        bench.wait_running().await?;
+        if let Err(e) = bench.api.running(&bench.token, &bench.env_id, CREATE).await {
+            bench.stop().await;
+            return Err(e);
+        }
         Ok(bench)
     }
 
-    async fn wait_running(&self) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            let env: Value = self
-                .http
-                .get(format!("{}/api/v1/environments/{}", self.base, self.env_id))
-                .bearer_auth(&self.token)
-                .send()
-                .await?
-                .json()
-                .await?;
-            if env["status"] == "running" {
-                return Ok(());
-            }
-            if env["status"] == "error" || start.elapsed() > Duration::from_secs(300) {
-                bail!("the environment did not start: {env}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
     pub fn header(&self) -> String {
-        let sh = |cmd: &str| {
-            Command::new("sh")
-                .args(["-c", cmd])
-                .output()
-                .map(|o| {
-                    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-                    s.push_str(&String::from_utf8_lossy(&o.stderr));
-                    s.trim().to_owned()
-                })
-                .unwrap_or_default()
-        };
         format!(
             "# Terminal benchmarks\n\n- Date: {}\n- Command: `cargo bench --bench terminal`\n\
-             - Machine: {}, {} cores, {} ; {}\n- Peers: {}, {}\n\
+             - Machine: {}\n- Peers: {}, {}\n\
              - Everything on loopback: server (release build), its embedded PostgreSQL, the \
              environment's sshd and tmux, and the clients (this program) share the machine.\n\
              - Load average when the run began (1, 5, 15 min): {}\n",
             sh("date -u +'%Y-%m-%d %H:%M UTC'"),
-            sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            sh("grep MemTotal /proc/meminfo | awk '{printf \"%.0f GiB RAM\", $2/1048576}'"),
-            sh("uname -sr"),
+            machine(),
             sh("ssh -V"),
             sh("tmux -V"),
             sh("cut -d' ' -f1-3 /proc/loadavg"),
@@ -237,7 +132,7 @@ impl Bench {
     pub async fn ws(&self, query: &str) -> anyhow::Result<WsClient> {
         let url = format!(
             "{}/api/v1/ws/terminal/{}?token={}&{query}",
-            self.base.replacen("http", "ws", 1),
+            self.api.base.replacen("http", "ws", 1),
             self.env_id,
             self.token
         );
@@ -246,28 +141,19 @@ impl Bench {
 
     /// The server process's resident memory, in KiB.
     pub fn server_rss(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS")
+        self.server.rss()
     }
 
     /// Deletes the environment (its sshd, tmux, files and user), stops the server
     /// (and with it the embedded PostgreSQL) and removes the data.
     pub async fn stop(self) {
-        let url = format!("{}/api/v1/environments/{}", self.base, self.env_id);
-        let _ = self.http.delete(&url).bearer_auth(&self.token).send().await;
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(60) {
-            match self.http.get(&url).bearer_auth(&self.token).send().await {
-                Ok(r) if r.status() == 404 => break,
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
+        if let Err(e) = self.api.delete_environment(&self.token, &self.env_id).await {
+            eprintln!("{e:#}");
         }
         let dir = self.dir.clone();
-        drop(self);
+        if let Err(e) = self.server.stop() {
+            eprintln!("{e:#}");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -6,14 +6,14 @@
 mod environments;
 mod filters;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use diesel_async::RunQueryDsl;
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TestApp, assert_error};
+use crate::helpers::{PASSWORD, TestApp, assert_error, eventually};
 
 pub const AGENT: &str = "DevPocketTest/1.0 (audit)";
 
@@ -25,8 +25,8 @@ pub async fn audit_until(
     query: &str,
     done: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("the audit events for {query} to match");
+    eventually(Duration::from_secs(20), &what, async || {
         let response = app
             .authed_client(admin)
             .get(&format!("/api/v1/admin/audit?per_page=200&{query}"))
@@ -35,14 +35,12 @@ pub async fn audit_until(
         let body: Value = response.json().await.unwrap();
         let items = body["items"].as_array().unwrap().clone();
         if done(&items) {
-            return items;
+            Ok(items)
+        } else {
+            Err(format!("{items:#?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the audit events for {query} never matched: {items:#?}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// The action names of `events`, newest first.

@@ -2,36 +2,29 @@
 //! port opens, admin commands on the same database as the server (embedded or not,
 //! with or without a server running), and the embedded cluster's lifecycle.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
-use crate::helpers::{PASSWORD, TestApp, devpocket, serve, test_root};
 use serde_json::Value;
 
-fn create_user(
-    cmd: &mut Command,
-    username: &str,
-    plan: &str,
-    password: &str,
-) -> std::process::Output {
-    let mut child = cmd
-        .args(["admin", "create-user", "--username", username, "--email"])
-        .arg(format!("{username}@example.com"))
-        .args(["--plan", plan])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+use crate::helpers::{
+    PASSWORD, Server, TestApp, create_user, devpocket, serve, succeeded, test_root,
+};
+
+/// `admin create-user` with the database setting `(key, value)`: what it printed.
+fn create(database: (&str, &str), username: &str, plan: &str, password: &str) -> Output {
+    create_user(
+        devpocket().env(database.0, database.1),
+        username,
+        plan,
+        password,
+    )
+    .unwrap()
+}
+
+/// The same, which must succeed.
+fn created(database: (&str, &str), username: &str, plan: &str) -> Output {
+    succeeded(create(database, username, plan, PASSWORD)).unwrap()
 }
 
 #[test]
@@ -85,17 +78,7 @@ fn bad_settings_fail_before_listening_and_name_the_key() {
 async fn create_user_and_migrate_use_the_configured_database() {
     let app = TestApp::spawn().await;
     let url = app.db.url.clone();
-    let out = create_user(
-        devpocket().env("DATABASE_URL", &url),
-        "root_admin",
-        "admin",
-        PASSWORD,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = created(("DATABASE_URL", &url), "root_admin", "admin");
     assert!(String::from_utf8_lossy(&out.stdout).contains("plan admin"));
 
     let login: Value = app
@@ -107,20 +90,10 @@ async fn create_user_and_migrate_use_the_configured_database() {
     assert_eq!(login["user"]["subscription_plan"], "admin");
 
     // Bad input is refused before the database is touched, with the reason.
-    let weak = create_user(
-        devpocket().env("DATABASE_URL", &url),
-        "weakling",
-        "free",
-        "weak",
-    );
+    let weak = create(("DATABASE_URL", &url), "weakling", "free", "weak");
     assert!(!weak.status.success());
     assert!(String::from_utf8_lossy(&weak.stderr).contains("password"));
-    let duplicate = create_user(
-        devpocket().env("DATABASE_URL", &url),
-        "root_admin",
-        "free",
-        PASSWORD,
-    );
+    let duplicate = create(("DATABASE_URL", &url), "root_admin", "free", PASSWORD);
     assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already taken"));
 
     let migrate = devpocket()
@@ -133,7 +106,7 @@ async fn create_user_and_migrate_use_the_configured_database() {
 }
 
 /// Starts `devpocket serve` on the embedded database in `data_dir`.
-fn start_server(data_dir: &Path) -> (Child, String) {
+fn start_server(data_dir: &Path) -> Server {
     let mut cmd = devpocket();
     cmd.env("DEVPOCKET_DATA_DIR", data_dir);
     serve(cmd)
@@ -151,18 +124,9 @@ fn status(data_dir: &Path) -> String {
 #[actix_web::test]
 async fn embedded_database_is_shared_by_server_and_admin_commands() {
     let data_dir = test_root().join(format!("embedded-{}", uuid::Uuid::new_v4().simple()));
+    let embedded = ("DEVPOCKET_DATA_DIR", data_dir.to_str().unwrap());
     // No server yet: the command creates the cluster, uses it and stops it again.
-    let out = create_user(
-        devpocket().env("DEVPOCKET_DATA_DIR", &data_dir),
-        "first_admin",
-        "admin",
-        PASSWORD,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    created(embedded, "first_admin", "admin");
     assert!(status(&data_dir).contains("stopped"));
     let password_file = data_dir.join("postgres.password");
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -171,7 +135,8 @@ async fn embedded_database_is_shared_by_server_and_admin_commands() {
     assert_eq!(mode & 0o077, 0, "credentials readable by others");
 
     // The server reuses the cluster and sees that user.
-    let (mut server, address) = start_server(&data_dir);
+    let server = start_server(&data_dir);
+    let address = &server.address;
     let client = reqwest::Client::new();
     let login = |user: &'static str| {
         client
@@ -182,34 +147,12 @@ async fn embedded_database_is_shared_by_server_and_admin_commands() {
     assert_eq!(login("first_admin").await.unwrap().status(), 200);
 
     // While it runs, an admin command uses the same cluster and leaves it running.
-    let out = create_user(
-        devpocket().env("DEVPOCKET_DATA_DIR", &data_dir),
-        "second_user",
-        "pro",
-        PASSWORD,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    created(embedded, "second_user", "pro");
     assert_eq!(login("second_user").await.unwrap().status(), 200);
     assert!(status(&data_dir).contains("running"));
 
     // SIGTERM stops the server and the cluster it started.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(exit) = server.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "server did not stop");
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = server.stop().unwrap();
     assert!(exit.success());
     assert!(status(&data_dir).contains("stopped"));
     let _ = std::fs::remove_dir_all(&data_dir);

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PASSWORD, TestApp, TestDatabase, WsEvent, devpocket, serve, shut_down_machines, test_root,
-    ws_next,
+    Api, PASSWORD, Server, TestApp, WsEvent, devpocket, serve, shut_down_machines, test_database,
+    test_root, ws_connect, ws_next,
 };
 
 /// A bootstrap that takes a while in the middle, to be deleted during.
@@ -137,7 +137,7 @@ async fn a_delete_at_any_step_of_a_create_leaves_nothing_behind() {
     let _ = std::fs::remove_dir_all(&templates);
 }
 
-fn start_server(db_url: &str, data_dir: &Path) -> (std::process::Child, String) {
+fn start_server(db_url: &str, data_dir: &Path) -> Server {
     let mut cmd = devpocket();
     cmd.env("DATABASE_URL", db_url)
         .env("DEVPOCKET_DATA_DIR", data_dir);
@@ -146,26 +146,12 @@ fn start_server(db_url: &str, data_dir: &Path) -> (std::process::Child, String) 
 
 #[actix_web::test]
 async fn machines_of_no_live_environment_are_removed_at_start_up() {
-    let db = TestDatabase::create().await;
+    let db = test_database().await;
     let root = test_root().join(format!("orphans-{}", uuid::Uuid::new_v4().simple()));
     let data_dir = root.join("data");
-    let (mut server, address) = start_server(&db.url, &data_dir);
-    let client = reqwest::Client::new();
-    let session: Value = client
-        .post(format!("{address}/api/v1/auth/register"))
-        .json(
-            &json!({"username": "orphaner", "email": "orphaner@example.com", "password": PASSWORD}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = session["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{session}"))
-        .to_owned();
+    let mut server = start_server(&db.url, &data_dir);
+    let api = Api::new(&server.address);
+    let token = api.register("orphaner", PASSWORD).await.unwrap();
     // Two environments at once: more than the free plan's.
     let mut conn = db.connect().await;
     diesel_async::RunQueryDsl::execute(
@@ -176,25 +162,15 @@ async fn machines_of_no_live_environment_are_removed_at_start_up() {
     .unwrap();
     let mut ids = Vec::new();
     for name in ["kept", "orphaned"] {
-        let env: Value = client
-            .post(format!("{address}/api/v1/environments"))
-            .bearer_auth(&token)
-            .json(&json!({"name": name, "template_id": "ubuntu"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
+        let id = api
+            .create_environment(&token, name, "ubuntu")
             .await
             .unwrap();
-        let id = env["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{env}"))
-            .to_owned();
-        let url = format!(
-            "{}/api/v1/ws/logs/{id}?token={token}",
-            address.replacen("http://", "ws://", 1)
-        );
-        let mut logs = tokio_tungstenite::connect_async(url).await.unwrap().0;
+        let mut logs = ws_connect(
+            &server.address,
+            &format!("/api/v1/ws/logs/{id}?token={token}"),
+        )
+        .await;
         loop {
             match ws_next(&mut logs).await {
                 WsEvent::Json(frame) if frame["type"] == "installation_complete" => break,
@@ -206,8 +182,7 @@ async fn machines_of_no_live_environment_are_removed_at_start_up() {
     }
     // The server dies after the database has forgotten one environment but before
     // its machine was removed.
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     diesel_async::RunQueryDsl::execute(
         diesel::sql_query(
             "UPDATE environments SET deleted_at = now(), status = 'terminated', phase = 'deleted' WHERE id = $1",
@@ -220,7 +195,7 @@ async fn machines_of_no_live_environment_are_removed_at_start_up() {
     let data = data_dir.canonicalize().unwrap();
     assert!(!leftovers(&data, &ids[1]).is_empty());
 
-    let (mut server, _) = start_server(&db.url, &data_dir);
+    let server = start_server(&db.url, &data_dir);
     assert_eq!(leftovers(&data, &ids[1]), Vec::<String>::new());
     assert!(
         data.join("environments")
@@ -230,12 +205,7 @@ async fn machines_of_no_live_environment_are_removed_at_start_up() {
         "a live environment's machine was removed"
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(server.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    server.wait().unwrap();
+    server.stop().unwrap();
     shut_down_machines(&data_dir);
     let _ = std::fs::remove_dir_all(&root);
 }

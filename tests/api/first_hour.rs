@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use serde_json::Value;
 
 use crate::fake_do::{FakeDo, Point};
-use crate::helpers::{TestApp, TestDatabase, test_root};
-use crate::isolation::{run, ssh};
+use crate::helpers::{TestApp, test_database, test_root};
+use crate::helpers::{run, ssh};
 
 #[actix_web::test]
 async fn a_data_directory_inside_a_private_directory_of_roots_works() {
@@ -19,7 +19,7 @@ async fn a_data_directory_inside_a_private_directory_of_roots_works() {
     let private = test_root().join(format!("root-home-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&private).unwrap();
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let db = TestDatabase::create().await;
+    let db = test_database().await;
     let app = TestApp::spawn_at(db, None, private.join("devpocket").join("data"), &[]).await;
     let token = app.admin_token("newcomer").await;
     let id = app.ready_environment(&token, "first try", "ubuntu").await;

@@ -1,6 +1,6 @@
 //! Health probes and server information.
 
-use crate::helpers::{DbProxy, TestApp, TestDatabase, assert_error};
+use crate::helpers::{DbProxy, TestApp, assert_error, test_database};
 use serde_json::Value;
 
 #[actix_web::test]
@@ -20,7 +20,7 @@ async fn health_reports_status_version_database_and_uptime() {
 
 #[actix_web::test]
 async fn readiness_follows_the_database_without_a_restart() {
-    let db = TestDatabase::create().await;
+    let db = test_database().await;
     let proxy = DbProxy::start(&db).await;
     let app = TestApp::spawn_on(db, Some(&proxy.url), &[]).await;
     assert_eq!(app.get("/health/ready").await.status(), 200);

@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::digitalocean::metric;
 use crate::helpers::TestApp;
-use crate::isolation::{run, ssh};
+use crate::helpers::{run, ssh};
 
 /// The attack's size: what a start-up file prints into the server's command.
 const FLOOD: u64 = 400_000_000;

@@ -1,72 +1,9 @@
 //! What a local environment's shell can reach: its own home, not another
 //! environment's files, not the server's data.
 
-use crate::helpers::{SECRET_KEY, TestApp};
-use devpocket::crypto::SecretBox;
-use devpocket_actors::model::MachineAccess;
+use crate::helpers::{TestApp, machine_access, run, ssh};
 use devpocket_actors::ssh::SshSession;
 use diesel_async::RunQueryDsl;
-use std::time::Duration;
-
-#[derive(diesel::QueryableByName)]
-struct Access {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    ip_address: String,
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    ssh_port: i32,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    ssh_user: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    host_public_key: String,
-    #[diesel(sql_type = diesel::sql_types::Bytea)]
-    user_private_key: Vec<u8>,
-}
-
-/// How the server reaches an environment: its stored address and decrypted key.
-pub(crate) async fn machine_access(app: &TestApp, id: &str) -> (MachineAccess, String) {
-    let mut conn = app.db.connect().await;
-    let row: Access = diesel::sql_query(
-        "SELECT ip_address, ssh_port, ssh_user, host_public_key, user_private_key FROM environments WHERE id = $1",
-    )
-    .bind::<diesel::sql_types::Uuid, _>(uuid::Uuid::parse_str(id).unwrap())
-    .get_result(&mut conn)
-    .await
-    .unwrap();
-    // Stored encrypted: the raw column is not an OpenSSH key.
-    assert!(!String::from_utf8_lossy(&row.user_private_key).contains("PRIVATE KEY"));
-    let key = String::from_utf8(
-        SecretBox::new(SECRET_KEY.as_bytes())
-            .open(&row.user_private_key)
-            .unwrap(),
-    )
-    .unwrap();
-    let access = MachineAccess {
-        host: row.ip_address,
-        port: u16::try_from(row.ssh_port).unwrap(),
-        user: row.ssh_user,
-        host_public_key: row.host_public_key,
-    };
-    (access, key)
-}
-
-/// Opens SSH to an environment the way the server does.
-pub(crate) async fn ssh(app: &TestApp, id: &str) -> SshSession {
-    let (access, key) = machine_access(app, id).await;
-    SshSession::connect(&access, &key).await.unwrap()
-}
-
-pub(crate) async fn run(session: &SshSession, command: &str) -> (u32, String) {
-    let out = session
-        .run(command, Duration::from_secs(20), 1 << 20)
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.unwrap_or(255), text)
-}
 
 #[actix_web::test]
 async fn an_environment_cannot_read_its_neighbours_or_the_server() {

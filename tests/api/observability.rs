@@ -1,7 +1,7 @@
 //! What operators see: `/metrics` and `/api/v1/admin/actors` agree with each other
 //! and with what is really running, and go back to zero when it is gone.
 
-use crate::helpers::{TestApp, Ws, ws_until};
+use crate::helpers::{TestApp, Ws, eventually, ws_until};
 use serde_json::Value;
 
 /// The value of one series in Prometheus text, 0 when absent.
@@ -180,8 +180,7 @@ async fn metrics_and_the_actor_tree_agree_with_reality_and_return_to_zero() {
             .await;
         assert!(r.status().is_success(), "{}", r.status());
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
+    let back_to_zero = async || {
         let metrics = scrape(&app).await;
         let tree = actor_tree(&app, &admin).await;
         let zero = ["environment", "terminal"].iter().all(|kind| {
@@ -197,14 +196,13 @@ async fn metrics_and_the_actor_tree_agree_with_reality_and_return_to_zero() {
                 "devpocket_actor_mailbox_depth{kind=\"environment\"}",
             ) == 0.0;
         if zero {
-            break;
+            Ok(())
+        } else {
+            Err(format!("\n{tree}\n{metrics}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not back to zero:\n{tree}\n{metrics}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    };
+    let within = std::time::Duration::from_secs(60);
+    eventually(within, "every gauge back to zero", back_to_zero).await;
 }
 
 #[actix_web::test]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{PASSWORD, TestApp, Ws, WsEvent, assert_error, ws_next, ws_until};
+use crate::helpers::{PASSWORD, TestApp, Ws, WsEvent, assert_error, eventually, ws_next, ws_until};
 use crate::observability::{scrape, series};
 use diesel_async::RunQueryDsl;
 use futures_util::SinkExt;
@@ -171,18 +171,15 @@ async fn clients_are_held_until_their_allowance_is_back_then_swept() {
         let label = format!("devpocket_rate_limit_keys{{limiter=\"{limiter}\"}}");
         assert_eq!(series(&scrape(&app).await, &label), 0.0, "{label}");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    eventually(Duration::from_secs(15), "every key swept", async || {
         let held = series(&scrape(&app).await, ip_keys);
         if held == 0.0 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{held} keys still held"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{held} keys still held"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     // A swept client starts again with its whole allowance.
     let again = get_as(&app, "/api/v1/info", "198.51.100.7".into()).await;
     assert_eq!(number(&again, "ratelimit-remaining"), 9);

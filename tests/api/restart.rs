@@ -3,13 +3,12 @@
 //! line is lost or duplicated.
 
 use std::path::Path;
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::helpers::{
-    PASSWORD, TestDatabase, WsEvent, devpocket, serve, shut_down_machines, test_root, ws_next,
+    Api, PASSWORD, Server, WsEvent, devpocket, eventually, serve, shut_down_machines,
+    test_database, test_root, ws_connect, ws_next,
 };
-use serde_json::{Value, json};
 
 const SLOW_TEMPLATE: &str = r#"
 name: slow
@@ -32,7 +31,7 @@ bootstrap: |
   echo "==> [2/2] Done"
 "#;
 
-fn start_server(db_url: &str, data_dir: &Path, templates: &Path) -> (Child, String) {
+fn start_server(db_url: &str, data_dir: &Path, templates: &Path) -> Server {
     let mut cmd = devpocket();
     cmd.env("DATABASE_URL", db_url)
         .env("DEVPOCKET_DATA_DIR", data_dir)
@@ -41,48 +40,26 @@ fn start_server(db_url: &str, data_dir: &Path, templates: &Path) -> (Child, Stri
     serve(cmd)
 }
 
-async fn ws(address: &str, path: &str) -> crate::helpers::Ws {
-    let url = format!("{}{path}", address.replacen("http://", "ws://", 1));
-    tokio_tungstenite::connect_async(url).await.unwrap().0
-}
-
 #[actix_web::test]
 async fn killed_mid_provisioning_resumes_without_loss_or_duplicates() {
-    let db = TestDatabase::create().await;
+    let db = test_database().await;
     let root = test_root().join(format!("restart-{}", uuid::Uuid::new_v4().simple()));
     let (data_dir, templates) = (root.join("data"), root.join("templates"));
     std::fs::create_dir_all(&templates).unwrap();
     std::fs::write(templates.join("slow.yaml"), SLOW_TEMPLATE).unwrap();
 
-    let (mut server, address) = start_server(&db.url, &data_dir, &templates);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let session: Value = client
-        .post(format!("{address}/api/v1/auth/register"))
-        .json(&json!({"username": "restarter", "email": "restarter@example.com", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let mut server = start_server(&db.url, &data_dir, &templates);
+    let (token, id) = Api::new(&server.address)
+        .new_user_with_environment(("restarter", PASSWORD), "interrupted", "slow")
         .await
         .unwrap();
-    let token = session["access_token"].as_str().unwrap().to_owned();
-    let env: Value = client
-        .post(format!("{address}/api/v1/environments"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "interrupted", "template_id": "slow"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = env["id"].as_str().unwrap().to_owned();
 
     // Wait until provisioning is under way, then kill the server outright.
-    let mut live = ws(&address, &format!("/api/v1/ws/logs/{id}?token={token}")).await;
+    let mut live = ws_connect(
+        &server.address,
+        &format!("/api/v1/ws/logs/{id}?token={token}"),
+    )
+    .await;
     loop {
         match ws_next(&mut live).await {
             WsEvent::Json(frame) if frame["data"] == "line 5" => break,
@@ -90,40 +67,15 @@ async fn killed_mid_provisioning_resumes_without_loss_or_duplicates() {
             WsEvent::Closed(c) => panic!("closed early: {c:?}"),
         }
     }
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 
-    let (mut server, address) = start_server(&db.url, &data_dir, &templates);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let env = loop {
-        let env: Value = client
-            .get(format!("{address}/api/v1/environments/{id}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if env["status"] != "creating" {
-            break env;
-        }
-        assert!(Instant::now() < deadline, "still creating: {env}");
-        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(env["status"], "running", "{env}");
-
-    let logs: Value = client
-        .get(format!(
-            "{address}/api/v1/environments/{id}/logs?lines=1000"
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let mut server = start_server(&db.url, &data_dir, &templates);
+    let api = Api::new(&server.address);
+    api.running(&token, &id, Duration::from_secs(120))
         .await
         .unwrap();
+
+    let logs = api.logs(&token, &id).await.unwrap();
     let lines: Vec<&str> = logs["logs"]
         .as_array()
         .unwrap()
@@ -157,8 +109,7 @@ async fn killed_mid_provisioning_resumes_without_loss_or_duplicates() {
 
     // The host goes down with the server (the machine's sshd too); when the server
     // comes back, the running environment comes back up.
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     let machine = data_dir.join("environments").join(&id).join("machine");
     let sshd: i32 = std::fs::read_to_string(machine.join("sshd.pid"))
         .unwrap()
@@ -170,32 +121,23 @@ async fn killed_mid_provisioning_resumes_without_loss_or_duplicates() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let (mut server, address) = start_server(&db.url, &data_dir, &templates);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let metrics = client
-            .get(format!("{address}/api/v1/environments/{id}/metrics"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        if metrics.status() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the machine did not come back: {:?}",
-            metrics.text().await
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
+    let server = start_server(&db.url, &data_dir, &templates);
+    let api = Api::new(&server.address);
+    let metrics = api.url(&format!("/api/v1/environments/{id}/metrics"));
+    eventually(
+        Duration::from_secs(60),
+        "the machine to come back",
+        async || {
+            let response = api.http.get(&metrics).bearer_auth(&token).send().await;
+            match response.unwrap() {
+                r if r.status() == 200 => Ok(()),
+                r => Err(format!("{}: {}", r.status(), r.text().await.unwrap())),
+            }
+        },
     )
-    .unwrap();
-    server.wait().unwrap();
+    .await;
+
+    server.stop().unwrap();
     shut_down_machines(&data_dir);
     let _ = std::fs::remove_dir_all(&root);
 }

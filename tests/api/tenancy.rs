@@ -6,14 +6,15 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use devpocket_actors::logs::EXIT_MARKER;
 use devpocket_actors::provider::local::LocalProvider;
 use devpocket_actors::provider::{Cancel, MachineSpec, Provider};
 use serde_json::Value;
 
-use crate::helpers::{TestApp, shut_down_machines, test_root};
-use crate::isolation::{run, ssh};
+use crate::helpers::{TestApp, eventually, shut_down_machines, test_root};
+use crate::helpers::{run, ssh};
 
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
@@ -216,23 +217,23 @@ fn as_tenant(home: &Path, script: &str) {
     );
 }
 
-/// Waits (bounded: 30 s) until `done` holds.
-fn until(what: &str, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
+/// How long a machine's processes and files may take to show what a test waits for.
+const SETTLE: Duration = Duration::from_secs(30);
 
 /// Waits until `uid` has no process left.
-fn until_no_process_of(uid: u32) {
-    until(&format!("the processes of {uid} ended"), || {
-        std::process::Command::new("pgrep")
+async fn until_no_process_of(uid: u32) {
+    let what = format!("the processes of {uid} to end");
+    eventually(SETTLE, &what, async || {
+        let out = std::process::Command::new("pgrep")
             .args(["-u", &uid.to_string()])
             .output()
-            .is_ok_and(|o| o.status.code() == Some(1))
-    });
+            .unwrap();
+        match out.status.code() {
+            Some(1) => Ok(()),
+            _ => Err(String::from_utf8_lossy(&out.stdout).into_owned()),
+        }
+    })
+    .await;
 }
 
 const GROUP: &str = "devpocket-env";
@@ -279,11 +280,17 @@ async fn a_create_writes_the_state_directory_the_bootstrap_and_its_log_as_the_te
         .join(id.to_string())
         .join("home");
     let log = home.join(".devpocket/provisioning.log");
-    until("the bootstrap ended", || {
-        std::fs::read_to_string(&log).is_ok_and(|t| t.contains(EXIT_MARKER))
-    });
+    eventually(SETTLE, "the bootstrap to end", async || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(EXIT_MARKER) {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
     let uid = std::fs::metadata(&home).unwrap().uid();
-    until_no_process_of(uid);
+    until_no_process_of(uid).await;
     let victims = Victims::plant();
 
     // The create is resumed (after a crash, say) with the state directory a link
@@ -313,10 +320,16 @@ async fn a_create_writes_the_state_directory_the_bootstrap_and_its_log_as_the_te
     );
     provider.create(&spec, &never).await.unwrap();
     // The init ran (it took its lock) and ended.
-    until("the init took its lock", || {
-        home.join(".devpocket/init.lock").is_dir()
-    });
-    until_no_process_of(uid);
+    let lock = home.join(".devpocket/init.lock");
+    eventually(SETTLE, "the init to take its lock", async || {
+        if lock.is_dir() {
+            Ok(())
+        } else {
+            Err("no lock")
+        }
+    })
+    .await;
+    until_no_process_of(uid).await;
     victims.assert_untouched();
 
     provider.delete(id, None).await.unwrap();

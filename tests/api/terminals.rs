@@ -5,7 +5,9 @@
 mod closing;
 mod utf8;
 
-use crate::helpers::{TestApp, Ws, WsEvent, ws_next, ws_until};
+use std::time::Duration;
+
+use crate::helpers::{TestApp, Ws, WsEvent, eventually, ws_next, ws_until};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -302,38 +304,39 @@ async fn the_most_recently_active_clients_size_wins() {
     let mut phone = open(&app, &token, &id, "&cols=50&rows=20").await;
     let mut laptop = open(&app, &token, &id, "&cols=120&rows=40").await;
 
-    assert_eq!(columns_seen(&mut laptop, 0, 120).await, 120);
+    columns_seen(&mut laptop, 0, 120).await;
     // The phone rotates: it is now the active client, its size wins.
     send(
         &mut phone,
         json!({"type": "resize", "cols": 70, "rows": 30}),
     )
     .await;
-    assert_eq!(columns_seen(&mut phone, 1000, 70).await, 70);
+    columns_seen(&mut phone, 1000, 70).await;
     // Back on the laptop: its screen is restored to its own size.
-    assert_eq!(columns_seen(&mut laptop, 2000, 120).await, 120);
+    columns_seen(&mut laptop, 2000, 120).await;
 }
 
-/// The width the shell sees after `ws` becomes the active client. tmux applies a
-/// client's new size a moment after the keys that caused it (it coalesces
-/// resizes), and nothing announces it, so ask — every answer awaited, spaced so as
-/// not to trip the input limit — until it is `expected`, for at most 10 seconds.
-async fn columns_seen(ws: &mut Ws, base: u32, expected: u32) -> u32 {
-    let mut last = 0;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    for n in base.. {
+/// Waits until the shell sees `expected` columns after `ws` becomes the active
+/// client. tmux applies a client's new size a moment after the keys that caused it
+/// (it coalesces resizes), and nothing announces it, so ask — every answer awaited
+/// before the next question, which the polling pace keeps under the input limit —
+/// for at most 10 seconds. `base` keeps each question's marker apart.
+async fn columns_seen(ws: &mut Ws, base: u32, expected: u32) {
+    let mut n = base;
+    let what = format!("the shell to see {expected} columns");
+    eventually(Duration::from_secs(10), &what, async || {
+        n += 1;
         input(ws, &format!("echo cols-$(tput cols)-$(({n}+100000))\r")).await;
         let marker = format!("-{}", n + 100_000);
         let (text, _) = output_until(ws, &format!("{marker}\r")).await;
         let end = text.rfind(&format!("{marker}\r")).unwrap();
         let start = text[..end].rfind("cols-").unwrap() + 5;
-        last = text[start..end].parse().unwrap_or(0);
-        if last == expected || std::time::Instant::now() > deadline {
-            break;
+        match text[start..end].parse::<u32>() {
+            Ok(cols) if cols == expected => Ok(()),
+            _ => Err(text[start..end].to_owned()),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    last
+    })
+    .await;
 }
 
 /// Reads output until `needle` appears, keeping only a tail (a flood is megabytes).
@@ -418,24 +421,20 @@ async fn a_stalled_client_does_not_stall_the_others_and_is_skipped_ahead() {
     ws_until(&mut stalled, "status").await;
     input(&mut stalled, "seq 1 1000000\r").await;
     let node = format!("/api/v1/admin/actors/terminal:{id}:shell:raw");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let terminal: Value = app
-            .authed_client(&token)
-            .get(&node)
-            .await
-            .json()
-            .await
-            .unwrap();
-        if terminal["clients"] == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never let go: {terminal}"
-        );
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let client = app.authed_client(&token);
+    eventually(
+        Duration::from_secs(120),
+        "the terminal to let go",
+        async || {
+            let terminal: Value = client.get(&node).await.json().await.unwrap();
+            if terminal["clients"] == 0 {
+                Ok(())
+            } else {
+                Err(terminal)
+            }
+        },
+    )
+    .await;
     let mut last = 0u64;
     loop {
         match ws_next(&mut stalled).await {

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, ws_until};
-use crate::isolation::{run, ssh};
+use crate::helpers::{run, ssh};
 
 fn root() -> bool {
     nix::unistd::Uid::effective().is_root()

@@ -9,6 +9,7 @@ use devpocket_actors::ssh::{SshSession, generate_machine_keys};
 use serde_json::{Value, json};
 
 use crate::fake_do::{DropletStatus, FakeConfig, FakeDo};
+use crate::helpers::eventually;
 
 struct Api<'a> {
     fake: &'a FakeDo,
@@ -71,15 +72,18 @@ impl<'a> Api<'a> {
     }
 
     async fn wait_action(&self, id: u64) -> Value {
-        for _ in 0..200 {
+        let what = format!("action {id} to finish");
+        eventually(Duration::from_secs(10), &what, async || {
             let (status, body) = self.get(&format!("/v2/actions/{id}")).await;
             assert_eq!(status, 200, "{body}");
-            if body["action"]["status"] != "in-progress" {
-                return body["action"].clone();
+            let action = body["action"].clone();
+            if action["status"] != "in-progress" {
+                Ok(action)
+            } else {
+                Err(action)
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("action {id} never finished");
+        })
+        .await
     }
 }
 

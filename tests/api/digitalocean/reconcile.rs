@@ -2,13 +2,14 @@
 //! environment are reported, then destroyed after the grace period; an environment
 //! whose droplet was destroyed outside DevPocket moves to `error` saying so.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::lifecycle::create;
 use super::{metric, series, spawn_app};
 use crate::fake_do::FakeDo;
+use crate::helpers::eventually;
 
 async fn fake_call(
     fake: &FakeDo,
@@ -75,18 +76,19 @@ async fn orphans_are_reported_then_destroyed_and_a_vanished_droplet_fails_its_en
         health["digitalocean"]["last_reconciled"].is_string(),
         "{health}"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let health: Value = app.get("/health").await.json().await.unwrap();
-        if health["digitalocean"]["orphans_destroyed"] == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "orphans never destroyed: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(60),
+        "both orphans destroyed",
+        async || {
+            let health: Value = app.get("/health").await.json().await.unwrap();
+            if health["digitalocean"]["orphans_destroyed"] == 2 {
+                Ok(())
+            } else {
+                Err(health)
+            }
+        },
+    )
+    .await;
     assert_eq!(fake.ever_created(&format!("devpocket-env-{stranger}")), 1);
     assert!(
         fake.droplets_tagged(&format!("devpocket-env-{stranger}"))
@@ -171,18 +173,27 @@ async fn orphans_are_counted_in_metrics_and_left_alone_unless_destroying_is_on()
 
     let orphans = "devpocket_provider_orphans";
     let labels = |resource| [("provider", "digitalocean"), ("resource", resource)];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while series(&app, orphans).await.len() < 2 {
-        assert!(Instant::now() < deadline, "no orphan gauges");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), "both orphan gauges", async || {
+        let gauges = series(&app, orphans).await;
+        if gauges.len() >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{gauges:?}"))
+        }
+    })
+    .await;
     assert_eq!(metric(&app, orphans, &labels("droplet")).await, 1.0);
     assert_eq!(metric(&app, orphans, &labels("volume")).await, 0.0);
     let health: Value = app.get("/health").await.json().await.unwrap();
     assert_eq!(health["digitalocean"]["orphan_droplets"], 1, "{health}");
 
-    // Several rounds later, past the grace period: reported, not destroyed.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Several rounds later (each lists the droplets), past the grace period:
+    // reported, not destroyed.
+    let rounds = fake.count("droplets_list");
+    fake.wait_until("four more rounds", |f| {
+        f.count("droplets_list") >= rounds + 4
+    })
+    .await;
     assert_eq!(metric(&app, orphans, &labels("droplet")).await, 1.0);
     assert_eq!(
         fake.droplets_tagged(&format!("devpocket-env-{stranger}"))

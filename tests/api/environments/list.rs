@@ -2,11 +2,11 @@
 //! yet follows every change made through this server at once: here the cache is
 //! kept for an hour, so any change that did not clear it would never be seen.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{AuthedClient, TestApp};
+use crate::helpers::{AuthedClient, TestApp, eventually};
 
 async fn list(client: &AuthedClient<'_>, query: &str) -> Vec<Value> {
     let response = client.get(&format!("/api/v1/environments{query}")).await;
@@ -16,18 +16,16 @@ async fn list(client: &AuthedClient<'_>, query: &str) -> Vec<Value> {
 
 /// Polls the list (not the environment) until it satisfies `pred`.
 async fn list_until(client: &AuthedClient<'_>, what: &str, pred: impl Fn(&[Value]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let what = format!("the list to show {what}");
+    eventually(Duration::from_secs(120), &what, async || {
         let list = list(client, "").await;
         if pred(&list) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{list:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the list never showed {what}: {list:?}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 #[actix_web::test]

@@ -20,7 +20,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use devpocket_testkit::poll_blocking;
 
 /// Loopback host numbers in use by fake droplets of this process.
 static ADDRESSES: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
@@ -320,21 +322,15 @@ impl MachineSpec {
             let mut child = child;
             let _ = child.wait();
         });
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect_timeout(
-            &SocketAddr::from((self.ip, 22)),
-            Duration::from_millis(200),
-        )
-        .is_err()
-        {
-            if Instant::now() > deadline {
-                let log = fs::read_to_string(self.machine().join("init.log")).unwrap_or_default();
-                return Err(format!(
-                    "the droplet's sshd did not come up on {}:22: {log}",
-                    self.ip
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let up = poll_blocking(Duration::from_secs(15), || {
+            TcpStream::connect_timeout(&SocketAddr::from((self.ip, 22)), Duration::from_millis(200))
+        });
+        if up.is_err() {
+            let log = fs::read_to_string(self.machine().join("init.log")).unwrap_or_default();
+            return Err(format!(
+                "the droplet's sshd did not come up on {}:22: {log}",
+                self.ip
+            ));
         }
         Ok(())
     }
@@ -368,11 +364,12 @@ pub fn halt(dir: &Path, uid: u32, ip: Ipv4Addr) {
             .args(["-KILL", "-U", &uid.to_string()])
             .output();
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect_timeout(&SocketAddr::from((ip, 22)), Duration::from_millis(100))
-        .is_ok()
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Down once its port 22 refuses (waited for 5 s at most: halting is best effort).
+    let _ = poll_blocking(Duration::from_secs(5), || match TcpStream::connect_timeout(
+        &SocketAddr::from((ip, 22)),
+        Duration::from_millis(100),
+    ) {
+        Ok(_) => Err("sshd still answers"),
+        Err(_) => Ok(()),
+    });
 }

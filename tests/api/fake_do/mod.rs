@@ -27,6 +27,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::helpers::eventually;
+
 pub use hold::{Hold, Point};
 pub use model::DropletStatus;
 pub use server::Fault;
@@ -404,11 +406,8 @@ impl FakeDo {
 
     /// Waits until `pred` holds for the fake's state (bounded: 60 s).
     pub async fn wait_until(&self, what: &str, pred: impl Fn(&FakeDo) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !pred(self) {
-            assert!(Instant::now() < deadline, "the fake never got to: {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let seen = async || if pred(self) { Ok(()) } else { Err("not yet") };
+        eventually(Duration::from_secs(60), what, seen).await;
     }
 }
 

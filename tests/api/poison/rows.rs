@@ -4,12 +4,12 @@
 //! still be deleted (and so stops holding a quota slot), and a broken template can be
 //! repaired by an admin's PUT.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::{UNREADABLE, sql, texts};
-use crate::helpers::{AuthedClient, TestApp, assert_error};
+use crate::helpers::{AuthedClient, TestApp, assert_error, eventually};
 use crate::templates::names;
 
 /// Stores a stopped local environment of `user` with the given jsonb values, as a
@@ -50,18 +50,16 @@ async fn unreadable(response: reqwest::Response, column: &str) {
 }
 
 async fn gone(client: &AuthedClient<'_>, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = client
-            .get(&format!("/api/v1/environments/{id}"))
-            .await
-            .status();
-        if status == 404 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{id} is still there: {status}");
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    let path = format!("/api/v1/environments/{id}");
+    eventually(
+        Duration::from_secs(60),
+        &format!("{id} to go"),
+        async || match client.get(&path).await.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(()),
+            status => Err(status),
+        },
+    )
+    .await;
 }
 
 #[actix_web::test]
@@ -265,25 +263,22 @@ async fn an_audit_event_that_cannot_be_read_is_left_out_of_its_page() {
     )
     .await;
     // The sign-up's own event is written in the background.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let page = admin.get("/api/v1/admin/audit").await;
-        assert_eq!(page.status(), 200);
-        let page: Value = page.json().await.unwrap();
-        let ids: Vec<&str> = page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["id"].as_str().unwrap())
-            .collect();
-        assert!(!ids.contains(&broken.to_string().as_str()));
-        if !ids.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no readable event listed: {page}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "a readable event listed",
+        async || {
+            let page = admin.get("/api/v1/admin/audit").await;
+            assert_eq!(page.status(), 200);
+            let page: Value = page.json().await.unwrap();
+            let ids: Vec<&str> = page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap())
+                .collect();
+            assert!(!ids.contains(&broken.to_string().as_str()));
+            if ids.is_empty() { Err(page) } else { Ok(()) }
+        },
+    )
+    .await;
 }

@@ -13,11 +13,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngExt;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use super::limiter::Limiter;
+use crate::backoff::Backoff;
 
 /// Whether a request may be sent again after an answer that leaves it unknown
 /// whether it took effect.
@@ -85,11 +85,10 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Exponential backoff with jitter: half to all of `base × 2^attempt`, capped.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-            .min(self.max);
-        ceiling.mul_f64(rand::rng().random_range(0.5..=1.0))
+        Backoff::doubling(self.base)
+            .at_most(self.max)
+            .jittered()
+            .delay(attempt)
     }
 }
 
@@ -401,19 +400,6 @@ fn strip_query(url: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_a_cap() {
-        let policy = RetryPolicy {
-            attempts: 5,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        let first = policy.backoff(1);
-        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
-        assert!(policy.backoff(10) <= Duration::from_secs(1));
-        assert!(policy.backoff(10) >= Duration::from_millis(500));
-    }
 
     #[test]
     fn error_bodies_are_read() {

@@ -1,8 +1,8 @@
 //! The API calls the lifecycle is made of: looking droplets up by tag, creating
-//! them without ever repeating a create blindly, following actions, waiting out
-//! pending events, and the home volume.
+//! them without ever repeating a create blindly, waiting until one is active, and
+//! the home volume.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -18,6 +18,53 @@ use crate::provider::{Cancel, Machine, MachineSpec, ProviderError};
 impl DigitalOceanProvider {
     pub(super) async fn pause(&self) {
         tokio::time::sleep(self.config.poll_interval).await;
+    }
+
+    /// Sends a request, and sends it again after a pause while DigitalOcean answers
+    /// that what it acts on is `busy` (another action pending, a volume still
+    /// attached) and `deadline` has not passed; the last answer.
+    pub(super) async fn send_when_free(
+        &self,
+        (method, path): (Method, &str),
+        body: Option<&Value>,
+        repeat: Repeat,
+        busy: impl Fn(&ApiError) -> bool,
+        deadline: Instant,
+    ) -> Result<Value, ApiError> {
+        loop {
+            match self
+                .client
+                .send(method.clone(), path, &[], body, repeat)
+                .await
+            {
+                Err(e) if busy(&e) && Instant::now() < deadline => {
+                    tracing::debug!(path, error = %e, "busy; waiting");
+                    self.client.retried(RetryReason::Busy);
+                    self.pause().await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// The id of the newest item listed at `path` (under `key`) that `wanted`, if
+    /// there is one; `doing` names the listing in an error.
+    pub(super) async fn newest(
+        &self,
+        (path, key): (&str, &str),
+        doing: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Result<Option<u64>, ProviderError> {
+        let items = self
+            .client
+            .list(path, key, &[])
+            .await
+            .map_err(|e| explain(doing, e))?;
+        Ok(items
+            .iter()
+            .filter(|item| wanted(item))
+            .filter_map(|item| item["id"].as_u64())
+            .max())
     }
 
     /// Droplets carrying `tag`, oldest first.
@@ -45,6 +92,15 @@ impl DigitalOceanProvider {
             }
         }
         Ok(found.into_iter().next())
+    }
+
+    /// The droplet; [`ProviderError::Gone`] once DigitalOcean no longer has it.
+    pub(super) async fn droplet(&self, id: u64) -> Result<Value, ProviderError> {
+        match self.get_droplet(id).await {
+            Ok(d) => Ok(d),
+            Err(e) if e.is_not_found() => Err(gone(id)),
+            Err(e) => Err(explain("checking on the droplet", e)),
+        }
     }
 
     pub(super) async fn get_droplet(&self, id: u64) -> Result<Value, ApiError> {
@@ -234,80 +290,6 @@ impl DigitalOceanProvider {
         ))
     }
 
-    /// Follows an action to its end.
-    pub(super) async fn follow(
-        &self,
-        action: u64,
-        doing: &str,
-        limit: Duration,
-    ) -> Result<bool, ProviderError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let body = self
-                .client
-                .send(
-                    Method::GET,
-                    &format!("/v2/actions/{action}"),
-                    &[],
-                    None,
-                    Repeat::Safe,
-                )
-                .await
-                .map_err(|e| explain(doing, e))?;
-            match body["action"]["status"].as_str() {
-                Some("completed") => return Ok(true),
-                Some("errored") => return Ok(false),
-                _ if Instant::now() > deadline => {
-                    return Err(failed(format!(
-                        "{doing}: DigitalOcean's action {action} did not finish within {} s",
-                        limit.as_secs()
-                    )));
-                }
-                _ => self.pause().await,
-            }
-        }
-    }
-
-    /// Starts a droplet action, waiting while another one is pending.
-    pub(super) async fn action(
-        &self,
-        droplet: u64,
-        body: Value,
-        doing: &str,
-    ) -> Result<u64, ProviderError> {
-        let deadline = Instant::now() + self.config.create_timeout;
-        loop {
-            match self
-                .client
-                .send(
-                    Method::POST,
-                    &format!("/v2/droplets/{droplet}/actions"),
-                    &[],
-                    Some(&body),
-                    Repeat::Safe,
-                )
-                .await
-            {
-                Ok(answer) => {
-                    return answer["action"]["id"].as_u64().ok_or_else(|| {
-                        failed(format!("{doing}: DigitalOcean returned no action"))
-                    });
-                }
-                Err(e) if e.is_pending_event() && Instant::now() < deadline => {
-                    tracing::debug!(droplet, doing, "droplet busy with another action; waiting");
-                    self.client.retried(RetryReason::Busy);
-                    self.pause().await;
-                }
-                Err(e) if e.is_not_found() => {
-                    return Err(ProviderError::Gone(format!(
-                        "droplet {droplet} no longer exists on DigitalOcean"
-                    )));
-                }
-                Err(e) => return Err(explain(doing, e)),
-            }
-        }
-    }
-
     /// Waits until the droplet is active with a public address.
     pub(super) async fn until_active(
         &self,
@@ -316,15 +298,7 @@ impl DigitalOceanProvider {
     ) -> Result<Machine, ProviderError> {
         let deadline = Instant::now() + self.config.create_timeout;
         loop {
-            let droplet = match self.get_droplet(id).await {
-                Ok(d) => d,
-                Err(e) if e.is_not_found() => {
-                    return Err(ProviderError::Gone(format!(
-                        "droplet {id} no longer exists on DigitalOcean"
-                    )));
-                }
-                Err(e) => return Err(explain("checking on the droplet", e)),
-            };
+            let droplet = self.droplet(id).await?;
             if droplet["status"] == "active"
                 && let Some(ip) = public_ipv4(&droplet)
             {
@@ -378,55 +352,27 @@ impl DigitalOceanProvider {
     /// Deletes the volume once the droplet has let go of it.
     pub(super) async fn delete_volume(&self, volume: &str) -> Result<(), ProviderError> {
         let deadline = Instant::now() + self.config.create_timeout;
-        loop {
-            match self
-                .client
-                .send(
-                    Method::DELETE,
-                    &format!("/v2/volumes/{volume}"),
-                    &[],
-                    None,
-                    Repeat::Safe,
-                )
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_not_found() => return Ok(()),
-                // Still attached: a destroyed droplet lets go of it a few seconds later.
-                Err(e) if e.status() == Some(409) && Instant::now() < deadline => {
-                    self.client.retried(RetryReason::Busy);
-                    self.pause().await
-                }
-                Err(e) => return Err(explain("deleting the home volume", e)),
-            }
+        // Still attached: a destroyed droplet lets go of it a few seconds later.
+        let attached = |e: &ApiError| e.status() == Some(409);
+        let path = format!("/v2/volumes/{volume}");
+        match self
+            .send_when_free(
+                (Method::DELETE, &path),
+                None,
+                Repeat::Safe,
+                attached,
+                deadline,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(explain("deleting the home volume", e)),
         }
     }
+}
 
-    /// Follows the droplet's most recent action of `kind` begun at or after
-    /// `since`, if DigitalOcean has one (a POST whose answer was lost).
-    pub(super) async fn recent_action(
-        &self,
-        droplet: u64,
-        kind: &str,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<u64>, ProviderError> {
-        let actions = self
-            .client
-            .list(&format!("/v2/droplets/{droplet}/actions"), "actions", &[])
-            .await
-            .map_err(|e| explain("listing the droplet's actions", e))?;
-        Ok(actions
-            .iter()
-            .filter(|a| a["type"] == kind)
-            .filter(|a| {
-                a["started_at"]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .is_some_and(|t| {
-                        t.with_timezone(&chrono::Utc) >= since - chrono::Duration::seconds(5)
-                    })
-            })
-            .filter_map(|a| a["id"].as_u64())
-            .max())
-    }
+/// What a droplet that DigitalOcean no longer has makes of an operation on it.
+pub(super) fn gone(id: u64) -> ProviderError {
+    ProviderError::Gone(format!("droplet {id} no longer exists on DigitalOcean"))
 }

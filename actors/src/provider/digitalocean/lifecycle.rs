@@ -6,6 +6,7 @@ use std::future::Future;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::actions::{Action, Ended};
 use super::user_data::UserDataSpec;
 use super::{DigitalOceanProvider, environment_tag, explain, failed, parse_ref, volume_name};
 use crate::provider::{Cancel, Machine, MachineSpec, ProviderError};
@@ -104,31 +105,9 @@ impl DigitalOceanProvider {
         provider_ref: &str,
     ) -> Result<Machine, ProviderError> {
         let (id, _) = parse_ref(provider_ref)?;
-        let droplet = match self.get_droplet(id).await {
-            Ok(d) => d,
-            Err(e) if e.is_not_found() => {
-                return Err(ProviderError::Gone(format!(
-                    "droplet {id} no longer exists on DigitalOcean"
-                )));
-            }
-            Err(e) => return Err(explain("checking on the droplet", e)),
-        };
+        let droplet = self.droplet(id).await?;
         if droplet["status"] == "off" {
-            let action = self
-                .action(id, json!({"type": "power_on"}), "powering the droplet on")
-                .await?;
-            if !self
-                .follow(
-                    action,
-                    "powering the droplet on",
-                    self.config.create_timeout,
-                )
-                .await?
-            {
-                return Err(failed(format!(
-                    "DigitalOcean could not power droplet {id} on"
-                )));
-            }
+            self.power(id, true).await?;
         }
         self.until_active(id, spec).await
     }
@@ -144,40 +123,18 @@ impl DigitalOceanProvider {
             return Ok(());
         }
         // A clean shutdown first; if the machine ignores it, pull the plug.
-        let action = self
-            .action(id, json!({"type": "shutdown"}), "shutting the droplet down")
-            .await?;
+        let shutdown = Action::new(json!({"type": "shutdown"}), "shutting the droplet down");
         match self
-            .follow(
-                action,
-                "shutting the droplet down",
-                self.config.shutdown_timeout,
-            )
-            .await
+            .perform(id, &shutdown, self.config.shutdown_timeout)
+            .await?
         {
-            Ok(true) => return Ok(()),
-            Ok(false) => tracing::info!(droplet = id, "shutdown errored; powering off"),
-            Err(e) => {
+            Ended::Completed => return Ok(()),
+            Ended::Errored(_) => tracing::info!(droplet = id, "shutdown errored; powering off"),
+            Ended::Unknown(e) => {
                 tracing::info!(droplet = id, error = %e, "shutdown took too long; powering off")
             }
         }
-        let action = self
-            .action(id, json!({"type": "power_off"}), "powering the droplet off")
-            .await?;
-        if self
-            .follow(
-                action,
-                "powering the droplet off",
-                self.config.create_timeout,
-            )
-            .await?
-        {
-            Ok(())
-        } else {
-            Err(failed(format!(
-                "DigitalOcean could not power droplet {id} off"
-            )))
-        }
+        self.power(id, false).await
     }
 
     /// Destroys the environment's droplets and deletes its volumes: the recorded

@@ -9,9 +9,11 @@
 //! `provider_ref` is `<droplet id>:<volume id>`.
 //!
 //! `lifecycle` holds create/start/stop/delete, `maintenance` reboot, snapshot and
-//! resize, `droplets` the API calls they are made of, `catalog` regions, sizes and
-//! what is tagged `devpocket`; `client` and `limiter` speak HTTP politely.
+//! resize, `droplets` the API calls they are made of, `actions` the droplet actions
+//! (posted, then followed), `catalog` regions, sizes and what is tagged
+//! `devpocket`; `client` and `limiter` speak HTTP politely.
 
+mod actions;
 mod catalog;
 mod client;
 mod droplets;

@@ -1,0 +1,18 @@
+//! The shared test harness, by concern: the test database (`database`), the
+//! application and its HTTP clients (`app`), WebSockets (`ws`), the `devpocket`
+//! binary (`process`) and environments' machines (`machines`).
+
+mod app;
+mod database;
+mod machines;
+mod process;
+mod ws;
+
+pub use app::*;
+pub use database::*;
+pub use machines::*;
+pub use process::*;
+pub use ws::*;
+
+/// Polling, where no event can be awaited: the one way tests wait.
+pub use devpocket_testkit::eventually;
