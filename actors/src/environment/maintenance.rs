@@ -175,16 +175,9 @@ impl Work {
         });
         if was_running {
             // Whatever happened, a running environment comes back up.
-            let up = async {
-                let keys = self.keys().await?;
-                let machine = self
-                    .provider
-                    .start(&self.spec(keys), &provider_ref)
-                    .await
-                    .map_err(WorkError::provider("starting the machine after the resize"))?;
-                self.save_machine(&machine).await
-            }
-            .await;
+            let up = self
+                .bring_up(&provider_ref, "starting the machine after the resize")
+                .await;
             if let Err(err) = up {
                 return self.failed("resize", err).await;
             }
@@ -204,13 +197,7 @@ impl Work {
                 .reboot(&provider_ref)
                 .await
                 .map_err(WorkError::provider("restarting the machine"))?;
-            let keys = self.keys().await?;
-            let machine = self
-                .provider
-                .start(&self.spec(keys), &provider_ref)
-                .await
-                .map_err(WorkError::provider("starting the machine"))?;
-            self.save_machine(&machine).await?;
+            self.bring_up(&provider_ref, "starting the machine").await?;
             self.transition(
                 Transition::new(Status::Running, Phase::Ready, 100)
                     .message("restarted")

@@ -120,6 +120,21 @@ impl Work {
         Ok(())
     }
 
+    /// Starts the machine (it may be up already) and records where it answers.
+    pub(super) async fn bring_up(
+        &self,
+        provider_ref: &str,
+        doing: &'static str,
+    ) -> Result<(), WorkError> {
+        let keys = self.keys().await?;
+        let machine = self
+            .provider
+            .start(&self.spec(keys), provider_ref)
+            .await
+            .map_err(WorkError::provider(doing))?;
+        self.save_machine(&machine).await
+    }
+
     pub(super) fn spec(&self, keys: MachineKeys) -> MachineSpec {
         MachineSpec {
             environment_id: self.record.id,
@@ -317,18 +332,12 @@ impl Work {
 
     pub(super) async fn start(self, already_running: bool) {
         let result = async {
-            let keys = self.keys().await?;
             let provider_ref = self
                 .record
                 .provider_ref
                 .clone()
                 .ok_or(WorkError::NoMachine)?;
-            let machine = self
-                .provider
-                .start(&self.spec(keys), &provider_ref)
-                .await
-                .map_err(WorkError::provider("starting the machine"))?;
-            self.save_machine(&machine).await?;
+            self.bring_up(&provider_ref, "starting the machine").await?;
             if !already_running {
                 self.transition(
                     Transition::new(Status::Running, Phase::Ready, 100)
