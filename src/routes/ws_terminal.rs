@@ -17,7 +17,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, Message, Session};
 use devpocket_actors::inspect::Handle;
 use devpocket_actors::terminal::{
-    Attach, Detach, InputPort, Resize, SessionMode, TermEvent, TerminalActor,
+    Attach, Detach, InputPort, Resize, SessionMode, TermEvent, TermState, TerminalActor,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -414,7 +414,7 @@ impl Connection {
                             chunk.wire(|c| json!({"type": "output", "data": c.data, "seq": c.seq}).to_string())
                         }
                         Some(TermEvent::Status { state, message }) => {
-                            let closed = state == "closed";
+                            let closed = state == TermState::Closed;
                             let frame = json!({"type": "status", "state": state, "message": message});
                             if closed {
                                 let _ = self.send(frame).await;

@@ -1,0 +1,277 @@
+//! The terminal's link to the machine: one SSH connection with a PTY running tmux
+//! (or a login shell), its reader (always drained, output decoded and coalesced
+//! into frames) and writer tasks, the repaint asked of tmux, and what happens when
+//! the connection is lost: reconnect with backoff, or close if the environment is
+//! no longer running.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use russh::ChannelMsg;
+use tokio::sync::mpsc;
+
+use super::utf8::Utf8Carry;
+use super::{Disconnected, Output, SessionMode, TermState, TerminalActor, WriterCmd};
+use crate::model::{EnvironmentRecord, Phase, Status};
+use crate::ssh::{SshSession, shell_quote};
+
+const REDRAW_COALESCE: Duration = Duration::from_millis(20);
+/// A repaint prints nothing; past this the command is stopped (on its own channel,
+/// so the terminal's connection carries on).
+const REDRAW_MAX_BYTES: usize = 64 * 1024;
+const REDRAW_TIMEOUT: Duration = Duration::from_secs(5);
+/// Output already received is joined into frames of up to this size.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+/// Terminals speak UTF-8 (frames are JSON text): unless the user's locale already
+/// does, the PTY's programs are told so, whatever the machine's sshd passes (a
+/// local machine's passes no locale at all). Without it tmux draws every
+/// non-ASCII character as `_` and readline mangles typed ones; `tmux -u` says the
+/// same to tmux itself.
+const UTF8_LOCALE: &str = "case \"${LC_ALL:-${LC_CTYPE:-${LANG:-}}}\" in \
+     *[Uu][Tt][Ff]-8*|*[Uu][Tt][Ff]8*) ;; \
+     *) export LC_CTYPE=C.UTF-8; [ -z \"${LC_ALL:-}\" ] || export LC_ALL=C.UTF-8 ;; esac";
+
+/// Why a connection attempt failed.
+enum Failure {
+    /// The environment is not running: the terminal closes, saying why.
+    Closed(String),
+    /// Anything else: the terminal reconnects.
+    Lost(String),
+}
+
+/// The environment's record if it is running, or why the terminal closes.
+fn running(record: Option<EnvironmentRecord>) -> Result<EnvironmentRecord, String> {
+    let Some(record) = record else {
+        return Err("the environment was deleted".to_owned());
+    };
+    match (record.status, record.phase) {
+        (Status::Running, Phase::Ready) => Ok(record),
+        (Status::Terminated, _) | (_, Phase::Deleting | Phase::Deleted) => {
+            Err("the environment was deleted".to_owned())
+        }
+        (_, Phase::Stopping | Phase::Stopped) => Err("the environment was stopped".to_owned()),
+        (status, phase) => Err(format!("the environment is {status} ({phase})")),
+    }
+}
+
+impl TerminalActor {
+    /// Asks tmux to repaint the whole screen, so a client that joined (or fell out
+    /// of the replay buffer) sees the current screen instead of a garbled tail.
+    /// Requests within `REDRAW_COALESCE` make one repaint: a hundred clients
+    /// joining at once cost the others one repaint, not a hundred.
+    pub(super) fn redraw(&mut self, ctx: &mut Context<Self>) {
+        if self.mode != SessionMode::Tmux || self.redraw_pending {
+            return;
+        }
+        self.redraw_pending = true;
+        ctx.run_later(REDRAW_COALESCE, |act, _| {
+            act.redraw_pending = false;
+            let Some(session) = act.session.clone() else {
+                return;
+            };
+            // Every client of this session (ours among them); a bare
+            // `refresh-client` would repaint whichever client was used last.
+            let command = format!(
+                "tmux list-clients -t ={} -F '#{{client_name}}' | \
+                 while read -r c; do tmux refresh-client -t \"$c\"; done",
+                shell_quote(&act.name)
+            );
+            actix::spawn(async move {
+                let _ = session
+                    .run(&command, REDRAW_TIMEOUT, REDRAW_MAX_BYTES)
+                    .await;
+            });
+        });
+    }
+
+    pub(super) fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        let (store, id) = (self.deps.store.clone(), self.environment_id);
+        let (name, mode, (cols, rows)) = (self.name.clone(), self.mode, self.size);
+        let me = self.own_handle(ctx);
+        let deps = self.deps.clone();
+        let fut = async move {
+            let loaded = store
+                .load(id)
+                .await
+                .map_err(|e| Failure::Lost(e.to_string()))?;
+            let record = running(loaded).map_err(Failure::Closed)?;
+            let (Some(machine), Some(keys)) = (record.machine, record.keys) else {
+                return Err(Failure::Lost("the environment has no machine".to_owned()));
+            };
+            let session = SshSession::connect(&machine, &keys.user_private).await;
+            deps.ssh_connect("terminal", session.is_ok());
+            let session = session.map_err(|e| Failure::Lost(e.to_string()))?;
+            let command = match mode {
+                SessionMode::Tmux => format!(
+                    "cd; {UTF8_LOCALE}; exec tmux -u new-session -A -s {}",
+                    shell_quote(&name)
+                ),
+                SessionMode::Shell => format!("cd; {UTF8_LOCALE}; exec \"${{SHELL:-/bin/sh}}\" -l"),
+            };
+            let channel = session
+                .pty(&command, cols, rows)
+                .await
+                .map_err(|e| Failure::Lost(e.to_string()))?;
+            Ok((Arc::new(session), channel))
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if generation != act.generation {
+                return;
+            }
+            match res {
+                Ok((session, channel)) => {
+                    let (mut reader, writer_half) = channel.split();
+                    let (wtx, mut wrx) = mpsc::channel::<WriterCmd>(256);
+                    // Writes happen in order, off the actor.
+                    actix::spawn(async move {
+                        while let Some(cmd) = wrx.recv().await {
+                            let ok = match cmd {
+                                WriterCmd::Input(bytes) => {
+                                    writer_half.data(&bytes[..]).await.is_ok()
+                                }
+                                WriterCmd::Resize(c, r) => {
+                                    writer_half.window_change(c, r, 0, 0).await.is_ok()
+                                }
+                            };
+                            if !ok {
+                                break;
+                            }
+                        }
+                    });
+                    // Always drain the channel.
+                    let me2 = me.clone();
+                    actix::spawn(async move {
+                        let mut carry = Utf8Carry::default();
+                        let mut open = true;
+                        while open {
+                            let Some(msg) = reader.wait().await else {
+                                break;
+                            };
+                            let ChannelMsg::Data { data } = msg else {
+                                continue;
+                            };
+                            let mut text = carry.push(&data);
+                            // Output already waiting joins this frame: a flood makes
+                            // fewer, larger frames; a keystroke's echo is not delayed.
+                            while text.len() < COALESCE_BYTES {
+                                match reader.wait().now_or_never() {
+                                    Some(Some(ChannelMsg::Data { data })) => {
+                                        text.push_str(&carry.push(&data));
+                                    }
+                                    Some(Some(_)) => {}
+                                    Some(None) => {
+                                        open = false;
+                                        break;
+                                    }
+                                    None => break,
+                                }
+                            }
+                            me2.do_send(Output { generation, text });
+                        }
+                        me2.do_send(Disconnected { generation });
+                    });
+                    act.session = Some(session);
+                    act.writer.send_replace(Some(wtx));
+                    act.attempts = 0;
+                    act.status(TermState::Connected, "terminal attached");
+                    act.redraw(ctx);
+                }
+                Err(Failure::Closed(why)) => act.close(why, ctx),
+                Err(Failure::Lost(message)) => act.reconnect(message, ctx),
+            }
+        }));
+    }
+
+    /// The SSH connection dropped. If the environment is no longer running — a
+    /// stop or delete is written before the machine goes — that is why: the
+    /// terminal closes, without a `reconnecting` first. Otherwise it reconnects.
+    pub(super) fn lost(&mut self, message: String, ctx: &mut Context<Self>) {
+        self.session = None;
+        self.writer.send_replace(None);
+        let generation = self.generation;
+        let (store, id) = (self.deps.store.clone(), self.environment_id);
+        let check = async move { store.load(id).await.map(running) };
+        ctx.spawn(check.into_actor(self).map(move |res, act, ctx| {
+            if generation != act.generation {
+                return;
+            }
+            match res {
+                Ok(Err(why)) => act.close(why, ctx),
+                // Still running, or the store cannot say: the connection was lost.
+                Ok(Ok(_)) | Err(_) => act.reconnect(message, ctx),
+            }
+        }));
+    }
+
+    /// Tells every client the terminal is closed, and why, and stops.
+    pub(super) fn close(&mut self, why: String, ctx: &mut Context<Self>) {
+        self.session = None;
+        self.writer.send_replace(None);
+        self.status(TermState::Closed, why);
+        self.fanout.clear();
+        ctx.stop();
+    }
+
+    /// Reconnects with backoff, telling the clients.
+    fn reconnect(&mut self, message: String, ctx: &mut Context<Self>) {
+        self.session = None;
+        self.writer.send_replace(None);
+        self.attempts += 1;
+        self.deps.metric(|| {
+            ::metrics::counter!("devpocket_ssh_reconnects_total", "purpose" => "terminal")
+                .increment(1);
+        });
+        let delay = Duration::from_millis(200 * 2u64.saturating_pow(self.attempts.min(5)));
+        self.status(
+            TermState::Reconnecting,
+            format!("connection lost ({message}); reconnecting"),
+        );
+        ctx.run_later(delay.min(Duration::from_secs(5)), |act, ctx| {
+            if act.session.is_none() {
+                act.connect(ctx);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UTF8_LOCALE;
+
+    /// The character type `sh` ends up with, after `UTF8_LOCALE`, from `env`.
+    fn ctype_after(env: &[(&str, &str)]) -> String {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "{UTF8_LOCALE}; echo \"${{LC_ALL:-${{LC_CTYPE:-${{LANG:-}}}}}}|${{LANG:-}}\""
+            ))
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .expect("sh runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_terminal_is_utf8_whatever_the_locale_it_is_given() {
+        // Nothing, or a locale of another character set: UTF-8, the language kept.
+        assert_eq!(ctype_after(&[]), "C.UTF-8|");
+        assert_eq!(ctype_after(&[("LANG", "C")]), "C.UTF-8|C");
+        assert_eq!(ctype_after(&[("LC_ALL", "POSIX")]), "C.UTF-8|");
+        // A UTF-8 locale the user chose is left alone.
+        assert_eq!(
+            ctype_after(&[("LANG", "en_US.UTF-8")]),
+            "en_US.UTF-8|en_US.UTF-8"
+        );
+        assert_eq!(ctype_after(&[("LC_CTYPE", "C.utf8")]), "C.utf8|");
+    }
+}
