@@ -9,9 +9,8 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, Message, Session};
 use devpocket_actors::environment::{InstallState, SubscribeLogs};
-use devpocket_actors::logs::{self, LogEvent, Standing};
+use devpocket_actors::logs::{self, LogEvent};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::mpsc;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -20,6 +19,7 @@ use super::ws_common::{WsSession, authenticate, close};
 use crate::db::environments as db;
 use crate::openapi::{BadRequest, TooManyRequests};
 use crate::startup::AppState;
+use crate::ws::log_frames::{self, ClientFrame, ServerFrame};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws/logs/{id}", web::get().to(logs_socket));
@@ -42,35 +42,12 @@ struct LogsQuery {
     after: Option<i64>,
 }
 
-/// The frame protocol, for the OpenAPI document.
-const PROTOCOL: &str = "\
-Upgrades to a WebSocket carrying the provisioning log: the stored lines after `after`, \
-then one `installation_progress` saying where provisioning stands, then \
-`installation_complete` or `installation_error` if provisioning has ended, then \
-live events, with no gap and no duplicate where history meets live. JSON text frames.
-
-Server frames:
-
-| Frame | When |
-|---|---|
-| `{\"type\": \"installation_log\", \"data\", \"seq\", \"timestamp\"}` | one per line |
-| `{\"type\": \"installation_progress\", \"phase\", \"progress\", \"stage\", \"step\", \"total\", \"percent\"}` | right after the history, then at each phase change while provisioning (to `provisioning`, `booting`, `installing`, `configuring`, then `ready`, `failed` or `deleting`) and after each stage marker line. `phase` and `progress` (0-100) are the environment's; `stage`, `step`, `total` and `percent` its bootstrap's latest stage marker (before the first one: the phase, and 0) |
-| `{\"type\": \"installation_complete\"}` | the bootstrap exited with status 0 |
-| `{\"type\": \"installation_error\", \"error\"}` | provisioning failed |
-| `{\"type\": \"pong\"}` | answer to any client text frame, such as `{\"type\": \"ping\"}` |
-
-A well-formed upgrade is always accepted; a refusal comes afterwards as a close frame \
-with a reason: 1008 bad or missing token, or unknown environment (another user's too); \
-1000 the environment was deleted; 1013 try again (fell behind: reconnect with \
-`after=SEQ`; the server cannot check the token right now; too many connection \
-attempts); 1009 a client frame over 64 KiB. The server pings every 30 s.";
-
 /// Follow an environment's provisioning log (WebSocket).
 #[utoipa::path(
     get,
     path = "/api/v1/ws/logs/{id}",
     tag = "websockets",
-    description = PROTOCOL,
+    description = log_frames::PROTOCOL,
     params(
         ("id" = String, Path, description = "The environment's id."),
         LogsQuery,
@@ -142,30 +119,6 @@ async fn logs_socket(
     Ok(response)
 }
 
-fn line_frame(seq: i64, data: &str, timestamp: chrono::DateTime<chrono::Utc>) -> String {
-    json!({"type": "installation_log", "data": data, "seq": seq, "timestamp": timestamp})
-        .to_string()
-}
-
-/// Where provisioning stands. Before the bootstrap's first stage marker, `stage`
-/// is the phase and `step`, `total` and `percent` are 0.
-fn progress_frame(s: &Standing) -> String {
-    let (stage, step, total, percent) = match &s.stage {
-        Some(p) => (p.stage.as_str(), p.step, p.total, p.percent),
-        None => (s.phase.as_str(), 0, 0, 0),
-    };
-    json!({
-        "type": "installation_progress",
-        "phase": s.phase,
-        "progress": s.progress,
-        "stage": stage,
-        "step": step,
-        "total": total,
-        "percent": percent,
-    })
-    .to_string()
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     state: web::Data<AppState>,
@@ -208,7 +161,12 @@ async fn serve(
             break;
         }
         for (seq, line, at) in &rows {
-            let frame = line_frame(*seq, line, *at);
+            let frame = ServerFrame::InstallationLog {
+                data: line,
+                seq: *seq,
+                timestamp: *at,
+            }
+            .to_text();
             ws.sent(frame.len());
             if session.text(frame).await.is_err() {
                 return;
@@ -224,23 +182,22 @@ async fn serve(
     if standing.stage.is_none() {
         standing.stage = history_stage;
     }
-    let frame = progress_frame(&standing);
+    let frame = ServerFrame::progress(&standing).to_text();
     ws.sent(frame.len());
     if session.text(frame).await.is_err() {
         return;
     }
-    match &sub.state {
-        InstallState::Complete => {
-            let _ = session
-                .text(json!({"type": "installation_complete"}).to_string())
-                .await;
+    let ended = match &sub.state {
+        InstallState::Complete => Some(ServerFrame::InstallationComplete),
+        InstallState::Failed(error) => Some(ServerFrame::InstallationError { error }),
+        InstallState::InProgress => None,
+    };
+    if let Some(frame) = ended {
+        let frame = frame.to_text();
+        ws.sent(frame.len());
+        if session.text(frame).await.is_err() {
+            return;
         }
-        InstallState::Failed(error) => {
-            let _ = session
-                .text(json!({"type": "installation_error", "error": error}).to_string())
-                .await;
-        }
-        InstallState::InProgress => {}
     }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
@@ -250,12 +207,12 @@ async fn serve(
                 let frame = match event {
                     Some(LogEvent::Line(line)) if line.seq > cursor => {
                         cursor = line.seq;
-                        line_frame(line.seq, &line.data, line.timestamp)
+                        ServerFrame::InstallationLog { data: &line.data, seq: line.seq, timestamp: line.timestamp }.to_text()
                     }
                     Some(LogEvent::Line(_)) => continue,
-                    Some(LogEvent::Progress(s)) => progress_frame(&s),
-                    Some(LogEvent::Complete) => json!({"type": "installation_complete"}).to_string(),
-                    Some(LogEvent::Failed(error)) => json!({"type": "installation_error", "error": error}).to_string(),
+                    Some(LogEvent::Progress(s)) => ServerFrame::progress(&s).to_text(),
+                    Some(LogEvent::Complete) => ServerFrame::InstallationComplete.to_text(),
+                    Some(LogEvent::Failed(error)) => ServerFrame::InstallationError { error: &error }.to_text(),
                     Some(LogEvent::Closed) => return close(session, CloseCode::Normal, "environment deleted").await,
                     // Dropped for falling behind: the client resumes with after=SEQ.
                     None => return close(session, CloseCode::Again, &format!("too slow; reconnect with after={cursor}")).await,
@@ -271,7 +228,12 @@ async fn serve(
                 }
                 Some(Ok(Message::Text(text))) => {
                     ws.received(text.len());
-                    if text.contains("\"ping\"") && session.text(json!({"type": "pong"}).to_string()).await.is_err() {
+                    let answer = match ClientFrame::parse(&text) {
+                        Ok(ClientFrame::Ping { timestamp }) => ServerFrame::Pong { timestamp }.to_text(),
+                        Err(message) => ServerFrame::Error { message: &message }.to_text(),
+                    };
+                    ws.sent(answer.len());
+                    if session.text(answer).await.is_err() {
                         return;
                     }
                 }

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, Message, Session};
 use devpocket_actors::inspect::Handle;
+use devpocket_actors::model::Status;
 use devpocket_actors::terminal::{
     Attach, Detach, InputPort, Resize, SessionMode, TermEvent, TermState, TerminalActor,
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -29,6 +29,9 @@ use crate::audit::{Action, Origin, TerminalAudit};
 use crate::db::environments as db;
 use crate::openapi::{BadRequest, TooManyRequests};
 use crate::startup::AppState;
+use crate::ws::terminal_frames::{
+    self, ClientFrame, ServerFrame, WelcomeEnvironment, WelcomeSession,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws/terminal/{id}", web::get().to(terminal_socket));
@@ -107,41 +110,6 @@ struct TerminalQuery {
     mode: Option<String>,
 }
 
-/// The frame protocol, for the OpenAPI document.
-const PROTOCOL: &str = "\
-Upgrades to a WebSocket with a terminal on the environment: a shell in tmux, shared by \
-every client of the same `session`, that outlives dropped connections. The socket is \
-accepted whatever the environment's state: until it runs, the client gets `status` \
-frames (`reconnecting`) every second, and the terminal attaches as soon as it runs. \
-JSON text frames only, each an object with a `type`.
-
-Client frames:
-
-| Frame | Meaning |
-|---|---|
-| `{\"type\": \"input\", \"data\": \"ls -la\\r\"}` | keystrokes or pasted text, written as they are |
-| `{\"type\": \"resize\", \"cols\": 120, \"rows\": 40}` | the client's new size |
-| `{\"type\": \"ping\", \"timestamp\": 1712345678}` | answered with a `pong` echoing `timestamp` |
-
-Server frames:
-
-| Frame | Meaning |
-|---|---|
-| `{\"type\": \"welcome\", \"message\", \"environment\": {\"id\", \"name\", \"template\", \"status\"}, \"session\": {\"name\", \"clients\"}}` | the first frame |
-| `{\"type\": \"output\", \"data\", \"seq\"}` | terminal output, numbered 1, 2, 3… per session |
-| `{\"type\": \"status\", \"state\", \"message\"}` | `connected`, `reconnecting`, or `closed` (stopped or deleted; the socket then closes with 1000) |
-| `{\"type\": \"pong\", \"timestamp\"}` | the answer to a `ping` |
-| `{\"type\": \"error\", \"message\"}` | a client frame was refused; the connection stays open |
-
-A text frame over 256 KiB gets an `error` frame. A well-formed upgrade is always \
-accepted; a refusal comes afterwards as a close frame with a reason: 1008 bad or \
-missing token, unknown environment (another user's too), invalid session name, or too \
-many terminal connections for the plan; 1013 try again (the server cannot check the \
-token or reach the environment right now, the client fell behind: reconnect with \
-`resume=SEQ`, or too many connection attempts); 1009 a frame over 4 MiB; 1001 nothing \
-received for 90 s; 1000 the environment was stopped or deleted. The server pings every \
-30 s while attached.";
-
 fn valid_session_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
         && name
@@ -161,7 +129,7 @@ fn clamp_size(cols: Option<u32>, rows: Option<u32>) -> (u32, u32) {
     get,
     path = "/api/v1/ws/terminal/{id}",
     tag = "websockets",
-    description = PROTOCOL,
+    description = terminal_frames::PROTOCOL,
     params(
         ("id" = String, Path, description = "The environment's id."),
         TerminalQuery,
@@ -242,12 +210,11 @@ async fn terminal_socket(
             )
             .await;
         };
-        let welcome = json!({
-            "type": "welcome",
-            "message": format!("Connected to {}", env.name),
-            "environment": {"id": env.id, "name": env.name, "template": template, "status": env.status},
-            "session": {"name": name, "clients": 0},
-        });
+        let welcome = Welcome {
+            name: env.name,
+            template,
+            status: env.status.parse().unwrap_or(Status::Error),
+        };
         let (cols, rows) = clamp_size(query.cols, query.rows);
         let input_limit = state.ratelimits.ws_input_limiter();
         let audit = TerminalAudit::new(&state, origin, caller.user.id, env_id, &name);
@@ -286,6 +253,13 @@ async fn terminal_socket(
     Ok(response)
 }
 
+/// What the `welcome` frame says of the environment.
+struct Welcome {
+    name: String,
+    template: String,
+    status: Status,
+}
+
 struct Connection {
     state: web::Data<AppState>,
     session: Session,
@@ -310,13 +284,35 @@ enum Next {
 }
 
 impl Connection {
-    async fn send(&mut self, frame: Value) -> bool {
-        let text = frame.to_string();
+    async fn send(&mut self, frame: ServerFrame<'_>) -> bool {
+        let text = frame.to_text();
         self.ws.sent(text.len());
         self.session.text(text).await.is_ok()
     }
 
-    async fn run(mut self, mut welcome: Value, resume: Option<u64>) {
+    fn welcome(&self, welcome: &Welcome, clients: usize) -> String {
+        ServerFrame::Welcome {
+            message: format!("Connected to {}", welcome.name),
+            environment: WelcomeEnvironment {
+                id: self.env_id,
+                name: &welcome.name,
+                template: &welcome.template,
+                status: welcome.status,
+            },
+            session: WelcomeSession {
+                name: &self.name,
+                clients,
+            },
+        }
+        .to_text()
+    }
+
+    async fn send_text(&mut self, text: String) -> bool {
+        self.ws.sent(text.len());
+        self.session.text(text).await.is_ok()
+    }
+
+    async fn run(mut self, welcome: Welcome, resume: Option<u64>) {
         // Until the machine runs: status frames, pings answered.
         let mut welcomed = false;
         loop {
@@ -339,13 +335,16 @@ impl Connection {
                 Err(()) => "the server is busy; the terminal attaches shortly".to_owned(),
             };
             if !welcomed {
-                if !self.send(welcome.clone()).await {
+                if !self.send_text(self.welcome(&welcome, 0)).await {
                     return;
                 }
                 welcomed = true;
             }
             if !self
-                .send(json!({"type": "status", "state": "reconnecting", "message": message}))
+                .send(ServerFrame::Status {
+                    state: TermState::Reconnecting,
+                    message: &message,
+                })
                 .await
             {
                 return;
@@ -391,8 +390,10 @@ impl Connection {
         };
         self.audit.record(Action::TerminalAttach);
         if !welcomed {
-            welcome["session"]["clients"] = json!(attached.clients);
-            if !self.send(welcome).await {
+            if !self
+                .send_text(self.welcome(&welcome, attached.clients))
+                .await
+            {
                 terminal.do_send(Detach {
                     client: attached.client,
                 });
@@ -411,16 +412,16 @@ impl Connection {
                         Some(TermEvent::Output(chunk)) => {
                             last_seq = chunk.seq;
                             // Serialised once, shared by every client of the session.
-                            chunk.wire(|c| json!({"type": "output", "data": c.data, "seq": c.seq}).to_string())
+                            chunk.wire(|c| ServerFrame::Output { data: &c.data, seq: c.seq }.to_text())
                         }
                         Some(TermEvent::Status { state, message }) => {
                             let closed = state == TermState::Closed;
-                            let frame = json!({"type": "status", "state": state, "message": message});
+                            let frame = ServerFrame::Status { state, message: &message }.to_text();
                             if closed {
-                                let _ = self.send(frame).await;
+                                let _ = self.send_text(frame).await;
                                 break Some((CloseCode::Normal, "the terminal closed".to_owned()));
                             }
-                            frame.to_string().into()
+                            frame.into()
                         }
                         None => break Some((CloseCode::Again, format!("fell behind; reconnect with resume={last_seq}"))),
                     };
@@ -492,34 +493,22 @@ impl Connection {
                 .error(&format!("frame too large ({} bytes; at most {MAX_FRAME_BYTES}): split input into several frames", text.len()))
                 .await;
         }
-        let frame: Value = match serde_json::from_str(&text) {
-            Ok(v) => v,
-            // Says where: a character split across frames (half a surrogate pair
-            // in each) is refused here, as is any other invalid JSON.
-            Err(e) => {
-                return self
-                    .error(&format!(
-                        "frames must be JSON objects with a \"type\" ({e})"
-                    ))
-                    .await;
-            }
+        let frame = match ClientFrame::parse(&text) {
+            Ok(frame) => frame,
+            // Says what was wrong: an unknown type, a missing or mistyped field, or
+            // invalid JSON (a character split across frames, half a surrogate pair
+            // in each, is refused here).
+            Err(message) => return self.error(&message).await,
         };
-        match frame["type"].as_str() {
-            Some("ping") => {
-                let mut pong = json!({"type": "pong"});
-                if let Some(ts) = frame.get("timestamp") {
-                    pong["timestamp"] = ts.clone();
-                }
-                if self.send(pong).await {
+        match frame {
+            ClientFrame::Ping { timestamp } => {
+                if self.send(ServerFrame::Pong { timestamp }).await {
                     Next::Continue
                 } else {
                     Next::Stop
                 }
             }
-            Some("input") => {
-                let Some(data) = frame["data"].as_str() else {
-                    return self.error("input needs a string \"data\"").await;
-                };
+            ClientFrame::Input { data } => {
                 if self.input_limit.check().is_err() {
                     self.state.ratelimits.rejected_ws_input();
                     let max = self.state.settings.rate_limits.ws_input_per_second;
@@ -534,18 +523,12 @@ impl Connection {
                         .error("the terminal is not attached yet; input was not sent")
                         .await;
                 };
-                match input.send(data.to_owned()) {
+                match input.send(data) {
                     Ok(()) => Next::Continue,
                     Err(message) => self.error(message).await,
                 }
             }
-            Some("resize") => {
-                let (Some(cols), Some(rows)) = (frame["cols"].as_u64(), frame["rows"].as_u64())
-                else {
-                    return self
-                        .error("resize needs whole numbers \"cols\" and \"rows\"")
-                        .await;
-                };
+            ClientFrame::Resize { cols, rows } => {
                 let (cols, rows) = clamp_size(u32::try_from(cols).ok(), u32::try_from(rows).ok());
                 self.cols = cols;
                 self.rows = rows;
@@ -554,24 +537,11 @@ impl Connection {
                 }
                 Next::Continue
             }
-            Some(other) => {
-                self.error(&format!(
-                    "unknown frame type `{other}`: use input, resize or ping"
-                ))
-                .await
-            }
-            None => {
-                self.error("frames must be JSON objects with a \"type\"")
-                    .await
-            }
         }
     }
 
     async fn error(&mut self, message: &str) -> Next {
-        if self
-            .send(json!({"type": "error", "message": message}))
-            .await
-        {
+        if self.send(ServerFrame::Error { message }).await {
             Next::Continue
         } else {
             Next::Stop
