@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::ws_common::{WsSession, authenticate, close};
+use super::ws_common::{Accepted, WsSession, accept, close};
 use crate::db::environments as db;
 use crate::openapi::{BadRequest, TooManyRequests};
 use crate::startup::AppState;
@@ -65,58 +65,49 @@ async fn logs_socket(
     id: web::Path<String>,
     query: web::Query<LogsQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let (response, session, stream) = actix_ws::handle(&req, payload)?;
-    let stream = stream.max_frame_size(MAX_CLIENT_FRAME);
-    let query = query.into_inner();
-    let id = id.into_inner();
-    actix_web::rt::spawn(async move {
-        let caller = match authenticate(&state, query.token.as_deref()).await {
-            Ok(c) => c,
-            Err((code, reason)) => return close(session, code, &reason).await,
-        };
-        let Ok(env_id) = Uuid::parse_str(&id) else {
-            return close(session, CloseCode::Policy, "environment not found").await;
-        };
-        match state.actors.environment(caller.user.id, env_id).await {
-            Ok(Some(addr)) => {
-                let ws = WsSession::open(
-                    &state,
-                    "logs",
-                    vec![
-                        format!("environment:{env_id}"),
-                        format!("user:{}", caller.user.id),
-                    ],
-                );
-                let (tx, rx) = mpsc::channel(QUEUE);
-                match addr.send(SubscribeLogs { tx }).await {
-                    Ok(sub) => {
-                        serve(
-                            state,
-                            ws,
-                            session,
-                            stream,
-                            env_id,
-                            query.after.unwrap_or(0),
-                            sub,
-                            rx,
-                        )
-                        .await
-                    }
-                    Err(_) => {
-                        close(
-                            session,
-                            CloseCode::Again,
-                            "the environment is restarting; reconnect",
-                        )
-                        .await
-                    }
-                }
-            }
-            Ok(None) => close(session, CloseCode::Policy, "environment not found").await,
-            Err(e) => close(session, CloseCode::Again, &e.to_string()).await,
+    let LogsQuery { token, after } = query.into_inner();
+    accept(
+        state,
+        &req,
+        payload,
+        MAX_CLIENT_FRAME,
+        token,
+        id.into_inner(),
+        Ok(after.unwrap_or(0)),
+        subscribe,
+    )
+}
+
+/// Subscribes to the environment's log events, then serves the log.
+async fn subscribe(accepted: Accepted, after: i64) {
+    let Accepted {
+        state,
+        session,
+        stream,
+        caller,
+        env_id,
+        environment,
+    } = accepted;
+    let ws = WsSession::open(
+        &state,
+        "logs",
+        vec![
+            format!("environment:{env_id}"),
+            format!("user:{}", caller.user.id),
+        ],
+    );
+    let (tx, rx) = mpsc::channel(QUEUE);
+    match environment.send(SubscribeLogs { tx }).await {
+        Ok(sub) => serve(state, ws, session, stream, env_id, after, sub, rx).await,
+        Err(_) => {
+            close(
+                session,
+                CloseCode::Again,
+                "the environment is restarting; reconnect",
+            )
+            .await
         }
-    });
-    Ok(response)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

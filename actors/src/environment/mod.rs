@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::deps::Deps;
@@ -22,12 +22,14 @@ use crate::provider::{Maintenance, Provider};
 use crate::store::StoreError;
 use crate::supervisor::ChildExited;
 
+mod follow;
 mod maintenance;
 mod observe;
 mod operation;
 mod plan;
 mod work;
 
+pub use follow::{EnvState, StateWatch, WatchState};
 pub use maintenance::{MachineGone, Maintain, MaintenanceRequest};
 pub use observe::{GetMetrics, LogSubscription, SubscribeLogs};
 pub use plan::{Command, Conflict};
@@ -103,6 +105,8 @@ pub struct EnvironmentActor {
     has_lease: bool,
     /// A restart is a stop followed by a start.
     restart_after_stop: bool,
+    /// The state as of the latest transition, for those who follow it.
+    state: watch::Sender<EnvState>,
     registration: Registration,
 }
 
@@ -130,6 +134,7 @@ impl EnvironmentActor {
         registration
             .stats
             .set_state(format!("{}/{}", record.status, record.phase));
+        let state = watch::Sender::new(EnvState::of(&record));
         Self {
             guard: ExitGuard {
                 id: record.id,
@@ -148,6 +153,7 @@ impl EnvironmentActor {
             metrics_waiters: None,
             has_lease: false,
             restart_after_stop: false,
+            state,
             registration,
         }
     }
@@ -208,6 +214,7 @@ impl EnvironmentActor {
         self.registration
             .stats
             .set_state(format!("{}/{}", t.status, t.phase));
+        self.state.send_replace(EnvState::of(&self.record));
         // Log subscribers follow provisioning phase by phase, up to the phase that
         // ends it (ready, failed, or deleting).
         if moved && self.install == InstallState::InProgress {
@@ -248,6 +255,7 @@ impl Actor for EnvironmentActor {
         ctx.run_interval(Duration::from_secs(5), |act, ctx| {
             let idle = act.operation.is_none()
                 && act.subscribers.iter().all(|s| s.is_closed())
+                && act.state.receiver_count() == 0
                 && act.last_activity.elapsed() >= act.deps.settings.environment_idle;
             if idle {
                 ctx.stop();

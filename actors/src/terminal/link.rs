@@ -1,8 +1,9 @@
 //! The terminal's link to the machine: one SSH connection with a PTY running tmux
 //! (or a login shell), its reader (always drained, output decoded and coalesced
-//! into frames) and writer tasks, the repaint asked of tmux, and what happens when
-//! the connection is lost: reconnect with backoff, or close if the environment is
-//! no longer running.
+//! into frames) and writer tasks, the repaint asked of tmux, and what the
+//! environment's state means for it ([`gate`]): attach when it runs, wait before
+//! that, close when it is stopped or deleted, and reconnect with backoff when the
+//! connection is lost while it still runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use tokio::sync::mpsc;
 
 use super::utf8::Utf8Carry;
 use super::{Disconnected, Output, SessionMode, TermState, TerminalActor, WriterCmd};
-use crate::model::{EnvironmentRecord, Phase, Status};
+use crate::environment::EnvState;
+use crate::model::Phase;
 use crate::ssh::{SshSession, shell_quote};
 
 const REDRAW_COALESCE: Duration = Duration::from_millis(20);
@@ -36,24 +38,49 @@ const UTF8_LOCALE: &str = "case \"${LC_ALL:-${LC_CTYPE:-${LANG:-}}}\" in \
 
 /// Why a connection attempt failed.
 enum Failure {
-    /// The environment is not running: the terminal closes, saying why.
+    /// The environment is gone: the terminal closes, saying why.
     Closed(String),
     /// Anything else: the terminal reconnects.
     Lost(String),
 }
 
-/// The environment's record if it is running, or why the terminal closes.
-fn running(record: Option<EnvironmentRecord>) -> Result<EnvironmentRecord, String> {
-    let Some(record) = record else {
-        return Err("the environment was deleted".to_owned());
-    };
-    match (record.status, record.phase) {
-        (Status::Running, Phase::Ready) => Ok(record),
-        (Status::Terminated, _) | (_, Phase::Deleting | Phase::Deleted) => {
-            Err("the environment was deleted".to_owned())
-        }
-        (_, Phase::Stopping | Phase::Stopped) => Err("the environment was stopped".to_owned()),
-        (status, phase) => Err(format!("the environment is {status} ({phase})")),
+/// What the terminal does in the environment's state.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// Running and ready: attach.
+    Connect,
+    /// Not running yet, or briefly busy: wait for the next transition, saying why.
+    Wait(String),
+    /// Stopped or deleted: the terminal closes, saying why.
+    Close(String),
+}
+
+/// Before the terminal has first attached, it waits for the environment whatever
+/// its state (the app opens the socket as soon as the environment exists), unless
+/// it is being deleted. Once attached, leaving `running`/`ready` closes it — a stop,
+/// a restart (which stops the machine's processes, tmux included), a delete, a
+/// failure — except for a snapshot or a resize, after which the machine is back as
+/// it was.
+pub(super) fn gate(state: &EnvState, attached_before: bool) -> Gate {
+    let (status, phase) = (state.status, state.phase);
+    if state.is_deleted() {
+        return Gate::Close("the environment was deleted".to_owned());
+    }
+    if state.is_ready() {
+        return Gate::Connect;
+    }
+    if !attached_before {
+        return Gate::Wait(format!(
+            "the environment is {status} ({phase}); the terminal attaches when it is running"
+        ));
+    }
+    match phase {
+        Phase::Snapshotting | Phase::Resizing => Gate::Wait(format!(
+            "the environment is {status} ({phase}); the terminal attaches again when it is running"
+        )),
+        Phase::Stopping | Phase::Stopped => Gate::Close("the environment was stopped".to_owned()),
+        Phase::Restarting => Gate::Close("the environment is restarting".to_owned()),
+        _ => Gate::Close(format!("the environment is {status} ({phase})")),
     }
 }
 
@@ -87,7 +114,21 @@ impl TerminalActor {
         });
     }
 
+    /// Attaches if the environment runs; otherwise waits for its next transition
+    /// ([`Self::env_moved`]) or closes, as [`gate`] says.
     pub(super) fn connect(&mut self, ctx: &mut Context<Self>) {
+        let verdict = gate(&self.env.borrow(), self.attached_before);
+        match verdict {
+            Gate::Connect => self.waiting = None,
+            Gate::Wait(why) => {
+                if self.waiting.as_ref() != Some(&why) {
+                    self.waiting = Some(why.clone());
+                    self.status(TermState::Reconnecting, why);
+                }
+                return;
+            }
+            Gate::Close(why) => return self.close(why, ctx),
+        }
         self.generation += 1;
         let generation = self.generation;
         let (store, id) = (self.deps.store.clone(), self.environment_id);
@@ -95,11 +136,12 @@ impl TerminalActor {
         let me = self.own_handle(ctx);
         let deps = self.deps.clone();
         let fut = async move {
-            let loaded = store
+            // Where the machine is and its keys; its state came from the watch.
+            let record = store
                 .load(id)
                 .await
-                .map_err(|e| Failure::Lost(e.to_string()))?;
-            let record = running(loaded).map_err(Failure::Closed)?;
+                .map_err(|e| Failure::Lost(e.to_string()))?
+                .ok_or_else(|| Failure::Closed("the environment was deleted".to_owned()))?;
             let (Some(machine), Some(keys)) = (record.machine, record.keys) else {
                 return Err(Failure::Lost("the environment has no machine".to_owned()));
             };
@@ -178,6 +220,7 @@ impl TerminalActor {
                     act.session = Some(session);
                     act.writer.send_replace(Some(wtx));
                     act.attempts = 0;
+                    act.attached_before = true;
                     act.status(TermState::Connected, "terminal attached");
                     act.redraw(ctx);
                 }
@@ -188,24 +231,39 @@ impl TerminalActor {
     }
 
     /// The SSH connection dropped. If the environment is no longer running — a
-    /// stop or delete is written before the machine goes — that is why: the
+    /// stop or delete is published before the machine goes — that is why: the
     /// terminal closes, without a `reconnecting` first. Otherwise it reconnects.
     pub(super) fn lost(&mut self, message: String, ctx: &mut Context<Self>) {
         self.session = None;
         self.writer.send_replace(None);
-        let generation = self.generation;
-        let (store, id) = (self.deps.store.clone(), self.environment_id);
-        let check = async move { store.load(id).await.map(running) };
-        ctx.spawn(check.into_actor(self).map(move |res, act, ctx| {
-            if generation != act.generation {
-                return;
-            }
-            match res {
-                Ok(Err(why)) => act.close(why, ctx),
-                // Still running, or the store cannot say: the connection was lost.
-                Ok(Ok(_)) | Err(_) => act.reconnect(message, ctx),
-            }
-        }));
+        let verdict = gate(&self.env.borrow(), self.attached_before);
+        match verdict {
+            Gate::Close(why) => self.close(why, ctx),
+            Gate::Connect | Gate::Wait(_) => self.reconnect(message, ctx),
+        }
+    }
+
+    /// The environment's state changed: close if it says so, attach if the
+    /// terminal was waiting for it, and tell waiting clients where it stands.
+    pub(super) fn env_moved(&mut self, ctx: &mut Context<Self>) {
+        let verdict = gate(&self.env.borrow(), self.attached_before);
+        match verdict {
+            Gate::Close(why) => self.close(why, ctx),
+            Gate::Connect | Gate::Wait(_) if self.waiting.is_some() => self.connect(ctx),
+            // Connected (or reconnecting): a snapshot or resize does not end it.
+            Gate::Connect | Gate::Wait(_) => {}
+        }
+    }
+
+    /// The environment's actor stopped: it was deleted, or it is gone (it is
+    /// restarted from durable state) and this terminal can no longer follow it.
+    pub(super) fn env_gone(&mut self, ctx: &mut Context<Self>) {
+        let why = if self.env.borrow().is_deleted() {
+            "the environment was deleted"
+        } else {
+            "the environment's controller restarted; reconnect"
+        };
+        self.close(why.to_owned(), ctx);
     }
 
     /// Tells every client the terminal is closed, and why, and stops.
@@ -241,7 +299,67 @@ impl TerminalActor {
 
 #[cfg(test)]
 mod tests {
-    use super::UTF8_LOCALE;
+    use super::{Gate, UTF8_LOCALE, gate};
+    use crate::environment::EnvState;
+    use crate::model::{Phase, Status};
+
+    fn at(status: Status, phase: Phase) -> EnvState {
+        EnvState {
+            status,
+            phase,
+            message: None,
+        }
+    }
+
+    fn closes(g: Gate, why: &str) -> bool {
+        matches!(g, Gate::Close(m) if m.contains(why))
+    }
+
+    #[test]
+    fn before_attaching_a_terminal_waits_for_any_environment_not_being_deleted() {
+        for (status, phase) in [
+            (Status::Creating, Phase::Installing),
+            (Status::Stopped, Phase::Stopped),
+            (Status::Stopped, Phase::Starting),
+            (Status::Running, Phase::Restarting),
+            (Status::Error, Phase::Failed),
+        ] {
+            let g = gate(&at(status, phase), false);
+            assert!(
+                matches!(&g, Gate::Wait(m) if m.contains(phase.as_str())),
+                "{status}/{phase}: {g:?}"
+            );
+        }
+        assert_eq!(
+            gate(&at(Status::Running, Phase::Ready), false),
+            Gate::Connect
+        );
+        let deleting = at(Status::Terminated, Phase::Deleting);
+        assert!(closes(gate(&deleting, false), "deleted"));
+    }
+
+    #[test]
+    fn once_attached_leaving_running_ready_closes_it_except_for_maintenance() {
+        assert_eq!(
+            gate(&at(Status::Running, Phase::Ready), true),
+            Gate::Connect
+        );
+        for (status, phase, why) in [
+            (Status::Running, Phase::Stopping, "stopped"),
+            (Status::Stopped, Phase::Stopped, "stopped"),
+            (Status::Running, Phase::Restarting, "restarting"),
+            (Status::Terminated, Phase::Deleting, "deleted"),
+            (Status::Terminated, Phase::Deleted, "deleted"),
+            (Status::Error, Phase::Failed, "error (failed)"),
+        ] {
+            let g = gate(&at(status, phase), true);
+            assert!(closes(g, why), "{status}/{phase}");
+        }
+        for phase in [Phase::Snapshotting, Phase::Resizing] {
+            let g = gate(&at(Status::Running, phase), true);
+            assert!(matches!(g, Gate::Wait(_)), "{phase}: {g:?}");
+        }
+    }
 
     /// The character type `sh` ends up with, after `UTF8_LOCALE`, from `env`.
     fn ctype_after(env: &[(&str, &str)]) -> String {

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::deps::Deps;
+use crate::environment::EnvState;
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
 use crate::ssh::SshSession;
 use fanout::Fanout;
@@ -76,6 +77,12 @@ pub struct TerminalActor {
     environment_id: Uuid,
     name: String,
     mode: SessionMode,
+    /// The environment's state, as its actor publishes it.
+    env: watch::Receiver<EnvState>,
+    /// Why the terminal is waiting for the environment, while it is.
+    waiting: Option<String>,
+    /// Attached at least once: from then on a stop closes the terminal.
+    attached_before: bool,
     fanout: Fanout,
     size: (u32, u32),
     /// The client whose size applies (the most recently active one).
@@ -104,6 +111,7 @@ impl TerminalActor {
         environment_id: Uuid,
         name: String,
         mode: SessionMode,
+        env: watch::Receiver<EnvState>,
     ) -> Self {
         let id = match mode {
             SessionMode::Tmux => format!("terminal:{environment_id}:{name}"),
@@ -126,6 +134,9 @@ impl TerminalActor {
             environment_id,
             name,
             mode,
+            env,
+            waiting: None,
+            attached_before: false,
             size: (80, 24),
             size_owner: Arc::new(AtomicU64::new(0)),
             writer: watch::Sender::new(None),
@@ -208,6 +219,12 @@ impl Actor for TerminalActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // One item per transition of the environment; the stream ends with its actor.
+        let changes = futures_util::stream::unfold(self.env.clone(), |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some((EnvMoved, rx))
+        });
+        ctx.add_stream(changes);
         self.connect(ctx);
     }
 
@@ -215,6 +232,19 @@ impl Actor for TerminalActor {
         if let Some(session) = self.session.take() {
             actix::spawn(async move { session.close().await });
         }
+    }
+}
+
+/// The environment's state changed.
+struct EnvMoved;
+
+impl StreamHandler<EnvMoved> for TerminalActor {
+    fn handle(&mut self, _: EnvMoved, ctx: &mut Context<Self>) {
+        self.env_moved(ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.env_gone(ctx);
     }
 }
 
@@ -282,10 +312,17 @@ impl Handler<Attach> for TerminalActor {
         if let Some(handle) = self.linger.take() {
             ctx.cancel_future(handle);
         }
-        let status = self.session.is_some().then(|| TermEvent::Status {
-            state: TermState::Connected,
-            message: "terminal attached".into(),
-        });
+        let status = match (&self.session, &self.waiting) {
+            (Some(_), _) => Some(TermEvent::Status {
+                state: TermState::Connected,
+                message: "terminal attached".into(),
+            }),
+            (None, Some(why)) => Some(TermEvent::Status {
+                state: TermState::Reconnecting,
+                message: why.clone(),
+            }),
+            (None, None) => None,
+        };
         let joined = self.fanout.attach(msg.cols, msg.rows, msg.resume, status);
         self.registration.stats.set_clients(self.fanout.len());
         self.use_size_of(joined.id);
