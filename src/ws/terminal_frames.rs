@@ -174,7 +174,7 @@ mod tests {
             (r#"{"type":"resize","cols":80.5,"rows":5}"#, "invalid type"),
             (r#"{"type":"ping","timestamp":"x"}"#, "invalid type"),
             ("5", "invalid type"),
-            (r#"{"type":"input","data":"\ud83d"}"#, "surrogate"),
+            (r#"{"type":"input","data":"\ud83d"}"#, "hex escape"),
             ("not json", "expected"),
         ] {
             let message = ClientFrame::parse(text).unwrap_err();
