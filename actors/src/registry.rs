@@ -157,13 +157,15 @@ impl ActorSystem {
     }
 
     /// The terminal actor for a session of `user_id`'s environment (the caller has
-    /// checked ownership). A new one runs on the caller's arbiter (thread).
+    /// checked ownership), following `state` (the environment's `WatchState`) if it
+    /// is new. A new one runs on the caller's arbiter (thread).
     pub async fn terminal(
         &self,
         user_id: Uuid,
         environment_id: Uuid,
         name: String,
         mode: crate::terminal::SessionMode,
+        state: tokio::sync::watch::Receiver<crate::environment::EnvState>,
     ) -> Result<Handle<crate::terminal::TerminalActor>, EnvError> {
         let supervisor = self
             .registry
@@ -176,6 +178,7 @@ impl ActorSystem {
                 name,
                 mode,
                 arbiter: Arbiter::current(),
+                state,
             })
             .await
             .map_err(EnvError::from)

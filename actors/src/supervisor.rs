@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::deps::Deps;
-use crate::environment::{EnvError, EnvironmentActor};
+use crate::environment::{EnvError, EnvState, EnvironmentActor};
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
 use crate::model::{EnvironmentRecord, NewEnvironment, Transition};
 use crate::registry::{Registry, SupervisorStopped};
@@ -250,6 +251,8 @@ pub struct GetTerminal {
     /// Where a new terminal actor runs: the caller's thread, so that the first
     /// client's keystrokes and echo cross no thread on their way to SSH and back.
     pub arbiter: ArbiterHandle,
+    /// The environment's state (`WatchState`), for a new terminal actor to follow.
+    pub state: watch::Receiver<EnvState>,
 }
 
 impl Handler<GetTerminal> for UserSupervisor {
@@ -270,6 +273,7 @@ impl Handler<GetTerminal> for UserSupervisor {
                 msg.environment_id,
                 msg.name,
                 msg.mode,
+                msg.state,
             ),
             &msg.arbiter,
         );

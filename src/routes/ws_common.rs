@@ -1,18 +1,97 @@
-//! What every WebSocket endpoint shares: token authentication from the query
-//! string (mobile WebSocket clients cannot set headers) and closing with a code
-//! that says why.
+//! What every WebSocket endpoint shares: one handshake ([`accept`]: the upgrade,
+//! token authentication from the query string — mobile WebSocket clients cannot
+//! set headers —, the endpoint's own parameters, and that the environment is the
+//! caller's, asked of its actor), closing with a code that says why, and how a
+//! connection shows in the actor tree and the metrics.
 
-use actix_ws::{CloseCode, CloseReason, Session};
-use devpocket_actors::inspect::{Kind, Registration};
+use std::future::Future;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{CloseCode, CloseReason, MessageStream, Session};
+use devpocket_actors::environment::EnvironmentActor;
+use devpocket_actors::inspect::{Handle, Kind, Registration};
+use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
+/// A WebSocket past the handshake: the caller, and their environment's actor.
+pub struct Accepted {
+    pub state: web::Data<AppState>,
+    pub session: Session,
+    pub stream: MessageStream,
+    pub caller: AuthUser,
+    pub env_id: Uuid,
+    pub environment: Handle<EnvironmentActor>,
+}
+
+/// The handshake of every WebSocket endpoint. A well-formed upgrade is always
+/// accepted (a refused upgrade is only "connection failed" to a mobile client);
+/// then, in order: the token (1008 if bad, 1013 if it cannot be checked now or the
+/// user is over the connection-attempt limit), the endpoint's own parameters as
+/// `params` parsed them (1008 with their message), the environment id of the
+/// path, and that the environment is the caller's (1008 "environment not found"
+/// otherwise, another user's included). Then `serve` runs the endpoint's protocol.
+#[allow(clippy::too_many_arguments)]
+pub fn accept<P, F, Fut>(
+    state: web::Data<AppState>,
+    req: &HttpRequest,
+    payload: web::Payload,
+    max_frame: usize,
+    token: Option<String>,
+    id: String,
+    params: Result<P, String>,
+    serve: F,
+) -> Result<HttpResponse, actix_web::Error>
+where
+    P: 'static,
+    F: FnOnce(Accepted, P) -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let (response, session, stream) = actix_ws::handle(req, payload)?;
+    let stream = stream.max_frame_size(max_frame);
+    actix_web::rt::spawn(async move {
+        let handshake = async {
+            let caller = authenticate(&state, token.as_deref()).await?;
+            let params = params.map_err(|why| (CloseCode::Policy, why))?;
+            let not_found = || (CloseCode::Policy, "environment not found".to_owned());
+            let env_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+            let environment = match state.actors.environment(caller.user.id, env_id).await {
+                Ok(Some(environment)) => environment,
+                Ok(None) => return Err(not_found()),
+                Err(e) => {
+                    tracing::warn!(environment_id = %env_id, error = %e, "a WebSocket could not reach its environment");
+                    return Err((
+                        CloseCode::Again,
+                        "the environment cannot be reached right now; reconnect".to_owned(),
+                    ));
+                }
+            };
+            Ok((caller, env_id, environment, params))
+        };
+        match handshake.await {
+            Ok((caller, env_id, environment, params)) => {
+                let accepted = Accepted {
+                    state,
+                    session,
+                    stream,
+                    caller,
+                    env_id,
+                    environment,
+                };
+                serve(accepted, params).await;
+            }
+            Err((code, reason)) => close(session, code, &reason).await,
+        }
+    });
+    Ok(response)
+}
+
 /// The caller behind `?token=`, or how to close: 1008 for bad credentials, 1013
 /// (try again) when the server cannot check them right now or the user is over the
 /// limit of connection attempts.
-pub async fn authenticate(
+async fn authenticate(
     state: &AppState,
     token: Option<&str>,
 ) -> Result<AuthUser, (CloseCode, String)> {

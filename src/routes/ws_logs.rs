@@ -9,17 +9,17 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, Message, Session};
 use devpocket_actors::environment::{InstallState, SubscribeLogs};
-use devpocket_actors::logs::{self, LogEvent, Standing};
+use devpocket_actors::logs::{self, LogEvent};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::mpsc;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::ws_common::{WsSession, authenticate, close};
+use super::ws_common::{Accepted, WsSession, accept, close};
 use crate::db::environments as db;
 use crate::openapi::{BadRequest, TooManyRequests};
 use crate::startup::AppState;
+use crate::ws::log_frames::{self, ClientFrame, ServerFrame};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws/logs/{id}", web::get().to(logs_socket));
@@ -42,35 +42,12 @@ struct LogsQuery {
     after: Option<i64>,
 }
 
-/// The frame protocol, for the OpenAPI document.
-const PROTOCOL: &str = "\
-Upgrades to a WebSocket carrying the provisioning log: the stored lines after `after`, \
-then one `installation_progress` saying where provisioning stands, then \
-`installation_complete` or `installation_error` if provisioning has ended, then \
-live events, with no gap and no duplicate where history meets live. JSON text frames.
-
-Server frames:
-
-| Frame | When |
-|---|---|
-| `{\"type\": \"installation_log\", \"data\", \"seq\", \"timestamp\"}` | one per line |
-| `{\"type\": \"installation_progress\", \"phase\", \"progress\", \"stage\", \"step\", \"total\", \"percent\"}` | right after the history, then at each phase change while provisioning (to `provisioning`, `booting`, `installing`, `configuring`, then `ready`, `failed` or `deleting`) and after each stage marker line. `phase` and `progress` (0-100) are the environment's; `stage`, `step`, `total` and `percent` its bootstrap's latest stage marker (before the first one: the phase, and 0) |
-| `{\"type\": \"installation_complete\"}` | the bootstrap exited with status 0 |
-| `{\"type\": \"installation_error\", \"error\"}` | provisioning failed |
-| `{\"type\": \"pong\"}` | answer to any client text frame, such as `{\"type\": \"ping\"}` |
-
-A well-formed upgrade is always accepted; a refusal comes afterwards as a close frame \
-with a reason: 1008 bad or missing token, or unknown environment (another user's too); \
-1000 the environment was deleted; 1013 try again (fell behind: reconnect with \
-`after=SEQ`; the server cannot check the token right now; too many connection \
-attempts); 1009 a client frame over 64 KiB. The server pings every 30 s.";
-
 /// Follow an environment's provisioning log (WebSocket).
 #[utoipa::path(
     get,
     path = "/api/v1/ws/logs/{id}",
     tag = "websockets",
-    description = PROTOCOL,
+    description = log_frames::PROTOCOL,
     params(
         ("id" = String, Path, description = "The environment's id."),
         LogsQuery,
@@ -88,82 +65,49 @@ async fn logs_socket(
     id: web::Path<String>,
     query: web::Query<LogsQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let (response, session, stream) = actix_ws::handle(&req, payload)?;
-    let stream = stream.max_frame_size(MAX_CLIENT_FRAME);
-    let query = query.into_inner();
-    let id = id.into_inner();
-    actix_web::rt::spawn(async move {
-        let caller = match authenticate(&state, query.token.as_deref()).await {
-            Ok(c) => c,
-            Err((code, reason)) => return close(session, code, &reason).await,
-        };
-        let Ok(env_id) = Uuid::parse_str(&id) else {
-            return close(session, CloseCode::Policy, "environment not found").await;
-        };
-        match state.actors.environment(caller.user.id, env_id).await {
-            Ok(Some(addr)) => {
-                let ws = WsSession::open(
-                    &state,
-                    "logs",
-                    vec![
-                        format!("environment:{env_id}"),
-                        format!("user:{}", caller.user.id),
-                    ],
-                );
-                let (tx, rx) = mpsc::channel(QUEUE);
-                match addr.send(SubscribeLogs { tx }).await {
-                    Ok(sub) => {
-                        serve(
-                            state,
-                            ws,
-                            session,
-                            stream,
-                            env_id,
-                            query.after.unwrap_or(0),
-                            sub,
-                            rx,
-                        )
-                        .await
-                    }
-                    Err(_) => {
-                        close(
-                            session,
-                            CloseCode::Again,
-                            "the environment is restarting; reconnect",
-                        )
-                        .await
-                    }
-                }
-            }
-            Ok(None) => close(session, CloseCode::Policy, "environment not found").await,
-            Err(e) => close(session, CloseCode::Again, &e.to_string()).await,
+    let LogsQuery { token, after } = query.into_inner();
+    accept(
+        state,
+        &req,
+        payload,
+        MAX_CLIENT_FRAME,
+        token,
+        id.into_inner(),
+        Ok(after.unwrap_or(0)),
+        subscribe,
+    )
+}
+
+/// Subscribes to the environment's log events, then serves the log.
+async fn subscribe(accepted: Accepted, after: i64) {
+    let Accepted {
+        state,
+        session,
+        stream,
+        caller,
+        env_id,
+        environment,
+    } = accepted;
+    let ws = WsSession::open(
+        &state,
+        "logs",
+        vec![
+            format!("environment:{env_id}"),
+            format!("user:{}", caller.user.id),
+        ],
+    );
+    let (tx, rx) = mpsc::channel(QUEUE);
+    match environment.send(SubscribeLogs { tx }).await {
+        Ok(sub) => serve(state, ws, session, stream, env_id, after, sub, rx).await,
+        Err(_) => {
+            close(
+                session,
+                CloseCode::Again,
+                "the environment is restarting; reconnect",
+            )
+            .await
         }
-    });
-    Ok(response)
-}
-
-fn line_frame(seq: i64, data: &str, timestamp: chrono::DateTime<chrono::Utc>) -> String {
-    json!({"type": "installation_log", "data": data, "seq": seq, "timestamp": timestamp})
-        .to_string()
-}
-
-/// Where provisioning stands. Before the bootstrap's first stage marker, `stage`
-/// is the phase and `step`, `total` and `percent` are 0.
-fn progress_frame(s: &Standing) -> String {
-    let (stage, step, total, percent) = match &s.stage {
-        Some(p) => (p.stage.as_str(), p.step, p.total, p.percent),
-        None => (s.phase.as_str(), 0, 0, 0),
-    };
-    json!({
-        "type": "installation_progress",
-        "phase": s.phase,
-        "progress": s.progress,
-        "stage": stage,
-        "step": step,
-        "total": total,
-        "percent": percent,
-    })
-    .to_string()
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -208,7 +152,12 @@ async fn serve(
             break;
         }
         for (seq, line, at) in &rows {
-            let frame = line_frame(*seq, line, *at);
+            let frame = ServerFrame::InstallationLog {
+                data: line,
+                seq: *seq,
+                timestamp: *at,
+            }
+            .to_text();
             ws.sent(frame.len());
             if session.text(frame).await.is_err() {
                 return;
@@ -224,23 +173,22 @@ async fn serve(
     if standing.stage.is_none() {
         standing.stage = history_stage;
     }
-    let frame = progress_frame(&standing);
+    let frame = ServerFrame::progress(&standing).to_text();
     ws.sent(frame.len());
     if session.text(frame).await.is_err() {
         return;
     }
-    match &sub.state {
-        InstallState::Complete => {
-            let _ = session
-                .text(json!({"type": "installation_complete"}).to_string())
-                .await;
+    let ended = match &sub.state {
+        InstallState::Complete => Some(ServerFrame::InstallationComplete),
+        InstallState::Failed(error) => Some(ServerFrame::InstallationError { error }),
+        InstallState::InProgress => None,
+    };
+    if let Some(frame) = ended {
+        let frame = frame.to_text();
+        ws.sent(frame.len());
+        if session.text(frame).await.is_err() {
+            return;
         }
-        InstallState::Failed(error) => {
-            let _ = session
-                .text(json!({"type": "installation_error", "error": error}).to_string())
-                .await;
-        }
-        InstallState::InProgress => {}
     }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
@@ -250,12 +198,12 @@ async fn serve(
                 let frame = match event {
                     Some(LogEvent::Line(line)) if line.seq > cursor => {
                         cursor = line.seq;
-                        line_frame(line.seq, &line.data, line.timestamp)
+                        ServerFrame::InstallationLog { data: &line.data, seq: line.seq, timestamp: line.timestamp }.to_text()
                     }
                     Some(LogEvent::Line(_)) => continue,
-                    Some(LogEvent::Progress(s)) => progress_frame(&s),
-                    Some(LogEvent::Complete) => json!({"type": "installation_complete"}).to_string(),
-                    Some(LogEvent::Failed(error)) => json!({"type": "installation_error", "error": error}).to_string(),
+                    Some(LogEvent::Progress(s)) => ServerFrame::progress(&s).to_text(),
+                    Some(LogEvent::Complete) => ServerFrame::InstallationComplete.to_text(),
+                    Some(LogEvent::Failed(error)) => ServerFrame::InstallationError { error: &error }.to_text(),
                     Some(LogEvent::Closed) => return close(session, CloseCode::Normal, "environment deleted").await,
                     // Dropped for falling behind: the client resumes with after=SEQ.
                     None => return close(session, CloseCode::Again, &format!("too slow; reconnect with after={cursor}")).await,
@@ -271,7 +219,12 @@ async fn serve(
                 }
                 Some(Ok(Message::Text(text))) => {
                     ws.received(text.len());
-                    if text.contains("\"ping\"") && session.text(json!({"type": "pong"}).to_string()).await.is_err() {
+                    let answer = match ClientFrame::parse(&text) {
+                        Ok(ClientFrame::Ping { timestamp }) => ServerFrame::Pong { timestamp }.to_text(),
+                        Err(message) => ServerFrame::Error { message: &message }.to_text(),
+                    };
+                    ws.sent(answer.len());
+                    if session.text(answer).await.is_err() {
                         return;
                     }
                 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::deps::Deps;
@@ -26,12 +26,14 @@ use crate::store::StoreError;
 use crate::supervisor::ChildExited;
 
 mod failure;
+mod follow;
 mod maintenance;
 mod observe;
 mod operation;
 mod plan;
 mod work;
 
+pub use follow::{EnvState, StateWatch, WatchState};
 pub use maintenance::{MachineGone, Maintain, MaintenanceRequest};
 pub use observe::{GetMetrics, LogSubscription, SubscribeLogs};
 pub use plan::{Command, Conflict};
@@ -111,6 +113,8 @@ pub struct EnvironmentActor {
     has_lease: bool,
     /// A restart is a stop followed by a start.
     restart_after_stop: bool,
+    /// The state as of the latest transition, for those who follow it.
+    state: watch::Sender<EnvState>,
     registration: Registration,
 }
 
@@ -138,6 +142,7 @@ impl EnvironmentActor {
         registration
             .stats
             .set_state(format!("{}/{}", record.status, record.phase));
+        let state = watch::Sender::new(EnvState::of(&record));
         Self {
             guard: ExitGuard {
                 id: record.id,
@@ -156,6 +161,7 @@ impl EnvironmentActor {
             metrics_waiters: None,
             has_lease: false,
             restart_after_stop: false,
+            state,
             registration,
         }
     }
@@ -213,6 +219,7 @@ impl EnvironmentActor {
         self.registration
             .stats
             .set_state(format!("{}/{}", t.status, t.phase));
+        self.state.send_replace(EnvState::of(&self.record));
         // Log subscribers follow provisioning phase by phase, up to the phase that
         // ends it (ready, failed, or deleting).
         if moved && self.install == InstallState::InProgress {
@@ -270,6 +277,7 @@ impl Actor for EnvironmentActor {
         ctx.run_interval(Duration::from_secs(5), |act, ctx| {
             let idle = act.operation.is_none()
                 && act.subscribers.iter().all(|s| s.is_closed())
+                && act.state.receiver_count() == 0
                 && act.last_activity.elapsed() >= act.deps.settings.environment_idle;
             if idle {
                 ctx.stop();

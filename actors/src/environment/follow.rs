@@ -1,0 +1,66 @@
+//! The environment's state as it changes, for those who follow it (terminals): a
+//! `watch` channel that `apply()` updates with every transition, so a follower
+//! learns of each one without asking the database.
+
+use std::time::Instant;
+
+use actix::prelude::*;
+use tokio::sync::watch;
+
+use super::EnvironmentActor;
+use crate::model::{EnvironmentRecord, Phase, Status};
+
+/// The environment's state, as of its latest applied transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvState {
+    pub status: Status,
+    pub phase: Phase,
+    pub message: Option<String>,
+}
+
+impl EnvState {
+    pub(super) fn of(record: &EnvironmentRecord) -> Self {
+        Self {
+            status: record.status,
+            phase: record.phase,
+            message: record.status_message.clone(),
+        }
+    }
+
+    /// The machine is up and provisioned: a terminal can attach.
+    pub fn is_ready(&self) -> bool {
+        self.status == Status::Running && self.phase == Phase::Ready
+    }
+
+    /// The environment is being deleted or is gone.
+    pub fn is_deleted(&self) -> bool {
+        self.status == Status::Terminated || matches!(self.phase, Phase::Deleting | Phase::Deleted)
+    }
+}
+
+/// Follows the environment's state. The receiver holds the current state and sees
+/// every later transition; it ends when the actor stops (the environment was
+/// deleted, or the actor is gone). While anyone follows it, the actor does not
+/// stop for being idle.
+#[derive(Message)]
+#[rtype(result = "StateWatch")]
+pub struct WatchState;
+
+pub struct StateWatch {
+    pub state: watch::Receiver<EnvState>,
+    pub name: String,
+    pub template: String,
+}
+
+impl Handler<WatchState> for EnvironmentActor {
+    type Result = MessageResult<WatchState>;
+
+    fn handle(&mut self, _: WatchState, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        MessageResult(StateWatch {
+            state: self.state.subscribe(),
+            name: self.record.name.clone(),
+            template: self.record.template_name.clone(),
+        })
+    }
+}

@@ -1,0 +1,432 @@
+//! `TerminalActor`: one per (environment, session name), shared by every client of
+//! that session. It owns one SSH connection with a PTY channel running
+//! `tmux new-session -A -s NAME` ([`link`]), always drains it (an unread russh
+//! channel stalls the whole connection), decodes it as UTF-8 ([`utf8`]), and fans
+//! the output out ([`fanout`]): numbered, kept in a bounded replay buffer for
+//! resuming clients, through a bounded queue per client. A client that cannot keep
+//! up is never waited for — it is skipped ahead to a fresh screen (tmux sessions)
+//! or dropped with a close code that says how to resume.
+//!
+//! tmux is the persistence layer: if SSH drops, the actor reconnects with backoff
+//! and re-attaches to the same tmux session, so the shell survives. After the last
+//! client leaves, the actor lingers, then closes SSH (tmux keeps the shell).
+
+mod fanout;
+mod link;
+mod utf8;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::deps::Deps;
+use crate::environment::EnvState;
+use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
+use crate::ssh::SshSession;
+use fanout::Fanout;
+
+pub use fanout::{Chunk, ClientQueue, TermEvent, TermState};
+
+/// Tunables, documented in the README.
+#[derive(Debug, Clone)]
+pub struct TerminalSettings {
+    /// Output kept for resuming clients, in bytes.
+    pub buffer_bytes: usize,
+    /// Frames queued per client before it is dropped as too slow.
+    pub client_queue: usize,
+    /// Output bytes queued per client before it is dropped as too slow.
+    pub client_queue_bytes: usize,
+    /// How long the actor stays connected after its last client leaves.
+    pub linger: Duration,
+}
+
+impl Default for TerminalSettings {
+    fn default() -> Self {
+        Self {
+            buffer_bytes: 256 * 1024,
+            client_queue: 256,
+            client_queue_bytes: 4 * 1024 * 1024,
+            linger: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a session runs in its PTY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionMode {
+    /// `tmux new-session -A -s NAME`: the shell survives disconnects and is shared.
+    Tmux,
+    /// A login shell straight on the PTY, without tmux: nothing survives a lost SSH
+    /// connection and a late joiner gets no redraw. For scripted use and for
+    /// measuring the bridge itself.
+    Shell,
+}
+
+enum WriterCmd {
+    Input(Vec<u8>),
+    Resize(u32, u32),
+}
+
+pub struct TerminalActor {
+    deps: Arc<Deps>,
+    settings: TerminalSettings,
+    environment_id: Uuid,
+    name: String,
+    mode: SessionMode,
+    /// The environment's state, as its actor publishes it.
+    env: watch::Receiver<EnvState>,
+    /// Why the terminal is waiting for the environment, while it is.
+    waiting: Option<String>,
+    /// Attached at least once: from then on a stop closes the terminal.
+    attached_before: bool,
+    fanout: Fanout,
+    size: (u32, u32),
+    /// The client whose size applies (the most recently active one).
+    size_owner: Arc<AtomicU64>,
+    /// The SSH channel's writer while connected, shared with every client's
+    /// [`InputPort`] so keystrokes skip the actor's mailbox.
+    writer: watch::Sender<Option<mpsc::Sender<WriterCmd>>>,
+    session: Option<Arc<SshSession>>,
+    /// Which connection attempt is current; messages from older ones are ignored.
+    generation: u64,
+    attempts: u32,
+    linger: Option<SpawnHandle>,
+    redraw_pending: bool,
+    /// Polls clients that are being skipped ahead.
+    catch_up: Option<SpawnHandle>,
+    registration: Registration,
+}
+
+const CATCH_UP_POLL: Duration = Duration::from_millis(50);
+
+impl TerminalActor {
+    pub fn new(
+        deps: Arc<Deps>,
+        settings: TerminalSettings,
+        user_id: Uuid,
+        environment_id: Uuid,
+        name: String,
+        mode: SessionMode,
+        env: watch::Receiver<EnvState>,
+    ) -> Self {
+        let id = match mode {
+            SessionMode::Tmux => format!("terminal:{environment_id}:{name}"),
+            SessionMode::Shell => format!("terminal:{environment_id}:shell:{name}"),
+        };
+        let registration = deps.inspector.register(
+            Kind::Terminal,
+            id,
+            vec![
+                format!("environment:{environment_id}"),
+                format!("user:{user_id}"),
+            ],
+        );
+        registration.stats.set_state("connecting");
+        Self {
+            registration,
+            deps,
+            fanout: Fanout::new(&settings, mode == SessionMode::Tmux),
+            settings,
+            environment_id,
+            name,
+            mode,
+            env,
+            waiting: None,
+            attached_before: false,
+            size: (80, 24),
+            size_owner: Arc::new(AtomicU64::new(0)),
+            writer: watch::Sender::new(None),
+            session: None,
+            generation: 0,
+            attempts: 0,
+            linger: None,
+            redraw_pending: false,
+            catch_up: None,
+        }
+    }
+
+    fn own_handle(&self, ctx: &Context<Self>) -> Handle<Self> {
+        Handle {
+            addr: ctx.address(),
+            stats: self.registration.stats.clone(),
+        }
+    }
+
+    fn broadcast(&mut self, event: &TermEvent) {
+        let before = self.fanout.len();
+        self.fanout.broadcast(event);
+        if self.fanout.len() != before {
+            self.registration.stats.set_clients(self.fanout.len());
+        }
+    }
+
+    /// While a client is being skipped ahead, checks every `CATCH_UP_POLL` whether
+    /// it has taken most of what was queued; then it gets live output again and a
+    /// repaint, so its screen is whole.
+    fn watch_skipping(&mut self, ctx: &mut Context<Self>) {
+        if self.catch_up.is_some() || !self.fanout.any_skipping() {
+            return;
+        }
+        self.catch_up = Some(ctx.run_interval(CATCH_UP_POLL, move |act, ctx| {
+            if act.fanout.catch_up() {
+                act.redraw(ctx);
+            }
+            if !act.fanout.any_skipping()
+                && let Some(handle) = act.catch_up.take()
+            {
+                ctx.cancel_future(handle);
+            }
+        }));
+    }
+
+    fn status(&mut self, state: TermState, message: impl Into<String>) {
+        self.registration.stats.set_state(state.as_str());
+        let event = TermEvent::Status {
+            state,
+            message: message.into(),
+        };
+        self.broadcast(&event);
+    }
+
+    /// The most recently active client's size wins (like tmux's `latest`).
+    fn use_size_of(&mut self, client: u64) {
+        let Some(size) = self.fanout.size_of(client) else {
+            return;
+        };
+        self.size_owner.store(client, Ordering::Relaxed);
+        if size != self.size {
+            self.size = size;
+            if let Some(w) = &*self.writer.borrow() {
+                let _ = w.try_send(WriterCmd::Resize(size.0, size.1));
+            }
+        }
+    }
+}
+
+impl Instrumented for TerminalActor {
+    fn stats(&self) -> &Arc<ActorStats> {
+        &self.registration.stats
+    }
+}
+
+crate::instrumented!(TerminalActor);
+
+impl Actor for TerminalActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // One item per transition of the environment; the stream ends with its actor.
+        let changes = futures_util::stream::unfold(self.env.clone(), |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some((EnvMoved, rx))
+        });
+        ctx.add_stream(changes);
+        self.connect(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(session) = self.session.take() {
+            actix::spawn(async move { session.close().await });
+        }
+    }
+}
+
+/// The environment's state changed.
+struct EnvMoved;
+
+impl StreamHandler<EnvMoved> for TerminalActor {
+    fn handle(&mut self, _: EnvMoved, ctx: &mut Context<Self>) {
+        self.env_moved(ctx);
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.env_gone(ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Output {
+    generation: u64,
+    text: String,
+}
+
+impl Handler<Output> for TerminalActor {
+    type Result = ();
+    fn handle(&mut self, msg: Output, ctx: &mut Context<Self>) {
+        if msg.generation == self.generation {
+            let before = self.fanout.len();
+            self.fanout.push_output(msg.text);
+            if self.fanout.len() != before {
+                self.registration.stats.set_clients(self.fanout.len());
+            }
+            self.watch_skipping(ctx);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Disconnected {
+    generation: u64,
+}
+
+impl Handler<Disconnected> for TerminalActor {
+    type Result = ();
+    fn handle(&mut self, msg: Disconnected, ctx: &mut Context<Self>) {
+        if msg.generation == self.generation {
+            self.lost("the SSH connection dropped".into(), ctx);
+        }
+    }
+}
+
+/// Joins the session. With `resume` (the last seq the client saw), the missing
+/// output is replayed if the buffer still holds it (and it fits the client's
+/// queue); otherwise the client gets a fresh screen.
+#[derive(Message)]
+#[rtype(result = "Attached")]
+pub struct Attach {
+    pub cols: u32,
+    pub rows: u32,
+    pub resume: Option<u64>,
+}
+
+pub struct Attached {
+    pub client: u64,
+    pub clients: usize,
+    pub connected: bool,
+    /// Where this client's output and status events arrive.
+    pub queue: ClientQueue,
+    /// Where this client's keystrokes go.
+    pub input: InputPort,
+}
+
+impl Handler<Attach> for TerminalActor {
+    type Result = MessageResult<Attach>;
+
+    fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(handle) = self.linger.take() {
+            ctx.cancel_future(handle);
+        }
+        let status = match (&self.session, &self.waiting) {
+            (Some(_), _) => Some(TermEvent::Status {
+                state: TermState::Connected,
+                message: "terminal attached".into(),
+            }),
+            (None, Some(why)) => Some(TermEvent::Status {
+                state: TermState::Reconnecting,
+                message: why.clone(),
+            }),
+            (None, None) => None,
+        };
+        let joined = self.fanout.attach(msg.cols, msg.rows, msg.resume, status);
+        self.registration.stats.set_clients(self.fanout.len());
+        self.use_size_of(joined.id);
+        if joined.fresh_screen {
+            self.redraw(ctx);
+        }
+        MessageResult(Attached {
+            client: joined.id,
+            clients: self.fanout.len(),
+            connected: self.session.is_some(),
+            queue: joined.queue,
+            input: InputPort {
+                client: joined.id,
+                writer: self.writer.subscribe(),
+                size_owner: self.size_owner.clone(),
+                actor: self.own_handle(ctx),
+            },
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    pub client: u64,
+}
+
+impl Handler<Detach> for TerminalActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Detach, ctx: &mut Context<Self>) {
+        self.fanout.detach(msg.client);
+        self.registration.stats.set_clients(self.fanout.len());
+        if self.fanout.is_empty() && self.linger.is_none() {
+            self.linger = Some(ctx.run_later(self.settings.linger, |act, ctx| {
+                if act.fanout.is_empty() {
+                    ctx.stop();
+                }
+            }));
+        }
+    }
+}
+
+/// A client's way to type: keystrokes go from its connection straight to the SSH
+/// channel's writer (in order, never through the actor's mailbox, so a flood of
+/// output being fanned out does not delay an echo). The actor only hears about a
+/// keystroke when it makes another client's size the one that applies.
+pub struct InputPort {
+    client: u64,
+    writer: watch::Receiver<Option<mpsc::Sender<WriterCmd>>>,
+    size_owner: Arc<AtomicU64>,
+    actor: Handle<TerminalActor>,
+}
+
+impl InputPort {
+    /// Sends keystrokes; the error says why they were not sent.
+    pub fn send(&self, data: String) -> Result<(), &'static str> {
+        if self.size_owner.load(Ordering::Relaxed) != self.client {
+            self.actor.do_send(Active {
+                client: self.client,
+            });
+        }
+        const RECONNECTING: &str = "the terminal is reconnecting; input was not sent";
+        let writer = self.writer.borrow().clone().ok_or(RECONNECTING)?;
+        writer
+            .try_send(WriterCmd::Input(data.into_bytes()))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    "input is arriving faster than the machine takes it; slow down"
+                }
+                // The SSH channel just closed; the actor is reconnecting.
+                mpsc::error::TrySendError::Closed(_) => RECONNECTING,
+            })
+    }
+}
+
+/// A client typed: its size applies now.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Active {
+    client: u64,
+}
+
+impl Handler<Active> for TerminalActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Active, _: &mut Context<Self>) {
+        self.use_size_of(msg.client);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resize {
+    pub client: u64,
+    pub cols: u32,
+    pub rows: u32,
+}
+
+impl Handler<Resize> for TerminalActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resize, _: &mut Context<Self>) {
+        self.fanout.set_size(msg.client, msg.cols, msg.rows);
+        self.use_size_of(msg.client);
+    }
+}
