@@ -4,7 +4,13 @@
 //!
 //! Every transition is written to the store before anyone hears of it: the async
 //! work writes durably, then tells the actor (through its own mailbox, in order),
-//! and only the actor announces.
+//! and only the actor announces. It is the one owner of its environment: every
+//! change (`commands`) is a message to it, answered once durable.
+//!
+//! Here: the actor's state and what the work announces. `commands` (what owners
+//! ask), `plan` (what a command does in each state), `operation` (one at a time),
+//! `work`/`maintenance` (the work), `failure` (what the owner reads of a failure),
+//! `observe` (logs and metrics), `follow` (its state, published for terminals).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,13 +24,13 @@ use crate::inspect::{ActorStats, Instrumented, Kind, Registration};
 use crate::logs::{LogEvent, LogLine, Progress, Standing};
 use crate::metrics::Metrics;
 use crate::model::{
-    Changes, EnvironmentRecord, MachineAccess, MachineKeys, Phase, Status, Times, Transition,
-    is_active,
+    EnvironmentRecord, MachineAccess, MachineKeys, Phase, Status, Times, Transition,
 };
-use crate::provider::{Maintenance, Provider};
+use crate::provider::Provider;
 use crate::store::StoreError;
 use crate::supervisor::ChildExited;
 
+mod commands;
 mod failure;
 mod follow;
 mod maintenance;
@@ -33,12 +39,11 @@ mod operation;
 mod plan;
 mod work;
 
+pub use commands::{Lifecycle, Update};
 pub use follow::{EnvState, StateWatch, WatchState};
 pub use maintenance::{MachineGone, Maintain, MaintenanceRequest};
 pub use observe::{GetMetrics, LogSubscription, SubscribeLogs};
 pub use plan::{Command, Conflict};
-
-use plan::Step;
 
 use observe::MetricsWaiters;
 use operation::{Op, Operation};
@@ -395,141 +400,5 @@ impl Handler<Announce> for EnvironmentActor {
                 ctx.stop();
             }
         }
-    }
-}
-
-/// Asks for a lifecycle operation. Replies, once the new phase is durable, with
-/// the environment in it; or why the operation is not valid now (including a
-/// start that the owner's plan has no room for).
-#[derive(Message)]
-#[rtype(result = "Result<EnvironmentRecord, EnvError>")]
-pub struct Lifecycle(pub Command);
-
-impl Handler<Lifecycle> for EnvironmentActor {
-    type Result = AtomicResponse<Self, Result<EnvironmentRecord, EnvError>>;
-
-    fn handle(&mut self, Lifecycle(command): Lifecycle, _: &mut Context<Self>) -> Self::Result {
-        self.last_activity = Instant::now();
-        let state = plan::State {
-            status: self.record.status,
-            phase: self.record.phase,
-            progress: self.record.progress,
-            has_machine: self.install == InstallState::Complete
-                && self.record.provider_ref.is_some(),
-            can_reboot: self
-                .provider()
-                .is_ok_and(|p| p.supports(Maintenance::Reboot)),
-            unreadable: self.record.unreadable,
-        };
-        let (transition, step) = match plan::plan(command, state) {
-            Ok(plan) => plan,
-            Err(conflict) => {
-                return AtomicResponse::new(Box::pin(fut::ready(Err(conflict.into()))));
-            }
-        };
-        let (store, id) = (self.deps.store.clone(), self.record.id);
-        let t = transition.clone();
-        // Waking a stopped environment takes a place in the plan: checked with
-        // the write, under the owner's lock.
-        let activates = !is_active(self.record.status, self.record.phase)
-            && is_active(transition.status, transition.phase);
-        let write = async move {
-            if activates {
-                store.activate(id, &t).await
-            } else {
-                store.transition(id, &t).await
-            }
-        };
-        AtomicResponse::new(Box::pin(write.into_actor(self).map(
-            move |res, act, ctx| {
-                act.apply(&transition, res?);
-                match step {
-                    Step::Start => act.run(Op::Start, ctx),
-                    Step::Stop => act.run(Op::Stop, ctx),
-                    Step::Reboot => act.run(Op::Reboot, ctx),
-                    Step::Delete => act.run(Op::Delete, ctx),
-                    Step::StopThenStart => {
-                        act.run(Op::Stop, ctx);
-                        act.restart_after_stop = true;
-                    }
-                }
-                Ok(act.record.clone())
-            },
-        )))
-    }
-}
-
-/// Renames the environment and/or replaces its variables (the next start uses
-/// them). Replies, once durable, with the environment as changed.
-#[derive(Message)]
-#[rtype(result = "Result<EnvironmentRecord, EnvError>")]
-pub struct Update(pub Changes);
-
-impl Handler<Update> for EnvironmentActor {
-    type Result = AtomicResponse<Self, Result<EnvironmentRecord, EnvError>>;
-
-    fn handle(&mut self, Update(changes): Update, _: &mut Context<Self>) -> Self::Result {
-        self.last_activity = Instant::now();
-        if let Some(column) = self.record.unreadable {
-            return AtomicResponse::new(Box::pin(fut::ready(Err(
-                Conflict::Unreadable(column).into()
-            ))));
-        }
-        if changes == Changes::default() {
-            return AtomicResponse::new(Box::pin(fut::ready(Ok(self.record.clone()))));
-        }
-        let (store, id) = (self.deps.store.clone(), self.record.id);
-        let write = {
-            let changes = changes.clone();
-            async move { store.update(id, &changes).await }
-        };
-        AtomicResponse::new(Box::pin(write.into_actor(self).map(move |res, act, _| {
-            act.record.times = res?;
-            if let Some(name) = changes.name {
-                act.record.name = name;
-            }
-            if let Some(variables) = changes.environment_variables {
-                act.record.environment_variables = variables;
-            }
-            Ok(act.record.clone())
-        })))
-    }
-}
-
-/// Internal: a stop finished (a restart continues with a start).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct StopFinished;
-
-impl Handler<StopFinished> for EnvironmentActor {
-    type Result = ();
-
-    fn handle(&mut self, _: StopFinished, ctx: &mut Context<Self>) {
-        if !std::mem::take(&mut self.restart_after_stop) {
-            return;
-        }
-        // The stop gave up the environment's active place: taking it back is
-        // checked like any start.
-        let t = Transition::new(Status::Stopped, Phase::Restarting, 100);
-        let (store, id) = (self.deps.store.clone(), self.record.id);
-        let t2 = t.clone();
-        ctx.wait(
-            async move { store.activate(id, &t2).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| match res {
-                    Ok(times) => {
-                        act.apply(&t, times);
-                        act.run(Op::Start, ctx);
-                    }
-                    Err(StoreError::Quota(quota)) => {
-                        let rest = Transition::new(Status::Stopped, Phase::Stopped, 100)
-                            .message(format!("stopped, not restarted: {quota}"));
-                        act.record(rest, ctx);
-                    }
-                    Err(err) => {
-                        tracing::error!(environment_id = %act.record.id, error = %err, "the restart could not be recorded; the environment stays stopped");
-                    }
-                }),
-        );
     }
 }

@@ -10,8 +10,9 @@ use chrono::Utc;
 use russh::ChannelMsg;
 use uuid::Uuid;
 
+use super::commands::StopFinished;
 use super::failure::WorkError;
-use super::{Announce, EnvironmentActor, LOG_BATCH, Op, REACH_DEADLINE, StopFinished};
+use super::{Announce, EnvironmentActor, LOG_BATCH, Op, REACH_DEADLINE};
 use crate::deps::Deps;
 use crate::logs::{self, LineSplitter, LogLine, Progress};
 use crate::model::{
