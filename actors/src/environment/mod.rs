@@ -299,7 +299,9 @@ impl Actor for EnvironmentActor {
         if self.has_lease {
             let (store, id, owner) = (self.deps.store.clone(), self.record.id, self.deps.owner);
             actix::spawn(async move {
-                let _ = store.release_lease(id, owner).await;
+                if let Err(e) = store.release_lease(id, owner).await {
+                    tracing::warn!(environment_id = %id, error = %crate::error_chain(&e), "could not release the environment's lease; it lapses at its TTL");
+                }
             });
         }
     }

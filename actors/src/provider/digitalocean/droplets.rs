@@ -88,7 +88,9 @@ impl DigitalOceanProvider {
             for extra in found.drain(1..) {
                 let id = extra["id"].as_u64().unwrap_or(0);
                 tracing::warn!(tag, droplet = id, "destroying a duplicate droplet");
-                let _ = self.destroy_droplet(id).await;
+                if let Err(e) = self.destroy_droplet(id).await {
+                    tracing::warn!(tag, droplet = id, error = %crate::error_chain(&e), "could not destroy a duplicate droplet");
+                }
             }
         }
         Ok(found.into_iter().next())

@@ -77,8 +77,10 @@ impl DigitalOceanProvider {
             Err(ProviderError::Cancelled) => return Err(ProviderError::Cancelled),
             Err(e) => {
                 // Refused: the volume made for it would only cost money.
-                if let Ok(None) = self.find_droplet(&tag).await {
-                    let _ = self.delete_volume(&volume).await;
+                if let Ok(None) = self.find_droplet(&tag).await
+                    && let Err(gone) = self.delete_volume(&volume).await
+                {
+                    tracing::warn!(volume, error = %crate::error_chain(&gone), "could not delete the volume of a refused create; deleting the environment removes it");
                 }
                 return Err(e);
             }
@@ -89,7 +91,9 @@ impl DigitalOceanProvider {
                     .follow(action, "creating the droplet", self.config.create_timeout)
                     .await?
             {
-                let _ = self.destroy_droplet(droplet).await;
+                if let Err(gone) = self.destroy_droplet(droplet).await {
+                    tracing::warn!(droplet, error = %crate::error_chain(&gone), "could not destroy a droplet whose create errored; deleting the environment removes it");
+                }
                 return Err(failed(format!(
                     "DigitalOcean could not create the droplet (its create action {action} errored); try again"
                 )));
