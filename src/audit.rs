@@ -39,6 +39,8 @@ pub enum Action {
     EnvironmentDelete,
     EnvironmentSnapshot,
     EnvironmentResize,
+    EnvironmentKeepAwake,
+    EnvironmentAutoStop,
     TerminalAttach,
     TerminalDetach,
     TemplateCreate,
@@ -49,7 +51,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 22] = [
         Action::Register,
         Action::Login,
         Action::LoginFailed,
@@ -63,6 +65,8 @@ impl Action {
         Action::EnvironmentDelete,
         Action::EnvironmentSnapshot,
         Action::EnvironmentResize,
+        Action::EnvironmentKeepAwake,
+        Action::EnvironmentAutoStop,
         Action::TerminalAttach,
         Action::TerminalDetach,
         Action::TemplateCreate,
@@ -87,6 +91,8 @@ impl Action {
             Action::EnvironmentDelete => "environment.delete",
             Action::EnvironmentSnapshot => "environment.snapshot",
             Action::EnvironmentResize => "environment.resize",
+            Action::EnvironmentKeepAwake => "environment.keep_awake",
+            Action::EnvironmentAutoStop => "environment.auto_stop",
             Action::TerminalAttach => "terminal.attach",
             Action::TerminalDetach => "terminal.detach",
             Action::TemplateCreate => "admin.template_create",

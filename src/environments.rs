@@ -1,6 +1,7 @@
 //! Environment rules the HTTP layer calls: validating a new environment, deriving
 //! its provider-safe name, plan quotas, and the object the app reads.
 
+pub mod auto_stop;
 pub mod limits;
 pub mod list_cache;
 pub mod placement;
@@ -146,7 +147,12 @@ pub struct EnvironmentResponse {
     pub environment_variables: Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the environment was last used: its last activity (see
+    /// `GET /environments/{id}/activity`).
     pub last_accessed: Option<DateTime<Utc>>,
+    /// Its own idle timeout in minutes, as set (0: never); null: its plan's. The
+    /// one that applies is in `GET /environments/{id}/activity`.
+    pub auto_stop_minutes: Option<i32>,
     pub external_url: Option<String>,
     pub web_port: Option<i32>,
     pub ssh_port: Option<i32>,
@@ -261,6 +267,7 @@ impl EnvironmentResponse {
             created_at: env.created_at,
             updated_at: env.updated_at,
             last_accessed: env.last_accessed,
+            auto_stop_minutes: env.auto_stop_minutes,
             external_url: None,
             web_port: None,
             ssh_port: env.ssh_port,
@@ -294,6 +301,7 @@ impl EnvironmentResponse {
             created_at: record.times.created_at,
             updated_at: record.times.updated_at,
             last_accessed: record.times.last_accessed,
+            auto_stop_minutes: record.auto_stop_minutes,
             external_url: None,
             web_port: None,
             ssh_port: machine.map(|m| i32::from(m.port)),

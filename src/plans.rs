@@ -44,6 +44,8 @@ pub struct PlanLimits {
     pub max_size: &'static str,
     /// Concurrent terminal connections (`null`: unlimited).
     pub terminal_connections: Option<u32>,
+    /// The longest keep-awake (`POST /environments/{id}/keep-awake`), in minutes.
+    pub max_keep_awake_minutes: u32,
 }
 
 impl Plan {
@@ -65,24 +67,28 @@ impl Plan {
                 total_environments: Some(3),
                 max_size: "small",
                 terminal_connections: Some(5),
+                max_keep_awake_minutes: 120,
             },
             Plan::Starter => PlanLimits {
                 active_environments: Some(3),
                 total_environments: Some(10),
                 max_size: "medium",
                 terminal_connections: Some(15),
+                max_keep_awake_minutes: 480,
             },
             Plan::Pro => PlanLimits {
                 active_environments: Some(10),
                 total_environments: Some(30),
                 max_size: "large",
                 terminal_connections: Some(50),
+                max_keep_awake_minutes: 1440,
             },
             Plan::Admin => PlanLimits {
                 active_environments: None,
                 total_environments: None,
                 max_size: "xlarge",
                 terminal_connections: None,
+                max_keep_awake_minutes: 10080,
             },
         }
     }

@@ -136,6 +136,7 @@ async fn start_actors(
         settings: ActorSettings {
             lease_ttl: settings.environments.lease_ttl,
             provision_timeout: settings.environments.provision_timeout,
+            activity_every: settings.auto_stop.check_every,
             ..ActorSettings::default()
         },
         terminal: TerminalSettings {
@@ -282,6 +283,7 @@ impl Application {
             None => None,
         };
         let metrics_state = state.clone();
+        crate::environments::auto_stop::spawn(&state.clone().into_inner());
 
         let server = HttpServer::new(move || app(&settings).app_data(state.clone()))
             .workers(workers)

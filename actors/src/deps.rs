@@ -27,6 +27,9 @@ pub struct ActorSettings {
     pub max_restarts: u32,
     /// Provisioning that has not finished after this long fails.
     pub provision_timeout: Duration,
+    /// A terminal session reports its users' input as activity at most this often
+    /// (at once while an idle warning is on).
+    pub activity_every: Duration,
 }
 
 impl Default for ActorSettings {
@@ -38,6 +41,7 @@ impl Default for ActorSettings {
             restart_backoff: Duration::from_millis(200),
             max_restarts: 5,
             provision_timeout: Duration::from_secs(30 * 60),
+            activity_every: Duration::from_secs(30),
         }
     }
 }

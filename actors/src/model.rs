@@ -179,6 +179,8 @@ pub struct EnvironmentRecord {
     /// values were refused), left out of this record: such an environment can only
     /// be deleted.
     pub unreadable: Option<&'static str>,
+    /// The environment's own idle timeout in minutes (`None`: its plan's; 0: never).
+    pub auto_stop_minutes: Option<i32>,
 }
 
 /// When an environment was made and last changed, as stored.
@@ -205,6 +207,8 @@ pub struct NewEnvironment {
     pub size: String,
     pub resource_limits: serde_json::Map<String, serde_json::Value>,
     pub environment_variables: BTreeMap<String, String>,
+    /// Validated against the owner's plan; `None`: the plan's.
+    pub auto_stop_minutes: Option<i32>,
 }
 
 /// What `PUT /environments/{id}` changes; `None` leaves it as it is.
@@ -212,6 +216,41 @@ pub struct NewEnvironment {
 pub struct Changes {
     pub name: Option<String>,
     pub environment_variables: Option<BTreeMap<String, String>>,
+    pub auto_stop_minutes: Option<i32>,
+}
+
+/// What counts as activity for the idle auto-stop (the README's rule). Output
+/// alone, resizes, pings and reconnects are not activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivityKind {
+    /// The environment came up (created, started or restarted): the timer starts.
+    Started,
+    /// Keystrokes or a paste on one of its terminals.
+    TerminalInput,
+    /// An explicit keep-awake call.
+    KeepAwake,
+}
+
+/// One piece of activity: what, when, and where from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    pub kind: ActivityKind,
+    pub at: DateTime<Utc>,
+    /// The terminal session's name, for terminal input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The client's address, where one was involved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
+}
+
+/// The activity an idle stop was decided on (the time of the last one recorded,
+/// a keep-awake included): the stop happens only if nothing newer has been
+/// recorded since, on any process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleSeen {
+    pub last_activity: Option<DateTime<Utc>>,
 }
 
 /// A state change, written durably before anyone hears of it.

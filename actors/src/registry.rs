@@ -157,8 +157,8 @@ impl ActorSystem {
     }
 
     /// The terminal actor for a session of `user_id`'s environment (the caller has
-    /// checked ownership), following `state` (the environment's `WatchState`) if it
-    /// is new. A new one runs on the caller's arbiter (thread).
+    /// checked ownership), following `state` and reporting input to `activity` (the
+    /// environment's `StateWatch`) if it is new. A new one runs on the caller's arbiter (thread).
     pub async fn terminal(
         &self,
         user_id: Uuid,
@@ -166,6 +166,7 @@ impl ActorSystem {
         name: String,
         mode: crate::terminal::SessionMode,
         state: tokio::sync::watch::Receiver<crate::environment::EnvState>,
+        activity: Recipient<crate::environment::NoteActivity>,
     ) -> Result<Handle<crate::terminal::TerminalActor>, EnvError> {
         let supervisor = self
             .registry
@@ -179,6 +180,7 @@ impl ActorSystem {
                 mode,
                 arbiter: Arbiter::current(),
                 state,
+                activity,
             })
             .await
             .map_err(EnvError::from)

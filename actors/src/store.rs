@@ -7,8 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use chrono::{DateTime, Utc};
+
 use crate::model::{
-    Changes, EnvironmentRecord, MachineAccess, MachineKeys, NewEnvironment, Times, Transition,
+    Activity, Changes, EnvironmentRecord, IdleSeen, MachineAccess, MachineKeys, NewEnvironment,
+    Times, Transition,
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -130,4 +133,32 @@ pub trait Store: Send + Sync + 'static {
     /// Environments that need an actor after a restart: work in progress, or
     /// machines that should be running.
     async fn resumable(&self) -> Result<Vec<Resumable>, StoreError>;
+    /// Records activity (see `model::ActivityKind`): the idle timer starts again.
+    async fn record_activity(&self, id: Uuid, activity: &Activity) -> Result<(), StoreError> {
+        let _ = (id, activity);
+        Err(StoreError::Unsupported("activity"))
+    }
+    /// Records a keep-awake (itself activity) that holds the environment up until
+    /// `until` at least; a longer one already recorded stays.
+    async fn keep_awake(
+        &self,
+        id: Uuid,
+        until: DateTime<Utc>,
+        activity: &Activity,
+    ) -> Result<(), StoreError> {
+        let _ = (id, until, activity);
+        Err(StoreError::Unsupported("keep-awake"))
+    }
+    /// Writes the transition of an idle stop if the environment is still running
+    /// and no activity has been recorded since `seen`; `None` when it was not
+    /// written (activity came in, or it is no longer running).
+    async fn idle_stop(
+        &self,
+        id: Uuid,
+        seen: IdleSeen,
+        transition: &Transition,
+    ) -> Result<Option<Times>, StoreError> {
+        let _ = (id, seen, transition);
+        Err(StoreError::Unsupported("idle stops"))
+    }
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::deps::Deps;
-use crate::environment::{EnvError, EnvState, EnvironmentActor};
+use crate::environment::{EnvError, EnvState, EnvironmentActor, NoteActivity};
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
 use crate::model::{EnvironmentRecord, NewEnvironment, Transition};
 use crate::registry::{Registry, SupervisorStopped};
@@ -253,6 +253,8 @@ pub struct GetTerminal {
     pub arbiter: ArbiterHandle,
     /// The environment's state (`WatchState`), for a new terminal actor to follow.
     pub state: watch::Receiver<EnvState>,
+    /// Where a new terminal actor reports its users' input (`WatchState`).
+    pub activity: Recipient<NoteActivity>,
 }
 
 impl Handler<GetTerminal> for UserSupervisor {
@@ -274,6 +276,7 @@ impl Handler<GetTerminal> for UserSupervisor {
                 msg.name,
                 msg.mode,
                 msg.state,
+                msg.activity,
             ),
             &msg.arbiter,
         );

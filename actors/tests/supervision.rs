@@ -427,6 +427,7 @@ fn queued_record(user_id: Uuid) -> EnvironmentRecord {
         log_seq: 0,
         provisioned: false,
         unreadable: None,
+        auto_stop_minutes: None,
     }
 }
 

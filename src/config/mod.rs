@@ -4,6 +4,7 @@
 //! secret key) is start-up's (`data_dir`). Every key is documented in README.md.
 
 mod auth;
+mod auto_stop;
 mod database;
 mod digitalocean;
 mod environments;
@@ -17,6 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use auth::{AuthSettings, MIN_SECRET_LEN};
+pub use auto_stop::AutoStopSettings;
 pub use database::{DatabaseLocation, DatabaseSettings};
 pub use digitalocean::DigitalOceanSettings;
 pub use environments::EnvironmentSettings;
@@ -73,6 +75,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub rate_limits: RateLimitSettings,
     pub environments: EnvironmentSettings,
+    pub auto_stop: AutoStopSettings,
     pub terminal: TerminalSettings,
     pub metrics: MetricsSettings,
     /// The DigitalOcean provider, when `DO_API_TOKEN` is set.
@@ -129,6 +132,7 @@ impl Settings {
             database,
             auth: AuthSettings::load(source, mode, cpus)?,
             environments: EnvironmentSettings::load(source)?,
+            auto_stop: AutoStopSettings::load(source)?,
             terminal: TerminalSettings::load(source)?,
             rate_limits: RateLimitSettings::load(source)?,
             metrics: MetricsSettings::load(source)?,
@@ -199,6 +203,9 @@ mod tests {
             ("DEVPOCKET_RATE_LIMIT_WS_CONNECT", "2000000/1s"),
             ("DEVPOCKET_RATE_LIMIT_SWEEP", "0"),
             ("DEVPOCKET_WS_INPUT_PER_SECOND", "0"),
+            ("DEVPOCKET_AUTO_STOP_FREE", "half an hour"),
+            ("DEVPOCKET_AUTO_STOP_CHECK", "0"),
+            ("DEVPOCKET_AUTO_STOP_WARNING", "soon"),
             ("DO_API_URL", "ftp://example.com"),
             ("DO_DEFAULT_REGION", "New York"),
             ("DO_VOLUME_SIZE_GB", "0"),

@@ -2,7 +2,7 @@
 //! The actors' persistence built on these is `db::store`.
 
 use chrono::{DateTime, Utc};
-use devpocket_actors::model::{Phase, Stamp, Status, Times, Transition};
+use devpocket_actors::model::{Activity, ActivityKind, Phase, Stamp, Status, Times, Transition};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
@@ -45,6 +45,8 @@ pub struct Environment {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// The environment's own idle timeout (`None`: its plan's; 0: never).
+    pub auto_stop_minutes: Option<i32>,
 }
 
 impl Environment {
@@ -75,6 +77,7 @@ pub struct NewEnvironment<'a> {
     pub progress: i32,
     pub resource_limits: Value,
     pub environment_variables: Value,
+    pub auto_stop_minutes: Option<i32>,
 }
 
 /// The caller's environment, unless deleted. Another user's is `None`, exactly as
@@ -171,13 +174,16 @@ impl Stamped {
 struct Rename<'a> {
     name: Option<&'a str>,
     environment_variables: Option<Value>,
+    auto_stop_minutes: Option<i32>,
     updated_at: DateTime<Utc>,
 }
 
-/// Renames and/or replaces environment variables; `Ok(None)` on a name clash.
+/// Renames, replaces environment variables and/or sets the idle timeout;
+/// `Ok(None)` on a name clash.
 pub async fn update(
     conn: &mut AsyncPgConnection,
     id: Uuid,
+    auto_stop_minutes: Option<i32>,
     name: Option<&str>,
     variables: Option<Value>,
 ) -> QueryResult<Option<Stamped>> {
@@ -185,6 +191,7 @@ pub async fn update(
     let change = Rename {
         name,
         environment_variables: variables,
+        auto_stop_minutes,
         updated_at: Utc::now(),
     };
     match diesel::update(environments::table.find(id))
@@ -216,11 +223,20 @@ pub async fn transition(
     let stamped = Stamped::as_returning();
     match t.stamp {
         Some(Stamp::Started) => {
-            diesel::update(target)
+            let stamped = diesel::update(target)
                 .set((base, environments::started_at.eq(diesel::dsl::now)))
                 .returning(stamped)
                 .get_result(conn)
-                .await
+                .await?;
+            // Coming up starts the idle timer.
+            let started = Activity {
+                kind: ActivityKind::Started,
+                at: Utc::now(),
+                session: None,
+                client_address: None,
+            };
+            super::activity::record(conn, id, &started, None).await?;
+            Ok(stamped)
         }
         Some(Stamp::Stopped) => {
             diesel::update(target)

@@ -2,6 +2,7 @@
 //! (one module per table family). Query functions take `&mut AsyncPgConnection`
 //! and return `QueryResult`.
 
+pub mod activity;
 pub mod audit;
 pub mod embedded;
 pub mod environments;

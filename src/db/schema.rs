@@ -27,6 +27,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    environment_activity (environment_id) {
+        environment_id -> Uuid,
+        kind -> Text,
+        session -> Nullable<Text>,
+        client_address -> Nullable<Text>,
+        awake_until -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     environment_logs (environment_id, seq) {
         environment_id -> Uuid,
         seq -> Int8,
@@ -68,6 +78,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        auto_stop_minutes -> Nullable<Int4>,
     }
 }
 
@@ -134,6 +145,7 @@ diesel::table! {
 
 diesel::joinable!(audit_events -> users (user_id));
 diesel::joinable!(auth_sessions -> users (user_id));
+diesel::joinable!(environment_activity -> environments (environment_id));
 diesel::joinable!(environment_logs -> environments (environment_id));
 diesel::joinable!(environments -> templates (template_id));
 diesel::joinable!(environments -> users (user_id));
@@ -143,6 +155,7 @@ diesel::joinable!(refresh_tokens -> auth_sessions (session_id));
 diesel::allow_tables_to_appear_in_same_query!(
     audit_events,
     auth_sessions,
+    environment_activity,
     environment_logs,
     environments,
     login_failures,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use devpocket_actors::model::{
-    Changes, EnvironmentRecord, MachineAccess, MachineKeys, NewEnvironment, Phase, Status, Times,
-    Transition,
+    Activity, Changes, EnvironmentRecord, IdleSeen, MachineAccess, MachineKeys, NewEnvironment,
+    Phase, Status, Times, Transition,
 };
 use devpocket_actors::store::{BoxError, QuotaScope, Resumable, Store, StoreError};
 use diesel::prelude::*;
@@ -19,7 +19,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::DbPool;
+use super::{DbPool, activity};
 use super::environments::{self as queries, Environment, Stamped};
 use super::json::StoredJson;
 use super::quota::room;
@@ -209,6 +209,7 @@ impl Store for DbStore {
             log_seq: env.log_seq,
             provisioned: env.started_at.is_some(),
             unreadable,
+            auto_stop_minutes: env.auto_stop_minutes,
         }))
     }
 
@@ -227,6 +228,7 @@ impl Store for DbStore {
             progress: 0,
             resource_limits: Value::Object(new.resource_limits.clone()),
             environment_variables: serde_json::json!(new.environment_variables),
+            auto_stop_minutes: new.auto_stop_minutes,
         };
         let mut conn = self.conn().await?;
         let inserted = conn
@@ -255,7 +257,13 @@ impl Store for DbStore {
             .as_ref()
             .map(|v| serde_json::json!(v));
         let mut conn = self.conn().await?;
-        match queries::update(&mut conn, id, changes.name.as_deref(), variables)
+        match queries::update(
+            &mut conn,
+            id,
+            changes.auto_stop_minutes,
+            changes.name.as_deref(),
+            variables,
+        )
             .await
             .map_err(store_err)?
         {
@@ -469,5 +477,37 @@ impl Store for DbStore {
                 environment_id,
             })
             .collect())
+    }
+
+    async fn record_activity(&self, id: Uuid, activity: &Activity) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        activity::record(&mut conn, id, activity, None)
+            .await
+            .map_err(store_err)
+    }
+
+    async fn keep_awake(
+        &self,
+        id: Uuid,
+        until: DateTime<Utc>,
+        activity: &Activity,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        activity::record(&mut conn, id, activity, Some(until))
+            .await
+            .map_err(store_err)
+    }
+
+    async fn idle_stop(
+        &self,
+        id: Uuid,
+        seen: IdleSeen,
+        t: &Transition,
+    ) -> Result<Option<Times>, StoreError> {
+        let mut conn = self.conn().await?;
+        let stamped = activity::idle_stop(&mut conn, id, seen, t)
+            .await
+            .map_err(store_err)?;
+        Ok(stamped.map(|s| self.stamped(s)))
     }
 }

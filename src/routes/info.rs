@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::environments::auto_stop;
 use crate::openapi::TooManyRequests;
 use crate::plans::{Plan, PlanLimits};
 use crate::startup::AppState;
@@ -31,6 +32,22 @@ pub struct InfoResponse {
     /// The provider new environments use.
     #[schema(example = "local")]
     default_provider: String,
+    auto_stop: AutoStopInfo,
+}
+
+/// The idle auto-stop: the activity rule and each plan's idle timeout.
+#[derive(Serialize, ToSchema)]
+pub struct AutoStopInfo {
+    /// What counts as activity, and what happens without it.
+    rule: &'static str,
+    /// Each plan's idle timeout in seconds, which is also the longest an
+    /// environment's `auto_stop_minutes` may be; null: never.
+    idle_timeout_seconds: BTreeMap<&'static str, Option<u64>>,
+    /// How long before an idle stop the terminals are warned, in seconds.
+    warning_seconds: u64,
+    /// How often the server checks, in seconds: a stop happens within this of its
+    /// time.
+    check_seconds: u64,
 }
 
 /// What this server offers.
@@ -73,5 +90,17 @@ async fn info(state: web::Data<AppState>) -> HttpResponse {
         plans: Plan::ALL.iter().map(|p| (p.as_str(), p.limits())).collect(),
         providers: state.providers.clone(),
         default_provider: state.default_provider.clone(),
+        auto_stop: {
+            let settings = &state.settings.auto_stop;
+            AutoStopInfo {
+                rule: auto_stop::RULE,
+                idle_timeout_seconds: Plan::ALL
+                    .iter()
+                    .map(|p| (p.as_str(), settings.plan_timeout(*p).map(|t| t.as_secs())))
+                    .collect(),
+                warning_seconds: settings.warning.as_secs(),
+                check_seconds: settings.check_every.as_secs(),
+            }
+        },
     })
 }

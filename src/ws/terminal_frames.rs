@@ -7,6 +7,7 @@
 //! [`PROTOCOL`] is the description in the OpenAPI document; its examples are
 //! checked against these types by the tests below.
 
+use chrono::{DateTime, Utc};
 use devpocket_actors::model::Status;
 use devpocket_actors::terminal::TermState;
 use serde::{Deserialize, Serialize};
@@ -54,8 +55,14 @@ pub enum ServerFrame<'a> {
     },
     /// Terminal output, numbered 1, 2, 3… per session.
     Output { data: &'a str, seq: u64 },
-    /// Where the terminal stands (`connected`, `reconnecting`, `closed`), and why.
-    Status { state: TermState, message: &'a str },
+    /// Where the terminal stands (`connected`, `reconnecting`, `closed`,
+    /// `idle_warning`), and why; `stop_at` with `idle_warning`.
+    Status {
+        state: TermState,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stop_at: Option<DateTime<Utc>>,
+    },
     /// The answer to a `ping`.
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,6 +119,7 @@ Server frames:
 | `{\"type\": \"welcome\", \"message\": \"Connected to My Project\", \"environment\": {\"id\": \"6f1c2a3e-0000-4000-8000-000000000001\", \"name\": \"My Project\", \"template\": \"ubuntu\", \"status\": \"running\"}, \"session\": {\"name\": \"main\", \"clients\": 1}}` | the first frame |
 | `{\"type\": \"output\", \"data\": \"$ \", \"seq\": 1}` | terminal output, numbered 1, 2, 3… per session |
 | `{\"type\": \"status\", \"state\": \"connected\", \"message\": \"terminal attached\"}` | `connected`, `reconnecting`, or `closed` (stopped or deleted; the socket then closes with 1000) |
+| `{\"type\": \"status\", \"state\": \"idle_warning\", \"message\": \"no activity: the environment stops at 2026-12-04T12:00:00Z unless someone types here\", \"stop_at\": \"2026-12-04T12:00:00Z\"}` | the environment stops for being idle at `stop_at` (`DEVPOCKET_AUTO_STOP_WARNING` before); any input cancels it (a `connected` status follows), else `closed` at that time |
 | `{\"type\": \"pong\", \"timestamp\": 1712345678}` | the answer to a `ping` |
 | `{\"type\": \"error\", \"message\": \"input needs a string data\"}` | a client frame was refused; the connection stays open |
 
@@ -222,12 +230,23 @@ mod tests {
             let status = ServerFrame::Status {
                 state,
                 message: "why",
+                stop_at: None,
             };
             assert_eq!(
                 value(&status),
                 json!({"type": "status", "state": name, "message": "why"})
             );
         }
+        let at: DateTime<Utc> = "2026-12-04T12:00:00Z".parse().unwrap();
+        let warning = ServerFrame::Status {
+            state: TermState::IdleWarning,
+            message: "soon",
+            stop_at: Some(at),
+        };
+        assert_eq!(
+            value(&warning),
+            json!({"type": "status", "state": "idle_warning", "message": "soon", "stop_at": "2026-12-04T12:00:00Z"})
+        );
         let pong = ServerFrame::Pong {
             timestamp: Some(12345.into()),
         };
@@ -267,6 +286,12 @@ mod tests {
             ServerFrame::Status {
                 state: TermState::Connected,
                 message: "terminal attached",
+                stop_at: None,
+            },
+            ServerFrame::Status {
+                state: TermState::IdleWarning,
+                message: "no activity: the environment stops at 2026-12-04T12:00:00Z unless someone types here",
+                stop_at: Some("2026-12-04T12:00:00Z".parse().unwrap()),
             },
             ServerFrame::Pong {
                 timestamp: Some(1712345678.into()),

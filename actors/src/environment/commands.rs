@@ -26,18 +26,7 @@ impl Handler<Lifecycle> for EnvironmentActor {
 
     fn handle(&mut self, Lifecycle(command): Lifecycle, _: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
-        let state = plan::State {
-            status: self.record.status,
-            phase: self.record.phase,
-            progress: self.record.progress,
-            has_machine: self.install == InstallState::Complete
-                && self.record.provider_ref.is_some(),
-            can_reboot: self
-                .provider()
-                .is_ok_and(|p| p.supports(Maintenance::Reboot)),
-            unreadable: self.record.unreadable,
-        };
-        let (transition, step) = match plan::plan(command, state) {
+        let (transition, step) = match plan::plan(command, self.plan_state()) {
             Ok(plan) => plan,
             Err(conflict) => {
                 return AtomicResponse::new(Box::pin(fut::ready(Err(conflict.into()))));
@@ -61,17 +50,34 @@ impl Handler<Lifecycle> for EnvironmentActor {
                 act.apply(&transition, res?);
                 match step {
                     Step::Start => act.run(Op::Start, ctx),
-                    Step::Stop => act.run(Op::Stop, ctx),
+                    Step::Stop => act.run(Op::Stop(None), ctx),
                     Step::Reboot => act.run(Op::Reboot, ctx),
                     Step::Delete => act.run(Op::Delete, ctx),
                     Step::StopThenStart => {
-                        act.run(Op::Stop, ctx);
+                        act.run(Op::Stop(None), ctx);
                         act.restart_after_stop = true;
                     }
                 }
                 Ok(act.record.clone())
             },
         )))
+    }
+}
+
+impl EnvironmentActor {
+    /// What `plan` needs to know of the environment now.
+    pub(super) fn plan_state(&self) -> plan::State {
+        plan::State {
+            status: self.record.status,
+            phase: self.record.phase,
+            progress: self.record.progress,
+            has_machine: self.install == InstallState::Complete
+                && self.record.provider_ref.is_some(),
+            can_reboot: self
+                .provider()
+                .is_ok_and(|p| p.supports(Maintenance::Reboot)),
+            unreadable: self.record.unreadable,
+        }
     }
 }
 
@@ -106,6 +112,9 @@ impl Handler<Update> for EnvironmentActor {
             }
             if let Some(variables) = changes.environment_variables {
                 act.record.environment_variables = variables;
+            }
+            if let Some(minutes) = changes.auto_stop_minutes {
+                act.record.auto_stop_minutes = Some(minutes);
             }
             Ok(act.record.clone())
         })))

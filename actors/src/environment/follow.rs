@@ -5,9 +5,11 @@
 use std::time::Instant;
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::EnvironmentActor;
+use super::idle::NoteActivity;
 use crate::model::{EnvironmentRecord, Phase, Status};
 
 /// The environment's state, as of its latest applied transition.
@@ -16,6 +18,10 @@ pub struct EnvState {
     pub status: Status,
     pub phase: Phase,
     pub message: Option<String>,
+    /// When an idle stop is due, once it is close (its warning is on).
+    pub idle_stop_at: Option<DateTime<Utc>>,
+    /// Why it was stopped, when nobody asked for the stop (an idle stop).
+    pub stopped_because: Option<String>,
 }
 
 impl EnvState {
@@ -24,6 +30,8 @@ impl EnvState {
             status: record.status,
             phase: record.phase,
             message: record.status_message.clone(),
+            idle_stop_at: None,
+            stopped_because: None,
         }
     }
 
@@ -50,17 +58,20 @@ pub struct StateWatch {
     pub state: watch::Receiver<EnvState>,
     pub name: String,
     pub template: String,
+    /// Where the environment's terminals report their users' input.
+    pub activity: Recipient<NoteActivity>,
 }
 
 impl Handler<WatchState> for EnvironmentActor {
     type Result = MessageResult<WatchState>;
 
-    fn handle(&mut self, _: WatchState, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: WatchState, ctx: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
         MessageResult(StateWatch {
             state: self.state.subscribe(),
             name: self.record.name.clone(),
             template: self.record.template_name.clone(),
+            activity: ctx.address().recipient(),
         })
     }
 }

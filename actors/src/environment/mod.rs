@@ -10,7 +10,8 @@
 //! Here: the actor's state and what the work announces. `commands` (what owners
 //! ask), `plan` (what a command does in each state), `operation` (one at a time),
 //! `work`/`maintenance` (the work), `failure` (what the owner reads of a failure),
-//! `observe` (logs and metrics), `follow` (its state, published for terminals).
+//! `observe` (logs and metrics), `follow` (its state, published for terminals),
+//! `idle` (activity, keep-awake and the idle stop).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use crate::supervisor::ChildExited;
 mod commands;
 mod failure;
 mod follow;
+mod idle;
 mod maintenance;
 mod observe;
 mod operation;
@@ -41,6 +43,7 @@ mod work;
 
 pub use commands::{Lifecycle, Update};
 pub use follow::{EnvState, StateWatch, WatchState};
+pub use idle::{AutoStop, IdleWarning, KeepAwake, NoteActivity};
 pub use maintenance::{MachineGone, Maintain, MaintenanceRequest};
 pub use observe::{GetMetrics, LogSubscription, SubscribeLogs};
 pub use plan::{Command, Conflict};
@@ -224,7 +227,18 @@ impl EnvironmentActor {
         self.registration
             .stats
             .set_state(format!("{}/{}", t.status, t.phase));
-        self.state.send_replace(EnvState::of(&self.record));
+        let stopping = matches!(t.phase, Phase::Stopping | Phase::Stopped);
+        self.state.send_modify(|s| {
+            s.status = t.status;
+            s.phase = t.phase;
+            s.message = t.message.clone();
+            if !s.is_ready() {
+                s.idle_stop_at = None;
+            }
+            if !stopping {
+                s.stopped_because = None;
+            }
+        });
         // Log subscribers follow provisioning phase by phase, up to the phase that
         // ends it (ready, failed, or deleting).
         if moved && self.install == InstallState::InProgress {
@@ -258,7 +272,7 @@ impl EnvironmentActor {
             | Phase::Installing
             | Phase::Configuring => Some(Op::Provision),
             Phase::Starting | Phase::Restarting => Some(Op::Start),
-            Phase::Stopping => Some(Op::Stop),
+            Phase::Stopping => Some(Op::Stop(None)),
             Phase::Deleting => Some(Op::Delete),
             // A machine that should be running is brought up (after a server restart).
             Phase::Ready => Some(Op::EnsureUp),

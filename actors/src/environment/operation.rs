@@ -86,7 +86,9 @@ pub(super) enum Op {
     Provision,
     Start,
     EnsureUp,
-    Stop,
+    /// With the reason when nobody asked for it (an idle stop): the stopped
+    /// environment's status message.
+    Stop(Option<String>),
     Delete,
     Snapshot(String),
     Resize(String),

@@ -68,8 +68,13 @@ pub enum Conflict {
     NotResting { status: Status, phase: Phase },
     #[error("the environment is already of size {0}")]
     SameSize(String),
-    #[error("metrics are measured on a running machine; this one is {status} ({phase})")]
-    NotRunning { status: Status, phase: Phase },
+    #[error("{action} only on a running environment; this one is {status} ({phase})")]
+    NotRunning {
+        /// What needs it running, as the start of a sentence.
+        action: &'static str,
+        status: Status,
+        phase: Phase,
+    },
     #[error(
         "this environment's stored {0} cannot be read (it was saved before such values were refused); it can only be deleted"
     )]
@@ -419,6 +424,7 @@ mod tests {
             },
             Conflict::SameSize("small".into()),
             Conflict::NotRunning {
+                action: "metrics are measured",
                 status: Status::Stopped,
                 phase: Phase::Stopped,
             },

@@ -53,7 +53,7 @@ impl Work {
             Op::Provision => self.provision().await,
             Op::Start => self.start(false).await,
             Op::EnsureUp => self.start(true).await,
-            Op::Stop => self.stop().await,
+            Op::Stop(reason) => self.stop(reason).await,
             Op::Delete => self.delete().await,
             Op::Snapshot(name) => self.snapshot(name).await,
             Op::Resize(size) => self.resize(size).await,
@@ -355,7 +355,7 @@ impl Work {
         }
     }
 
-    pub(super) async fn stop(self) {
+    pub(super) async fn stop(self, reason: Option<String>) {
         let result = async {
             if let Some(provider_ref) = &self.record.provider_ref {
                 self.provider
@@ -365,7 +365,7 @@ impl Work {
             }
             self.transition(
                 Transition::new(Status::Stopped, Phase::Stopped, 100)
-                    .message("stopped")
+                    .message(reason.unwrap_or_else(|| "stopped".to_owned()))
                     .stamp(Stamp::Stopped),
             )
             .await

@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use super::TerminalSettings;
@@ -49,6 +50,9 @@ pub enum TermState {
     Reconnecting,
     /// The environment was stopped or deleted: the terminal is gone.
     Closed,
+    /// Attached, and the environment stops for being idle at `stop_at` unless a
+    /// client types something first.
+    IdleWarning,
 }
 
 impl TermState {
@@ -57,6 +61,7 @@ impl TermState {
             Self::Connected => "connected",
             Self::Reconnecting => "reconnecting",
             Self::Closed => "closed",
+            Self::IdleWarning => "idle_warning",
         }
     }
 }
@@ -65,7 +70,12 @@ impl TermState {
 #[derive(Debug, Clone)]
 pub enum TermEvent {
     Output(Arc<Chunk>),
-    Status { state: TermState, message: String },
+    Status {
+        state: TermState,
+        message: String,
+        /// When the idle stop is due (`IdleWarning` only).
+        stop_at: Option<DateTime<Utc>>,
+    },
 }
 
 /// The fan-out's end of a client's bounded queue.
@@ -345,6 +355,7 @@ mod tests {
         TermEvent::Status {
             state: TermState::Connected,
             message: String::new(),
+            stop_at: None,
         }
     }
 

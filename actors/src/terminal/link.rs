@@ -78,7 +78,12 @@ pub(super) fn gate(state: &EnvState, attached_before: bool) -> Gate {
         Phase::Snapshotting | Phase::Resizing => Gate::Wait(format!(
             "the environment is {status} ({phase}); the terminal attaches again when it is running"
         )),
-        Phase::Stopping | Phase::Stopped => Gate::Close("the environment was stopped".to_owned()),
+        Phase::Stopping | Phase::Stopped => Gate::Close(
+            state
+                .stopped_because
+                .clone()
+                .unwrap_or_else(|| "the environment was stopped".to_owned()),
+        ),
         Phase::Restarting => Gate::Close("the environment is restarting".to_owned()),
         _ => Gate::Close(format!("the environment is {status} ({phase})")),
     }
@@ -309,6 +314,8 @@ mod tests {
             status,
             phase,
             message: None,
+            idle_stop_at: None,
+            stopped_because: None,
         }
     }
 
@@ -359,6 +366,16 @@ mod tests {
         for phase in [Phase::Snapshotting, Phase::Resizing] {
             let g = gate(&at(Status::Running, phase), true);
             assert!(matches!(g, Gate::Wait(_)), "{phase}: {g:?}");
+        }
+    }
+
+    #[test]
+    fn an_idle_stop_closes_it_with_the_reason() {
+        let because = "stopped after 30 minutes without activity";
+        for phase in [Phase::Stopping, Phase::Stopped] {
+            let mut state = at(Status::Running, phase);
+            state.stopped_because = Some(because.into());
+            assert_eq!(gate(&state, true), Gate::Close(because.into()));
         }
     }
 

@@ -15,16 +15,18 @@ mod fanout;
 mod link;
 mod utf8;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::deps::Deps;
-use crate::environment::EnvState;
+use crate::environment::{EnvState, NoteActivity};
+use crate::model::{Activity, ActivityKind};
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
 use crate::ssh::SshSession;
 use fanout::Fanout;
@@ -83,6 +85,10 @@ pub struct TerminalActor {
     waiting: Option<String>,
     /// Attached at least once: from then on a stop closes the terminal.
     attached_before: bool,
+    /// The idle stop its clients were last told of.
+    idle_warned: Option<DateTime<Utc>>,
+    /// Where its clients' input is reported as activity.
+    activity: ActivityReport,
     fanout: Fanout,
     size: (u32, u32),
     /// The client whose size applies (the most recently active one).
@@ -112,6 +118,7 @@ impl TerminalActor {
         name: String,
         mode: SessionMode,
         env: watch::Receiver<EnvState>,
+        activity: Recipient<NoteActivity>,
     ) -> Self {
         let id = match mode {
             SessionMode::Tmux => format!("terminal:{environment_id}:{name}"),
@@ -126,6 +133,13 @@ impl TerminalActor {
             ],
         );
         registration.stats.set_state("connecting");
+        let activity = ActivityReport {
+            to: activity,
+            session: name.clone(),
+            every: deps.settings.activity_every,
+            last: Arc::new(Mutex::new(None)),
+            env: env.clone(),
+        };
         Self {
             registration,
             deps,
@@ -137,6 +151,8 @@ impl TerminalActor {
             env,
             waiting: None,
             attached_before: false,
+            idle_warned: None,
+            activity,
             size: (80, 24),
             size_owner: Arc::new(AtomicU64::new(0)),
             writer: watch::Sender::new(None),
@@ -188,8 +204,38 @@ impl TerminalActor {
         let event = TermEvent::Status {
             state,
             message: message.into(),
+            stop_at: None,
         };
         self.broadcast(&event);
+    }
+
+    /// What a client is told of a coming idle stop, or that it is off.
+    fn idle_status(stop_at: Option<DateTime<Utc>>) -> TermEvent {
+        match stop_at {
+            Some(at) => TermEvent::Status {
+                state: TermState::IdleWarning,
+                message: format!(
+                    "no activity: the environment stops at {} unless someone types here",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                stop_at: Some(at),
+            },
+            None => TermEvent::Status {
+                state: TermState::Connected,
+                message: "activity seen: the environment stays up".into(),
+                stop_at: None,
+            },
+        }
+    }
+
+    /// Tells every client when the environment's idle warning comes on or goes off.
+    fn follow_idle_warning(&mut self) {
+        let at = self.env.borrow().idle_stop_at;
+        if at == self.idle_warned {
+            return;
+        }
+        self.idle_warned = at;
+        self.broadcast(&Self::idle_status(at));
     }
 
     /// The most recently active client's size wins (like tmux's `latest`).
@@ -241,6 +287,7 @@ struct EnvMoved;
 impl StreamHandler<EnvMoved> for TerminalActor {
     fn handle(&mut self, _: EnvMoved, ctx: &mut Context<Self>) {
         self.env_moved(ctx);
+        self.follow_idle_warning();
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
@@ -293,6 +340,8 @@ pub struct Attach {
     pub cols: u32,
     pub rows: u32,
     pub resume: Option<u64>,
+    /// The client's address, told with its input's activity.
+    pub client_address: Option<String>,
 }
 
 pub struct Attached {
@@ -313,13 +362,16 @@ impl Handler<Attach> for TerminalActor {
             ctx.cancel_future(handle);
         }
         let status = match (&self.session, &self.waiting) {
+            (Some(_), _) if self.idle_warned.is_some() => Some(Self::idle_status(self.idle_warned)),
             (Some(_), _) => Some(TermEvent::Status {
                 state: TermState::Connected,
                 message: "terminal attached".into(),
+                stop_at: None,
             }),
             (None, Some(why)) => Some(TermEvent::Status {
                 state: TermState::Reconnecting,
                 message: why.clone(),
+                stop_at: None,
             }),
             (None, None) => None,
         };
@@ -339,6 +391,8 @@ impl Handler<Attach> for TerminalActor {
                 writer: self.writer.subscribe(),
                 size_owner: self.size_owner.clone(),
                 actor: self.own_handle(ctx),
+                activity: self.activity.clone(),
+                client_address: msg.client_address,
             },
         })
     }
@@ -375,6 +429,8 @@ pub struct InputPort {
     writer: watch::Receiver<Option<mpsc::Sender<WriterCmd>>>,
     size_owner: Arc<AtomicU64>,
     actor: Handle<TerminalActor>,
+    activity: ActivityReport,
+    client_address: Option<String>,
 }
 
 impl InputPort {
@@ -385,6 +441,7 @@ impl InputPort {
                 client: self.client,
             });
         }
+        self.activity.input(self.client_address.as_deref());
         const RECONNECTING: &str = "the terminal is reconnecting; input was not sent";
         let writer = self.writer.borrow().clone().ok_or(RECONNECTING)?;
         writer
@@ -396,6 +453,39 @@ impl InputPort {
                 // The SSH channel just closed; the actor is reconnecting.
                 mpsc::error::TrySendError::Closed(_) => RECONNECTING,
             })
+    }
+}
+
+/// Reports a session's input to its environment as activity (the idle auto-stop's
+/// rule): at most once per `every` for the whole session, so that typing costs no
+/// message per keystroke, and at once while an idle warning is on, so that the
+/// first keystroke cancels it.
+#[derive(Clone)]
+struct ActivityReport {
+    to: Recipient<NoteActivity>,
+    session: String,
+    every: Duration,
+    last: Arc<Mutex<Option<Instant>>>,
+    env: watch::Receiver<EnvState>,
+}
+
+impl ActivityReport {
+    fn input(&self, client_address: Option<&str>) {
+        let warned = self.env.borrow().idle_stop_at.is_some();
+        let now = Instant::now();
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if !warned && last.is_some_and(|at| now.duration_since(at) < self.every) {
+                return;
+            }
+            *last = Some(now);
+        }
+        self.to.do_send(NoteActivity(Activity {
+            kind: ActivityKind::TerminalInput,
+            at: chrono::Utc::now(),
+            session: Some(self.session.clone()),
+            client_address: client_address.map(str::to_owned),
+        }));
     }
 }
 

@@ -12,7 +12,7 @@ use crate::audit::{Action, Event, Origin, ResourceType};
 use crate::auth::AuthUser;
 use crate::db::templates as template_db;
 use crate::environments::placement::{self, Placement};
-use crate::environments::{self as rules, EnvironmentResponse, limits};
+use crate::environments::{self as rules, EnvironmentResponse, auto_stop, limits};
 use crate::error::{ApiError, ValidationErrors};
 use crate::http::Json;
 use crate::openapi::{
@@ -59,6 +59,11 @@ pub(super) struct CreateRequest {
     /// strings of at most 4096 bytes; numbers and booleans are stored as strings.
     #[schema(value_type = Option<BTreeMap<String, String>>)]
     environment_variables: Option<Value>,
+    /// The environment's idle timeout in minutes, within its plan's (which is the
+    /// default when this is absent or null): from 1 to the plan's, or 0 (never)
+    /// where the plan never stops idle environments (admin).
+    #[schema(value_type = Option<i32>, example = 20)]
+    auto_stop_minutes: Option<Value>,
 }
 
 /// Create an environment.
@@ -128,6 +133,12 @@ async fn create(
         (None, Some(given)) => limits::validate(&given, "resources", &mut errors),
         (None, None) => serde_json::Map::new(),
     };
+    let auto_stop_minutes = auto_stop::validate_minutes(
+        body.auto_stop_minutes.as_ref(),
+        &state.settings.auto_stop,
+        caller.user.subscription_plan,
+        &mut errors,
+    );
     let key = body
         .template_id
         .or(body.template)
@@ -200,6 +211,7 @@ async fn create(
             size,
             resource_limits: limits,
             environment_variables: variables,
+            auto_stop_minutes,
         })
         .await?;
     // The actor is provisioning it already; the answer does not wait for that.

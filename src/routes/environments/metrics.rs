@@ -90,7 +90,7 @@ pub(super) async fn get_metrics(
             }
             Err(ApiError::Conflict {
                 detail: format!(
-                    "Metrics are measured on a running machine; this one is {} ({}).",
+                    "Metrics are measured only on a running environment; this one is {} ({}).",
                     now.status, now.phase
                 ),
                 context: json!({}),

@@ -4,6 +4,7 @@
 //! one message and map the answer. Here: the routes table and what the handlers
 //! share (the id, the caller's environment, its actor, the actor's errors).
 
+pub(crate) mod activity;
 pub(crate) mod create;
 pub(crate) mod get;
 pub(crate) mod lifecycle;
@@ -50,6 +51,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 web::post().to(maintenance::resize_environment),
             )
             .route("/{id}/metrics", web::get().to(metrics::get_metrics))
+            .route("/{id}/activity", web::get().to(activity::get_activity))
+            .route("/{id}/keep-awake", web::post().to(activity::keep_awake))
             .route("/{id}/logs", web::get().to(logs::get_logs)),
     );
 }

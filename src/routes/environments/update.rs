@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::{actor, parse_id};
 use crate::auth::AuthUser;
-use crate::environments::{self as rules, EnvironmentResponse};
+use crate::environments::{self as rules, EnvironmentResponse, auto_stop};
 use crate::error::{ApiError, ValidationErrors};
 use crate::http::Json;
 use crate::openapi::{
@@ -28,9 +28,12 @@ struct UpdateEnvironmentRequest {
     name: Option<String>,
     /// Replaces the stored variables; the machine sees them at its next start.
     environment_variables: Option<BTreeMap<String, String>>,
+    /// As for a new environment; applies at once (the idle timer is not reset).
+    #[schema(example = 20)]
+    auto_stop_minutes: Option<i32>,
 }
 
-/// Rename an environment or replace its variables.
+/// Rename an environment, replace its variables or set its idle timeout.
 #[utoipa::path(
     put,
     path = "/api/v1/environments/{id}",
@@ -79,12 +82,19 @@ pub(super) async fn update_environment(
         None | Some(Value::Null) => None,
         Some(v) => Some(rules::validate_variables(v, &mut errors)),
     };
+    let auto_stop_minutes = auto_stop::validate_minutes(
+        body.get("auto_stop_minutes"),
+        &state.settings.auto_stop,
+        caller.user.subscription_plan,
+        &mut errors,
+    );
     errors.into_result()?;
     let record = actor(&state, &caller, id)
         .await?
         .send(Update(Changes {
             name,
             environment_variables,
+            auto_stop_minutes,
         }))
         .await
         .map_err(EnvError::from)??;

@@ -42,6 +42,8 @@ pub(super) struct Connection {
     pub(super) cols: u32,
     pub(super) rows: u32,
     pub(super) last_seen: Instant,
+    /// The client's address, told with its input's activity.
+    pub(super) client_address: Option<String>,
     pub(super) input_limit: governor::DefaultDirectRateLimiter,
     pub(super) _slot: ConnectionSlot,
     pub(super) audit: TerminalAudit,
@@ -94,6 +96,7 @@ impl Connection {
                 cols: self.cols,
                 rows: self.rows,
                 resume,
+                client_address: self.client_address.clone(),
             })
             .await
         {
@@ -133,12 +136,12 @@ impl Connection {
                             // Serialised once, shared by every client of the session.
                             chunk.wire(|c| ServerFrame::Output { data: &c.data, seq: c.seq }.to_text())
                         }
-                        Some(TermEvent::Status { state, message }) => {
+                        Some(TermEvent::Status { state, message, stop_at }) => {
                             let closed = state == TermState::Closed;
                             if state == TermState::Connected {
                                 self.ws.set_state("attached");
                             }
-                            let frame = ServerFrame::Status { state, message: &message }.to_text();
+                            let frame = ServerFrame::Status { state, message: &message, stop_at }.to_text();
                             if closed {
                                 let _ = self.send_text(frame).await;
                                 break Some((CloseCode::Normal, "the terminal closed".to_owned()));

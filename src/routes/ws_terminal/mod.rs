@@ -208,6 +208,7 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
         state: env_state,
         name: env_name,
         template,
+        activity,
     }) = environment.send(WatchState).await
     else {
         return close(
@@ -229,7 +230,7 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
     } = params;
     let terminal = match state
         .actors
-        .terminal(user, env_id, name.clone(), mode, env_state.clone())
+        .terminal(user, env_id, name.clone(), mode, env_state.clone(), activity)
         .await
     {
         Ok(t) => t,
@@ -257,6 +258,7 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
         ],
     );
     ws.set_state("waiting");
+    let client_address = origin.ip.clone();
     let conn = Connection {
         ws,
         input_limit: state.ratelimits.ws_input_limiter(),
@@ -269,6 +271,7 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
         cols,
         rows,
         last_seen: Instant::now(),
+        client_address,
         _slot: slot,
     };
     let welcome = Welcome {
