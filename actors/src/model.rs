@@ -245,6 +245,20 @@ pub struct Activity {
     pub client_address: Option<String>,
 }
 
+impl Activity {
+    /// Activity of `kind` now, at the database's precision (microseconds), so that
+    /// the time read back is the time recorded.
+    pub fn now(kind: ActivityKind) -> Self {
+        use chrono::SubsecRound;
+        Self {
+            kind,
+            at: Utc::now().trunc_subsecs(6),
+            session: None,
+            client_address: None,
+        }
+    }
+}
+
 /// The activity an idle stop was decided on (the time of the last one recorded,
 /// a keep-awake included): the stop happens only if nothing newer has been
 /// recorded since, on any process.

@@ -229,12 +229,7 @@ pub async fn transition(
                 .get_result(conn)
                 .await?;
             // Coming up starts the idle timer.
-            let started = Activity {
-                kind: ActivityKind::Started,
-                at: Utc::now(),
-                session: None,
-                client_address: None,
-            };
+            let started = Activity::now(ActivityKind::Started);
             super::activity::record(conn, id, &started, None).await?;
             Ok(stamped)
         }

@@ -19,11 +19,11 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{DbPool, activity};
 use super::environments::{self as queries, Environment, Stamped};
 use super::json::StoredJson;
 use super::quota::room;
 use super::schema::{environment_logs, environments, templates};
+use super::{DbPool, activity};
 use crate::crypto::SecretBox;
 use crate::environments::list_cache::ListCache;
 
@@ -264,8 +264,8 @@ impl Store for DbStore {
             changes.name.as_deref(),
             variables,
         )
-            .await
-            .map_err(store_err)?
+        .await
+        .map_err(store_err)?
         {
             Some(stamped) => Ok(self.stamped(stamped)),
             None => Err(StoreError::NameTaken(

@@ -74,7 +74,9 @@ pub fn validate_minutes(
     const FIELD: &str = "auto_stop_minutes";
     let value = value.filter(|v| !v.is_null())?;
     let cap = settings.plan_timeout(plan);
-    let most = cap.map_or(MAX_MINUTES, |c| i64::try_from(c.as_secs() / 60).unwrap_or(0));
+    let most = cap.map_or(MAX_MINUTES, |c| {
+        i64::try_from(c.as_secs() / 60).unwrap_or(0)
+    });
     let range = match cap {
         None => format!("from 0 (never) to {MAX_MINUTES}"),
         Some(_) if most < 1 => {
@@ -210,7 +212,9 @@ pub fn spawn(state: &Arc<AppState>) {
 /// asks the owner of every idle one to stop it.
 async fn check(state: &AppState) {
     let running = match state.pool.get().await {
-        Ok(mut conn) => activity::running(&mut conn).await.map_err(anyhow::Error::from),
+        Ok(mut conn) => activity::running(&mut conn)
+            .await
+            .map_err(anyhow::Error::from),
         Err(e) => Err(anyhow::Error::from(e)),
     };
     let running = match running {
@@ -241,18 +245,19 @@ async fn check(state: &AppState) {
                 continue;
             }
         };
+        let seen = IdleSeen {
+            last_activity: env.last_activity,
+        };
         if now < stop_at {
             if now >= warning_at {
-                actor.do_send(IdleWarning(Some(stop_at)));
+                actor.do_send(IdleWarning { stop_at, seen });
             }
             continue;
         }
         let idle_for = plan.timeout.map(describe).unwrap_or_default();
         let because = format!("stopped after {idle_for} without activity");
         let stop = AutoStop {
-            seen: IdleSeen {
-                last_activity: env.last_activity,
-            },
+            seen,
             because: because.clone(),
         };
         match actor.send(stop).await {
@@ -347,7 +352,14 @@ mod tests {
         assert_eq!(check(json!(30), Plan::Free), (Some(30), None));
         assert_eq!(check(json!(0), Plan::Admin), (Some(0), None));
         assert_eq!(check(json!(525_600), Plan::Admin), (Some(525_600), None));
-        for bad in [json!(0), json!(31), json!(-1), json!(1.5), json!("10"), json!(true)] {
+        for bad in [
+            json!(0),
+            json!(31),
+            json!(-1),
+            json!(1.5),
+            json!("10"),
+            json!(true),
+        ] {
             let (got, err) = check(bad.clone(), Plan::Free);
             assert_eq!(got, None, "{bad}");
             let err = err.expect("refused");
@@ -356,7 +368,10 @@ mod tests {
         assert!(check(json!(525_601), Plan::Admin).1.is_some());
         let mut errors = ValidationErrors::default();
         assert_eq!(validate_minutes(None, &s, Plan::Free, &mut errors), None);
-        assert_eq!(validate_minutes(Some(&Value::Null), &s, Plan::Free, &mut errors), None);
+        assert_eq!(
+            validate_minutes(Some(&Value::Null), &s, Plan::Free, &mut errors),
+            None
+        );
         assert!(errors.into_result().is_ok());
     }
 

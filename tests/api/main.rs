@@ -5,6 +5,7 @@
 mod admin;
 mod audit;
 mod auth;
+mod auto_stop;
 mod cli;
 mod deletion;
 mod digitalocean;

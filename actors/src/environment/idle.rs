@@ -27,7 +27,7 @@ impl Handler<NoteActivity> for EnvironmentActor {
 
     fn handle(&mut self, NoteActivity(activity): NoteActivity, ctx: &mut Context<Self>) {
         self.last_activity = Instant::now();
-        self.set_idle_warning(None);
+        self.saw_activity(activity.at);
         let (store, id) = (self.deps.store.clone(), self.record.id);
         ctx.spawn(
             async move { store.record_activity(id, &activity).await }
@@ -65,38 +65,45 @@ impl Handler<KeepAwake> for EnvironmentActor {
             return AtomicResponse::new(Box::pin(fut::ready(Err(conflict.into()))));
         }
         let activity = Activity {
-            kind: ActivityKind::KeepAwake,
-            at: Utc::now(),
-            session: None,
             client_address: msg.client_address,
+            ..Activity::now(ActivityKind::KeepAwake)
         };
+        let at = activity.at;
         let (store, id) = (self.deps.store.clone(), self.record.id);
         AtomicResponse::new(Box::pin(
             async move { store.keep_awake(id, msg.until, &activity).await }
                 .into_actor(self)
-                .map(|res, act, _| {
+                .map(move |res, act, _| {
                     res?;
-                    act.set_idle_warning(None);
+                    act.saw_activity(at);
                     Ok(())
                 }),
         ))
     }
 }
 
-/// The idle check's word: an idle stop is due at this time (`Some`, its warning is
-/// on), or no longer close (`None`).
+/// The idle check's word: an idle stop is due at `stop_at`, decided on the
+/// activity `seen`; its terminals are warned. A word older than activity this
+/// actor has seen is stale, and ignored.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
-pub struct IdleWarning(pub Option<DateTime<Utc>>);
+pub struct IdleWarning {
+    pub stop_at: DateTime<Utc>,
+    pub seen: IdleSeen,
+}
 
 impl Handler<IdleWarning> for EnvironmentActor {
     type Result = ();
 
-    fn handle(&mut self, IdleWarning(at): IdleWarning, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: IdleWarning, _: &mut Context<Self>) {
         // Kept alive until the stop: it is the one to make it.
         self.last_activity = Instant::now();
-        let ready = self.state.borrow().is_ready();
-        self.set_idle_warning(at.filter(|_| ready));
+        let stale = self
+            .latest_activity
+            .is_some_and(|latest| msg.seen.last_activity.is_none_or(|seen| seen < latest));
+        if !stale && self.state.borrow().is_ready() {
+            self.set_idle_warning(Some(msg.stop_at));
+        }
     }
 }
 
@@ -145,6 +152,13 @@ impl Handler<AutoStop> for EnvironmentActor {
 }
 
 impl EnvironmentActor {
+    /// Activity at `at`: the warning is off, and the idle check's words decided on
+    /// older activity are stale.
+    fn saw_activity(&mut self, at: DateTime<Utc>) {
+        self.latest_activity = Some(self.latest_activity.map_or(at, |l| l.max(at)));
+        self.set_idle_warning(None);
+    }
+
     /// Publishes when an idle stop is due (or that none is close), for terminals.
     fn set_idle_warning(&mut self, at: Option<DateTime<Utc>>) {
         self.state.send_if_modified(|s| {

@@ -115,6 +115,8 @@ pub struct EnvironmentActor {
     stage: Option<Progress>,
     subscribers: Vec<mpsc::Sender<LogEvent>>,
     last_activity: Instant,
+    /// The latest activity this actor recorded (see `idle`).
+    latest_activity: Option<chrono::DateTime<chrono::Utc>>,
     metrics: Option<(Instant, Metrics)>,
     /// While a metrics sample is being taken: who waits for it.
     metrics_waiters: Option<MetricsWaiters>,
@@ -165,6 +167,7 @@ impl EnvironmentActor {
             stage: None,
             subscribers: Vec::new(),
             last_activity: Instant::now(),
+            latest_activity: None,
             metrics: None,
             metrics_waiters: None,
             has_lease: false,

@@ -26,8 +26,8 @@ use uuid::Uuid;
 
 use crate::deps::Deps;
 use crate::environment::{EnvState, NoteActivity};
-use crate::model::{Activity, ActivityKind};
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
+use crate::model::{Activity, ActivityKind};
 use crate::ssh::SshSession;
 use fanout::Fanout;
 
@@ -481,10 +481,9 @@ impl ActivityReport {
             *last = Some(now);
         }
         self.to.do_send(NoteActivity(Activity {
-            kind: ActivityKind::TerminalInput,
-            at: chrono::Utc::now(),
             session: Some(self.session.clone()),
             client_address: client_address.map(str::to_owned),
+            ..Activity::now(ActivityKind::TerminalInput)
         }));
     }
 }

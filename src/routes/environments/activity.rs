@@ -28,7 +28,11 @@ async fn read(state: &AppState, caller: &AuthUser, id: Uuid) -> Result<ActivityR
     let env = activity::owned(&mut conn, caller.user.id, id)
         .await?
         .ok_or_else(|| not_found(&id.to_string()))?;
-    Ok(ActivityResponse::new(&state.settings.auto_stop, env, Utc::now()))
+    Ok(ActivityResponse::new(
+        &state.settings.auto_stop,
+        env,
+        Utc::now(),
+    ))
 }
 
 /// Why an environment is awake, and until when.
@@ -125,7 +129,11 @@ async fn hold(
     body: &Value,
 ) -> Result<ActivityResponse, ApiError> {
     let id = parse_id(raw_id)?;
-    let most = caller.user.subscription_plan.limits().max_keep_awake_minutes;
+    let most = caller
+        .user
+        .subscription_plan
+        .limits()
+        .max_keep_awake_minutes;
     let minutes = body
         .get("minutes")
         .and_then(Value::as_u64)

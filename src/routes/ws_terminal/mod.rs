@@ -230,7 +230,14 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
     } = params;
     let terminal = match state
         .actors
-        .terminal(user, env_id, name.clone(), mode, env_state.clone(), activity)
+        .terminal(
+            user,
+            env_id,
+            name.clone(),
+            mode,
+            env_state.clone(),
+            activity,
+        )
         .await
     {
         Ok(t) => t,
