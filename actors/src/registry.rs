@@ -157,16 +157,14 @@ impl ActorSystem {
     }
 
     /// The terminal actor for a session of `user_id`'s environment (the caller has
-    /// checked ownership), following `state` and reporting input to `activity` (the
-    /// environment's `StateWatch`) if it is new. A new one runs on the caller's arbiter (thread).
+    /// checked ownership), linked to the environment (its `StateWatch`) if it is new. A new one runs on the caller's arbiter (thread).
     pub async fn terminal(
         &self,
         user_id: Uuid,
         environment_id: Uuid,
         name: String,
         mode: crate::terminal::SessionMode,
-        state: tokio::sync::watch::Receiver<crate::environment::EnvState>,
-        activity: Recipient<crate::environment::NoteActivity>,
+        link: crate::environment::EnvLink,
     ) -> Result<Handle<crate::terminal::TerminalActor>, EnvError> {
         let supervisor = self
             .registry
@@ -179,8 +177,7 @@ impl ActorSystem {
                 name,
                 mode,
                 arbiter: Arbiter::current(),
-                state,
-                activity,
+                link,
             })
             .await
             .map_err(EnvError::from)

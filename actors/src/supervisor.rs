@@ -8,12 +8,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::deps::Deps;
-use crate::environment::{EnvError, EnvState, EnvironmentActor, NoteActivity};
+use crate::environment::{EnvError, EnvLink, EnvironmentActor};
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
 use crate::model::{EnvironmentRecord, NewEnvironment, Transition};
 use crate::registry::{Registry, SupervisorStopped};
@@ -251,10 +250,9 @@ pub struct GetTerminal {
     /// Where a new terminal actor runs: the caller's thread, so that the first
     /// client's keystrokes and echo cross no thread on their way to SSH and back.
     pub arbiter: ArbiterHandle,
-    /// The environment's state (`WatchState`), for a new terminal actor to follow.
-    pub state: watch::Receiver<EnvState>,
-    /// Where a new terminal actor reports its users' input (`WatchState`).
-    pub activity: Recipient<NoteActivity>,
+    /// The environment's state and where to report input (`WatchState`), for a
+    /// new terminal actor.
+    pub link: EnvLink,
 }
 
 impl Handler<GetTerminal> for UserSupervisor {
@@ -275,8 +273,7 @@ impl Handler<GetTerminal> for UserSupervisor {
                 msg.environment_id,
                 msg.name,
                 msg.mode,
-                msg.state,
-                msg.activity,
+                msg.link,
             ),
             &msg.arbiter,
         );

@@ -55,10 +55,16 @@ impl EnvState {
 pub struct WatchState;
 
 pub struct StateWatch {
-    pub state: watch::Receiver<EnvState>,
+    pub link: EnvLink,
     pub name: String,
     pub template: String,
-    /// Where the environment's terminals report their users' input.
+}
+
+/// What a terminal needs of its environment: its state as it changes, and where
+/// to report its users' input (activity, for the idle auto-stop).
+#[derive(Clone)]
+pub struct EnvLink {
+    pub state: watch::Receiver<EnvState>,
     pub activity: Recipient<NoteActivity>,
 }
 
@@ -68,10 +74,12 @@ impl Handler<WatchState> for EnvironmentActor {
     fn handle(&mut self, _: WatchState, ctx: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
         MessageResult(StateWatch {
-            state: self.state.subscribe(),
+            link: EnvLink {
+                state: self.state.subscribe(),
+                activity: ctx.address().recipient(),
+            },
             name: self.record.name.clone(),
             template: self.record.template_name.clone(),
-            activity: ctx.address().recipient(),
         })
     }
 }

@@ -42,7 +42,7 @@ mod plan;
 mod work;
 
 pub use commands::{Lifecycle, Update};
-pub use follow::{EnvState, StateWatch, WatchState};
+pub use follow::{EnvLink, EnvState, StateWatch, WatchState};
 pub use idle::{AutoStop, IdleWarning, KeepAwake, NoteActivity};
 pub use maintenance::{MachineGone, Maintain, MaintenanceRequest};
 pub use observe::{GetMetrics, LogSubscription, SubscribeLogs};

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::deps::Deps;
-use crate::environment::{EnvState, NoteActivity};
+use crate::environment::{EnvLink, EnvState, NoteActivity};
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
 use crate::model::{Activity, ActivityKind};
 use crate::ssh::SshSession;
@@ -117,9 +117,12 @@ impl TerminalActor {
         environment_id: Uuid,
         name: String,
         mode: SessionMode,
-        env: watch::Receiver<EnvState>,
-        activity: Recipient<NoteActivity>,
+        link: EnvLink,
     ) -> Self {
+        let EnvLink {
+            state: env,
+            activity,
+        } = link;
         let id = match mode {
             SessionMode::Tmux => format!("terminal:{environment_id}:{name}"),
             SessionMode::Shell => format!("terminal:{environment_id}:shell:{name}"),

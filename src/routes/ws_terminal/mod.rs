@@ -205,10 +205,9 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
         return close(session, CloseCode::Policy, &reason).await;
     };
     let Ok(StateWatch {
-        state: env_state,
+        link,
         name: env_name,
         template,
-        activity,
     }) = environment.send(WatchState).await
     else {
         return close(
@@ -218,7 +217,7 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
         )
         .await;
     };
-    if env_state.borrow().is_deleted() {
+    if link.state.borrow().is_deleted() {
         return close(session, CloseCode::Normal, "environment deleted").await;
     }
     let Params {
@@ -230,14 +229,7 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
     } = params;
     let terminal = match state
         .actors
-        .terminal(
-            user,
-            env_id,
-            name.clone(),
-            mode,
-            env_state.clone(),
-            activity,
-        )
+        .terminal(user, env_id, name.clone(), mode, link.clone())
         .await
     {
         Ok(t) => t,
@@ -284,7 +276,7 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
     let welcome = Welcome {
         name: env_name,
         template,
-        status: env_state.borrow().status,
+        status: link.state.borrow().status,
     };
     conn.run(terminal, welcome, resume).await;
 }
