@@ -118,9 +118,10 @@ pub const DIGITALOCEAN_SIZES: [(&str, &str, &str, &str); 6] = [
     ("s-8vcpu-16gb", "xlarge", "8", "16Gi"),
 ];
 
-/// What a stopped DigitalOcean environment still costs.
-pub const DIGITALOCEAN_BILLING_NOTE: &str = "DigitalOcean bills a droplet for as long as it exists, powered off or not, \
-     and its home volume too: stopping this environment does not stop the charges; deleting it does.";
+/// What a DigitalOcean environment costs, running and stopped.
+pub const DIGITALOCEAN_BILLING_NOTE: &str = "Running, DigitalOcean bills its droplet and its home volume. \
+     Stopped, only the home volume: a stop destroys the droplet and keeps the volume (your files in your home), \
+     and a start makes a new droplet with it. Deleting it ends the charges.";
 
 /// The environment object of the mobile contract, plus DevPocket's own fields.
 #[derive(Debug, Serialize, ToSchema)]
@@ -175,8 +176,8 @@ pub struct EnvironmentResponse {
     pub ip_address: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub stopped_at: Option<DateTime<Utc>>,
-    /// What the environment costs while it exists (DigitalOcean: even stopped);
-    /// null on the local provider.
+    /// What the environment costs, running and stopped (DigitalOcean); null on
+    /// the local provider.
     pub billing_note: Option<&'static str>,
 }
 

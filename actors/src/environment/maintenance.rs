@@ -11,8 +11,8 @@ use crate::model::{EnvironmentRecord, Phase, Stamp, Status, Transition};
 use crate::provider::{Maintenance, ProviderError};
 
 /// The provider reports that the machine no longer exists (reconciliation). A
-/// running or stopped environment moves to `error` with `reason`; one that is busy
-/// finds out by itself. Replies whether it moved.
+/// running environment moves to `error` with `reason`; one that is busy finds out
+/// by itself, and a stopped one needs no machine. Replies whether it moved.
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct MachineGone {
@@ -23,11 +23,10 @@ impl Handler<MachineGone> for EnvironmentActor {
     type Result = ResponseActFuture<Self, bool>;
 
     fn handle(&mut self, msg: MachineGone, _: &mut Context<Self>) -> Self::Result {
-        let resting = matches!(
-            (self.record.status, self.record.phase),
-            (Status::Running, Phase::Ready) | (Status::Stopped, Phase::Stopped)
-        );
-        if !resting || self.operation.is_some() || !self.has_lease {
+        // Only a running machine is missed: a stopped one may have none (a stopped
+        // DigitalOcean environment keeps its volume, not its droplet).
+        let running = (self.record.status, self.record.phase) == (Status::Running, Phase::Ready);
+        if !running || self.operation.is_some() || !self.has_lease {
             return Box::pin(fut::ready(false));
         }
         tracing::warn!(environment_id = %self.record.id, reason = %msg.reason, "the environment's machine is gone");

@@ -2,13 +2,15 @@
 //! running → a terminal session → stop → start → snapshot → resize → delete
 //! (droplet and volume gone); snapshots and resizes refused where they cannot be.
 
+use std::time::Duration;
+
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{metric, spawn_app};
 use crate::fake_do::{DropletStatus, FakeDo};
-use crate::helpers::{TestApp, Ws, WsEvent, ws_next, ws_until};
+use crate::helpers::{TestApp, Ws, WsEvent, eventually, ws_next, ws_until};
 
 /// Types `command` into a terminal and reads output until `needle`.
 pub async fn run_in_terminal(
@@ -125,7 +127,9 @@ async fn full_lifecycle_on_digitalocean() {
     .await;
     assert!(out.contains("ocean-42"));
 
-    // Stop: the droplet is powered off (and still billed).
+    // Stop: the droplet is shut down cleanly, then destroyed; the home volume
+    // stays, and nothing but it is billed while the environment is stopped.
+    let first = droplets[0].clone();
     let client = app.authed_client(&token);
     let stopping = client
         .post(&format!("/api/v1/environments/{id}/stop"), &json!({}))
@@ -134,23 +138,76 @@ async fn full_lifecycle_on_digitalocean() {
     let env = app
         .wait_for_env(&token, &id, |e| e["status"] == "stopped")
         .await;
-    assert!(env["billing_note"].is_string());
-    assert_eq!(fake.droplets_tagged(&tag)[0].status, DropletStatus::Off);
+    assert!(
+        env["billing_note"]
+            .as_str()
+            .unwrap()
+            .contains("only the home volume"),
+        "{env}"
+    );
+    assert!(
+        fake.droplets_tagged(&tag).is_empty(),
+        "a stopped droplet is billed"
+    );
+    assert!(
+        fake.count("dropletActions_post") > 0,
+        "shut down before destroyed"
+    );
+    let volumes = fake.volumes();
+    assert_eq!(volumes.len(), 1, "{volumes:?}");
+    assert_eq!(first.volume_ids, [volumes[0].id.clone()]);
+    let billed = fake.droplet_seconds();
+    let _ = app
+        .wait_for_env(&token, &id, |e| e["status"] == "stopped")
+        .await;
+    assert_eq!(
+        fake.droplet_seconds(),
+        billed,
+        "billing went on while stopped"
+    );
 
+    // Start: a new droplet from the same user-data (the pinned host key, the
+    // volume as home): the terminal reconnects to the same files.
     let starting = client
         .post(&format!("/api/v1/environments/{id}/start"), &json!({}))
         .await;
     assert_eq!(starting.status(), 202);
-    app.wait_for_env(&token, &id, |e| {
-        e["status"] == "running" && e["phase"] == "ready"
-    })
-    .await;
-    assert_eq!(fake.droplets_tagged(&tag)[0].status, DropletStatus::Active);
+    let env = app
+        .wait_for_env(&token, &id, |e| {
+            e["status"] == "running" && e["phase"] == "ready"
+        })
+        .await;
+    let droplets = fake.droplets_tagged(&tag);
+    assert_eq!(droplets.len(), 1);
+    let second = &droplets[0];
+    assert_ne!(second.id, first.id, "a new droplet");
+    assert_eq!(second.status, DropletStatus::Active);
+    assert_eq!(second.volume_ids, first.volume_ids, "the same home volume");
+    assert_eq!(
+        second.user_data, first.user_data,
+        "the same keys and mounts"
+    );
+    assert_eq!(env["ip_address"], second.ip.to_string(), "{env}");
+    assert_eq!(fake.ever_created(&tag), 2);
     let out = run_in_terminal(&app, &token, &id, "ls ~/workspace", "hello.sh").await;
     assert!(
         out.contains("README.md"),
-        "the home survived the power cycle: {out}"
+        "the home survived the stop: {out}"
     );
+    let second = second.clone();
+    eventually(
+        Duration::from_secs(30),
+        "the new droplet's first boot to skip the bootstrap",
+        async || {
+            let log = second.cloud_init_log();
+            if log.contains("the bootstrap ran already") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .await;
 
     // A restart is one reboot action.
     let before = fake.count("dropletActions_post");

@@ -139,6 +139,9 @@ pub(crate) struct State {
     snapshots: Vec<model::Snapshot>,
     /// Every droplet ever created: (id, tags).
     created: Vec<(u64, Vec<String>)>,
+    /// What destroyed droplets were billed: DigitalOcean bills a droplet from its
+    /// creation to its destruction, powered off or not.
+    billed: chrono::Duration,
     /// Per rate-limit window: (start, requests counted).
     windows: Vec<(Instant, u32)>,
 }
@@ -321,6 +324,20 @@ impl FakeDo {
             .into_iter()
             .filter(|d| d.tags.iter().any(|t| t == tag))
             .collect()
+    }
+
+    /// The droplet time billed so far, in seconds: every droplet from its creation
+    /// to its destruction (or to now), whatever its power state. Volumes aside.
+    pub fn droplet_seconds(&self) -> f64 {
+        let state = self.inner.lock();
+        let now = chrono::Utc::now();
+        let live = state
+            .droplets
+            .values()
+            .fold(chrono::Duration::zero(), |sum, d| {
+                sum + (now - d.created_at)
+            });
+        (state.billed + live).as_seconds_f64()
     }
 
     /// How many droplets carrying `tag` were ever created (deleted ones included).

@@ -244,9 +244,15 @@ impl Inner {
                 .filter(|d| matches(d))
                 .map(|d| d.id)
                 .collect();
-            ids.iter()
+            let gone: Vec<Droplet> = ids
+                .iter()
                 .filter_map(|id| state.droplets.remove(id))
-                .collect()
+                .collect();
+            let now = chrono::Utc::now();
+            for droplet in &gone {
+                state.billed += now - droplet.created_at;
+            }
+            gone
         };
         if one && gone.is_empty() {
             return not_found();

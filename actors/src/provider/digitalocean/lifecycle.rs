@@ -11,6 +11,13 @@ use super::user_data::UserDataSpec;
 use super::{DigitalOceanProvider, environment_tag, explain, failed, parse_ref, volume_name};
 use crate::provider::{Cancel, Machine, MachineSpec, ProviderError};
 
+/// Whether a create's home volume is new to the environment, or its home already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Home {
+    New,
+    Existing,
+}
+
 /// Waiting (polling what exists) may be given up at any moment: nothing is made by
 /// it, and what was made before is tagged, so a delete finds it.
 async fn unless_cancelled<T>(
@@ -24,13 +31,16 @@ async fn unless_cancelled<T>(
 }
 
 impl DigitalOceanProvider {
-    /// Creates the volume and the droplet, each request seen through to its end;
-    /// `cancel` is heeded before each request that would make something, and at
-    /// any moment while waiting for the droplet.
+    /// Creates the volume (unless it exists) and the droplet, each request seen
+    /// through to its end; `cancel` is heeded before each request that would make
+    /// something, and at any moment while waiting for the droplet. `home` says
+    /// whether the volume is new to this environment (a create) or its home
+    /// already (a start), which a refused droplet never takes with it.
     pub(super) async fn create_machine(
         &self,
         spec: &MachineSpec,
         cancel: &Cancel,
+        home: Home,
     ) -> Result<Machine, ProviderError> {
         cancel.check()?;
         let tag = environment_tag(spec.environment_id);
@@ -76,8 +86,9 @@ impl DigitalOceanProvider {
             // The delete that cancelled it removes the volume.
             Err(ProviderError::Cancelled) => return Err(ProviderError::Cancelled),
             Err(e) => {
-                // Refused: the volume made for it would only cost money.
-                if let Ok(None) = self.find_droplet(&tag).await
+                // Refused: a volume made for it would only cost money.
+                if home == Home::New
+                    && let Ok(None) = self.find_droplet(&tag).await
                     && let Err(gone) = self.delete_volume(&volume).await
                 {
                     tracing::warn!(volume, error = %crate::error_chain(&gone), "could not delete the volume of a refused create; deleting the environment removes it");
@@ -103,21 +114,52 @@ impl DigitalOceanProvider {
         .await
     }
 
+    /// Brings a stopped environment's machine up. A stop destroys the droplet and
+    /// keeps the home volume, so this makes a droplet again from the same
+    /// user-data: the same pinned host key, the volume mounted as home (the
+    /// bootstrap does not run again: its lock is on the volume). A droplet that
+    /// still exists (a start interrupted, or one stopped by an earlier version,
+    /// powered off) is powered on instead.
     pub(super) async fn start_machine(
         &self,
         spec: &MachineSpec,
         provider_ref: &str,
     ) -> Result<Machine, ProviderError> {
         let (id, _) = parse_ref(provider_ref)?;
-        let droplet = self.droplet(id).await?;
-        if droplet["status"] == "off" {
-            self.power(id, true).await?;
+        match self.get_droplet(id).await {
+            Ok(droplet) => {
+                if droplet["status"] == "off" {
+                    self.power(id, true).await?;
+                }
+                return self.until_active(id, spec).await;
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(explain("checking on the droplet", e)),
         }
-        self.until_active(id, spec).await
+        // Without its volume it would come up with an empty home: that is not a start.
+        let name = volume_name(spec.environment_id);
+        if self.volumes_named(&name).await?.is_empty() {
+            return Err(ProviderError::Gone(format!(
+                "the environment's home volume {name} no longer exists on DigitalOcean"
+            )));
+        }
+        self.create_machine(spec, &Cancel::never(), Home::Existing)
+            .await
     }
 
+    /// Shuts the droplet down and destroys it: a powered-off droplet is billed in
+    /// full, so a stopped environment keeps only its home volume.
     pub(super) async fn stop_machine(&self, provider_ref: &str) -> Result<(), ProviderError> {
         let (id, _) = parse_ref(provider_ref)?;
+        self.power_down(id).await?;
+        self.destroy_droplet(id)
+            .await
+            .map_err(|e| explain("destroying the stopped droplet", e))
+    }
+
+    /// Shuts the droplet down cleanly, or powers it off if it ignores that; a
+    /// droplet that is off or gone is left as it is.
+    pub(super) async fn power_down(&self, id: u64) -> Result<(), ProviderError> {
         let droplet = match self.get_droplet(id).await {
             Ok(d) => d,
             Err(e) if e.is_not_found() => return Ok(()),

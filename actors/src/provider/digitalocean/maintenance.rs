@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::actions::{Action, Ended};
-use super::{DigitalOceanProvider, failed, parse_ref};
+use super::{DigitalOceanProvider, explain, failed, parse_ref};
 use crate::provider::ProviderError;
 
 impl DigitalOceanProvider {
@@ -20,7 +20,7 @@ impl DigitalOceanProvider {
         }
         // A machine that does not reboot gets the hard way: off, then on.
         tracing::info!(droplet = id, "reboot errored; powering off and on");
-        self.stop_machine(provider_ref).await?;
+        self.power_down(id).await?;
         self.power(id, true).await
     }
 
@@ -30,6 +30,17 @@ impl DigitalOceanProvider {
         name: &str,
     ) -> Result<String, ProviderError> {
         let (id, _) = parse_ref(provider_ref)?;
+        match self.get_droplet(id).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                return Err(ProviderError::ForOwner(
+                    "a stopped environment has no machine to take a snapshot of (a stop keeps \
+                     only its home volume); start it, then take the snapshot"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(explain("checking on the droplet", e)),
+        }
         // A snapshot is not repeated blindly: a second one would be billed.
         let snapshot = Action::billed(
             json!({"type": "snapshot", "name": name}),
@@ -58,14 +69,19 @@ impl DigitalOceanProvider {
         size: &str,
     ) -> Result<(), ProviderError> {
         let (id, _) = parse_ref(provider_ref)?;
-        let droplet = self.droplet(id).await?;
-        if droplet["size_slug"] == size {
-            return Ok(());
-        }
         let sizes = self.sizes().await?;
         let Some(target) = sizes.iter().find(|s| s["slug"] == size) else {
             return Err(failed(format!("DigitalOcean has no size {size}")));
         };
+        let droplet = match self.get_droplet(id).await {
+            Ok(droplet) => droplet,
+            // Stopped: it has no droplet; the next start makes one of the new size.
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(explain("checking on the droplet", e)),
+        };
+        if droplet["size_slug"] == size {
+            return Ok(());
+        }
         // The disk grows with a larger size (for good: it cannot shrink again);
         // otherwise only CPUs and memory change. The home is on its own volume.
         let (target_disk, droplet_disk) = (
@@ -82,7 +98,7 @@ impl DigitalOceanProvider {
         let disk = target_disk > droplet_disk;
         let was_on = droplet["status"] == "active";
         if was_on {
-            self.stop_machine(provider_ref).await?;
+            self.power_down(id).await?;
         }
         let resize = Action::new(
             json!({"type": "resize", "size": size, "disk": disk}),

@@ -237,7 +237,8 @@ impl Provider for DigitalOceanProvider {
     }
 
     async fn create(&self, spec: &MachineSpec, cancel: &Cancel) -> Result<Machine, ProviderError> {
-        self.create_machine(spec, cancel).await
+        self.create_machine(spec, cancel, lifecycle::Home::New)
+            .await
     }
 
     async fn start(
