@@ -76,7 +76,7 @@ async fn full_lifecycle_on_digitalocean() {
         env["billing_note"]
             .as_str()
             .unwrap()
-            .contains("powered off"),
+            .contains("Stopped, only the home volume"),
         "{env}"
     );
     assert_eq!(env["resource_limits"]["cpu"], "1");
@@ -315,7 +315,8 @@ async fn full_lifecycle_on_digitalocean() {
         f.droplets().is_empty() && f.volumes().is_empty()
     })
     .await;
-    assert_eq!(fake.count("droplets_create"), 1);
+    // One droplet made by the create, one by the start after the stop.
+    assert_eq!(fake.count("droplets_create"), 2);
     fake.assert_valid();
 
     // Every call to DigitalOcean is counted, by method and status.

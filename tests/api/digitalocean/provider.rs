@@ -119,9 +119,13 @@ async fn creates_follows_stops_starts_and_deletes_a_droplet() {
     ssh.close().await;
 
     // A machine that ignores `shutdown` is powered off after the timeout, once the
-    // pending shutdown lets it ("Droplet already has a pending event" meanwhile).
+    // pending shutdown lets it ("Droplet already has a pending event" meanwhile);
+    // then the droplet is destroyed, and the stop ends once the volume is free.
     provider.stop(&machine.provider_ref).await.unwrap();
-    assert_eq!(fake.droplets_tagged(&tag)[0].status, DropletStatus::Off);
+    assert!(fake.droplets_tagged(&tag).is_empty());
+    let kept = fake.volumes();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].droplet_ids.is_empty(), "{kept:?}");
     let actions: Vec<u16> = fake
         .exchanges()
         .iter()
@@ -133,21 +137,36 @@ async fn creates_follows_stops_starts_and_deletes_a_droplet() {
     assert_eq!(actions.last(), Some(&201), "{actions:?}");
     provider.stop(&machine.provider_ref).await.unwrap();
 
+    // Starting makes a new droplet with the same host key and home volume.
     let again = provider.start(&spec, &machine.provider_ref).await.unwrap();
-    assert_eq!(again.access, machine.access);
-    assert_eq!(fake.droplets_tagged(&tag)[0].status, DropletStatus::Active);
+    assert_eq!(again.access.host_public_key, machine.access.host_public_key);
+    let droplets = fake.droplets_tagged(&tag);
+    assert_eq!(droplets.len(), 1);
+    assert_eq!(droplets[0].status, DropletStatus::Active);
+    assert_eq!(droplets[0].volume_ids, droplet.volume_ids);
+    assert_eq!(
+        again.provider_ref,
+        format!("{}:{}", droplets[0].id, volumes[0].id)
+    );
     let ssh = SshSession::connect(&again.access, &spec.keys.user_private)
         .await
         .unwrap();
+    let out = ssh
+        .run("ls -a ~/.devpocket", Duration::from_secs(5), 1 << 20)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bootstrap.sh"));
     ssh.close().await;
 
-    // Creating again finds the droplet it made.
+    // Creating (or starting) again finds the droplet it made.
     let same = provider.create(&spec, &Cancel::never()).await.unwrap();
-    assert_eq!(same.provider_ref, machine.provider_ref);
-    assert_eq!(fake.count("droplets_create"), 1);
+    assert_eq!(same.provider_ref, again.provider_ref);
+    let same = provider.start(&spec, &machine.provider_ref).await.unwrap();
+    assert_eq!(same.provider_ref, again.provider_ref);
+    assert_eq!(fake.count("droplets_create"), 2);
 
     provider
-        .delete(spec.environment_id, Some(&machine.provider_ref))
+        .delete(spec.environment_id, Some(&again.provider_ref))
         .await
         .unwrap();
     assert!(fake.droplets().is_empty());

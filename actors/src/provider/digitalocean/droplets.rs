@@ -351,6 +351,45 @@ impl DigitalOceanProvider {
             .collect())
     }
 
+    /// Waits until no droplet holds the volume (a destroyed droplet lets go of it a
+    /// few seconds later), so that a new droplet can have it.
+    pub(super) async fn until_volume_free(&self, volume: &str) -> Result<(), ProviderError> {
+        let deadline = Instant::now() + self.config.create_timeout;
+        loop {
+            let body = match self
+                .client
+                .send(
+                    Method::GET,
+                    &format!("/v2/volumes/{volume}"),
+                    &[],
+                    None,
+                    Repeat::Safe,
+                )
+                .await
+            {
+                Ok(body) => body,
+                Err(e) if e.is_not_found() => {
+                    return Err(ProviderError::Gone(format!(
+                        "the environment's home volume {volume} no longer exists on DigitalOcean"
+                    )));
+                }
+                Err(e) => return Err(explain("checking on the home volume", e)),
+            };
+            let held = body["volume"]["droplet_ids"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty());
+            if !held {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(failed(format!(
+                    "the home volume {volume} is still attached to a droplet; try again in a minute"
+                )));
+            }
+            tokio::time::sleep(self.config.poll_interval).await;
+        }
+    }
+
     /// Deletes the volume once the droplet has let go of it.
     pub(super) async fn delete_volume(&self, volume: &str) -> Result<(), ProviderError> {
         let deadline = Instant::now() + self.config.create_timeout;

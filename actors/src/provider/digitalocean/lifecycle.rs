@@ -126,23 +126,30 @@ impl DigitalOceanProvider {
         provider_ref: &str,
     ) -> Result<Machine, ProviderError> {
         let (id, _) = parse_ref(provider_ref)?;
-        match self.get_droplet(id).await {
-            Ok(droplet) => {
-                if droplet["status"] == "off" {
-                    self.power(id, true).await?;
-                }
-                return self.until_active(id, spec).await;
+        let droplet = match self.get_droplet(id).await {
+            Ok(droplet) => Some(droplet),
+            // Or the one an interrupted start made.
+            Err(e) if e.is_not_found() => {
+                self.find_droplet(&environment_tag(spec.environment_id))
+                    .await?
             }
-            Err(e) if e.is_not_found() => {}
             Err(e) => return Err(explain("checking on the droplet", e)),
+        };
+        if let Some(droplet) = droplet {
+            let id = droplet["id"].as_u64().unwrap_or(id);
+            if droplet["status"] == "off" {
+                self.power(id, true).await?;
+            }
+            return self.until_active(id, spec).await;
         }
         // Without its volume it would come up with an empty home: that is not a start.
         let name = volume_name(spec.environment_id);
-        if self.volumes_named(&name).await?.is_empty() {
+        let Some(volume) = self.volumes_named(&name).await?.into_iter().next() else {
             return Err(ProviderError::Gone(format!(
                 "the environment's home volume {name} no longer exists on DigitalOcean"
             )));
-        }
+        };
+        self.until_volume_free(&volume).await?;
         self.create_machine(spec, &Cancel::never(), Home::Existing)
             .await
     }
@@ -150,11 +157,16 @@ impl DigitalOceanProvider {
     /// Shuts the droplet down and destroys it: a powered-off droplet is billed in
     /// full, so a stopped environment keeps only its home volume.
     pub(super) async fn stop_machine(&self, provider_ref: &str) -> Result<(), ProviderError> {
-        let (id, _) = parse_ref(provider_ref)?;
+        let (id, volume) = parse_ref(provider_ref)?;
         self.power_down(id).await?;
         self.destroy_droplet(id)
             .await
-            .map_err(|e| explain("destroying the stopped droplet", e))
+            .map_err(|e| explain("destroying the stopped droplet", e))?;
+        // Stopped once the volume is free for the next start's droplet.
+        match volume {
+            Some(volume) => self.until_volume_free(&volume).await,
+            None => Ok(()),
+        }
     }
 
     /// Shuts the droplet down cleanly, or powers it off if it ignores that; a
