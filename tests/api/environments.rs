@@ -2,6 +2,7 @@
 //! tail, lifecycle, quotas and isolation.
 
 mod list;
+mod stopping;
 
 use crate::helpers::{TestApp, WsEvent, assert_error, ws_next, ws_until};
 use serde_json::{Value, json};

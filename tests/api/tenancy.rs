@@ -14,16 +14,7 @@ use devpocket_actors::provider::{Cancel, MachineSpec, Provider};
 use serde_json::Value;
 
 use crate::helpers::{TestApp, eventually, shut_down_machines, test_root};
-use crate::helpers::{run, ssh};
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
-/// The isolated mode exists only when the server runs as root (as in CI).
-fn skipped() {
-    eprintln!("skipped: the isolated mode needs the tests to run as root");
-}
+use crate::helpers::{is_root, run, skipped, ssh, until_no_process_of};
 
 /// Files and a directory of root's outside any home, for links to point at.
 struct Victims {
@@ -219,22 +210,6 @@ fn as_tenant(home: &Path, script: &str) {
 
 /// How long a machine's processes and files may take to show what a test waits for.
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// Waits until `uid` has no process left.
-async fn until_no_process_of(uid: u32) {
-    let what = format!("the processes of {uid} to end");
-    eventually(SETTLE, &what, async || {
-        let out = std::process::Command::new("pgrep")
-            .args(["-u", &uid.to_string()])
-            .output()
-            .unwrap();
-        match out.status.code() {
-            Some(1) => Ok(()),
-            _ => Err(String::from_utf8_lossy(&out.stdout).into_owned()),
-        }
-    })
-    .await;
-}
 
 const GROUP: &str = "devpocket-env";
 

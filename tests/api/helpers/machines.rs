@@ -93,3 +93,29 @@ pub async fn run(session: &SshSession, command: &str) -> (u32, String) {
     );
     (out.status.unwrap_or(255), text)
 }
+
+/// The isolated mode (environments as system users of their own) exists only when
+/// the server runs as root (as in CI).
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+pub fn skipped() {
+    eprintln!("skipped: the isolated mode needs the tests to run as root");
+}
+
+/// Waits (bounded: 30 s) until `uid` has no process left.
+pub async fn until_no_process_of(uid: u32) {
+    let what = format!("the processes of {uid} to end");
+    super::eventually(Duration::from_secs(30), &what, async || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-u", &uid.to_string()])
+            .output()
+            .unwrap();
+        match out.status.code() {
+            Some(1) => Ok(()),
+            _ => Err(String::from_utf8_lossy(&out.stdout).into_owned()),
+        }
+    })
+    .await;
+}
