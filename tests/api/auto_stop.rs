@@ -336,6 +336,75 @@ async fn an_environments_own_timeout_is_checked_against_its_plan_and_reads_back(
 }
 
 #[actix_web::test]
+async fn with_two_processes_input_seen_by_either_counts_and_the_owner_stops_it_once() {
+    let owner = TestApp::spawn_with(&IDLE).await;
+    // A second process on the same database (its own data directory and actors).
+    let other = TestApp::spawn_on(test_database().await, Some(&owner.db.url), &IDLE).await;
+    let token = owner.user_token("two_process_user").await;
+    let id = owner.ready_environment(&token, "shared", "ubuntu").await;
+
+    // Typed into a terminal served by the other process: it counts.
+    let mut ws = other
+        .ws(&format!(
+            "/api/v1/ws/terminal/{id}?token={token}&session=elsewhere"
+        ))
+        .await;
+    status(&mut ws, "connected").await;
+    input(&mut ws, "true\r").await;
+    let typed = eventually(Duration::from_secs(30), "the input to count", async || {
+        let now = activity(&owner, &token, &id).await;
+        if now["last_activity"]["session"] == "elsewhere" {
+            Ok(now)
+        } else {
+            Err(now)
+        }
+    })
+    .await;
+    assert_eq!(typed["last_activity"]["kind"], "terminal_input", "{typed}");
+    drop(ws);
+
+    // Both processes check; the one holding the lease stops it, once.
+    let env = owner
+        .wait_for_env(&token, &id, |e| e["phase"] == "stopped")
+        .await;
+    assert_eq!(
+        env["status_message"], "stopped after 20 seconds without activity",
+        "{env}"
+    );
+    let stopped_at = time(&env["stopped_at"]);
+    let idle_from = time(&typed["last_activity_at"]);
+    assert!(
+        stopped_at >= idle_from + chrono::Duration::seconds(20),
+        "{env}"
+    );
+    let mut conn = owner.db.connect().await;
+    let stops = audited_stops(&mut conn).await;
+    assert_eq!(stops, 1);
+}
+
+/// How many idle stops the audit log holds (written in the background: waits for one).
+async fn audited_stops(conn: &mut diesel_async::AsyncPgConnection) -> i64 {
+    use diesel::dsl::count_star;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    diesel::table! { audit_events (id) { id -> Uuid, action -> Text } }
+    eventually(Duration::from_secs(10), "the audit event", async || {
+        let n: i64 = audit_events::table
+            .filter(audit_events::action.eq("environment.auto_stop"))
+            .select(count_star())
+            .get_result(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n > 0 {
+            Ok(n)
+        } else {
+            Err("none yet".to_owned())
+        }
+    })
+    .await
+}
+
+#[actix_web::test]
 async fn a_server_restart_neither_loses_nor_doubles_an_idle_stop() {
     let db = test_database().await;
     let data_dir = test_root().join(format!("idle-restart-{}", uuid::Uuid::new_v4().simple()));
