@@ -59,6 +59,20 @@ async fn activity(app: &TestApp, token: &str, id: &str) -> Value {
     response.json().await.expect("json")
 }
 
+/// Waits until the environment's last activity is input on terminal `session`.
+async fn typed_in(app: &TestApp, token: &str, id: &str, session: &str) -> Value {
+    eventually(Duration::from_secs(30), "the input to count", async || {
+        let now = activity(app, token, id).await;
+        let last = &now["last_activity"];
+        if last["kind"] == "terminal_input" && last["session"] == session {
+            Ok(now)
+        } else {
+            Err(now)
+        }
+    })
+    .await
+}
+
 #[actix_web::test]
 async fn an_idle_environment_is_warned_then_stopped_once_and_input_not_output_keeps_it_up() {
     let app = TestApp::spawn_with(&IDLE).await;
@@ -86,16 +100,7 @@ async fn an_idle_environment_is_warned_then_stopped_once_and_input_not_output_ke
         .await;
     status(&mut ws, "connected").await;
     input(&mut ws, "while :; do echo tick; sleep 1; done\r").await;
-    let typed = eventually(Duration::from_secs(30), "the input to count", async || {
-        let now = activity(&app, &token, &id).await;
-        if now["last_activity"]["kind"] == "terminal_input" {
-            Ok(now)
-        } else {
-            Err(now)
-        }
-    })
-    .await;
-    assert_eq!(typed["last_activity"]["session"], "main", "{typed}");
+    let typed = typed_in(&app, &token, &id, "main").await;
     assert_eq!(
         typed["last_activity"]["client_address"], "127.0.0.1",
         "{typed}"
@@ -351,16 +356,7 @@ async fn with_two_processes_input_seen_by_either_counts_and_the_owner_stops_it_o
         .await;
     status(&mut ws, "connected").await;
     input(&mut ws, "true\r").await;
-    let typed = eventually(Duration::from_secs(30), "the input to count", async || {
-        let now = activity(&owner, &token, &id).await;
-        if now["last_activity"]["session"] == "elsewhere" {
-            Ok(now)
-        } else {
-            Err(now)
-        }
-    })
-    .await;
-    assert_eq!(typed["last_activity"]["kind"], "terminal_input", "{typed}");
+    let typed = typed_in(&owner, &token, &id, "elsewhere").await;
     drop(ws);
 
     // Both processes check; the one holding the lease stops it, once.

@@ -25,7 +25,7 @@ impl Handler<Lifecycle> for EnvironmentActor {
     type Result = AtomicResponse<Self, Result<EnvironmentRecord, EnvError>>;
 
     fn handle(&mut self, Lifecycle(command): Lifecycle, _: &mut Context<Self>) -> Self::Result {
-        self.last_activity = Instant::now();
+        self.last_used = Instant::now();
         let (transition, step) = match plan::plan(command, self.plan_state()) {
             Ok(plan) => plan,
             Err(conflict) => {
@@ -91,7 +91,7 @@ impl Handler<Update> for EnvironmentActor {
     type Result = AtomicResponse<Self, Result<EnvironmentRecord, EnvError>>;
 
     fn handle(&mut self, Update(changes): Update, _: &mut Context<Self>) -> Self::Result {
-        self.last_activity = Instant::now();
+        self.last_used = Instant::now();
         if let Some(column) = self.record.unreadable {
             return AtomicResponse::new(Box::pin(fut::ready(Err(
                 Conflict::Unreadable(column).into()

@@ -72,7 +72,7 @@ impl Handler<WatchState> for EnvironmentActor {
     type Result = MessageResult<WatchState>;
 
     fn handle(&mut self, _: WatchState, ctx: &mut Context<Self>) -> Self::Result {
-        self.last_activity = Instant::now();
+        self.last_used = Instant::now();
         MessageResult(StateWatch {
             link: EnvLink {
                 state: self.state.subscribe(),

@@ -26,7 +26,7 @@ impl Handler<NoteActivity> for EnvironmentActor {
     type Result = ();
 
     fn handle(&mut self, NoteActivity(activity): NoteActivity, ctx: &mut Context<Self>) {
-        self.last_activity = Instant::now();
+        self.last_used = Instant::now();
         self.saw_activity(activity.at);
         let (store, id) = (self.deps.store.clone(), self.record.id);
         ctx.spawn(
@@ -54,7 +54,7 @@ impl Handler<KeepAwake> for EnvironmentActor {
     type Result = AtomicResponse<Self, Result<(), EnvError>>;
 
     fn handle(&mut self, msg: KeepAwake, _: &mut Context<Self>) -> Self::Result {
-        self.last_activity = Instant::now();
+        self.last_used = Instant::now();
         let (status, phase) = (self.record.status, self.record.phase);
         if !(status == Status::Running && phase == Phase::Ready) {
             let conflict = Conflict::NotRunning {
@@ -97,7 +97,7 @@ impl Handler<IdleWarning> for EnvironmentActor {
 
     fn handle(&mut self, msg: IdleWarning, _: &mut Context<Self>) {
         // Kept alive until the stop: it is the one to make it.
-        self.last_activity = Instant::now();
+        self.last_used = Instant::now();
         let stale = self
             .latest_activity
             .is_some_and(|latest| msg.seen.last_activity.is_none_or(|seen| seen < latest));
@@ -121,7 +121,7 @@ impl Handler<AutoStop> for EnvironmentActor {
     type Result = AtomicResponse<Self, Result<bool, EnvError>>;
 
     fn handle(&mut self, msg: AutoStop, _: &mut Context<Self>) -> Self::Result {
-        self.last_activity = Instant::now();
+        self.last_used = Instant::now();
         // Another process owns it: its own check stops it.
         if !self.has_lease || self.operation.is_some() {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(false))));

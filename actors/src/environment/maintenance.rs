@@ -68,7 +68,7 @@ impl Handler<Maintain> for EnvironmentActor {
     type Result = AtomicResponse<Self, Result<EnvironmentRecord, EnvError>>;
 
     fn handle(&mut self, Maintain(request): Maintain, _: &mut Context<Self>) -> Self::Result {
-        self.last_activity = Instant::now();
+        self.last_used = Instant::now();
         let refuse = |conflict: Conflict| -> Self::Result {
             AtomicResponse::new(Box::pin(fut::ready(Err(conflict.into()))))
         };

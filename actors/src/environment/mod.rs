@@ -114,7 +114,8 @@ pub struct EnvironmentActor {
     /// log subscribers then take it from the history).
     stage: Option<Progress>,
     subscribers: Vec<mpsc::Sender<LogEvent>>,
-    last_activity: Instant,
+    /// When the actor last had something to do (it stops after `environment_idle`).
+    last_used: Instant,
     /// The latest activity this actor recorded (see `idle`).
     latest_activity: Option<chrono::DateTime<chrono::Utc>>,
     metrics: Option<(Instant, Metrics)>,
@@ -166,7 +167,7 @@ impl EnvironmentActor {
             install,
             stage: None,
             subscribers: Vec::new(),
-            last_activity: Instant::now(),
+            last_used: Instant::now(),
             latest_activity: None,
             metrics: None,
             metrics_waiters: None,
@@ -300,7 +301,7 @@ impl Actor for EnvironmentActor {
             let idle = act.operation.is_none()
                 && act.subscribers.iter().all(|s| s.is_closed())
                 && act.state.receiver_count() == 0
-                && act.last_activity.elapsed() >= act.deps.settings.environment_idle;
+                && act.last_used.elapsed() >= act.deps.settings.environment_idle;
             if idle {
                 ctx.stop();
             }

@@ -33,7 +33,7 @@ impl Handler<SubscribeLogs> for EnvironmentActor {
     type Result = MessageResult<SubscribeLogs>;
 
     fn handle(&mut self, msg: SubscribeLogs, _: &mut Context<Self>) -> Self::Result {
-        self.last_activity = Instant::now();
+        self.last_used = Instant::now();
         self.subscribers.push(msg.tx);
         self.registration.stats.set_clients(self.subscribers.len());
         tracing::debug!(environment_id = %self.record.id, subscribers = self.subscribers.len(), "log subscriber added");
@@ -57,7 +57,7 @@ impl Handler<GetMetrics> for EnvironmentActor {
     type Result = ResponseFuture<Result<Metrics, EnvError>>;
 
     fn handle(&mut self, _: GetMetrics, ctx: &mut Context<Self>) -> Self::Result {
-        self.last_activity = Instant::now();
+        self.last_used = Instant::now();
         let ready = self.record.status == Status::Running && self.record.phase == Phase::Ready;
         if let Some((at, m)) = &self.metrics
             && at.elapsed() < METRICS_TTL
