@@ -142,10 +142,11 @@ pub struct ActivityResponse {
     pub stop_at: Option<DateTime<Utc>>,
     /// When its terminals are warned of that stop.
     pub warning_at: Option<DateTime<Utc>>,
-    /// The end of the keep-awake in force, if any.
+    /// The end of the keep-awake in force, if any (while it runs).
     pub kept_awake_until: Option<DateTime<Utc>>,
     /// What holds it up right now, whatever the activity: `keep_awake` while a
-    /// keep-awake lasts, `no_idle_timeout` when it has none. Empty: only activity.
+    /// keep-awake lasts, `no_idle_timeout` when it has none. Empty: only activity
+    /// (or it is not running).
     #[schema(example = json!(["keep_awake"]))]
     pub held_awake_by: Vec<&'static str>,
     /// The activity rule.
@@ -166,12 +167,13 @@ pub struct LastActivity {
 impl ActivityResponse {
     pub fn new(settings: &AutoStopSettings, env: Weighed, now: DateTime<Utc>) -> Self {
         let plan = schedule(settings, &env);
-        let kept_awake_until = env.awake_until.filter(|until| *until > now);
+        let running = env.is_running();
+        let kept_awake_until = env.awake_until.filter(|until| running && *until > now);
         let mut held_awake_by = Vec::new();
         if kept_awake_until.is_some() {
             held_awake_by.push("keep_awake");
         }
-        if plan.timeout.is_none() {
+        if running && plan.timeout.is_none() {
             held_awake_by.push("no_idle_timeout");
         }
         Self {

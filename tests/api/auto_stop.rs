@@ -317,8 +317,12 @@ async fn an_environments_own_timeout_is_checked_against_its_plan_and_reads_back(
     assert_eq!(never.status(), 201);
     let never: Value = never.json().await.unwrap();
     assert_eq!(never["auto_stop_minutes"], 0, "{never}");
-    let held = activity(&app, &admin, never["id"].as_str().unwrap()).await;
+    let forever = never["id"].as_str().unwrap();
+    app.wait_for_env(&admin, forever, |e| e["phase"] == "ready")
+        .await;
+    let held = activity(&app, &admin, forever).await;
     assert!(held["idle_timeout_seconds"].is_null(), "{held}");
+    assert!(held["stop_at"].is_null(), "{held}");
     assert_eq!(held["held_awake_by"], json!(["no_idle_timeout"]), "{held}");
 
     let info: Value = app.get("/api/v1/info").await.json().await.unwrap();
