@@ -38,6 +38,15 @@ const PRIVATE_DIRS: [(&str, &str); 4] = [
     ("lock", "/run/lock"),
 ];
 
+/// The shared temporary directory `path` lies under, if any: a machine's files
+/// there would be hidden by its private copy of that directory.
+pub(super) fn under_private_dir(path: &Path) -> Option<&'static str> {
+    PRIVATE_DIRS
+        .iter()
+        .map(|(_, shared)| *shared)
+        .find(|shared| path.starts_with(shared))
+}
+
 /// Starts a machine's sshd in a mount namespace of its own: the private
 /// directories (opened before anything is mounted, as they may lie under `/tmp`
 /// themselves) over the shared ones, and the home over itself, all `nosuid,nodev`.
@@ -315,4 +324,25 @@ pub(super) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), 
     file.write_all(contents)
         .map_err(|e| failed(&format!("writing {}", path.display()), e))?;
     fs::rename(&tmp, path).map_err(|e| failed(&format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::under_private_dir;
+
+    #[test]
+    fn a_data_directory_under_a_shared_temporary_directory_is_named() {
+        assert_eq!(
+            under_private_dir(Path::new("/tmp/clone/.devpocket")),
+            Some("/tmp")
+        );
+        assert_eq!(under_private_dir(Path::new("/dev/shm/x")), Some("/dev/shm"));
+        assert_eq!(under_private_dir(Path::new("/tmpfoo/x")), None);
+        assert_eq!(
+            under_private_dir(Path::new("/root/devpocket/.devpocket")),
+            None
+        );
+    }
 }

@@ -86,10 +86,19 @@ impl LocalProvider {
         let root = root
             .canonicalize()
             .map_err(|e| failed("resolving the environments directory", e))?;
+        let as_root = Uid::effective().is_root();
+        if as_root && let Some(shared) = machine::under_private_dir(&root) {
+            return Err(ProviderError::Setup(format!(
+                "the data directory's environments ({}) are under {shared}, which every \
+                 local machine gets a private copy of: its files would vanish from its own \
+                 view. Set DEVPOCKET_DATA_DIR (or clone the repository) elsewhere",
+                root.display()
+            )));
+        }
         ensure_dir(&root, 0o711, None)?;
         Ok(Self {
             root,
-            as_root: Uid::effective().is_root(),
+            as_root,
             group,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             installing: Arc::default(),
