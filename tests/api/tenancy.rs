@@ -189,15 +189,16 @@ async fn links_planted_in_a_home_are_not_followed_when_the_machine_starts() {
     victims.assert_untouched();
 }
 
-/// Runs `script` with the ids of the owner of `home`, as that user's own shell
-/// would (the test's stand-in for a terminal while the machine is down).
+/// Runs `script` with the ids and groups of the owner of `home`, as that user's
+/// own shell would (the test's stand-in for a terminal while the machine is down;
+/// its groups reach a home under root's private directory, as the machine's do).
 fn as_tenant(home: &Path, script: &str) {
     let meta = std::fs::metadata(home).unwrap();
     assert!(is_root());
     let out = std::process::Command::new("setpriv")
         .arg(format!("--reuid={}", meta.uid()))
         .arg(format!("--regid={}", meta.gid()))
-        .args(["--clear-groups", "--", "/bin/sh", "-c", script])
+        .args(["--init-groups", "--", "/bin/sh", "-c", script])
         .env("HOME", home)
         .output()
         .unwrap();

@@ -24,6 +24,9 @@ use std::time::Duration;
 
 use devpocket_testkit::poll_blocking;
 
+/// Where a droplet sees its `cloud` directory (in its own `/etc`).
+const CLOUD: &str = "/etc/devpocket-fake-cloud";
+
 /// Loopback host numbers in use by fake droplets of this process.
 static ADDRESSES: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 
@@ -146,7 +149,7 @@ impl MachineSpec {
                  Port 22\n\
                  ListenAddress {ip}\n\
                  HostKey {machine}/ssh_host_ed25519_key\n\
-                 AuthorizedKeysFile {cloud}/authorized_keys\n\
+                 AuthorizedKeysFile {CLOUD}/authorized_keys\n\
                  PidFile {machine}/sshd.pid\n\
                  AllowUsers {user}\n\
                  PubkeyAuthentication yes\n\
@@ -163,7 +166,6 @@ impl MachineSpec {
                  LogLevel ERROR\n",
                 ip = self.ip,
                 machine = machine.display(),
-                cloud = cloud.display(),
                 user = self.user,
             ),
             0o600,
@@ -204,7 +206,7 @@ impl MachineSpec {
              \x20 [ \"$wait\" = yes ] || {{ echo 'status: running'; exit 0; }}\n\
              \x20 sleep 0.1\n\
              done\n",
-            status = quote(&self.cloud().join("status").display().to_string()),
+            status = quote(&format!("{CLOUD}/status")),
         )
     }
 
@@ -234,6 +236,13 @@ impl MachineSpec {
         s.push_str(&format!(
             "mount -t overlay overlay -o {} /etc || exit 1\n",
             quote(&overlay)
+        ));
+        // What the droplet's user reads of the fake (its keys, cloud-init's status),
+        // at a path of the droplet's own: the test's directories may lie where the
+        // user cannot go (a checkout in root's private home).
+        s.push_str(&format!(
+            "mkdir -p {CLOUD} && mount --bind {} {CLOUD} || exit 1\n",
+            d("cloud")
         ));
         for (dir, point) in &self.mounts {
             s.push_str(&format!(
