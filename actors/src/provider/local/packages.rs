@@ -184,7 +184,10 @@ mod tests {
 
     #[test]
     fn an_unprivileged_create_fails_before_making_anything() {
-        let root = std::env::temp_dir().join(format!("dp-unprivileged-{}", uuid::Uuid::new_v4()));
+        // Not under /tmp: as root, the provider refuses machines there.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/tmp")
+            .join(format!("dp-unprivileged-{}", uuid::Uuid::new_v4()));
         let mut provider = super::super::LocalProvider::new(root.clone(), None).unwrap();
         // As if the server were not root (the tests run as root in CI).
         provider.as_root = false;
