@@ -19,7 +19,7 @@ const KINDS: [(ActivityKind, &str); 3] = [
     (ActivityKind::KeepAwake, "keep_awake"),
 ];
 
-pub fn kind_name(kind: ActivityKind) -> &'static str {
+fn kind_name(kind: ActivityKind) -> &'static str {
     KINDS
         .iter()
         .find(|(k, _)| *k == kind)
@@ -110,12 +110,6 @@ pub struct Weighed {
 impl Weighed {
     pub fn is_running(&self) -> bool {
         self.status == Status::Running.as_str() && self.phase == Phase::Ready.as_str()
-    }
-
-    /// What the last activity was, as recorded.
-    pub fn kind(&self) -> Option<ActivityKind> {
-        let name = self.kind.as_deref()?;
-        KINDS.iter().find(|(_, n)| *n == name).map(|(k, _)| *k)
     }
 }
 
