@@ -228,6 +228,7 @@ async fn check(state: &AppState) {
     };
     let settings = &state.settings.auto_stop;
     let now = Utc::now();
+    let soon = chrono::Duration::from_std(settings.check_every).unwrap_or_default();
     for env in running {
         let plan = schedule(settings, &env);
         let (Some(stop_at), Some(warning_at)) = (plan.stop_at, plan.warning_at) else {
@@ -235,7 +236,6 @@ async fn check(state: &AppState) {
         };
         // The owner of an environment whose stop is near is started (it takes the
         // lease) before the stop is due.
-        let soon = chrono::Duration::from_std(settings.check_every).unwrap_or_default();
         if now + soon < warning_at.min(stop_at) {
             continue;
         }

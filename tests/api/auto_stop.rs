@@ -447,27 +447,7 @@ async fn a_server_restart_neither_loses_nor_doubles_an_idle_stop() {
         "{stopped}"
     );
     let mut conn = db.connect().await;
-    let stops: i64 = {
-        use diesel::dsl::count_star;
-        use diesel::prelude::*;
-        use diesel_async::RunQueryDsl;
-        diesel::table! { audit_events (id) { id -> Uuid, action -> Text } }
-        eventually(Duration::from_secs(10), "the audit event", async || {
-            let n: i64 = audit_events::table
-                .filter(audit_events::action.eq("environment.auto_stop"))
-                .select(count_star())
-                .get_result(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            if n > 0 {
-                Ok(n)
-            } else {
-                Err("none yet".to_owned())
-            }
-        })
-        .await
-    };
-    assert_eq!(stops, 1);
+    assert_eq!(audited_stops(&mut conn).await, 1);
     server.stop().unwrap();
     shut_down_machines(&data_dir);
 }
