@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::deps::Deps;
 use crate::model::{MachineAccess, MachineKeys};
-use crate::ssh::{SshError, SshSession};
+use crate::ssh::{self, OnceError, SshError};
 
 /// The most a sample may print: a few KiB normally (`/proc/net/dev` grows by a
 /// line per interface).
@@ -138,15 +138,15 @@ pub async fn sample(
     machine: MachineAccess,
     keys: MachineKeys,
 ) -> Result<Metrics, MetricsError> {
-    let session = SshSession::connect(&machine, &keys.user_private).await;
-    deps.ssh_connect("metrics", session.is_ok());
-    let session = session.map_err(|e| MetricsError::Unreachable(Arc::new(e)))?;
-    let out = session
-        .run(COMMAND, TIMEOUT, MAX_BYTES)
-        .await
-        .map_err(|e| MetricsError::Measuring(Arc::new(e)));
-    session.close().await;
-    parse(&String::from_utf8_lossy(&out?.stdout)).ok_or(MetricsError::Unreadable)
+    let out = ssh::run_once(
+        &deps, "metrics", &machine, &keys, COMMAND, TIMEOUT, MAX_BYTES,
+    )
+    .await
+    .map_err(|e| match e {
+        OnceError::Unreachable(e) => MetricsError::Unreachable(Arc::new(e)),
+        OnceError::Failed(e) => MetricsError::Measuring(Arc::new(e)),
+    })?;
+    parse(&String::from_utf8_lossy(&out.stdout)).ok_or(MetricsError::Unreadable)
 }
 
 #[cfg(test)]

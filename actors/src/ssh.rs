@@ -14,6 +14,7 @@ use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicK
 use russh::{ChannelMsg, Disconnect};
 use tokio::net::TcpStream;
 
+use crate::deps::Deps;
 use crate::model::{MachineAccess, MachineKeys};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,6 +111,34 @@ pub fn generate_machine_keys(environment: &str) -> Result<MachineKeys, SshError>
 /// An authenticated SSH connection to one machine.
 pub struct SshSession {
     handle: Handle<PinnedHost>,
+}
+
+/// Why a one-off command ([`run_once`]) gave no output.
+#[derive(Debug, thiserror::Error)]
+pub enum OnceError {
+    #[error("the machine cannot be reached")]
+    Unreachable(#[source] SshError),
+    #[error("the command on the machine failed")]
+    Failed(#[source] SshError),
+}
+
+/// Runs one of the server's commands on the machine on a connection of its own
+/// (counted as `purpose`), bounded as [`SshSession::run`], then disconnects.
+pub async fn run_once(
+    deps: &Deps,
+    purpose: &'static str,
+    machine: &MachineAccess,
+    keys: &MachineKeys,
+    command: &str,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<ExecOutput, OnceError> {
+    let session = SshSession::connect(machine, &keys.user_private).await;
+    deps.ssh_connect(purpose, session.is_ok());
+    let session = session.map_err(OnceError::Unreachable)?;
+    let out = session.run(command, timeout, max_bytes).await;
+    session.close().await;
+    out.map_err(OnceError::Failed)
 }
 
 /// What an exec channel produced.
