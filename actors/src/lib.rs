@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod logs;
 pub mod metrics;
 pub mod model;
+pub mod outside_ssh;
 pub mod provider;
 pub mod registry;
 pub mod ssh;

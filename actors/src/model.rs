@@ -230,6 +230,9 @@ pub enum ActivityKind {
     TerminalInput,
     /// An explicit keep-awake call.
     KeepAwake,
+    /// An SSH session into the machine from outside DevPocket, seen open (where
+    /// its provider lets users in: `Provider::admits_outside_ssh`).
+    SshSession,
 }
 
 /// One piece of activity: what, when, and where from.

@@ -13,17 +13,14 @@ use super::environments::Stamped;
 use super::schema::{environment_activity, environments, users};
 use crate::plans::Plan;
 
-const KINDS: [(ActivityKind, &str); 3] = [
-    (ActivityKind::Started, "started"),
-    (ActivityKind::TerminalInput, "terminal_input"),
-    (ActivityKind::KeepAwake, "keep_awake"),
-];
-
+/// The name stored (and served by `GET …/activity`) for a kind of activity.
 fn kind_name(kind: ActivityKind) -> &'static str {
-    KINDS
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map_or("started", |(_, name)| name)
+    match kind {
+        ActivityKind::Started => "started",
+        ActivityKind::TerminalInput => "terminal_input",
+        ActivityKind::KeepAwake => "keep_awake",
+        ActivityKind::SshSession => "ssh_session",
+    }
 }
 
 /// Records `activity` as the environment's last, unless a later one is recorded

@@ -26,6 +26,8 @@ use crate::startup::AppState;
 /// The rule, in the words the README and `GET /api/v1/info` use.
 pub const RULE: &str = "An environment that is running counts as active while someone uses it: \
 input on any of its terminals (keystrokes and pastes; not resizes, pings or reconnects), \
+an SSH session into its machine from outside DevPocket (on DigitalOcean: a connection to the \
+droplet's SSH port from any address but the server's, seen open before the warning or the stop), \
 a keep-awake call, and its start. Output alone (a build printing, a tail -f) is not activity. \
 After its idle timeout without activity it is stopped, as if its owner had stopped it; \
 its open terminals are warned first (a status frame idle_warning with the stop time), \
@@ -155,12 +157,13 @@ pub struct ActivityResponse {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LastActivity {
-    /// `started`, `terminal_input` or `keep_awake`.
+    /// `started`, `terminal_input`, `ssh_session` or `keep_awake`.
     #[schema(example = "terminal_input")]
     pub kind: String,
     /// The terminal session, for `terminal_input`.
     pub session: Option<String>,
-    /// The client's address, for `terminal_input` and `keep_awake`.
+    /// The client's address, for `terminal_input` and `keep_awake`; for
+    /// `ssh_session`, the address the session comes from.
     pub client_address: Option<String>,
 }
 

@@ -6,6 +6,7 @@ mod delete_during_create;
 mod fake;
 mod faults;
 pub mod lifecycle;
+mod outside_ssh;
 mod provider;
 mod reconcile;
 mod restart;

@@ -118,6 +118,8 @@ pub struct EnvironmentActor {
     last_used: Instant,
     /// The latest activity this actor recorded (see `idle`).
     latest_activity: Option<chrono::DateTime<chrono::Utc>>,
+    /// While it looks for SSH sessions from outside before an idle warning.
+    looking_outside: bool,
     metrics: Option<(Instant, Metrics)>,
     /// While a metrics sample is being taken: who waits for it.
     metrics_waiters: Option<MetricsWaiters>,
@@ -169,6 +171,7 @@ impl EnvironmentActor {
             subscribers: Vec::new(),
             last_used: Instant::now(),
             latest_activity: None,
+            looking_outside: false,
             metrics: None,
             metrics_waiters: None,
             has_lease: false,

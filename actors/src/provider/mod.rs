@@ -186,6 +186,12 @@ pub trait Provider: Send + Sync + 'static {
         provider_ref: Option<&str>,
     ) -> Result<(), ProviderError>;
 
+    /// Whether users can SSH into its machines other than through DevPocket, with
+    /// keys of their own: such sessions are activity for the idle auto-stop.
+    fn admits_outside_ssh(&self) -> bool {
+        false
+    }
+
     /// Whether this provider can take snapshots and resize machines.
     fn supports(&self, _operation: Maintenance) -> bool {
         false

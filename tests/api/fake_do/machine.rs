@@ -5,8 +5,10 @@
 //! over `/etc/passwd` is detached from the namespace as soon as the host replaces
 //! its own `/etc/passwd`, as every `useradd` of a local environment does). So, as
 //! on a real droplet, the droplet's user (its own uid) logs in with the key from
-//! the user-data, the host key is the pre-seeded one, an attached volume is
-//! mounted where cloud-config `mounts` says (and, fresh, belongs to root), the
+//! the user-data or one they add to `~/.ssh/authorized_keys` (from any address:
+//! droplets share the host's network), the host key is the pre-seeded one, an
+//! attached volume is mounted where cloud-config `mounts` says (and, fresh,
+//! belongs to root), the
 //! user-data's shell parts run as root at first boot with their output in
 //! `/var/log/cloud-init-output.log`, and `cloud-init status --wait` reports how
 //! they ended. Needs root (mount namespaces, port 22).
@@ -149,7 +151,7 @@ impl MachineSpec {
                  Port 22\n\
                  ListenAddress {ip}\n\
                  HostKey {machine}/ssh_host_ed25519_key\n\
-                 AuthorizedKeysFile {CLOUD}/authorized_keys\n\
+                 AuthorizedKeysFile {CLOUD}/authorized_keys .ssh/authorized_keys\n\
                  PidFile {machine}/sshd.pid\n\
                  AllowUsers {user}\n\
                  PubkeyAuthentication yes\n\

@@ -261,6 +261,12 @@ impl Provider for DigitalOceanProvider {
         self.delete_machine(environment_id, provider_ref).await
     }
 
+    /// A droplet's sshd is on its public address, and its user may add keys of
+    /// their own to `~/.ssh/authorized_keys`.
+    fn admits_outside_ssh(&self) -> bool {
+        true
+    }
+
     fn supports(&self, _operation: Maintenance) -> bool {
         true
     }
