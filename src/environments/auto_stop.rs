@@ -232,6 +232,9 @@ async fn check(state: &AppState) {
     let settings = &state.settings.auto_stop;
     let now = Utc::now();
     let soon = chrono::Duration::from_std(settings.check_every).unwrap_or_default();
+    // The stops of a pass are asked for together: one may wait for its machine
+    // (to look for SSH sessions from outside), and must not hold up the others.
+    let mut stops = Vec::new();
     for env in running {
         let plan = schedule(settings, &env);
         let (Some(stop_at), Some(warning_at)) = (plan.stop_at, plan.warning_at) else {
@@ -265,17 +268,20 @@ async fn check(state: &AppState) {
             seen,
             because: because.clone(),
         };
-        match actor.send(stop).await {
-            Ok(Ok(true)) => stopped(state, &env, plan, because),
-            Ok(Ok(false)) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(environment_id = %env.id, error = %devpocket_actors::error_chain(&err), "an idle stop failed; the next check tries again");
+        stops.push(async move {
+            match actor.send(stop).await {
+                Ok(Ok(true)) => stopped(state, &env, plan, because),
+                Ok(Ok(false)) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(environment_id = %env.id, error = %devpocket_actors::error_chain(&err), "an idle stop failed; the next check tries again");
+                }
+                Err(err) => {
+                    tracing::warn!(environment_id = %env.id, error = %err, "an environment's controller did not answer the idle check");
+                }
             }
-            Err(err) => {
-                tracing::warn!(environment_id = %env.id, error = %err, "an environment's controller did not answer the idle check");
-            }
-        }
+        });
     }
+    futures_util::future::join_all(stops).await;
 }
 
 /// An idle stop was made: audited with the rule that fired, and counted.
