@@ -145,6 +145,7 @@ async fn start_actors(
             linger: settings.terminal.linger,
             ..TerminalSettings::default()
         },
+        servers: settings.servers.actors.clone(),
         gauges: Gauges::default(),
         inspector: Inspector::new(&*metrics.recorder()),
         recorder: metrics.recorder(),

@@ -60,6 +60,8 @@ pub struct Deps {
     pub owner: Uuid,
     pub settings: ActorSettings,
     pub terminal: crate::terminal::TerminalSettings,
+    /// Users' own servers.
+    pub servers: crate::server::ServerSettings,
     pub gauges: Gauges,
     /// Every live actor, for the admin API and the actor gauges.
     pub inspector: Arc<Inspector>,

@@ -21,15 +21,18 @@ pub enum Kind {
     UserSupervisor,
     Environment,
     Terminal,
+    /// A server a user registered (their own SSH host).
+    Server,
     #[serde(rename = "websocket")]
     WebSocket,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::UserSupervisor,
         Kind::Environment,
         Kind::Terminal,
+        Kind::Server,
         Kind::WebSocket,
     ];
 
@@ -38,6 +41,7 @@ impl Kind {
             Kind::UserSupervisor => "user_supervisor",
             Kind::Environment => "environment",
             Kind::Terminal => "terminal",
+            Kind::Server => "server",
             Kind::WebSocket => "websocket",
         }
     }
@@ -48,7 +52,7 @@ impl Kind {
 pub struct ActorStats {
     pub kind: Kind,
     /// Stable within the tree: `user:<uuid>`, `environment:<uuid>`,
-    /// `terminal:<uuid>:<mode>:<session>`, `websocket:<n>`.
+    /// `terminal:<uuid>:<mode>:<session>`, `server:<uuid>`, `websocket:<n>`.
     pub id: String,
     /// Where the node hangs in the tree: the first of these that is alive (a
     /// terminal's environment actor may have gone idle while its supervisor lives).

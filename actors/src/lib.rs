@@ -14,6 +14,7 @@ pub mod model;
 pub mod outside_ssh;
 pub mod provider;
 pub mod registry;
+pub mod server;
 pub mod ssh;
 pub mod store;
 pub mod supervisor;

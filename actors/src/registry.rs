@@ -183,6 +183,22 @@ impl ActorSystem {
             .map_err(EnvError::from)
     }
 
+    /// The actor of `user_id`'s server `id` (the caller has checked ownership).
+    pub async fn server(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+    ) -> Result<Handle<crate::server::ServerActor>, MailboxError> {
+        let supervisor = self.registry.send(SupervisorFor { user_id }).await?;
+        supervisor.send(crate::supervisor::GetServer { id }).await
+    }
+
+    /// Stops the actor of `user_id`'s deleted server `id`, if it runs.
+    pub async fn forget_server(&self, user_id: Uuid, id: Uuid) -> Result<(), MailboxError> {
+        let supervisor = self.registry.send(SupervisorFor { user_id }).await?;
+        supervisor.send(crate::supervisor::ForgetServer { id }).await
+    }
+
     pub async fn resume_all(&self) -> Result<usize, EnvError> {
         self.registry
             .send(ResumeAll)

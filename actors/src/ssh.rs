@@ -38,6 +38,8 @@ pub enum SshError {
         "the machine's SSH host key does not match the pinned one (presented {presented}, expected {expected}): refusing to connect"
     )]
     HostKeyMismatch { presented: String, expected: String },
+    #[error("no SSH server answered at {0}")]
+    NoHostKey(String),
     #[error("the SSH handshake or authentication timed out")]
     HandshakeTimeout,
     #[error("the machine refused our SSH key for user {0}")]
@@ -75,6 +77,67 @@ impl client::Handler for PinnedHost {
             })
         }
     }
+}
+
+/// Takes note of the host key a server presents, and goes no further.
+struct FirstContact {
+    presented: Arc<std::sync::Mutex<Option<PublicKey>>>,
+}
+
+impl client::Handler for FirstContact {
+    type Error = SshError;
+
+    async fn check_server_key(
+        &mut self,
+        server: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        if let Ok(mut presented) = self.presented.lock() {
+            *presented = Some(server.public_key().clone());
+        }
+        Ok(false)
+    }
+}
+
+/// The host key the SSH server at `host:port` presents (`ssh-ed25519 AAAA…`), for
+/// its owner to confirm by its fingerprint before it is trusted: the connection
+/// ends at the key exchange, nothing is authenticated.
+pub async fn presented_host_key(
+    host: &str,
+    port: u16,
+    connect_timeout: Duration,
+    auth_timeout: Duration,
+) -> Result<String, SshError> {
+    let addr = format!("{host}:{port}");
+    let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| SshError::ConnectTimeout(addr.clone()))?
+        .map_err(|source| SshError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+    let presented = Arc::new(std::sync::Mutex::new(None));
+    let handler = FirstContact {
+        presented: presented.clone(),
+    };
+    let config = Arc::new(client::Config::default());
+    let exchange = client::connect_stream(config, tcp, handler);
+    // Refusing the key ends the exchange with an error: the key is what we came for.
+    let _ = tokio::time::timeout(auth_timeout, exchange)
+        .await
+        .map_err(|_| SshError::HandshakeTimeout)?;
+    let key = presented
+        .lock()
+        .ok()
+        .and_then(|mut k| k.take())
+        .ok_or(SshError::NoHostKey(addr))?;
+    key.to_openssh().map_err(|e| SshError::Key(e.to_string()))
+}
+
+/// `SHA256:…`, as `ssh-keygen -lf` and `ssh` print a key's fingerprint.
+pub fn fingerprint(public_key: &str) -> Result<String, SshError> {
+    let key = PublicKey::from_openssh(public_key.trim())
+        .map_err(|e| SshError::Key(format!("public key: {e}")))?;
+    Ok(key.fingerprint(HashAlg::Sha256).to_string())
 }
 
 /// Generates an ed25519 key pair: (private key in OpenSSH PEM, `ssh-ed25519 …` line).
@@ -151,12 +214,24 @@ pub struct ExecOutput {
 
 impl SshSession {
     pub async fn connect(machine: &MachineAccess, private_key: &str) -> Result<Self, SshError> {
+        Self::connect_within(machine, private_key, CONNECT_TIMEOUT, AUTH_TIMEOUT).await
+    }
+
+    /// [`Self::connect`] with timeouts of the caller's: for the TCP connection, and
+    /// for the handshake and authentication.
+    pub async fn connect_within(
+        machine: &MachineAccess,
+        private_key: &str,
+        connect_timeout: Duration,
+        auth_timeout: Duration,
+    ) -> Result<Self, SshError> {
         let expected = PublicKey::from_openssh(machine.host_public_key.trim())
             .map_err(|e| SshError::Key(format!("pinned host key: {e}")))?;
         let key = PrivateKey::from_openssh(private_key)
             .map_err(|e| SshError::Key(format!("client key: {e}")))?;
+        let rsa = matches!(key.algorithm(), russh::keys::Algorithm::Rsa { .. });
         let addr = format!("{}:{}", machine.host, machine.port);
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(&addr))
             .await
             .map_err(|_| SshError::ConnectTimeout(addr.clone()))?
             .map_err(|source| SshError::Connect {
@@ -177,18 +252,22 @@ impl SshSession {
         let user = machine.user.clone();
         let handshake = async move {
             let mut handle = client::connect_stream(config, tcp, PinnedHost { expected }).await?;
+            // An RSA key signs with the best hash the server takes (OpenSSH
+            // refuses SHA-1 signatures).
+            let hash = if rsa {
+                handle.best_supported_rsa_hash().await?.flatten()
+            } else {
+                None
+            };
             let auth = handle
-                .authenticate_publickey(
-                    user.clone(),
-                    PrivateKeyWithHashAlg::new(Arc::new(key), None),
-                )
+                .authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(Arc::new(key), hash))
                 .await?;
             if !auth.success() {
                 return Err(SshError::AuthRejected(user));
             }
             Ok(handle)
         };
-        let handle = tokio::time::timeout(AUTH_TIMEOUT, handshake)
+        let handle = tokio::time::timeout(auth_timeout, handshake)
             .await
             .map_err(|_| SshError::HandshakeTimeout)??;
         Ok(Self { handle })

@@ -16,6 +16,7 @@ use crate::environment::{EnvError, EnvLink, EnvironmentActor};
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
 use crate::model::{EnvironmentRecord, NewEnvironment, Transition};
 use crate::registry::{Registry, SupervisorStopped};
+use crate::server::ServerActor;
 use crate::terminal::{SessionMode, TerminalActor};
 
 pub struct UserSupervisor {
@@ -26,6 +27,7 @@ pub struct UserSupervisor {
     /// Consecutive crashes per child.
     crashes: HashMap<Uuid, u32>,
     terminals: HashMap<(Uuid, String, SessionMode), Handle<TerminalActor>>,
+    servers: HashMap<Uuid, Handle<ServerActor>>,
     last_activity: Instant,
     registration: Registration,
 }
@@ -44,6 +46,7 @@ impl UserSupervisor {
             children: HashMap::new(),
             crashes: HashMap::new(),
             terminals: HashMap::new(),
+            servers: HashMap::new(),
             last_activity: Instant::now(),
         }
     }
@@ -81,7 +84,9 @@ impl Actor for UserSupervisor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let every = (self.deps.settings.supervisor_idle / 4).max(Duration::from_millis(100));
         ctx.run_interval(every, |act, ctx| {
+            act.servers.retain(|_, s| s.connected());
             if act.children.is_empty()
+                && act.servers.is_empty()
                 && act.last_activity.elapsed() >= act.deps.settings.supervisor_idle
             {
                 ctx.stop();
@@ -279,5 +284,45 @@ impl Handler<GetTerminal> for UserSupervisor {
         );
         self.terminals.insert(key, handle.clone());
         MessageResult(handle)
+    }
+}
+
+/// The actor of one of this user's servers, started if it is not running. The
+/// caller has checked that the server is theirs.
+#[derive(Message)]
+#[rtype(result = "Handle<ServerActor>")]
+pub struct GetServer {
+    pub id: Uuid,
+}
+
+impl Handler<GetServer> for UserSupervisor {
+    type Result = MessageResult<GetServer>;
+
+    fn handle(&mut self, msg: GetServer, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        if let Some(handle) = self.servers.get(&msg.id).filter(|a| a.connected()) {
+            return MessageResult(handle.clone());
+        }
+        let handle = Handle::start(ServerActor::new(self.deps.clone(), self.user_id, msg.id));
+        self.servers.insert(msg.id, handle.clone());
+        MessageResult(handle)
+    }
+}
+
+/// Stops the actor of one of this user's servers (it was deleted), closing its
+/// connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForgetServer {
+    pub id: Uuid,
+}
+
+impl Handler<ForgetServer> for UserSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForgetServer, _: &mut Context<Self>) {
+        if let Some(handle) = self.servers.remove(&msg.id) {
+            handle.addr.do_send(crate::server::Forget);
+        }
     }
 }

@@ -455,6 +455,7 @@ impl Harness {
             owner: Uuid::new_v4(),
             settings: settings(),
             terminal: Default::default(),
+            servers: Default::default(),
             gauges: Gauges::default(),
             inspector: devpocket_actors::inspect::Inspector::new(&metrics::NoopRecorder),
             recorder: Arc::new(metrics::NoopRecorder),

@@ -84,20 +84,7 @@ impl DigitalOceanSettings {
             reconcile_interval: source
                 .duration("DO_RECONCILE_INTERVAL", Duration::from_secs(10 * 60))?,
             orphan_grace: source.duration("DO_ORPHAN_GRACE", Duration::from_secs(3600))?,
-            destroy_orphans: match source
-                .get("DO_DESTROY_ORPHANS")
-                .map(str::to_ascii_lowercase)
-            {
-                None => false,
-                Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => true,
-                Some(v) if matches!(v.as_str(), "false" | "0" | "no") => false,
-                Some(v) => {
-                    return Err(invalid(
-                        "DO_DESTROY_ORPHANS",
-                        format!("`{v}` must be true or false"),
-                    ));
-                }
-            },
+            destroy_orphans: source.flag("DO_DESTROY_ORPHANS", false)?,
         }))
     }
 }

@@ -11,6 +11,7 @@ mod environments;
 mod http;
 mod metrics;
 mod rate_limits;
+mod servers;
 mod source;
 mod terminal;
 
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 
 pub use auth::{AuthSettings, MIN_SECRET_LEN};
 pub use auto_stop::AutoStopSettings;
+pub use servers::ServersConfig;
 pub use database::{DatabaseLocation, DatabaseSettings};
 pub use digitalocean::DigitalOceanSettings;
 pub use environments::EnvironmentSettings;
@@ -77,6 +79,7 @@ pub struct Settings {
     pub environments: EnvironmentSettings,
     pub auto_stop: AutoStopSettings,
     pub terminal: TerminalSettings,
+    pub servers: ServersConfig,
     pub metrics: MetricsSettings,
     /// The DigitalOcean provider, when `DO_API_TOKEN` is set.
     pub digitalocean: Option<DigitalOceanSettings>,
@@ -134,6 +137,7 @@ impl Settings {
             environments: EnvironmentSettings::load(source)?,
             auto_stop: AutoStopSettings::load(source)?,
             terminal: TerminalSettings::load(source)?,
+            servers: ServersConfig::load(source)?,
             rate_limits: RateLimitSettings::load(source)?,
             metrics: MetricsSettings::load(source)?,
             digitalocean: DigitalOceanSettings::load(source)?,
@@ -206,6 +210,9 @@ mod tests {
             ("DEVPOCKET_AUTO_STOP_FREE", "half an hour"),
             ("DEVPOCKET_AUTO_STOP_CHECK", "0"),
             ("DEVPOCKET_AUTO_STOP_WARNING", "soon"),
+            ("DEVPOCKET_SERVER_CHECK_EVERY", "0"),
+            ("DEVPOCKET_SERVER_CONNECT_TIMEOUT", "ten"),
+            ("DEVPOCKET_SERVERS_ALLOW_PRIVATE", "perhaps"),
             ("DO_API_URL", "ftp://example.com"),
             ("DO_DEFAULT_REGION", "New York"),
             ("DO_VOLUME_SIZE_GB", "0"),

@@ -92,6 +92,16 @@ impl Source {
         }
     }
 
+    /// `true`/`false` (or `1`/`0`, `yes`/`no`).
+    pub(super) fn flag(&self, key: &'static str, default: bool) -> Read<bool> {
+        match self.get(key).map(str::to_ascii_lowercase) {
+            None => Ok(default),
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => Ok(true),
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Ok(false),
+            Some(v) => Err(invalid(key, format!("`{v}` must be true or false"))),
+        }
+    }
+
     pub(super) fn rate(&self, key: &'static str, default: Rate) -> Read<Rate> {
         match self.get(key) {
             None => Ok(default),
