@@ -48,10 +48,14 @@ pub enum Action {
     TemplateDeprecate,
     UserUpdate,
     AdminDenied,
+    ServerCreate,
+    ServerUpdate,
+    ServerDelete,
+    ServerTrust,
 }
 
 impl Action {
-    pub const ALL: [Action; 22] = [
+    pub const ALL: [Action; 26] = [
         Action::Register,
         Action::Login,
         Action::LoginFailed,
@@ -74,6 +78,10 @@ impl Action {
         Action::TemplateDeprecate,
         Action::UserUpdate,
         Action::AdminDenied,
+        Action::ServerCreate,
+        Action::ServerUpdate,
+        Action::ServerDelete,
+        Action::ServerTrust,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +108,10 @@ impl Action {
             Action::TemplateDeprecate => "admin.template_deprecate",
             Action::UserUpdate => "admin.user_update",
             Action::AdminDenied => "admin.access_denied",
+            Action::ServerCreate => "server.create",
+            Action::ServerUpdate => "server.update",
+            Action::ServerDelete => "server.delete",
+            Action::ServerTrust => "server.trust",
         }
     }
 
@@ -115,16 +127,19 @@ pub enum ResourceType {
     Session,
     Environment,
     Template,
+    /// A server a user registered.
+    Server,
     /// An API route, as `METHOD /path/{pattern}`.
     Endpoint,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 5] = [
+    pub const ALL: [ResourceType; 6] = [
         ResourceType::User,
         ResourceType::Session,
         ResourceType::Environment,
         ResourceType::Template,
+        ResourceType::Server,
         ResourceType::Endpoint,
     ];
 
@@ -134,6 +149,7 @@ impl ResourceType {
             ResourceType::Session => "session",
             ResourceType::Environment => "environment",
             ResourceType::Template => "template",
+            ResourceType::Server => "server",
             ResourceType::Endpoint => "endpoint",
         }
     }

@@ -19,6 +19,7 @@ pub mod plans;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod routes;
+pub mod servers;
 pub mod startup;
 pub mod telemetry;
 pub mod templates;

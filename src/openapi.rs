@@ -14,8 +14,8 @@ use utoipa::{Modify, OpenApi, ToResponse};
 
 use crate::error::ErrorBody;
 use crate::routes::{
-    admin, admin_actors, auth, catalog, docs, environments, health, info, metrics, templates,
-    ws_logs, ws_terminal,
+    admin, admin_actors, auth, catalog, docs, environments, health, info, metrics, servers,
+    templates, ws_logs, ws_terminal,
 };
 
 /// The name of the security scheme that authenticated operations require.
@@ -51,6 +51,13 @@ rate limit is exceeded; 5xx bodies are generic.";
         templates::get_template,
         templates::update_template,
         templates::delete_template,
+        servers::list_servers,
+        servers::create_server,
+        servers::get_server,
+        servers::update_server,
+        servers::delete_server,
+        servers::trust_server,
+        servers::check_server,
         environments::list::list_environments,
         environments::create::create_environment,
         environments::get::get_environment,
@@ -102,6 +109,7 @@ rate limit is exceeded; 5xx bodies are generic.";
         (name = "accounts", description = "Sign-up, sign-in, tokens and the signed-in user."),
         (name = "templates", description = "The catalogue of environment templates; admins edit it."),
         (name = "environments", description = "Development machines: lifecycle, snapshots and resizes, metrics, provisioning logs, activity and the idle auto-stop, and the regions and sizes they can have."),
+        (name = "servers", description = "Servers of your own, reached over SSH with a pinned host key: registration, trust, status checks."),
         (name = "websockets", description = "Live provisioning logs and terminals. Not REST: JSON text frames over a WebSocket, described on each operation."),
         (name = "admin", description = "Administrators only (the `admin` plan): users and the audit log."),
         (name = "docs", description = "This document and its viewer."),

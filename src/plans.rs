@@ -46,6 +46,8 @@ pub struct PlanLimits {
     pub terminal_connections: Option<u32>,
     /// The longest keep-awake (`POST /environments/{id}/keep-awake`), in minutes.
     pub max_keep_awake_minutes: u32,
+    /// Servers of one's own registered (`null`: unlimited).
+    pub servers: Option<u32>,
 }
 
 impl Plan {
@@ -68,6 +70,7 @@ impl Plan {
                 max_size: "small",
                 terminal_connections: Some(5),
                 max_keep_awake_minutes: 120,
+                servers: Some(2),
             },
             Plan::Starter => PlanLimits {
                 active_environments: Some(3),
@@ -75,6 +78,7 @@ impl Plan {
                 max_size: "medium",
                 terminal_connections: Some(15),
                 max_keep_awake_minutes: 480,
+                servers: Some(5),
             },
             Plan::Pro => PlanLimits {
                 active_environments: Some(10),
@@ -82,6 +86,7 @@ impl Plan {
                 max_size: "large",
                 terminal_connections: Some(50),
                 max_keep_awake_minutes: 1440,
+                servers: Some(20),
             },
             Plan::Admin => PlanLimits {
                 active_environments: None,
@@ -89,6 +94,7 @@ impl Plan {
                 max_size: "xlarge",
                 terminal_connections: None,
                 max_keep_awake_minutes: 10080,
+                servers: None,
             },
         }
     }

@@ -73,6 +73,8 @@ pub struct AppState {
     pub sessions: SessionCache,
     /// Users' lists of environments seen recently (see `environments::list_cache`).
     pub lists: Arc<ListCache>,
+    /// Seals and opens secrets at rest (registered servers' keys).
+    pub secrets: SecretBox,
 }
 
 /// How often recorded samples are folded into the histograms (the exporter's own
@@ -275,6 +277,7 @@ impl Application {
             metrics,
             sessions: SessionCache::new(settings.auth.session_cache_ttl),
             lists,
+            secrets: SecretBox::new(secret_key.expose()),
         });
         let metrics_listener = match settings.metrics.listen {
             Some(address) => Some(
@@ -285,6 +288,7 @@ impl Application {
         };
         let metrics_state = state.clone();
         crate::environments::auto_stop::spawn(&state.clone().into_inner());
+        crate::servers::spawn_checks(&state.clone().into_inner());
 
         let server = HttpServer::new(move || app(&settings).app_data(state.clone()))
             .workers(workers)

@@ -196,7 +196,9 @@ impl ActorSystem {
     /// Stops the actor of `user_id`'s deleted server `id`, if it runs.
     pub async fn forget_server(&self, user_id: Uuid, id: Uuid) -> Result<(), MailboxError> {
         let supervisor = self.registry.send(SupervisorFor { user_id }).await?;
-        supervisor.send(crate::supervisor::ForgetServer { id }).await
+        supervisor
+            .send(crate::supervisor::ForgetServer { id })
+            .await
     }
 
     pub async fn resume_all(&self) -> Result<usize, EnvError> {

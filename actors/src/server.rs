@@ -263,7 +263,8 @@ pub fn parse_check(out: &str) -> ServerFacts {
             ("load", [a, b, c, ..]) => facts.load_average = Some([*a, *b, *c]),
             ("memory_kb", [total, available, ..]) => {
                 facts.memory_total_bytes = Some(whole(*total).saturating_mul(1024));
-                facts.memory_used_bytes = Some(whole((total - available).max(0.0)).saturating_mul(1024));
+                facts.memory_used_bytes =
+                    Some(whole((total - available).max(0.0)).saturating_mul(1024));
             }
             ("disk_kb", [total, used, ..]) => {
                 facts.disk_total_bytes = Some(whole(*total).saturating_mul(1024));
@@ -534,7 +535,12 @@ mod tests {
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["203.0.114.9", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.4.4"] {
+        for public in [
+            "203.0.114.9",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.4.4",
+        ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }

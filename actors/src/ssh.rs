@@ -159,6 +159,46 @@ pub fn generate_keypair(comment: &str) -> Result<(String, String), SshError> {
     Ok((private, public))
 }
 
+/// Why a private key someone sent cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyRefused {
+    #[error("is encrypted: send its passphrase too")]
+    NeedsPassphrase,
+    #[error("cannot be decrypted with that passphrase")]
+    WrongPassphrase,
+    #[error("is not a private key in OpenSSH or PEM format")]
+    Unreadable,
+}
+
+/// A private key as sent (OpenSSH or PEM, encrypted with `passphrase` or not), as
+/// DevPocket keeps it: unencrypted OpenSSH (to be sealed at rest), and its
+/// `ssh-… AAAA…` public line.
+pub fn usable_private_key(
+    text: &str,
+    passphrase: Option<&str>,
+) -> Result<(String, String), KeyRefused> {
+    use russh::keys::{Error, decode_secret_key};
+    let key = match decode_secret_key(text, passphrase) {
+        Ok(key) => key,
+        Err(Error::KeyIsEncrypted) => return Err(KeyRefused::NeedsPassphrase),
+        Err(_) => {
+            return Err(match decode_secret_key(text, None) {
+                Err(Error::KeyIsEncrypted) => KeyRefused::WrongPassphrase,
+                _ => KeyRefused::Unreadable,
+            });
+        }
+    };
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|_| KeyRefused::Unreadable)?
+        .to_string();
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|_| KeyRefused::Unreadable)?;
+    Ok((private, public))
+}
+
 /// Fresh host and client key pairs for one machine.
 pub fn generate_machine_keys(environment: &str) -> Result<MachineKeys, SshError> {
     let (host_private, host_public) = generate_keypair(&format!("devpocket-host-{environment}"))?;
@@ -260,7 +300,10 @@ impl SshSession {
                 None
             };
             let auth = handle
-                .authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+                .authenticate_publickey(
+                    user.clone(),
+                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                )
                 .await?;
             if !auth.success() {
                 return Err(SshError::AuthRejected(user));

@@ -20,13 +20,13 @@ use std::path::PathBuf;
 
 pub use auth::{AuthSettings, MIN_SECRET_LEN};
 pub use auto_stop::AutoStopSettings;
-pub use servers::ServersConfig;
 pub use database::{DatabaseLocation, DatabaseSettings};
 pub use digitalocean::DigitalOceanSettings;
 pub use environments::EnvironmentSettings;
 pub use http::{HttpSettings, IpNet};
 pub use metrics::MetricsSettings;
 pub use rate_limits::{Rate, RateLimitSettings};
+pub use servers::ServersConfig;
 pub use source::{Source, parse_duration};
 pub use terminal::TerminalSettings;
 

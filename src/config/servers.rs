@@ -19,7 +19,8 @@ pub struct ServersConfig {
 impl ServersConfig {
     pub(super) fn load(source: &Source) -> Result<Self, ConfigError> {
         Ok(Self {
-            check_every: source.duration("DEVPOCKET_SERVER_CHECK_EVERY", Duration::from_secs(300))?,
+            check_every: source
+                .duration("DEVPOCKET_SERVER_CHECK_EVERY", Duration::from_secs(300))?,
             actors: ServerSettings {
                 connect_timeout: source
                     .duration("DEVPOCKET_SERVER_CONNECT_TIMEOUT", Duration::from_secs(10))?,

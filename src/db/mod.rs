@@ -9,6 +9,7 @@ pub mod environments;
 pub mod json;
 pub mod quota;
 pub mod schema;
+pub mod servers;
 pub mod sessions;
 pub mod store;
 pub mod templates;

@@ -103,6 +103,28 @@ diesel::table! {
 }
 
 diesel::table! {
+    servers (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        name -> Text,
+        host -> Text,
+        port -> Int4,
+        username -> Text,
+        auth_type -> Text,
+        private_key -> Bytea,
+        public_key -> Text,
+        host_key -> Nullable<Text>,
+        presented_host_key -> Nullable<Text>,
+        status -> Text,
+        status_message -> Nullable<Text>,
+        last_checked -> Nullable<Timestamptz>,
+        facts -> Jsonb,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     templates (id) {
         id -> Uuid,
         name -> Text,
@@ -151,6 +173,7 @@ diesel::joinable!(environments -> templates (template_id));
 diesel::joinable!(environments -> users (user_id));
 diesel::joinable!(login_failures -> users (user_id));
 diesel::joinable!(refresh_tokens -> auth_sessions (session_id));
+diesel::joinable!(servers -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     audit_events,
@@ -160,6 +183,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     environments,
     login_failures,
     refresh_tokens,
+    servers,
     templates,
     users,
 );

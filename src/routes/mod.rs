@@ -9,6 +9,7 @@ pub mod environments;
 pub mod health;
 pub mod info;
 pub mod metrics;
+pub mod servers;
 pub mod templates;
 pub mod ws_common;
 pub mod ws_logs;
@@ -38,6 +39,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(templates::configure)
             .configure(environments::configure)
             .configure(catalog::configure)
+            .configure(servers::configure)
             .configure(ws_logs::configure)
             .configure(ws_terminal::configure)
             .configure(admin::configure)

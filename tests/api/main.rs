@@ -25,6 +25,7 @@ mod provisioning_progress;
 mod races;
 mod ratelimit;
 mod restart;
+mod servers;
 mod signin;
 mod templates;
 mod tenancy;

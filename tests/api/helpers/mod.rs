@@ -1,17 +1,20 @@
 //! The shared test harness, by concern: the test database (`database`), the
 //! application and its HTTP clients (`app`), WebSockets (`ws`), the `devpocket`
-//! binary (`process`) and environments' machines (`machines`).
+//! binary (`process`), environments' machines (`machines`) and users' own servers
+//! (`target`).
 
 mod app;
 mod database;
 mod machines;
 mod process;
+mod target;
 mod ws;
 
 pub use app::*;
 pub use database::*;
 pub use machines::*;
 pub use process::*;
+pub use target::*;
 pub use ws::*;
 
 /// Polling, where no event can be awaited: the one way tests wait.
