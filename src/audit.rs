@@ -52,10 +52,20 @@ pub enum Action {
     ServerUpdate,
     ServerDelete,
     ServerTrust,
+    ProjectCreate,
+    ProjectUpdate,
+    ProjectDelete,
+    AppCreate,
+    AppUpdate,
+    AppDelete,
+    AppStart,
+    AppStop,
+    AppExtend,
+    AppAutoStop,
 }
 
 impl Action {
-    pub const ALL: [Action; 26] = [
+    pub const ALL: [Action; 36] = [
         Action::Register,
         Action::Login,
         Action::LoginFailed,
@@ -82,6 +92,16 @@ impl Action {
         Action::ServerUpdate,
         Action::ServerDelete,
         Action::ServerTrust,
+        Action::ProjectCreate,
+        Action::ProjectUpdate,
+        Action::ProjectDelete,
+        Action::AppCreate,
+        Action::AppUpdate,
+        Action::AppDelete,
+        Action::AppStart,
+        Action::AppStop,
+        Action::AppExtend,
+        Action::AppAutoStop,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -112,6 +132,16 @@ impl Action {
             Action::ServerUpdate => "server.update",
             Action::ServerDelete => "server.delete",
             Action::ServerTrust => "server.trust",
+            Action::ProjectCreate => "project.create",
+            Action::ProjectUpdate => "project.update",
+            Action::ProjectDelete => "project.delete",
+            Action::AppCreate => "app.create",
+            Action::AppUpdate => "app.update",
+            Action::AppDelete => "app.delete",
+            Action::AppStart => "app.start",
+            Action::AppStop => "app.stop",
+            Action::AppExtend => "app.extend",
+            Action::AppAutoStop => "app.auto_stop",
         }
     }
 
@@ -129,17 +159,22 @@ pub enum ResourceType {
     Template,
     /// A server a user registered.
     Server,
+    Project,
+    /// A compose app on a user's server.
+    App,
     /// An API route, as `METHOD /path/{pattern}`.
     Endpoint,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 6] = [
+    pub const ALL: [ResourceType; 8] = [
         ResourceType::User,
         ResourceType::Session,
         ResourceType::Environment,
         ResourceType::Template,
         ResourceType::Server,
+        ResourceType::Project,
+        ResourceType::App,
         ResourceType::Endpoint,
     ];
 
@@ -150,6 +185,8 @@ impl ResourceType {
             ResourceType::Environment => "environment",
             ResourceType::Template => "template",
             ResourceType::Server => "server",
+            ResourceType::Project => "project",
+            ResourceType::App => "app",
             ResourceType::Endpoint => "endpoint",
         }
     }

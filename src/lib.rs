@@ -2,6 +2,7 @@
 //!
 //! `startup::Application` builds the server; `cli` holds the commands `main` runs.
 
+pub mod apps;
 pub mod audit;
 pub mod auth;
 pub mod cli;

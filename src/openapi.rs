@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi, ToResponse};
 
 use crate::error::ErrorBody;
 use crate::routes::{
-    admin, admin_actors, auth, catalog, docs, environments, health, info, metrics, servers,
+    admin, admin_actors, apps, auth, catalog, docs, environments, health, info, metrics, servers,
     templates, ws_logs, ws_terminal,
 };
 
@@ -58,6 +58,20 @@ rate limit is exceeded; 5xx bodies are generic.";
         servers::delete_server,
         servers::trust_server,
         servers::check_server,
+        apps::list_projects,
+        apps::create_project,
+        apps::get_project,
+        apps::update_project,
+        apps::delete_project,
+        apps::list_apps,
+        apps::create_app,
+        apps::get_app,
+        apps::update_app,
+        apps::delete_app,
+        apps::start_app,
+        apps::stop_app,
+        apps::extend_app,
+        apps::app_logs,
         environments::list::list_environments,
         environments::create::create_environment,
         environments::get::get_environment,
@@ -109,7 +123,7 @@ rate limit is exceeded; 5xx bodies are generic.";
         (name = "accounts", description = "Sign-up, sign-in, tokens and the signed-in user."),
         (name = "templates", description = "The catalogue of environment templates; admins edit it."),
         (name = "environments", description = "Development machines: lifecycle, snapshots and resizes, metrics, provisioning logs, activity and the idle auto-stop, and the regions and sizes they can have."),
-        (name = "servers", description = "Servers of your own, reached over SSH with a pinned host key: registration, trust, status checks."),
+        (name = "servers", description = "Servers of your own, reached over SSH with a pinned host key (registration, trust, status checks), and the compose apps on them, grouped in projects (start, stop, auto-stop, runs)."),
         (name = "websockets", description = "Live provisioning logs and terminals. Not REST: JSON text frames over a WebSocket, described on each operation."),
         (name = "admin", description = "Administrators only (the `admin` plan): users and the audit log."),
         (name = "docs", description = "This document and its viewer."),

@@ -48,6 +48,8 @@ pub struct PlanLimits {
     pub max_keep_awake_minutes: u32,
     /// Servers of one's own registered (`null`: unlimited).
     pub servers: Option<u32>,
+    /// Compose apps on them (`null`: unlimited).
+    pub apps: Option<u32>,
 }
 
 impl Plan {
@@ -71,6 +73,7 @@ impl Plan {
                 terminal_connections: Some(5),
                 max_keep_awake_minutes: 120,
                 servers: Some(2),
+                apps: Some(5),
             },
             Plan::Starter => PlanLimits {
                 active_environments: Some(3),
@@ -79,6 +82,7 @@ impl Plan {
                 terminal_connections: Some(15),
                 max_keep_awake_minutes: 480,
                 servers: Some(5),
+                apps: Some(20),
             },
             Plan::Pro => PlanLimits {
                 active_environments: Some(10),
@@ -87,6 +91,7 @@ impl Plan {
                 terminal_connections: Some(50),
                 max_keep_awake_minutes: 1440,
                 servers: Some(20),
+                apps: Some(100),
             },
             Plan::Admin => PlanLimits {
                 active_environments: None,
@@ -95,6 +100,7 @@ impl Plan {
                 terminal_connections: None,
                 max_keep_awake_minutes: 10080,
                 servers: None,
+                apps: None,
             },
         }
     }

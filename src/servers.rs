@@ -435,7 +435,13 @@ pub async fn check(state: &AppState, server: Server) -> Result<Server, ApiError>
             .increment(1);
     });
     let mut conn = state.pool.get().await?;
-    match db::record_check(&mut conn, server.id, server.updated_at, &outcome).await? {
+    let recorded = db::record_check(&mut conn, server.id, server.updated_at, &outcome).await?;
+    drop(conn);
+    if outcome.status == "online" {
+        crate::apps::check_apps_on(state, &server).await;
+    }
+    let mut conn = state.pool.get().await?;
+    match recorded {
         Some(recorded) => Ok(recorded),
         None => db::find_owned(&mut conn, server.user_id, server.id)
             .await?

@@ -289,6 +289,7 @@ impl Application {
         let metrics_state = state.clone();
         crate::environments::auto_stop::spawn(&state.clone().into_inner());
         crate::servers::spawn_checks(&state.clone().into_inner());
+        crate::apps::spawn_auto_stop(&state.clone().into_inner());
 
         let server = HttpServer::new(move || app(&settings).app_data(state.clone()))
             .workers(workers)

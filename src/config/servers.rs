@@ -14,6 +14,9 @@ pub struct ServersConfig {
     pub check_every: Duration,
     /// What the server actors use.
     pub actors: ServerSettings,
+    /// How long one of an app's `auto_stop_minutes` (and of an extend) lasts: a
+    /// minute, but for tests.
+    pub app_minute: Duration,
 }
 
 impl ServersConfig {
@@ -21,6 +24,7 @@ impl ServersConfig {
         Ok(Self {
             check_every: source
                 .duration("DEVPOCKET_SERVER_CHECK_EVERY", Duration::from_secs(300))?,
+            app_minute: source.duration("DEVPOCKET_APPS_MINUTE", Duration::from_secs(60))?,
             actors: ServerSettings {
                 connect_timeout: source
                     .duration("DEVPOCKET_SERVER_CONNECT_TIMEOUT", Duration::from_secs(10))?,

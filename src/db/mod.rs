@@ -3,6 +3,7 @@
 //! and return `QueryResult`.
 
 pub mod activity;
+pub mod apps;
 pub mod audit;
 pub mod embedded;
 pub mod environments;

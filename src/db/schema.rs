@@ -1,6 +1,40 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    app_runs (id) {
+        id -> Uuid,
+        app_id -> Uuid,
+        action -> Text,
+        started_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        exit_status -> Nullable<Int4>,
+        output -> Text,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    apps (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        project_id -> Uuid,
+        server_id -> Uuid,
+        name -> Text,
+        path -> Text,
+        compose_file -> Nullable<Text>,
+        url -> Nullable<Text>,
+        auto_stop_minutes -> Int4,
+        status -> Text,
+        status_message -> Nullable<Text>,
+        stops_at -> Nullable<Timestamptz>,
+        services_running -> Nullable<Int4>,
+        last_checked -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     audit_events (id) {
         id -> Uuid,
         user_id -> Nullable<Uuid>,
@@ -93,6 +127,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    projects (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        name -> Text,
+        description -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     refresh_tokens (id) {
         id -> Uuid,
         session_id -> Uuid,
@@ -165,6 +210,10 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(app_runs -> apps (app_id));
+diesel::joinable!(apps -> projects (project_id));
+diesel::joinable!(apps -> servers (server_id));
+diesel::joinable!(apps -> users (user_id));
 diesel::joinable!(audit_events -> users (user_id));
 diesel::joinable!(auth_sessions -> users (user_id));
 diesel::joinable!(environment_activity -> environments (environment_id));
@@ -172,16 +221,20 @@ diesel::joinable!(environment_logs -> environments (environment_id));
 diesel::joinable!(environments -> templates (template_id));
 diesel::joinable!(environments -> users (user_id));
 diesel::joinable!(login_failures -> users (user_id));
+diesel::joinable!(projects -> users (user_id));
 diesel::joinable!(refresh_tokens -> auth_sessions (session_id));
 diesel::joinable!(servers -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    app_runs,
+    apps,
     audit_events,
     auth_sessions,
     environment_activity,
     environment_logs,
     environments,
     login_failures,
+    projects,
     refresh_tokens,
     servers,
     templates,

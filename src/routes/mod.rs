@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod admin_actors;
+pub mod apps;
 pub mod auth;
 pub mod catalog;
 pub mod docs;
@@ -40,6 +41,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(environments::configure)
             .configure(catalog::configure)
             .configure(servers::configure)
+            .configure(apps::configure)
             .configure(ws_logs::configure)
             .configure(ws_terminal::configure)
             .configure(admin::configure)

@@ -301,13 +301,15 @@ async fn update_server(
     path = "/api/v1/servers/{id}",
     tag = "servers",
     summary = "Delete a server.",
-    description = "Forgets the server and its key pair, and closes DevPocket's connection to it.",
+    description = "Forgets the server and its key pair, and closes DevPocket's connection to it. \
+        A server with apps is a 409 `server_has_apps` naming them.",
     params(("id" = Uuid, Path)),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Deleted."),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
         (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
@@ -321,6 +323,18 @@ async fn delete_server(
     let result = async {
         let server = owned(&state, &caller, &id).await?;
         let mut conn = state.pool.get().await?;
+        let apps =
+            crate::db::apps::app_names(&mut conn, caller.user.id, None, Some(server.id)).await?;
+        if !apps.is_empty() {
+            return Err(ApiError::State {
+                code: "server_has_apps",
+                detail: format!(
+                    "Apps live on this server ({}): delete them first.",
+                    apps.join(", ")
+                ),
+                context: json!({ "apps": apps }),
+            });
+        }
         if !db::delete(&mut conn, caller.user.id, server.id).await? {
             return Err(not_found(&id));
         }

@@ -1,0 +1,3 @@
+DROP TABLE app_runs;
+DROP TABLE apps;
+DROP TABLE projects;
