@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod apps;
 mod audit;
 mod auth;
 mod auto_stop;

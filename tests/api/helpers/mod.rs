@@ -1,10 +1,11 @@
 //! The shared test harness, by concern: the test database (`database`), the
 //! application and its HTTP clients (`app`), WebSockets (`ws`), the `devpocket`
-//! binary (`process`), environments' machines (`machines`) and users' own servers
-//! (`target`).
+//! binary (`process`), environments' machines (`machines`), users' own servers
+//! (`target`) and the Docker engine their apps run on (`docker`).
 
 mod app;
 mod database;
+mod docker;
 mod machines;
 mod process;
 mod target;
@@ -12,6 +13,7 @@ mod ws;
 
 pub use app::*;
 pub use database::*;
+pub use docker::*;
 pub use machines::*;
 pub use process::*;
 pub use target::*;

@@ -20,6 +20,8 @@ pub struct TargetServer {
     pub dir: PathBuf,
     /// The host key's fingerprint, `SHA256:…`.
     pub fingerprint: String,
+    /// What its sessions get as environment (`SetEnv`).
+    env: String,
     sshd: Option<Child>,
 }
 
@@ -36,6 +38,11 @@ fn write(path: &std::path::Path, contents: &str) {
 
 impl TargetServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server whose sessions get `env` (`DOCKER_HOST`, say).
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = test_root().join(format!("target-{}", uuid::Uuid::new_v4()));
         fs::create_dir_all(&dir).unwrap();
         write(&dir.join("authorized_keys"), "");
@@ -48,6 +55,10 @@ impl TargetServer {
             port,
             dir,
             fingerprint: String::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| format!("SetEnv {k}={v}\n"))
+                .collect(),
             sshd: None,
         };
         target.new_host_key();
@@ -79,8 +90,9 @@ impl TargetServer {
              AuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\nAllowUsers root\n\
              PermitRootLogin prohibit-password\nPubkeyAuthentication yes\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-             StrictModes no\nPrintMotd no\nLogLevel ERROR\n",
-            port = self.port
+             StrictModes no\nPrintMotd no\nLogLevel ERROR\n{env}",
+            port = self.port,
+            env = self.env,
         );
         write(&self.dir.join("sshd_config"), &config);
         let child = Command::new("/usr/sbin/sshd")
