@@ -357,7 +357,8 @@ pub struct TerminalAudit {
     log: AuditLog,
     origin: Origin,
     user: Uuid,
-    environment: Uuid,
+    /// The environment (or server) the terminal is on.
+    on: (ResourceType, Uuid),
     session: String,
 }
 
@@ -366,24 +367,24 @@ impl TerminalAudit {
         state: &AppState,
         origin: Origin,
         user: Uuid,
-        environment: Uuid,
+        on: (ResourceType, Uuid),
         session: &str,
     ) -> Self {
         Self {
             log: state.audit.clone(),
             origin,
             user,
-            environment,
+            on,
             session: session.to_owned(),
         }
     }
 
-    /// `terminal.attach` or `terminal.detach`, on the environment.
+    /// `terminal.attach` or `terminal.detach`, on the environment or server.
     pub fn record(&self, action: Action) {
         self.log.record(
             &self.origin,
             Event::new(action, Outcome::Success)
-                .on(ResourceType::Environment, Some(self.environment))
+                .on(self.on.0, Some(self.on.1))
                 .by(self.user)
                 .details(json!({ "session": self.session })),
         );

@@ -90,6 +90,7 @@ rate limit is exceeded; 5xx bodies are generic.";
         catalog::list_sizes,
         ws_logs::logs_socket,
         ws_terminal::terminal_socket,
+        ws_terminal::server_terminal_socket,
         admin::list_users,
         admin::update_user,
         admin::list_audit_events,

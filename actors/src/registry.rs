@@ -156,15 +156,16 @@ impl ActorSystem {
         supervisor.send(CreateEnvironment(new)).await?
     }
 
-    /// The terminal actor for a session of `user_id`'s environment (the caller has
-    /// checked ownership), linked to the environment (its `StateWatch`) if it is new. A new one runs on the caller's arbiter (thread).
+    /// The terminal actor for a session of `user_id`'s environment or server (the
+    /// caller has checked ownership), connecting to `target` if it is new. A new one
+    /// runs on the caller's arbiter (thread).
     pub async fn terminal(
         &self,
         user_id: Uuid,
         environment_id: Uuid,
         name: String,
         mode: crate::terminal::SessionMode,
-        link: crate::environment::EnvLink,
+        target: crate::terminal::TerminalTarget,
     ) -> Result<Handle<crate::terminal::TerminalActor>, EnvError> {
         let supervisor = self
             .registry
@@ -177,7 +178,7 @@ impl ActorSystem {
                 name,
                 mode,
                 arbiter: Arbiter::current(),
-                link,
+                target,
             })
             .await
             .map_err(EnvError::from)

@@ -452,6 +452,19 @@ async fn connection(
     if let Some((_, old)) = pool.conn.take() {
         old.close().await;
     }
+    let session = Arc::new(open_session(deps, access, "server").await?);
+    pool.conn = Some((access.clone(), session.clone()));
+    Ok(session)
+}
+
+/// A new SSH connection to the server (counted as `purpose`): to the address its
+/// name resolves to now, within the address policy and the connect timeout, and
+/// only if it presents the trusted host key.
+pub async fn open_session(
+    deps: &Deps,
+    access: &ServerAccess,
+    purpose: &'static str,
+) -> Result<SshSession, ServerError> {
     let settings = &deps.servers;
     let addr = resolve(
         &access.host,
@@ -473,10 +486,8 @@ async fn connection(
         settings.connect_timeout,
     )
     .await;
-    deps.ssh_connect("server", session.is_ok());
-    let session = Arc::new(session.map_err(ServerError::of_connect)?);
-    pool.conn = Some((access.clone(), session.clone()));
-    Ok(session)
+    deps.ssh_connect(purpose, session.is_ok());
+    session.map_err(ServerError::of_connect)
 }
 
 #[cfg(test)]

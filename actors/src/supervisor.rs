@@ -12,12 +12,12 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::deps::Deps;
-use crate::environment::{EnvError, EnvLink, EnvironmentActor};
+use crate::environment::{EnvError, EnvironmentActor};
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
 use crate::model::{EnvironmentRecord, NewEnvironment, Transition};
 use crate::registry::{Registry, SupervisorStopped};
 use crate::server::ServerActor;
-use crate::terminal::{SessionMode, TerminalActor};
+use crate::terminal::{SessionMode, TerminalActor, TerminalTarget};
 
 pub struct UserSupervisor {
     user_id: Uuid,
@@ -255,9 +255,9 @@ pub struct GetTerminal {
     /// Where a new terminal actor runs: the caller's thread, so that the first
     /// client's keystrokes and echo cross no thread on their way to SSH and back.
     pub arbiter: ArbiterHandle,
-    /// The environment's state and where to report input (`WatchState`), for a
-    /// new terminal actor.
-    pub link: EnvLink,
+    /// Where a new terminal actor connects: the environment (its state and where
+    /// to report input, from `WatchState`) or a server.
+    pub target: TerminalTarget,
 }
 
 impl Handler<GetTerminal> for UserSupervisor {
@@ -278,7 +278,7 @@ impl Handler<GetTerminal> for UserSupervisor {
                 msg.environment_id,
                 msg.name,
                 msg.mode,
-                msg.link,
+                msg.target,
             ),
             &msg.arbiter,
         );

@@ -16,25 +16,51 @@ use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-/// A WebSocket past the handshake: the caller, and their environment's actor.
-pub struct Accepted {
+/// A WebSocket past the handshake: the caller, and what they connect to (`R`: an
+/// environment's actor, a server).
+pub struct Accepted<R = Handle<EnvironmentActor>> {
     pub state: web::Data<AppState>,
     pub session: Session,
     pub stream: MessageStream,
     pub caller: AuthUser,
+    /// The environment's or the server's id.
     pub env_id: Uuid,
-    pub environment: Handle<EnvironmentActor>,
+    pub environment: R,
+}
+
+/// How a handshake closes: the code and its reason.
+pub type Refusal = (CloseCode, String);
+
+/// The caller's environment `id`, as its actor: the handshake's lookup for the
+/// environment endpoints.
+pub async fn find_environment(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    env_id: Uuid,
+) -> Result<Handle<EnvironmentActor>, Refusal> {
+    match state.actors.environment(caller.user.id, env_id).await {
+        Ok(Some(environment)) => Ok(environment),
+        Ok(None) => Err((CloseCode::Policy, "environment not found".to_owned())),
+        Err(e) => {
+            tracing::warn!(environment_id = %env_id, error = %e, "a WebSocket could not reach its environment");
+            Err((
+                CloseCode::Again,
+                "the environment cannot be reached right now; reconnect".to_owned(),
+            ))
+        }
+    }
 }
 
 /// The handshake of every WebSocket endpoint. A well-formed upgrade is always
 /// accepted (a refused upgrade is only "connection failed" to a mobile client);
 /// then, in order: the token (1008 if bad, 1013 if it cannot be checked now or the
 /// user is over the connection-attempt limit), the endpoint's own parameters as
-/// `params` parsed them (1008 with their message), the environment id of the
-/// path, and that the environment is the caller's (1008 "environment not found"
-/// otherwise, another user's included). Then `serve` runs the endpoint's protocol.
+/// `params` parsed them (1008 with their message), the id of the path, and what
+/// `find` says of it — that it is the caller's (1008 "environment not found"
+/// otherwise, another user's included; `find_environment`). Then `serve` runs the
+/// endpoint's protocol.
 #[allow(clippy::too_many_arguments)]
-pub fn accept<P, F, Fut>(
+pub fn accept<P, R, Find, FindFut, F, Fut>(
     state: web::Data<AppState>,
     req: &HttpRequest,
     payload: web::Payload,
@@ -42,11 +68,15 @@ pub fn accept<P, F, Fut>(
     token: Option<String>,
     id: String,
     params: Result<P, String>,
+    find: Find,
     serve: F,
 ) -> Result<HttpResponse, actix_web::Error>
 where
     P: 'static,
-    F: FnOnce(Accepted, P) -> Fut + 'static,
+    R: 'static,
+    Find: FnOnce(web::Data<AppState>, AuthUser, Uuid) -> FindFut + 'static,
+    FindFut: Future<Output = Result<R, Refusal>> + 'static,
+    F: FnOnce(Accepted<R>, P) -> Fut + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let (response, session, stream) = actix_ws::handle(req, payload)?;
@@ -55,20 +85,10 @@ where
         let handshake = async {
             let caller = authenticate(&state, token.as_deref()).await?;
             let params = params.map_err(|why| (CloseCode::Policy, why))?;
-            let not_found = || (CloseCode::Policy, "environment not found".to_owned());
-            let env_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-            let environment = match state.actors.environment(caller.user.id, env_id).await {
-                Ok(Some(environment)) => environment,
-                Ok(None) => return Err(not_found()),
-                Err(e) => {
-                    tracing::warn!(environment_id = %env_id, error = %e, "a WebSocket could not reach its environment");
-                    return Err((
-                        CloseCode::Again,
-                        "the environment cannot be reached right now; reconnect".to_owned(),
-                    ));
-                }
-            };
-            Ok((caller, env_id, environment, params))
+            // An id that is no id is found nowhere: `find` says how it says so.
+            let env_id = Uuid::parse_str(&id).unwrap_or(Uuid::nil());
+            let environment = find(state.clone(), caller.clone(), env_id).await?;
+            Ok::<_, Refusal>((caller, env_id, environment, params))
         };
         match handshake.await {
             Ok((caller, env_id, environment, params)) => {

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::ws_common::{Accepted, WsSession, accept, close};
+use super::ws_common::{Accepted, WsSession, accept, close, find_environment};
 use crate::db::environments as db;
 use crate::openapi::{BadRequest, TooManyRequests};
 use crate::startup::AppState;
@@ -74,6 +74,7 @@ async fn logs_socket(
         token,
         id.into_inner(),
         Ok(after.unwrap_or(0)),
+        find_environment,
         subscribe,
     )
 }

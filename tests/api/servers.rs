@@ -3,12 +3,15 @@
 //! a host key fetched on first contact and trusted only by its fingerprint, a
 //! changed host key refused and reported (never taken), offline and refused-key
 //! statuses, the owner's own (encrypted) private key, private addresses refused
-//! unless allowed, bad input, plans' limits, and another user's servers as 404s.
+//! unless allowed, bad input, plans' limits, another user's servers as 404s, and
+//! a terminal on a server shared by two clients.
 
+use futures_util::SinkExt;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::audit::{actions, audit_until};
-use crate::helpers::{TargetServer, TestApp, assert_error};
+use crate::helpers::{TargetServer, TestApp, Ws, WsEvent, assert_error, ws_next, ws_until};
 
 /// Servers on loopback are allowed here (they are the tests' own).
 const LOOPBACK: [(&str, &str); 1] = [("DEVPOCKET_SERVERS_ALLOW_PRIVATE", "true")];
@@ -381,4 +384,68 @@ async fn bad_input_plans_and_other_users_servers() {
     // Its owner deletes it.
     assert_eq!(client.delete(&path).await.status(), 204);
     assert_error(client.get(&path).await, 404, "not_found").await;
+}
+
+/// Reads a terminal's frames until its output shows `needle`.
+async fn output_until(ws: &mut Ws, needle: &str) -> String {
+    let mut text = String::new();
+    while !text.contains(needle) {
+        match ws_next(ws).await {
+            WsEvent::Json(f) if f["type"] == "output" => text.push_str(f["data"].as_str().unwrap()),
+            WsEvent::Json(_) => {}
+            WsEvent::Closed(c) => panic!("closed before {needle:?}: {c:?}; got {text:?}"),
+        }
+    }
+    text
+}
+
+#[actix_web::test]
+async fn a_terminal_on_a_server_is_shared_by_two_clients_and_only_when_trusted() {
+    let app = TestApp::spawn_with(&LOOPBACK).await;
+    let token = app.admin_token("shell_user").await;
+    let target = TargetServer::start();
+    let server = register(&app, &token, "shell box", &target).await;
+    let id = server["id"].as_str().unwrap();
+    // A session name of this test's own: tmux runs as the server's user (root here).
+    let session = format!("srv{}", &id[..8]);
+    let path = format!("/api/v1/ws/servers/{id}/terminal?token={token}&session={session}");
+
+    // Not trusted yet: refused, saying why.
+    let mut early = app.ws(&path).await;
+    match ws_next(&mut early).await {
+        WsEvent::Closed(Some((1008, reason))) => {
+            assert!(reason.contains("not trusted"), "{reason}")
+        }
+        other => panic!("expected a 1008 close, got {other:?}"),
+    }
+
+    target.authorize(server["public_key"].as_str().unwrap());
+    trust(&app, &token, id, &target.fingerprint).await;
+    let mut phone = app.ws(&path).await;
+    let frames = ws_until(&mut phone, "status").await;
+    let welcome = frames.iter().find(|f| f["type"] == "welcome").unwrap();
+    assert_eq!(welcome["environment"]["id"], id, "{welcome}");
+    assert_eq!(welcome["environment"]["name"], "shell box", "{welcome}");
+    assert_eq!(welcome["environment"]["template"], "server", "{welcome}");
+    assert_eq!(frames.last().unwrap()["state"], "connected", "{frames:?}");
+    let mut laptop = app.ws(&path).await;
+    ws_until(&mut laptop, "status").await;
+
+    let input = json!({"type": "input", "data": "echo shared-$((40+2))\r"}).to_string();
+    phone.send(Message::text(input)).await.unwrap();
+    output_until(&mut phone, "shared-42").await;
+    output_until(&mut laptop, "shared-42").await;
+
+    // Someone else's: not found.
+    let mallory = app.user_token("mallory").await;
+    let mut theirs = app
+        .ws(&format!("/api/v1/ws/servers/{id}/terminal?token={mallory}"))
+        .await;
+    match ws_next(&mut theirs).await {
+        WsEvent::Closed(Some((1008, reason))) => assert_eq!(reason, "server not found"),
+        other => panic!("expected a 1008 close, got {other:?}"),
+    }
+    let _ = std::process::Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
 }

@@ -35,6 +35,18 @@ impl EnvState {
         }
     }
 
+    /// A state that is always up, for what a terminal attaches to that has no
+    /// lifecycle of DevPocket's (a user's own server).
+    pub fn always_up() -> Self {
+        Self {
+            status: Status::Running,
+            phase: Phase::Ready,
+            message: None,
+            idle_stop_at: None,
+            stopped_because: None,
+        }
+    }
+
     /// The machine is up and provisioned: a terminal can attach.
     pub fn is_ready(&self) -> bool {
         self.status == Status::Running && self.phase == Phase::Ready

@@ -17,6 +17,7 @@ use super::utf8::Utf8Carry;
 use super::{Disconnected, Output, SessionMode, TermState, TerminalActor, WriterCmd};
 use crate::environment::EnvState;
 use crate::model::Phase;
+use crate::server::open_session;
 use crate::ssh::{SshSession, shell_quote};
 
 const REDRAW_COALESCE: Duration = Duration::from_millis(20);
@@ -140,19 +141,27 @@ impl TerminalActor {
         let (name, mode, (cols, rows)) = (self.name.clone(), self.mode, self.size);
         let me = self.own_handle(ctx);
         let deps = self.deps.clone();
+        let server = self.server.clone();
         let fut = async move {
-            // Where the machine is and its keys; its state came from the watch.
-            let record = store
-                .load(id)
-                .await
-                .map_err(|e| Failure::Lost(e.to_string()))?
-                .ok_or_else(|| Failure::Closed("the environment was deleted".to_owned()))?;
-            let (Some(machine), Some(keys)) = (record.machine, record.keys) else {
-                return Err(Failure::Lost("the environment has no machine".to_owned()));
+            let session = match server {
+                Some(access) => open_session(&deps, &access, "terminal")
+                    .await
+                    .map_err(|e| Failure::Lost(e.to_string()))?,
+                None => {
+                    // Where the machine is and its keys; its state came from the watch.
+                    let record = store
+                        .load(id)
+                        .await
+                        .map_err(|e| Failure::Lost(e.to_string()))?
+                        .ok_or_else(|| Failure::Closed("the environment was deleted".to_owned()))?;
+                    let (Some(machine), Some(keys)) = (record.machine, record.keys) else {
+                        return Err(Failure::Lost("the environment has no machine".to_owned()));
+                    };
+                    let session = SshSession::connect(&machine, &keys.user_private).await;
+                    deps.ssh_connect("terminal", session.is_ok());
+                    session.map_err(|e| Failure::Lost(e.to_string()))?
+                }
             };
-            let session = SshSession::connect(&machine, &keys.user_private).await;
-            deps.ssh_connect("terminal", session.is_ok());
-            let session = session.map_err(|e| Failure::Lost(e.to_string()))?;
             let command = match mode {
                 SessionMode::Tmux => format!(
                     "cd; {UTF8_LOCALE}; exec tmux -u new-session -A -s {}",

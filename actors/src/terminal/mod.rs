@@ -28,6 +28,7 @@ use crate::deps::Deps;
 use crate::environment::{EnvLink, EnvState, NoteActivity};
 use crate::inspect::{ActorStats, Handle, Instrumented, Kind, Registration};
 use crate::model::{Activity, ActivityKind};
+use crate::server::ServerAccess;
 use crate::ssh::SshSession;
 use fanout::Fanout;
 
@@ -73,10 +74,28 @@ enum WriterCmd {
     Resize(u32, u32),
 }
 
+/// Where a terminal's SSH connection goes; everything else about a terminal is the
+/// same for both.
+pub enum TerminalTarget {
+    /// An environment's machine, followed through its actor's state: the terminal
+    /// waits for it to run and closes when it stops or is deleted.
+    Environment(EnvLink),
+    /// A user's own server, reached as its owner set it up. It has no lifecycle of
+    /// DevPocket's: the terminal attaches at once, reconnects while the server
+    /// cannot be reached, and ends when its clients leave.
+    Server(ServerAccess),
+}
+
 pub struct TerminalActor {
     deps: Arc<Deps>,
     settings: TerminalSettings,
+    /// The environment's or the server's id.
     environment_id: Uuid,
+    /// For a server: how to reach it (an environment's machine is read at each
+    /// connection).
+    server: Option<ServerAccess>,
+    /// For a server: the state it always has, kept here so that its watch lives.
+    _always_up: Option<watch::Sender<EnvState>>,
     name: String,
     mode: SessionMode,
     /// The environment's state, as its actor publishes it.
@@ -117,24 +136,34 @@ impl TerminalActor {
         environment_id: Uuid,
         name: String,
         mode: SessionMode,
-        link: EnvLink,
+        target: TerminalTarget,
     ) -> Self {
-        let EnvLink {
-            state: env,
-            activity,
-        } = link;
+        let (env, activity, server, always_up, parent) = match target {
+            TerminalTarget::Environment(EnvLink { state, activity }) => (
+                state,
+                Some(activity),
+                None,
+                None,
+                format!("environment:{environment_id}"),
+            ),
+            TerminalTarget::Server(access) => {
+                let (tx, rx) = watch::channel(EnvState::always_up());
+                (
+                    rx,
+                    None,
+                    Some(access),
+                    Some(tx),
+                    format!("server:{environment_id}"),
+                )
+            }
+        };
         let id = match mode {
             SessionMode::Tmux => format!("terminal:{environment_id}:{name}"),
             SessionMode::Shell => format!("terminal:{environment_id}:shell:{name}"),
         };
-        let registration = deps.inspector.register(
-            Kind::Terminal,
-            id,
-            vec![
-                format!("environment:{environment_id}"),
-                format!("user:{user_id}"),
-            ],
-        );
+        let registration =
+            deps.inspector
+                .register(Kind::Terminal, id, vec![parent, format!("user:{user_id}")]);
         registration.stats.set_state("connecting");
         let activity = ActivityReport {
             to: activity,
@@ -149,6 +178,8 @@ impl TerminalActor {
             fanout: Fanout::new(&settings, mode == SessionMode::Tmux),
             settings,
             environment_id,
+            server,
+            _always_up: always_up,
             name,
             mode,
             env,
@@ -465,7 +496,8 @@ impl InputPort {
 /// first keystroke cancels it.
 #[derive(Clone)]
 struct ActivityReport {
-    to: Recipient<NoteActivity>,
+    /// The environment's actor (a server's terminal reports no activity).
+    to: Option<Recipient<NoteActivity>>,
     session: String,
     every: Duration,
     last: Arc<Mutex<Option<Instant>>>,
@@ -474,6 +506,7 @@ struct ActivityReport {
 
 impl ActivityReport {
     fn input(&self, client_address: Option<&str>) {
+        let Some(to) = &self.to else { return };
         let warned = self.env.borrow().idle_stop_at.is_some();
         let now = Instant::now();
         {
@@ -483,7 +516,7 @@ impl ActivityReport {
             }
             *last = Some(now);
         }
-        self.to.do_send(NoteActivity(Activity {
+        to.do_send(NoteActivity(Activity {
             session: Some(self.session.clone()),
             client_address: client_address.map(str::to_owned),
             ..Activity::now(ActivityKind::TerminalInput)

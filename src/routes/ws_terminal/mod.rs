@@ -18,20 +18,29 @@ use std::time::Instant;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::CloseCode;
 use devpocket_actors::environment::{StateWatch, WatchState};
-use devpocket_actors::terminal::SessionMode;
+use devpocket_actors::model::Status;
+use devpocket_actors::server::ServerAccess;
+use devpocket_actors::terminal::{SessionMode, TerminalTarget};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::ws_common::{Accepted, WsSession, accept, close};
-use crate::audit::{Origin, TerminalAudit};
+use super::ws_common::{Accepted, Refusal, WsSession, accept, close, find_environment};
+use crate::audit::{Origin, ResourceType, TerminalAudit};
+use crate::auth::AuthUser;
+use crate::db::servers as servers_db;
+use crate::error::ApiError;
 use crate::openapi::{BadRequest, TooManyRequests};
 use crate::startup::AppState;
 use crate::ws::terminal_frames;
 use connection::{Connection, Welcome};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ws/terminal/{id}", web::get().to(terminal_socket));
+    cfg.route("/ws/terminal/{id}", web::get().to(terminal_socket))
+        .route(
+            "/ws/servers/{id}/terminal",
+            web::get().to(server_terminal_socket),
+        );
 }
 
 /// The largest text frame accepted; larger ones get an `error` frame. A paste is
@@ -149,8 +158,89 @@ async fn terminal_socket(
         token,
         id.into_inner(),
         Params::of(query),
+        find_environment,
         move |accepted, params| open(accepted, params, origin),
     )
+}
+
+/// Open a terminal on one of your servers (WebSocket).
+#[utoipa::path(
+    get,
+    path = "/api/v1/ws/servers/{id}/terminal",
+    tag = "websockets",
+    description = "The same protocol, frames and query as `/api/v1/ws/terminal/{id}` (tmux \
+        sessions shared by every client, resume, reconnection), on a server of yours with a \
+        trusted host key, as its `username`: the `welcome` frame's `environment` describes the \
+        server (`template` `server`). A server whose host key is not trusted yet closes with \
+        1008 saying so.",
+    params(
+        ("id" = String, Path, description = "The server's id."),
+        TerminalQuery,
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open."),
+        (status = 400, response = BadRequest),
+        (status = 429, response = TooManyRequests),
+    )
+)]
+async fn server_terminal_socket(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+    id: web::Path<String>,
+    query: web::Query<TerminalQuery>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let origin = Origin::of(&req, &state.settings.http.trusted_proxies);
+    let query = query.into_inner();
+    let token = query.token.clone();
+    accept(
+        state,
+        &req,
+        payload,
+        PROTOCOL_FRAME_LIMIT,
+        token,
+        id.into_inner(),
+        Params::of(query),
+        find_server,
+        move |accepted, params| open_server(accepted, params, origin),
+    )
+}
+
+/// A server of the caller's, trusted, and how to reach it.
+struct ServerTarget {
+    name: String,
+    access: ServerAccess,
+}
+
+async fn find_server(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    id: Uuid,
+) -> Result<ServerTarget, Refusal> {
+    let unavailable = |e: ApiError| {
+        tracing::warn!(server_id = %id, error = %e, "a terminal could not read its server");
+        (
+            CloseCode::Again,
+            "the server cannot be read right now; reconnect".to_owned(),
+        )
+    };
+    let mut conn = state.pool.get().await.map_err(|e| unavailable(e.into()))?;
+    let server = servers_db::find_owned(&mut conn, caller.user.id, id)
+        .await
+        .map_err(|e| unavailable(e.into()))?
+        .ok_or_else(|| (CloseCode::Policy, "server not found".to_owned()))?;
+    let access = crate::servers::access(&state, &server)
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            (
+                CloseCode::Policy,
+                "the server's host key is not trusted yet: confirm it (POST /api/v1/servers/{id}/trust) first".to_owned(),
+            )
+        })?;
+    Ok(ServerTarget {
+        name: server.name,
+        access,
+    })
 }
 
 /// The terminal's query, checked.
@@ -184,16 +274,89 @@ impl Params {
     }
 }
 
-/// Takes a connection slot of the plan, follows the environment's state and
-/// attaches to the session.
+/// Follows the environment's state and attaches to the session.
 async fn open(accepted: Accepted, params: Params, origin: Origin) {
+    let Ok(StateWatch {
+        link,
+        name: env_name,
+        template,
+    }) = accepted.environment.send(WatchState).await
+    else {
+        return close(
+            accepted.session,
+            CloseCode::Again,
+            "the environment is restarting; reconnect",
+        )
+        .await;
+    };
+    if link.state.borrow().is_deleted() {
+        return close(accepted.session, CloseCode::Normal, "environment deleted").await;
+    }
+    let welcome = Welcome {
+        name: env_name,
+        template,
+        status: link.state.borrow().status,
+    };
+    let env_id = accepted.env_id;
+    let target = Attach {
+        target: TerminalTarget::Environment(link),
+        welcome,
+        resource: ResourceType::Environment,
+        node: format!("environment:{env_id}"),
+    };
+    attach(accepted, target, params, origin).await;
+}
+
+/// Attaches to the session on the server.
+async fn open_server(accepted: Accepted<ServerTarget>, params: Params, origin: Origin) {
     let Accepted {
         state,
         session,
         stream,
         caller,
         env_id,
-        environment,
+        environment: server,
+    } = accepted;
+    let target = Attach {
+        target: TerminalTarget::Server(server.access),
+        welcome: Welcome {
+            name: server.name,
+            template: "server".to_owned(),
+            status: Status::Running,
+        },
+        resource: ResourceType::Server,
+        node: format!("server:{env_id}"),
+    };
+    let accepted = Accepted {
+        state,
+        session,
+        stream,
+        caller,
+        env_id,
+        environment: (),
+    };
+    attach(accepted, target, params, origin).await;
+}
+
+/// What a terminal attaches to.
+struct Attach {
+    target: TerminalTarget,
+    welcome: Welcome,
+    /// What its attach and detach are recorded on.
+    resource: ResourceType,
+    /// Its node in the actor tree.
+    node: String,
+}
+
+/// Takes a connection slot of the plan and attaches to the session.
+async fn attach<R>(accepted: Accepted<R>, to: Attach, params: Params, origin: Origin) {
+    let Accepted {
+        state,
+        session,
+        stream,
+        caller,
+        env_id,
+        ..
     } = accepted;
     let user = caller.user.id;
     let limit = caller.user.subscription_plan.limits().terminal_connections;
@@ -204,22 +367,6 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
         );
         return close(session, CloseCode::Policy, &reason).await;
     };
-    let Ok(StateWatch {
-        link,
-        name: env_name,
-        template,
-    }) = environment.send(WatchState).await
-    else {
-        return close(
-            session,
-            CloseCode::Again,
-            "the environment is restarting; reconnect",
-        )
-        .await;
-    };
-    if link.state.borrow().is_deleted() {
-        return close(session, CloseCode::Normal, "environment deleted").await;
-    }
     let Params {
         name,
         mode,
@@ -229,12 +376,12 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
     } = params;
     let terminal = match state
         .actors
-        .terminal(user, env_id, name.clone(), mode, link.clone())
+        .terminal(user, env_id, name.clone(), mode, to.target)
         .await
     {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(environment_id = %env_id, error = %e, "no terminal actor");
+            tracing::warn!(id = %env_id, error = %e, "no terminal actor");
             return close(
                 session,
                 CloseCode::Again,
@@ -250,18 +397,14 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
     let ws = WsSession::open(
         &state,
         "terminal",
-        vec![
-            terminal_node,
-            format!("environment:{env_id}"),
-            format!("user:{user}"),
-        ],
+        vec![terminal_node, to.node, format!("user:{user}")],
     );
     ws.set_state("waiting");
     let client_address = origin.ip.clone();
     let conn = Connection {
         ws,
         input_limit: state.ratelimits.ws_input_limiter(),
-        audit: TerminalAudit::new(&state, origin, user, env_id, &name),
+        audit: TerminalAudit::new(&state, origin, user, (to.resource, env_id), &name),
         state,
         session,
         stream,
@@ -273,10 +416,5 @@ async fn open(accepted: Accepted, params: Params, origin: Origin) {
         client_address,
         _slot: slot,
     };
-    let welcome = Welcome {
-        name: env_name,
-        template,
-        status: link.state.borrow().status,
-    };
-    conn.run(terminal, welcome, resume).await;
+    conn.run(terminal, to.welcome, resume).await;
 }
