@@ -3,8 +3,9 @@
 //! the busybox image serving HTTP on 127.0.0.1. Start → the app's URL answers →
 //! stop → it does not; a directory named to break a shell; a start while starting
 //! refused; a compose failure reported with its output; a stack stopped by hand
-//! seen at the next check; the auto-stop and an extend; projects and servers that
-//! still hold apps; another user's apps as 404s.
+//! seen at the next check; the auto-stop and an extend, and a server restart that
+//! neither loses nor doubles it; projects and servers that still hold apps; another
+//! user's apps as 404s.
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -12,7 +13,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::audit::audit_until;
-use crate::helpers::{IMAGE, TargetServer, TestApp, assert_error, docker, eventually, test_root};
+use crate::auto_stop::audited;
+use crate::helpers::{
+    Api, IMAGE, PASSWORD, TargetServer, TestApp, assert_error, devpocket, docker, eventually,
+    serve, test_database, test_root,
+};
 
 /// Servers on loopback, apps' minutes of a second, checks every second.
 const SETTINGS: [(&str, &str); 3] = [
@@ -417,4 +422,113 @@ async fn projects_and_servers_keep_their_apps_and_other_users_see_none() {
     );
     assert_error(client.get(&path_of).await, 404, "not_found").await;
     assert_eq!(client.delete(&server).await.status(), 204);
+}
+
+#[actix_web::test]
+async fn a_server_restart_neither_loses_nor_doubles_an_apps_stop() {
+    let engine = docker();
+    let db = test_database().await;
+    let data_dir = test_root().join(format!("apps-restart-{}", uuid::Uuid::new_v4().simple()));
+    let start = || {
+        let mut cmd = devpocket();
+        cmd.env("DATABASE_URL", &db.url)
+            .env("DEVPOCKET_DATA_DIR", &data_dir)
+            .env("DEVPOCKET_SERVERS_ALLOW_PRIVATE", "true")
+            .env("DEVPOCKET_APPS_MINUTE", "1s")
+            .env("DEVPOCKET_AUTO_STOP_CHECK", "1s");
+        serve(cmd)
+    };
+    let mut server = start();
+    let api = Api::new(&server.address);
+    let token = api.register("restarted", PASSWORD).await.unwrap();
+    let call = async |api: &Api, method: reqwest::Method, path: &str, body: Value| -> Value {
+        let response = api
+            .http
+            .request(method, api.url(path))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    };
+    let target = TargetServer::start_with(&[("DOCKER_HOST", &engine.host)]);
+    let registered = call(
+        &api,
+        reqwest::Method::POST,
+        "/api/v1/servers",
+        json!({"name": "box", "host": "127.0.0.1", "port": target.port, "username": "root"}),
+    )
+    .await;
+    target.authorize(registered["public_key"].as_str().unwrap());
+    let server_id = registered["id"].as_str().unwrap();
+    let trust = format!("/api/v1/servers/{server_id}/trust");
+    call(
+        &api,
+        reqwest::Method::POST,
+        &trust,
+        json!({"fingerprint": target.fingerprint}),
+    )
+    .await;
+    let project = call(
+        &api,
+        reqwest::Method::POST,
+        "/api/v1/projects",
+        json!({"name": "p"}),
+    )
+    .await;
+    let port = free_port();
+    let dir = test_root().join(format!("apps-{}", uuid::Uuid::new_v4()));
+    stack(&dir, port, "restarted");
+    let app = call(
+        &api,
+        reqwest::Method::POST,
+        "/api/v1/apps",
+        json!({"name": "a", "project_id": project["id"], "server_id": server_id,
+            "path": dir.to_str().unwrap(), "auto_stop_minutes": 10}),
+    )
+    .await;
+    let path = format!("/api/v1/apps/{}", app["id"].as_str().unwrap());
+    call(
+        &api,
+        reqwest::Method::POST,
+        &format!("{path}/start"),
+        json!({}),
+    )
+    .await;
+    let status = async |api: &Api, want: &str| {
+        eventually(Duration::from_secs(90), want, async || {
+            let app = call(api, reqwest::Method::GET, &path, json!({})).await;
+            if app["status"] == want {
+                Ok(app)
+            } else {
+                Err(app)
+            }
+        })
+        .await
+    };
+    status(&api, "running").await;
+    server.kill();
+
+    // Another process, after the restart, makes the stop at its time.
+    let server = start();
+    let api = Api::new(&server.address);
+    let stopped = status(&api, "stopped").await;
+    assert!(
+        stopped["status_message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped after 10 minutes"),
+        "{stopped}"
+    );
+    assert_eq!(fetch(port).await, None);
+    let mut conn = db.connect().await;
+    assert_eq!(audited(&mut conn, "app.auto_stop").await, 1);
+    server.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

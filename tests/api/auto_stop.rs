@@ -378,19 +378,21 @@ async fn with_two_processes_input_seen_by_either_counts_and_the_owner_stops_it_o
         "{env}"
     );
     let mut conn = owner.db.connect().await;
-    let stops = audited_stops(&mut conn).await;
+    let stops = audited(&mut conn, "environment.auto_stop").await;
     assert_eq!(stops, 1);
 }
 
 /// How many idle stops the audit log holds (written in the background: waits for one).
-async fn audited_stops(conn: &mut diesel_async::AsyncPgConnection) -> i64 {
+/// How many `action` events are recorded, once there is one (polled: writes are
+/// asynchronous).
+pub async fn audited(conn: &mut diesel_async::AsyncPgConnection, action: &str) -> i64 {
     use diesel::dsl::count_star;
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
     diesel::table! { audit_events (id) { id -> Uuid, action -> Text } }
     eventually(Duration::from_secs(10), "the audit event", async || {
         let n: i64 = audit_events::table
-            .filter(audit_events::action.eq("environment.auto_stop"))
+            .filter(audit_events::action.eq(action))
             .select(count_star())
             .get_result(&mut *conn)
             .await
@@ -447,7 +449,7 @@ async fn a_server_restart_neither_loses_nor_doubles_an_idle_stop() {
         "{stopped}"
     );
     let mut conn = db.connect().await;
-    assert_eq!(audited_stops(&mut conn).await, 1);
+    assert_eq!(audited(&mut conn, "environment.auto_stop").await, 1);
     server.stop().unwrap();
     shut_down_machines(&data_dir);
 }
