@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use devpocket_actors::server::{RunOnServer, ServerError};
-use devpocket_actors::ssh::shell_quote;
+use devpocket_actors::ssh::{Live, shell_quote};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
@@ -28,6 +28,65 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// The longest `auto_stop_minutes` or extend (a year, and a week).
 const MAX_AUTO_STOP: i64 = 525_600;
 const MAX_EXTEND: i64 = 7 * 24 * 60;
+
+/// What happens in an app's runs, as it happens, for its WebSocket clients
+/// (`WS /api/v1/ws/apps/{id}/logs`) on this process.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunEvent {
+    RunStarted {
+        run_id: Uuid,
+        action: &'static str,
+    },
+    RunOutput {
+        run_id: Uuid,
+        data: String,
+    },
+    RunFinished {
+        run_id: Uuid,
+        status: &'static str,
+        exit_status: Option<i32>,
+    },
+}
+
+/// The channel of each app with a run or a client now (see [`RunEvent`]).
+#[derive(Default)]
+pub struct LiveRuns {
+    apps:
+        std::sync::Mutex<std::collections::HashMap<Uuid, tokio::sync::broadcast::Sender<RunEvent>>>,
+}
+
+/// Events a client may fall behind by before it is told it missed some.
+const LIVE_BACKLOG: usize = 256;
+
+impl LiveRuns {
+    /// The app's channel, made if it has none.
+    pub fn sender(&self, app: Uuid) -> tokio::sync::broadcast::Sender<RunEvent> {
+        let mut apps = self
+            .apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        apps.entry(app)
+            .or_insert_with(|| tokio::sync::broadcast::channel(LIVE_BACKLOG).0)
+            .clone()
+    }
+
+    pub fn subscribe(&self, app: Uuid) -> tokio::sync::broadcast::Receiver<RunEvent> {
+        self.sender(app).subscribe()
+    }
+
+    /// Forgets the app's channel once nobody listens (a run that ends, a client
+    /// that leaves).
+    pub fn tidy(&self, app: Uuid) {
+        let mut apps = self
+            .apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if apps.get(&app).is_some_and(|tx| tx.receiver_count() == 0) {
+            apps.remove(&app);
+        }
+    }
+}
 
 /// An app as the app reads it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -270,14 +329,22 @@ fn url(v: &str) -> Result<String, String> {
 /// owner chose is quoted. Prints the end of what compose printed and exits with
 /// its status.
 pub fn compose_command(app: &App, args: &str) -> String {
+    format!(
+        "out=$( {{ {} {args}; }} 2>&1 ); s=$?; printf '%s\\n' \"$out\" | tail -c {OUTPUT_KEPT}; exit $s",
+        compose_prefix(app)
+    )
+}
+
+/// `cd` into the app's directory and compose with its file, ready for arguments.
+fn compose_prefix(app: &App) -> String {
     let file = app
         .compose_file
         .as_deref()
         .map(|f| format!(" -f {}", shell_quote(f)))
         .unwrap_or_default();
     format!(
-        "out=$( {{ c=$(if docker compose version >/dev/null 2>&1; then echo 'docker compose'; else echo docker-compose; fi); \
-         cd -- {dir} && $c{file} {args}; }} 2>&1 ); s=$?; printf '%s\\n' \"$out\" | tail -c {OUTPUT_KEPT}; exit $s",
+        "c=$(if docker compose version >/dev/null 2>&1; then echo 'docker compose'; else echo docker-compose; fi); \
+         cd -- {dir} && $c{file}",
         dir = shell_quote(&app.path),
     )
 }
@@ -288,6 +355,17 @@ async fn run_compose(
     server: &Server,
     app: &App,
     args: &str,
+) -> Result<(Option<i32>, String), String> {
+    run_compose_live(state, server, app, args, Live::default()).await
+}
+
+/// [`run_compose`], telling `live` what compose prints as it prints it.
+async fn run_compose_live(
+    state: &AppState,
+    server: &Server,
+    app: &App,
+    args: &str,
+    live: Live,
 ) -> Result<(Option<i32>, String), String> {
     let Some(access) = crate::servers::access(state, server).map_err(|e| e.to_string())? else {
         return Err("the server's host key is not trusted yet".into());
@@ -302,6 +380,7 @@ async fn run_compose(
         command: compose_command(app, args),
         timeout: Some(RUN_TIMEOUT),
         max_bytes: 2 * OUTPUT_KEPT,
+        live,
     };
     match actor.send(run).await {
         Ok(Ok(out)) => {
@@ -335,7 +414,30 @@ pub async fn run_now(state: &AppState, run: Run) {
         let start = matches!(run.action, Action::AppStart);
         let args = if start { "up -d" } else { "down" };
         let began = Instant::now();
-        let result = run_compose(state, &run.server, &run.app, args).await;
+        let events = state.live_runs.sender(run.app.id);
+        let run_id = run.run;
+        let _ = events.send(RunEvent::RunStarted {
+            run_id,
+            action: match run.action {
+                Action::AppStart => "start",
+                Action::AppAutoStop => "auto_stop",
+                _ => "stop",
+            },
+        });
+        let live = {
+            let events = events.clone();
+            let mut carry = devpocket_actors::terminal::utf8::Utf8Carry::default();
+            Live {
+                on_data: Some(Box::new(move |bytes: &[u8]| {
+                    let data = carry.push(bytes);
+                    if !data.is_empty() {
+                        let _ = events.send(RunEvent::RunOutput { run_id, data });
+                    }
+                })),
+                ..Live::default()
+            }
+        };
+        let result = run_compose_live(state, &run.server, &run.app, args, live).await;
         let (exit_status, output, error) = match result {
             Ok((status, output)) => (status, output, None),
             Err(error) => (None, String::new(), Some(error)),
@@ -370,6 +472,13 @@ pub async fn run_now(state: &AppState, run: Run) {
             ::metrics::histogram!("devpocket_app_run_duration_seconds", "action" => action)
                 .record(began.elapsed().as_secs_f64());
         });
+        let _ = events.send(RunEvent::RunFinished {
+            run_id,
+            status,
+            exit_status,
+        });
+        drop(events);
+        state.live_runs.tidy(run.app.id);
         let end = RunEnd {
             exit_status,
             output,
@@ -410,6 +519,48 @@ pub async fn run_now(state: &AppState, run: Run) {
                 });
             }
         }
+    }
+}
+
+/// How long `compose logs -f` may follow, and how much, for one client.
+pub const FOLLOW_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+pub const FOLLOW_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Follows `compose logs -f` of `app` (the last `tail` lines first) until `stop`,
+/// the time or byte bound, or the command's end; each piece of output goes to
+/// `on_data`. The reason it ended.
+pub async fn follow_logs(
+    state: &AppState,
+    server: &Server,
+    app: &App,
+    tail: u32,
+    on_data: devpocket_actors::ssh::OnData,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> String {
+    let Ok(Some(access)) = crate::servers::access(state, server) else {
+        return "the server's host key is not trusted yet".to_owned();
+    };
+    let Ok(actor) = state.actors.server(server.user_id, server.id).await else {
+        return ServerError::Stopped.to_string();
+    };
+    let run = RunOnServer {
+        access,
+        command: format!("{} logs -f --no-color --tail {tail}", compose_prefix(app)),
+        timeout: Some(FOLLOW_TIMEOUT),
+        max_bytes: FOLLOW_MAX_BYTES,
+        live: Live {
+            on_data: Some(on_data),
+            stop: Some(stop),
+            keep: false,
+        },
+    };
+    match actor.send(run).await {
+        Ok(Ok(out)) => format!(
+            "compose logs ended (exit status {})",
+            out.status.map_or("unknown".into(), |s| s.to_string())
+        ),
+        Ok(Err(err)) => err.to_string(),
+        Err(_) => ServerError::Stopped.to_string(),
     }
 }
 

@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi, ToResponse};
 use crate::error::ErrorBody;
 use crate::routes::{
     admin, admin_actors, apps, auth, catalog, docs, environments, health, info, metrics, servers,
-    templates, ws_logs, ws_terminal,
+    templates, ws_apps, ws_logs, ws_terminal,
 };
 
 /// The name of the security scheme that authenticated operations require.
@@ -91,6 +91,7 @@ rate limit is exceeded; 5xx bodies are generic.";
         ws_logs::logs_socket,
         ws_terminal::terminal_socket,
         ws_terminal::server_terminal_socket,
+        ws_apps::app_logs_socket,
         admin::list_users,
         admin::update_user,
         admin::list_audit_events,

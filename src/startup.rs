@@ -75,6 +75,8 @@ pub struct AppState {
     pub lists: Arc<ListCache>,
     /// Seals and opens secrets at rest (registered servers' keys).
     pub secrets: SecretBox,
+    /// Apps' runs as they happen, for their WebSocket clients.
+    pub live_runs: Arc<crate::apps::LiveRuns>,
 }
 
 /// How often recorded samples are folded into the histograms (the exporter's own
@@ -278,6 +280,7 @@ impl Application {
             sessions: SessionCache::new(settings.auth.session_cache_ttl),
             lists,
             secrets: SecretBox::new(secret_key.expose()),
+            live_runs: Arc::default(),
         });
         let metrics_listener = match settings.metrics.listen {
             Some(address) => Some(

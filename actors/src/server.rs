@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::deps::Deps;
 use crate::inspect::{ActorStats, Instrumented, Kind, Registration};
 use crate::model::MachineAccess;
-use crate::ssh::{self, ExecOutput, SshError, SshSession};
+use crate::ssh::{self, ExecOutput, Live, SshError, SshSession};
 
 /// Timings and the address policy for users' servers.
 #[derive(Debug, Clone)]
@@ -375,7 +375,13 @@ impl Handler<CheckServer> for ServerActor {
     type Result = ResponseFuture<Result<ServerFacts, ServerError>>;
 
     fn handle(&mut self, CheckServer(access): CheckServer, _: &mut Context<Self>) -> Self::Result {
-        let run = self.run(access, CHECK_COMMAND, None, CHECK_MAX_BYTES);
+        let run = self.run(
+            access,
+            CHECK_COMMAND,
+            None,
+            CHECK_MAX_BYTES,
+            Live::default(),
+        );
         Box::pin(async move {
             let out = run.await?;
             Ok(parse_check(&String::from_utf8_lossy(&out.stdout)))
@@ -392,13 +398,21 @@ pub struct RunOnServer {
     pub command: String,
     pub timeout: Option<Duration>,
     pub max_bytes: usize,
+    /// Who follows the output as it comes, and what stops it early.
+    pub live: Live,
 }
 
 impl Handler<RunOnServer> for ServerActor {
     type Result = ResponseFuture<Result<ExecOutput, ServerError>>;
 
     fn handle(&mut self, msg: RunOnServer, _: &mut Context<Self>) -> Self::Result {
-        let run = self.run(msg.access, &msg.command, msg.timeout, msg.max_bytes);
+        let run = self.run(
+            msg.access,
+            &msg.command,
+            msg.timeout,
+            msg.max_bytes,
+            msg.live,
+        );
         Box::pin(run)
     }
 }
@@ -412,6 +426,7 @@ impl ServerActor {
         command: &str,
         timeout: Option<Duration>,
         max_bytes: usize,
+        live: Live,
     ) -> impl Future<Output = Result<ExecOutput, ServerError>> + 'static {
         self.last_request = Instant::now();
         self.registration.stats.set_state("connected");
@@ -420,7 +435,7 @@ impl ServerActor {
         async move {
             let session = connection(&pool, &deps, &access).await?;
             let timeout = timeout.unwrap_or(deps.servers.command_timeout);
-            let out = session.run(&command, timeout, max_bytes).await;
+            let out = session.run_live(&command, timeout, max_bytes, live).await;
             pool.lock().await.used = Instant::now();
             out.map_err(|e| match e {
                 SshError::CommandTimeout => {
@@ -429,6 +444,7 @@ impl ServerActor {
                 SshError::OutputTooLarge(n) => {
                     ServerError::Command(format!("it printed more than {n} bytes"))
                 }
+                SshError::Stopped => ServerError::Command("stopped".to_owned()),
                 other => ServerError::Offline(other.to_string()),
             })
         }

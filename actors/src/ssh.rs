@@ -50,6 +50,8 @@ pub enum SshError {
     Protocol(#[from] russh::Error),
     #[error("the command timed out")]
     CommandTimeout,
+    #[error("the command was stopped")]
+    Stopped,
     #[error("the machine printed more than {0} bytes; the command was stopped")]
     OutputTooLarge(usize),
 }
@@ -244,6 +246,28 @@ pub async fn run_once(
     out.map_err(OnceError::Failed)
 }
 
+/// Given each piece of a command's output (stdout and stderr alike) as it arrives.
+pub type OnData = Box<dyn FnMut(&[u8]) + Send>;
+
+/// What a command's output is for besides its result ([`SshSession::run_live`]).
+pub struct Live {
+    pub on_data: Option<OnData>,
+    /// Ends the command early when it resolves (or its sender is dropped).
+    pub stop: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Whether the output is also kept for the result (else only counted).
+    pub keep: bool,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            on_data: None,
+            stop: None,
+            keep: true,
+        }
+    }
+}
+
 /// What an exec channel produced.
 #[derive(Debug)]
 pub struct ExecOutput {
@@ -363,7 +387,22 @@ impl SshSession {
         timeout: Duration,
         max_bytes: usize,
     ) -> Result<ExecOutput, SshError> {
+        self.run_live(command, timeout, max_bytes, Live::default())
+            .await
+    }
+
+    /// [`Self::run`], telling `live` what the command prints as it prints it, and
+    /// ending it early when `live.stop` says so (`SshError::Stopped`).
+    pub async fn run_live(
+        &self,
+        command: &str,
+        timeout: Duration,
+        max_bytes: usize,
+        mut live: Live,
+    ) -> Result<ExecOutput, SshError> {
         let (mut reader, writer) = self.exec(command).await?.split();
+        let keep = live.keep;
+        let on_data = &mut live.on_data;
         let collect = async {
             let mut out = ExecOutput {
                 status: None,
@@ -387,14 +426,30 @@ impl SshSession {
                 if read > max_bytes {
                     return Err(SshError::OutputTooLarge(max_bytes));
                 }
-                buffer.extend_from_slice(&data);
+                if let Some(on_data) = on_data.as_mut() {
+                    on_data(&data);
+                }
+                if keep {
+                    buffer.extend_from_slice(&data);
+                }
             }
             Ok(out)
         };
-        let result = match tokio::time::timeout(timeout, collect).await {
-            Ok(Ok(out)) => return Ok(out),
-            Ok(Err(e)) => e,
-            Err(_) => SshError::CommandTimeout,
+        let stop = async {
+            match live.stop.take() {
+                Some(stop) => {
+                    let _ = stop.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let result = tokio::select! {
+            collected = tokio::time::timeout(timeout, collect) => match collected {
+                Ok(Ok(out)) => return Ok(out),
+                Ok(Err(e)) => e,
+                Err(_) => SshError::CommandTimeout,
+            },
+            () = stop => SshError::Stopped,
         };
         // Stop reading first: the connection's loop then discards what is still
         // in flight for this channel instead of waiting for us to take it, so the

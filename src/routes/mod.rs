@@ -12,6 +12,7 @@ pub mod info;
 pub mod metrics;
 pub mod servers;
 pub mod templates;
+pub mod ws_apps;
 pub mod ws_common;
 pub mod ws_logs;
 pub mod ws_terminal;
@@ -44,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(apps::configure)
             .configure(ws_logs::configure)
             .configure(ws_terminal::configure)
+            .configure(ws_apps::configure)
             .configure(admin::configure)
             .configure(admin_actors::configure)
             .configure(docs::configure),

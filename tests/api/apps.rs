@@ -10,13 +10,15 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::audit::audit_until;
 use crate::auto_stop::audited;
 use crate::helpers::{
-    Api, IMAGE, PASSWORD, TargetServer, TestApp, assert_error, devpocket, docker, eventually,
-    serve, test_database, test_root,
+    Api, IMAGE, PASSWORD, TargetServer, TestApp, WsEvent, assert_error, devpocket, docker,
+    eventually, serve, test_database, test_root, ws_next, ws_until,
 };
 
 /// Servers on loopback, apps' minutes of a second, checks every second.
@@ -94,7 +96,7 @@ fn stack(dir: &std::path::Path, port: u16, text: &str) {
         dir.join("docker-compose.yml"),
         format!(
             "version: \"3\"\nservices:\n  web:\n    image: {IMAGE}\n    network_mode: host\n    \
-             command: [\"/bin/sh\", \"-c\", \"mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 127.0.0.1:{port} -h /www\"]\n"
+             command: [\"/bin/sh\", \"-c\", \"mkdir -p /www && echo {text} > /www/index.html && echo serving-{text} && exec httpd -f -p 127.0.0.1:{port} -h /www\"]\n"
         ),
     )
     .unwrap();
@@ -168,6 +170,14 @@ async fn an_app_in_a_hostile_directory_starts_answers_stops_and_its_runs_are_kep
         (Some("stopped"), Some(path))
     );
 
+    // A client follows the app's runs as they happen.
+    let mut live = s
+        .app
+        .ws(&format!("/api/v1/ws/apps/{id}/logs?token={}", s.token))
+        .await;
+    let first = ws_until(&mut live, "app").await;
+    assert_eq!(first.last().unwrap()["status"], "stopped", "{first:?}");
+
     let response = s.post(&format!("/api/v1/apps/{id}/start"), json!({})).await;
     assert_eq!(response.status(), 202);
     let starting: Value = response.json().await.unwrap();
@@ -184,6 +194,51 @@ async fn an_app_in_a_hostile_directory_starts_answers_stops_and_its_runs_are_kep
     assert_eq!(
         fetch(port).await.as_deref().map(str::trim),
         Some("hello-app")
+    );
+    let run = ws_until(&mut live, "run_finished").await;
+    assert_eq!(run[0]["type"], "run_started", "{run:?}");
+    assert_eq!(run[0]["action"], "start", "{run:?}");
+    let printed: String = run
+        .iter()
+        .filter(|f| f["type"] == "run_output")
+        .map(|f| f["data"].as_str().unwrap())
+        .collect();
+    assert!(!printed.trim().is_empty(), "{run:?}");
+    let finished = run.last().unwrap();
+    assert_eq!(
+        (
+            finished["status"].as_str(),
+            finished["exit_status"].as_i64()
+        ),
+        (Some("running"), Some(0))
+    );
+    // And, asked, the containers' own logs.
+    let ask = json!({"type": "compose_logs", "tail": 10}).to_string();
+    live.send(Message::text(ask)).await.unwrap();
+    let mut logs = String::new();
+    while !logs.contains("serving-hello-app") {
+        match ws_next(&mut live).await {
+            WsEvent::Json(f) if f["type"] == "compose_log" => {
+                logs.push_str(f["data"].as_str().unwrap())
+            }
+            WsEvent::Json(f) => assert_ne!(f["type"], "compose_logs_ended", "{f}"),
+            WsEvent::Closed(c) => panic!("closed: {c:?}"),
+        }
+    }
+    live.send(Message::text(json!({"type": "stop_logs"}).to_string()))
+        .await
+        .unwrap();
+    let ended = ws_until(&mut live, "compose_logs_ended").await;
+    assert!(ended.last().unwrap()["reason"].is_string(), "{ended:?}");
+    let bad = json!({"type": "rm -rf"}).to_string();
+    live.send(Message::text(bad)).await.unwrap();
+    let error = ws_until(&mut live, "error").await;
+    assert!(
+        error.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("compose_logs"),
+        "{error:?}"
     );
 
     let response = s.post(&format!("/api/v1/apps/{id}/stop"), json!({})).await;

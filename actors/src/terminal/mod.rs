@@ -13,7 +13,7 @@
 
 mod fanout;
 mod link;
-mod utf8;
+pub mod utf8;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
