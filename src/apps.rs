@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use devpocket_actors::app::{self as app_actor, AppRuns, AppWork, Schedule};
 use devpocket_actors::server::{RunOnServer, ServerError};
 use devpocket_actors::ssh::{Live, shell_quote};
 use serde::Serialize;
@@ -404,12 +405,73 @@ pub struct Run {
 /// Runs a start (`up -d`) or a stop (`down`) already begun (`db::begin_run`) to
 /// its end, and records how it ended: the app's new status, and for a start its
 /// stop time. In the background of the request that began it (see [`run_now`]).
-pub fn spawn_run(state: Arc<AppState>, run: Run) {
-    actix_web::rt::spawn(async move { run_now(&state, run).await });
+pub async fn spawn_run(state: Arc<AppState>, run: Run) {
+    let runs: Arc<dyn AppRuns> = Arc::new(Runner(state.clone()));
+    match state.actors.app(run.app.user_id, run.app.id, runs).await {
+        Ok(actor) => {
+            let me = actor.clone();
+            actor.do_send(app_actor::Run(Box::pin(async move {
+                let stops_at = run_now(&state, run).await;
+                me.do_send(Schedule(stops_at));
+            })));
+        }
+        // No actor to make it (the actor system is going down): made here, so
+        // that it is recorded either way.
+        Err(_) => {
+            actix_web::rt::spawn(async move { run_now(&state, run).await });
+        }
+    }
 }
 
-/// Runs a start or a stop already begun to its end, and records how it ended.
-pub async fn run_now(state: &AppState, run: Run) {
+/// Tells the app's actor (if it runs) when the app stops by itself now.
+pub async fn reschedule(state: &Arc<AppState>, app: &App) {
+    let runs: Arc<dyn AppRuns> = Arc::new(Runner(state.clone()));
+    if let Ok(actor) = state.actors.app(app.user_id, app.id, runs).await {
+        actor.do_send(Schedule(app.stops_at));
+    }
+}
+
+/// What an app's actor asks of this server: the stop due when its timer fires.
+struct Runner(Arc<AppState>);
+
+impl AppRuns for Runner {
+    fn stop_due(&self, app: Uuid) -> AppWork {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let claimed = match state.pool.get().await {
+                Ok(mut conn) => db::claim_one_due(&mut conn, app).await.ok().flatten(),
+                Err(_) => None,
+            };
+            // Extended, stopped, or stopped elsewhere meanwhile: nothing is due.
+            let Some((app, run)) = claimed else { return };
+            let server = match state.pool.get().await {
+                Ok(mut conn) => servers_db::find_owned(&mut conn, app.user_id, app.server_id)
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(_) => None,
+            };
+            if let Some(server) = server {
+                tracing::info!(app_id = %app.id, "stopping an app whose time is up");
+                let action = Action::AppAutoStop;
+                run_now(
+                    &state,
+                    Run {
+                        app,
+                        server,
+                        run,
+                        action,
+                    },
+                )
+                .await;
+            }
+        })
+    }
+}
+
+/// Runs a start or a stop already begun to its end, and records how it ended:
+/// when the app now stops by itself (`None`: it does not, or is not running).
+pub async fn run_now(state: &AppState, run: Run) -> Option<DateTime<Utc>> {
     {
         let start = matches!(run.action, Action::AppStart);
         let args = if start { "up -d" } else { "down" };
@@ -519,6 +581,7 @@ pub async fn run_now(state: &AppState, run: Run) {
                 });
             }
         }
+        stops_at
     }
 }
 
@@ -614,7 +677,8 @@ pub fn spawn_auto_stop(state: &Arc<AppState>) {
                     run,
                     action: Action::AppAutoStop,
                 },
-            );
+            )
+            .await;
         }
     });
 }

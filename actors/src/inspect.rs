@@ -23,16 +23,19 @@ pub enum Kind {
     Terminal,
     /// A server a user registered (their own SSH host).
     Server,
+    /// A compose app on such a server, while a run or its auto-stop is under way.
+    App,
     #[serde(rename = "websocket")]
     WebSocket,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::UserSupervisor,
         Kind::Environment,
         Kind::Terminal,
         Kind::Server,
+        Kind::App,
         Kind::WebSocket,
     ];
 
@@ -42,6 +45,7 @@ impl Kind {
             Kind::Environment => "environment",
             Kind::Terminal => "terminal",
             Kind::Server => "server",
+            Kind::App => "app",
             Kind::WebSocket => "websocket",
         }
     }
@@ -52,7 +56,7 @@ impl Kind {
 pub struct ActorStats {
     pub kind: Kind,
     /// Stable within the tree: `user:<uuid>`, `environment:<uuid>`,
-    /// `terminal:<uuid>:<mode>:<session>`, `server:<uuid>`, `websocket:<n>`.
+    /// `terminal:<uuid>:<mode>:<session>`, `server:<uuid>`, `app:<uuid>`, `websocket:<n>`.
     pub id: String,
     /// Where the node hangs in the tree: the first of these that is alive (a
     /// terminal's environment actor may have gone idle while its supervisor lives).

@@ -4,6 +4,7 @@
 //! This crate knows neither HTTP nor SQL: it reaches persistence through the
 //! `Store` trait, which the server implements.
 
+pub mod app;
 pub mod backoff;
 pub mod deps;
 pub mod environment;

@@ -194,6 +194,19 @@ impl ActorSystem {
         supervisor.send(crate::supervisor::GetServer { id }).await
     }
 
+    /// The actor of `user_id`'s app `id` (the caller has checked ownership).
+    pub async fn app(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+        runs: Arc<dyn crate::app::AppRuns>,
+    ) -> Result<Handle<crate::app::AppActor>, MailboxError> {
+        let supervisor = self.registry.send(SupervisorFor { user_id }).await?;
+        supervisor
+            .send(crate::supervisor::GetApp { id, runs })
+            .await
+    }
+
     /// Stops the actor of `user_id`'s deleted server `id`, if it runs.
     pub async fn forget_server(&self, user_id: Uuid, id: Uuid) -> Result<(), MailboxError> {
         let supervisor = self.registry.send(SupervisorFor { user_id }).await?;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use uuid::Uuid;
 
+use crate::app::{AppActor, AppRuns};
 use crate::backoff::Backoff;
 use crate::deps::Deps;
 use crate::environment::{EnvError, EnvironmentActor};
@@ -28,6 +29,7 @@ pub struct UserSupervisor {
     crashes: HashMap<Uuid, u32>,
     terminals: HashMap<(Uuid, String, SessionMode), Handle<TerminalActor>>,
     servers: HashMap<Uuid, Handle<ServerActor>>,
+    apps: HashMap<Uuid, Handle<AppActor>>,
     last_activity: Instant,
     registration: Registration,
 }
@@ -47,6 +49,7 @@ impl UserSupervisor {
             crashes: HashMap::new(),
             terminals: HashMap::new(),
             servers: HashMap::new(),
+            apps: HashMap::new(),
             last_activity: Instant::now(),
         }
     }
@@ -85,8 +88,10 @@ impl Actor for UserSupervisor {
         let every = (self.deps.settings.supervisor_idle / 4).max(Duration::from_millis(100));
         ctx.run_interval(every, |act, ctx| {
             act.servers.retain(|_, s| s.connected());
+            act.apps.retain(|_, a| a.connected());
             if act.children.is_empty()
                 && act.servers.is_empty()
+                && act.apps.is_empty()
                 && act.last_activity.elapsed() >= act.deps.settings.supervisor_idle
             {
                 ctx.stop();
@@ -324,5 +329,30 @@ impl Handler<ForgetServer> for UserSupervisor {
         if let Some(handle) = self.servers.remove(&msg.id) {
             handle.addr.do_send(crate::server::Forget);
         }
+    }
+}
+
+/// The actor of one of this user's apps, started if it is not running; `runs` is
+/// what a new one asks the server to do when the app's time is up. The caller has
+/// checked that the app is theirs.
+#[derive(Message)]
+#[rtype(result = "Handle<AppActor>")]
+pub struct GetApp {
+    pub id: Uuid,
+    pub runs: Arc<dyn AppRuns>,
+}
+
+impl Handler<GetApp> for UserSupervisor {
+    type Result = MessageResult<GetApp>;
+
+    fn handle(&mut self, msg: GetApp, _: &mut Context<Self>) -> Self::Result {
+        self.last_activity = Instant::now();
+        if let Some(handle) = self.apps.get(&msg.id).filter(|a| a.connected()) {
+            return MessageResult(handle.clone());
+        }
+        let app = AppActor::new(self.deps.clone(), self.user_id, msg.id, msg.runs);
+        let handle = Handle::start(app);
+        self.apps.insert(msg.id, handle.clone());
+        MessageResult(handle)
     }
 }

@@ -425,6 +425,31 @@ pub async fn claim_due(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<
     .await
 }
 
+/// The running app `id` if its stop time has come, claimed for the stop (as
+/// [`claim_due`] does for all): `None` when it is not due (any more).
+pub async fn claim_one_due(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<(App, Uuid)>> {
+    conn.transaction::<_, diesel::result::Error, _>(async move |conn| {
+        let due: Option<Uuid> = apps::table
+            .filter(apps::id.eq(id))
+            .filter(apps::status.eq("running"))
+            .filter(apps::stops_at.le(Utc::now()))
+            .select(apps::id)
+            .for_update()
+            .skip_locked()
+            .first(conn)
+            .await
+            .optional()?;
+        match due {
+            Some(id) => begin_run(conn, id, &["running"], "stopping", "auto_stop").await,
+            None => Ok(None),
+        }
+    })
+    .await
+}
+
 /// Records what compose says runs of a running app (at a server check); an app
 /// with nothing running was stopped by hand on the server.
 pub async fn record_ps(conn: &mut AsyncPgConnection, id: Uuid, running: i32) -> QueryResult<()> {

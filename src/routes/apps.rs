@@ -705,7 +705,8 @@ async fn begin(
             run,
             action,
         },
-    );
+    )
+    .await;
     Ok(begun)
 }
 
@@ -807,6 +808,9 @@ async fn extend_app(
             })
     }
     .await;
+    if let Ok(app) = &result {
+        apps::reschedule(&state.clone().into_inner(), app).await;
+    }
     record(
         &state,
         &caller,

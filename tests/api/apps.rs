@@ -354,6 +354,15 @@ async fn an_app_stops_by_itself_after_its_time_and_an_extend_puts_it_off() {
     let id = app["id"].as_str().unwrap();
     s.post(&format!("/api/v1/apps/{id}/start"), json!({})).await;
     let running = s.until(id, "running").await;
+    // Its actor holds the timer, beside its server's.
+    let tree = s.get("/api/v1/admin/actors").await;
+    for kind in ["app", "server"] {
+        assert!(
+            tree["totals"][kind]["alive"].as_u64() >= Some(1),
+            "{kind}: {}",
+            tree["totals"]
+        );
+    }
     let first: chrono::DateTime<chrono::Utc> =
         running["stops_at"].as_str().unwrap().parse().unwrap();
     let response = s
