@@ -4,8 +4,8 @@
 //! stop → it does not; a directory named to break a shell; a start while starting
 //! refused; a compose failure reported with its output; a stack stopped by hand
 //! seen at the next check; the auto-stop and an extend, and a server restart that
-//! neither loses nor doubles it; projects and servers that still hold apps; another
-//! user's apps as 404s.
+//! neither loses nor doubles it, nor two processes; projects and servers that still
+//! hold apps; another user's apps as 404s.
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -594,5 +594,54 @@ async fn a_server_restart_neither_loses_nor_doubles_an_apps_stop() {
     let mut conn = db.connect().await;
     assert_eq!(audited(&mut conn, "app.auto_stop").await, 1);
     server.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix_web::test]
+async fn with_two_processes_an_extend_made_on_either_holds_and_the_app_stops_once() {
+    let s = setup("twice").await;
+    // A second process on the same database (its own actors and timers).
+    let other = TestApp::spawn_on(test_database().await, Some(&s.app.db.url), &SETTINGS).await;
+    let port = free_port();
+    let dir = test_root().join(format!("apps-{}", uuid::Uuid::new_v4()));
+    stack(&dir, port, "twice");
+    let app = s
+        .create_app(
+            "twice",
+            dir.to_str().unwrap(),
+            json!({"auto_stop_minutes": 4}),
+        )
+        .await;
+    let id = app["id"].as_str().unwrap();
+    // Started through the other process (whose actor times the first stop)...
+    let started = other
+        .authed_client(&s.token)
+        .post(&format!("/api/v1/apps/{id}/start"), &json!({}))
+        .await;
+    assert_eq!(started.status(), 202);
+    s.until(id, "running").await;
+    // ...extended through this one: the other's timer finds nothing due.
+    let response = s
+        .post(&format!("/api/v1/apps/{id}/extend"), json!({"minutes": 12}))
+        .await;
+    let extended: Value = response.json().await.unwrap();
+    let until: chrono::DateTime<chrono::Utc> =
+        extended["stops_at"].as_str().unwrap().parse().unwrap();
+
+    let stopped = s.until(id, "stopped").await;
+    assert!(
+        chrono::Utc::now() >= until,
+        "stopped before its extended time: {stopped}"
+    );
+    let mut conn = s.app.db.connect().await;
+    assert_eq!(audited(&mut conn, "app.auto_stop").await, 1);
+    let logs = s.get(&format!("/api/v1/apps/{id}/logs")).await;
+    let stops = logs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "auto_stop")
+        .count();
+    assert_eq!(stops, 1, "{logs}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -382,7 +382,6 @@ async fn with_two_processes_input_seen_by_either_counts_and_the_owner_stops_it_o
     assert_eq!(stops, 1);
 }
 
-/// How many idle stops the audit log holds (written in the background: waits for one).
 /// How many `action` events are recorded, once there is one (polled: writes are
 /// asynchronous).
 pub async fn audited(conn: &mut diesel_async::AsyncPgConnection, action: &str) -> i64 {

@@ -7,11 +7,16 @@
 //! a terminal on a server shared by two clients.
 
 use futures_util::SinkExt;
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::audit::{actions, audit_until};
-use crate::helpers::{TargetServer, TestApp, Ws, WsEvent, assert_error, ws_next, ws_until};
+use crate::digitalocean::metric;
+use crate::helpers::{
+    TargetServer, TestApp, Ws, WsEvent, assert_error, eventually, ws_next, ws_until,
+};
 
 /// Servers on loopback are allowed here (they are the tests' own).
 const LOOPBACK: [(&str, &str); 1] = [("DEVPOCKET_SERVERS_ALLOW_PRIVATE", "true")];
@@ -56,7 +61,7 @@ async fn check(app: &TestApp, token: &str, id: &str) -> Value {
 
 #[actix_web::test]
 async fn a_server_is_registered_with_a_generated_key_trusted_by_its_fingerprint_and_checked() {
-    let app = TestApp::spawn_with(&LOOPBACK).await;
+    let app = TestApp::spawn_with(&[LOOPBACK[0], ("DEVPOCKET_SERVER_CONNECTION_IDLE", "1s")]).await;
     let token = app.admin_token("owner").await;
     let target = TargetServer::start();
 
@@ -114,6 +119,44 @@ async fn a_server_is_registered_with_a_generated_key_trusted_by_its_fingerprint_
     assert_eq!(online["load_average"].as_array().unwrap().len(), 3);
     assert!(online["docker_available"].is_boolean(), "{online}");
     assert!(online["last_checked"].is_string(), "{online}");
+    // Checked again: on the same connection.
+    assert_eq!(check(&app, &token, id).await["status"], "online");
+    let connects = metric(
+        &app,
+        "devpocket_ssh_connects_total",
+        &[("purpose", "server"), ("outcome", "ok")],
+    )
+    .await;
+    assert_eq!(connects, 1.0, "one connection, reused");
+    // Unused for a while, it is closed; the next check opens another.
+    let node = format!("/api/v1/admin/actors/server:{id}");
+    eventually(
+        Duration::from_secs(30),
+        "the connection to close",
+        async || {
+            let actor: Value = app
+                .authed_client(&token)
+                .get(&node)
+                .await
+                .json()
+                .await
+                .unwrap();
+            if actor["state"] == "idle" {
+                Ok(())
+            } else {
+                Err(actor)
+            }
+        },
+    )
+    .await;
+    assert_eq!(check(&app, &token, id).await["status"], "online");
+    let connects = metric(
+        &app,
+        "devpocket_ssh_connects_total",
+        &[("purpose", "server"), ("outcome", "ok")],
+    )
+    .await;
+    assert_eq!(connects, 2.0, "a new connection after the idle close");
 
     let list: Value = app
         .authed_client(&token)
