@@ -710,6 +710,20 @@ async fn begin(
     Ok(begun)
 }
 
+/// A start or a stop, audited, answered 202 with the app as it now is.
+async fn begun(
+    state: web::Data<AppState>,
+    caller: AuthUser,
+    origin: Origin,
+    id: web::Path<String>,
+    action: Action,
+) -> Result<HttpResponse, ApiError> {
+    let result = begin(state.clone(), &caller, &id, action).await;
+    let app = (ResourceType::App, Uuid::parse_str(&id).ok());
+    record(&state, &caller, &origin, action, app, json!({}), &result);
+    Ok(HttpResponse::Accepted().json(AppResponse::from(result?)))
+}
+
 /// `POST /apps/{id}/start` → 202, `starting`.
 #[utoipa::path(post, path = "/api/v1/apps/{id}/start", tag = "servers", summary = "Start an app.",
     description = "Runs `compose up -d` in the app's directory on its server, in the background: \
@@ -726,17 +740,7 @@ async fn start_app(
     origin: Origin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let result = begin(state.clone(), &caller, &id, Action::AppStart).await;
-    record(
-        &state,
-        &caller,
-        &origin,
-        Action::AppStart,
-        (ResourceType::App, Uuid::parse_str(&id).ok()),
-        json!({}),
-        &result,
-    );
-    Ok(HttpResponse::Accepted().json(AppResponse::from(result?)))
+    begun(state, caller, origin, id, Action::AppStart).await
 }
 
 /// `POST /apps/{id}/stop` → 202, `stopping`.
@@ -753,17 +757,7 @@ async fn stop_app(
     origin: Origin,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let result = begin(state.clone(), &caller, &id, Action::AppStop).await;
-    record(
-        &state,
-        &caller,
-        &origin,
-        Action::AppStop,
-        (ResourceType::App, Uuid::parse_str(&id).ok()),
-        json!({}),
-        &result,
-    );
-    Ok(HttpResponse::Accepted().json(AppResponse::from(result?)))
+    begun(state, caller, origin, id, Action::AppStop).await
 }
 
 /// The body of `POST /apps/{id}/extend`.

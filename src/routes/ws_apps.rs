@@ -132,7 +132,8 @@ async fn serve(accepted: Accepted<App>) {
         environment: app,
         ..
     } = accepted;
-    let ws = WsSession::open(&state, "app_logs", vec![format!("user:{}", app.user_id)]);
+    let parents = vec![format!("app:{}", app.id), format!("user:{}", app.user_id)];
+    let ws = WsSession::open(&state, "app_logs", parents);
     let mut stream = stream;
     let mut events = state.live_runs.subscribe(app.id);
     let (log_tx, mut log_rx) = mpsc::channel::<Value>(FOLLOW_QUEUE);

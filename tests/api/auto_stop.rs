@@ -43,14 +43,16 @@ async fn status(ws: &mut Ws, state: &str) -> Value {
     }
 }
 
-fn time(v: &Value) -> DateTime<Utc> {
+/// A time as the API writes it.
+pub fn time(v: &Value) -> DateTime<Utc> {
     v.as_str()
         .unwrap_or_else(|| panic!("a time: {v}"))
         .parse()
         .expect("RFC 3339")
 }
 
-async fn activity(app: &TestApp, token: &str, id: &str) -> Value {
+/// `GET /environments/{id}/activity`.
+pub async fn activity(app: &TestApp, token: &str, id: &str) -> Value {
     let response = app
         .authed_client(token)
         .get(&format!("/api/v1/environments/{id}/activity"))

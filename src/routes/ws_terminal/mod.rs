@@ -12,6 +12,7 @@
 mod connection;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -147,18 +148,39 @@ async fn terminal_socket(
     id: web::Path<String>,
     query: web::Query<TerminalQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let origin = Origin::of(&req, &state.settings.http.trusted_proxies);
-    let query = query.into_inner();
+    let (id, query) = (id.into_inner(), query.into_inner());
+    handshake(state, &req, payload, id, query, find_environment, open)
+}
+
+/// The handshake both terminal endpoints share: `find` says whether the id is
+/// the caller's and what it is, `open` attaches to it.
+fn handshake<R, Find, FindFut, Open, OpenFut>(
+    state: web::Data<AppState>,
+    req: &HttpRequest,
+    payload: web::Payload,
+    id: String,
+    query: TerminalQuery,
+    find: Find,
+    open: Open,
+) -> Result<HttpResponse, actix_web::Error>
+where
+    R: 'static,
+    Find: FnOnce(web::Data<AppState>, AuthUser, Uuid) -> FindFut + 'static,
+    FindFut: Future<Output = Result<R, Refusal>> + 'static,
+    Open: FnOnce(Accepted<R>, Params, Origin) -> OpenFut + 'static,
+    OpenFut: Future<Output = ()> + 'static,
+{
+    let origin = Origin::of(req, &state.settings.http.trusted_proxies);
     let token = query.token.clone();
     accept(
         state,
-        &req,
+        req,
         payload,
         PROTOCOL_FRAME_LIMIT,
         token,
-        id.into_inner(),
+        id,
         Params::of(query),
-        find_environment,
+        find,
         move |accepted, params| open(accepted, params, origin),
     )
 }
@@ -190,20 +212,8 @@ async fn server_terminal_socket(
     id: web::Path<String>,
     query: web::Query<TerminalQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let origin = Origin::of(&req, &state.settings.http.trusted_proxies);
-    let query = query.into_inner();
-    let token = query.token.clone();
-    accept(
-        state,
-        &req,
-        payload,
-        PROTOCOL_FRAME_LIMIT,
-        token,
-        id.into_inner(),
-        Params::of(query),
-        find_server,
-        move |accepted, params| open_server(accepted, params, origin),
-    )
+    let (id, query) = (id.into_inner(), query.into_inner());
+    handshake(state, &req, payload, id, query, find_server, open_server)
 }
 
 /// A server of the caller's, trusted, and how to reach it.

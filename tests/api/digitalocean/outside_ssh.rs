@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::spawn_app;
+use crate::auto_stop::{activity, time};
 use crate::fake_do::FakeDo;
 use crate::helpers::{TestApp, WsEvent, eventually, test_root, ws_next, ws_until};
 
@@ -69,22 +70,6 @@ async fn connect_from_outside(key: &std::path::Path, ip: &str) -> Session {
         "the outside SSH session did not come up"
     );
     session
-}
-
-fn time(v: &Value) -> DateTime<Utc> {
-    v.as_str()
-        .unwrap_or_else(|| panic!("a time: {v}"))
-        .parse()
-        .expect("RFC 3339")
-}
-
-async fn activity(app: &TestApp, token: &str, id: &str) -> Value {
-    let response = app
-        .authed_client(token)
-        .get(&format!("/api/v1/environments/{id}/activity"))
-        .await;
-    assert_eq!(response.status(), 200);
-    response.json().await.expect("json")
 }
 
 /// Waits until the last activity is an outside SSH session seen after `after`.
