@@ -315,7 +315,7 @@ impl Handler<GetServer> for UserSupervisor {
 }
 
 /// Stops the actor of one of this user's servers (it was deleted), closing its
-/// connection.
+/// connection, and ends its terminals.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ForgetServer {
@@ -329,6 +329,15 @@ impl Handler<ForgetServer> for UserSupervisor {
         if let Some(handle) = self.servers.remove(&msg.id) {
             handle.addr.do_send(crate::server::Forget);
         }
+        // Its terminals end: nobody keeps a way into a server its owner removed.
+        self.terminals.retain(|(id, ..), terminal| {
+            if *id == msg.id {
+                terminal
+                    .addr
+                    .do_send(crate::terminal::Shut("the server was deleted".to_owned()));
+            }
+            *id != msg.id
+        });
     }
 }
 

@@ -488,6 +488,23 @@ async fn a_terminal_on_a_server_is_shared_by_two_clients_and_only_when_trusted()
         WsEvent::Closed(Some((1008, reason))) => assert_eq!(reason, "server not found"),
         other => panic!("expected a 1008 close, got {other:?}"),
     }
+
+    // Deleted, it lets nobody in any more: its terminals end, saying why.
+    let deleted = app
+        .authed_client(&token)
+        .delete(&format!("/api/v1/servers/{id}"))
+        .await;
+    assert_eq!(deleted.status(), 204);
+    for ws in [&mut phone, &mut laptop] {
+        let closed = loop {
+            match ws_next(ws).await {
+                WsEvent::Json(f) if f["type"] == "status" && f["state"] == "closed" => break f,
+                WsEvent::Json(_) => {}
+                WsEvent::Closed(c) => panic!("closed without saying why: {c:?}"),
+            }
+        };
+        assert_eq!(closed["message"], "the server was deleted", "{closed}");
+    }
     let _ = std::process::Command::new("tmux")
         .args(["kill-session", "-t", &session])
         .status();

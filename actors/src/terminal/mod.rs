@@ -432,6 +432,19 @@ impl Handler<Attach> for TerminalActor {
     }
 }
 
+/// Ends the terminal for every client, saying why (its server was deleted).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shut(pub String);
+
+impl Handler<Shut> for TerminalActor {
+    type Result = ();
+
+    fn handle(&mut self, Shut(why): Shut, ctx: &mut Context<Self>) {
+        self.close(why, ctx);
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Detach {
