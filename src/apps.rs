@@ -472,117 +472,116 @@ impl AppRuns for Runner {
 /// Runs a start or a stop already begun to its end, and records how it ended:
 /// when the app now stops by itself (`None`: it does not, or is not running).
 pub async fn run_now(state: &AppState, run: Run) -> Option<DateTime<Utc>> {
-    {
-        let start = matches!(run.action, Action::AppStart);
-        let args = if start { "up -d" } else { "down" };
-        let began = Instant::now();
-        let events = state.live_runs.sender(run.app.id);
-        let run_id = run.run;
-        let _ = events.send(RunEvent::RunStarted {
-            run_id,
-            action: match run.action {
-                Action::AppStart => "start",
-                Action::AppAutoStop => "auto_stop",
-                _ => "stop",
-            },
-        });
-        let live = {
-            let events = events.clone();
-            let mut carry = devpocket_actors::terminal::utf8::Utf8Carry::default();
-            Live {
-                on_data: Some(Box::new(move |bytes: &[u8]| {
-                    let data = carry.push(bytes);
-                    if !data.is_empty() {
-                        let _ = events.send(RunEvent::RunOutput { run_id, data });
-                    }
-                })),
-                ..Live::default()
-            }
-        };
-        let result = run_compose_live(state, &run.server, &run.app, args, live).await;
-        let (exit_status, output, error) = match result {
-            Ok((status, output)) => (status, output, None),
-            Err(error) => (None, String::new(), Some(error)),
-        };
-        let ok = exit_status == Some(0);
-        let (status, message, stops_at) = match (start, ok) {
-            (true, true) => {
-                let minutes = u32::try_from(run.app.auto_stop_minutes).unwrap_or(0);
-                let stops_at = (minutes > 0).then(|| after_minutes(state, minutes));
-                ("running", None, stops_at)
-            }
-            (false, true) => {
-                let why = (run.action == Action::AppAutoStop)
-                    .then(|| format!("stopped after {} minutes", run.app.auto_stop_minutes));
-                ("stopped", why, None)
-            }
-            (_, false) => {
-                let why = error.clone().unwrap_or_else(|| {
-                    format!(
-                        "compose {args} failed (exit status {}): see GET /apps/{}/logs",
-                        exit_status.map_or("unknown".into(), |s| s.to_string()),
-                        run.app.id
-                    )
-                });
-                ("error", Some(why), None)
-            }
-        };
-        let outcome = if ok { "ok" } else { "failed" };
-        let action = args.split(' ').next().unwrap_or(args);
-        state.metrics.record(|| {
-            ::metrics::counter!("devpocket_app_runs_total", "action" => action, "result" => outcome).increment(1);
-            ::metrics::histogram!("devpocket_app_run_duration_seconds", "action" => action)
-                .record(began.elapsed().as_secs_f64());
-        });
-        let _ = events.send(RunEvent::RunFinished {
-            run_id,
-            status,
-            exit_status,
-        });
-        drop(events);
-        state.live_runs.tidy(run.app.id);
-        let end = RunEnd {
-            exit_status,
-            output,
-            error,
-            status,
-            status_message: message,
-            stops_at,
-        };
-        let recorded = match state.pool.get().await {
-            Ok(mut conn) => db::end_run(&mut conn, run.app.id, run.run, &end)
-                .await
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(anyhow::Error::from(e)),
-        };
-        if let Err(err) = recorded {
-            tracing::error!(app_id = %run.app.id, error = %err, "how an app's run ended could not be recorded");
+    let start = matches!(run.action, Action::AppStart);
+    let args = if start { "up -d" } else { "down" };
+    let began = Instant::now();
+    let events = state.live_runs.sender(run.app.id);
+    let run_id = run.run;
+    let _ = events.send(RunEvent::RunStarted {
+        run_id,
+        action: match run.action {
+            Action::AppStart => "start",
+            Action::AppAutoStop => "auto_stop",
+            _ => "stop",
+        },
+    });
+    let live = {
+        let events = events.clone();
+        let mut carry = devpocket_actors::terminal::utf8::Utf8Carry::default();
+        Live {
+            on_data: Some(Box::new(move |bytes: &[u8]| {
+                let data = carry.push(bytes);
+                if !data.is_empty() {
+                    let _ = events.send(RunEvent::RunOutput { run_id, data });
+                }
+            })),
+            ..Live::default()
         }
-        if run.action == Action::AppAutoStop {
-            let outcome = if ok {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            };
-            state.audit.record(
-                &Origin::default(),
-                Event::new(Action::AppAutoStop, outcome)
-                    .on(ResourceType::App, Some(run.app.id))
-                    .by(run.app.user_id)
-                    .details(json!({
-                        "auto_stop_minutes": run.app.auto_stop_minutes,
-                        "stops_at": run.app.stops_at,
-                        "exit_status": exit_status,
-                    })),
-            );
-            if ok {
-                state.metrics.record(|| {
-                    ::metrics::counter!("devpocket_app_auto_stops_total").increment(1);
-                });
-            }
+    };
+    let result = run_compose_live(state, &run.server, &run.app, args, live).await;
+    let (exit_status, output, error) = match result {
+        Ok((status, output)) => (status, output, None),
+        Err(error) => (None, String::new(), Some(error)),
+    };
+    let ok = exit_status == Some(0);
+    let (status, message, stops_at) = match (start, ok) {
+        (true, true) => {
+            let minutes = u32::try_from(run.app.auto_stop_minutes).unwrap_or(0);
+            let stops_at = (minutes > 0).then(|| after_minutes(state, minutes));
+            ("running", None, stops_at)
         }
-        stops_at
+        (false, true) => {
+            let why = (run.action == Action::AppAutoStop)
+                .then(|| format!("stopped after {} minutes", run.app.auto_stop_minutes));
+            ("stopped", why, None)
+        }
+        (_, false) => {
+            let why = error.clone().unwrap_or_else(|| {
+                format!(
+                    "compose {args} failed (exit status {}): see GET /apps/{}/logs",
+                    exit_status.map_or("unknown".into(), |s| s.to_string()),
+                    run.app.id
+                )
+            });
+            ("error", Some(why), None)
+        }
+    };
+    let outcome = if ok { "ok" } else { "failed" };
+    let action = args.split(' ').next().unwrap_or(args);
+    state.metrics.record(|| {
+        ::metrics::counter!("devpocket_app_runs_total", "action" => action, "result" => outcome)
+            .increment(1);
+        ::metrics::histogram!("devpocket_app_run_duration_seconds", "action" => action)
+            .record(began.elapsed().as_secs_f64());
+    });
+    let _ = events.send(RunEvent::RunFinished {
+        run_id,
+        status,
+        exit_status,
+    });
+    drop(events);
+    state.live_runs.tidy(run.app.id);
+    let end = RunEnd {
+        exit_status,
+        output,
+        error,
+        status,
+        status_message: message,
+        stops_at,
+    };
+    let recorded = match state.pool.get().await {
+        Ok(mut conn) => db::end_run(&mut conn, run.app.id, run.run, &end)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(anyhow::Error::from(e)),
+    };
+    if let Err(err) = recorded {
+        tracing::error!(app_id = %run.app.id, error = %err, "how an app's run ended could not be recorded");
     }
+    if run.action == Action::AppAutoStop {
+        let outcome = if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        state.audit.record(
+            &Origin::default(),
+            Event::new(Action::AppAutoStop, outcome)
+                .on(ResourceType::App, Some(run.app.id))
+                .by(run.app.user_id)
+                .details(json!({
+                    "auto_stop_minutes": run.app.auto_stop_minutes,
+                    "stops_at": run.app.stops_at,
+                    "exit_status": exit_status,
+                })),
+        );
+        if ok {
+            state.metrics.record(|| {
+                ::metrics::counter!("devpocket_app_auto_stops_total").increment(1);
+            });
+        }
+    }
+    stops_at
 }
 
 /// How long `compose logs -f` may follow, and how much, for one client.
