@@ -155,7 +155,11 @@ async fn serve(accepted: Accepted<App>) {
                 Ok(event) => serde_json::to_value(&event).unwrap_or(Value::Null),
                 Err(broadcast::error::RecvError::Lagged(n)) => json!({"type": "error",
                     "message": format!("{n} events were missed (too slow); the runs' output is in GET /api/v1/apps/{}/logs", app.id)}),
-                Err(broadcast::error::RecvError::Closed) => continue,
+                // Its channel was dropped (never while this client holds it): a new one.
+                Err(broadcast::error::RecvError::Closed) => {
+                    events = state.live_runs.subscribe(app.id);
+                    continue;
+                }
             },
             Some(log) = log_rx.recv() => {
                 if log["type"] == "compose_logs_ended" {
