@@ -273,10 +273,11 @@ impl AppInput {
     }
 }
 
+/// A name of a server, a project or an app: kept as sent (it reads back as it
+/// was written), not blank.
 pub fn name(v: &str) -> Result<String, String> {
-    let v = v.trim();
-    if v.is_empty() || v.chars().count() > 64 || v.chars().any(char::is_control) {
-        return Err("must be 1 to 64 characters, without control characters".into());
+    if v.trim().is_empty() || v.chars().count() > 64 || v.chars().any(char::is_control) {
+        return Err("must be 1 to 64 characters, not blank, without control characters".into());
     }
     Ok(v.to_owned())
 }
@@ -315,11 +316,16 @@ fn compose_file(v: &str) -> Result<String, String> {
 }
 
 fn url(v: &str) -> Result<String, String> {
+    // The URL parser would drop tabs and newlines; a value kept as sent has none.
+    if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must be an http or https URL, without spaces or control characters".into());
+    }
     match url::Url::parse(v) {
         Ok(u)
             if matches!(u.scheme(), "http" | "https") && u.host().is_some() && v.len() <= 2048 =>
         {
-            Ok(u.to_string())
+            // Kept as sent, so that it reads back as it was written.
+            Ok(v.to_owned())
         }
         _ => Err("must be an http or https URL of at most 2048 characters".into()),
     }
@@ -780,8 +786,18 @@ mod tests {
         for bad in ["/etc/passwd", "../x.yml", "a/../../x", ""] {
             assert!(compose_file(bad).is_err(), "{bad}");
         }
-        assert!(url("https://blog.example.com/x").is_ok());
-        for bad in ["javascript:alert(1)", "ftp://x", "not a url", "http://"] {
+        assert_eq!(
+            url("https://Blog.example.com").unwrap(),
+            "https://Blog.example.com"
+        );
+        for bad in [
+            "javascript:alert(1)",
+            "ftp://x",
+            "not a url",
+            "http://",
+            "http://x/\n",
+            "http://x/ y",
+        ] {
             assert!(url(bad).is_err(), "{bad}");
         }
     }

@@ -30,7 +30,6 @@ pub const STATUSES: [&str; 5] = [
     "host_key_mismatch",
 ];
 
-const MAX_NAME: usize = 64;
 const MAX_KEY_BYTES: usize = 16 * 1024;
 const MAX_PASSPHRASE: usize = 1024;
 
@@ -97,7 +96,7 @@ impl ServerInput {
             required(&mut errors, field);
         }
         let mut input = Self {
-            name: text(body, "name", &mut errors, name),
+            name: text(body, "name", &mut errors, crate::apps::name),
             host: text(body, "host", &mut errors, host),
             username: text(body, "username", &mut errors, username),
             port: port(body.get("port"), &mut errors),
@@ -131,26 +130,10 @@ fn text(
     }
 }
 
-fn name(v: &str) -> Result<String, String> {
-    let v = v.trim();
-    if v.is_empty() || v.chars().count() > MAX_NAME {
-        return Err(format!("must be 1 to {MAX_NAME} characters"));
-    }
-    if v.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(v.to_owned())
-}
-
-/// A DNS name or an IP address (an IPv6 one with or without brackets).
+/// A DNS name or an IP address (an IPv6 one without brackets), kept as sent.
 fn host(v: &str) -> Result<String, String> {
-    let v = v.trim();
-    let bare = v
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(v);
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(ip.to_string());
+    if v.parse::<IpAddr>().is_ok() {
+        return Ok(v.to_owned());
     }
     let label_ok = |l: &str| {
         !l.is_empty()
@@ -162,10 +145,11 @@ fn host(v: &str) -> Result<String, String> {
     let name = v.strip_suffix('.').unwrap_or(v);
     if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
         return Err(
-            "must be a host name (letters, digits, hyphens and dots) or an IP address".into(),
+            "must be a host name (letters, digits, hyphens and dots) or an IP address (IPv6 without brackets)"
+                .into(),
         );
     }
-    Ok(name.to_ascii_lowercase())
+    Ok(v.to_owned())
 }
 
 fn username(v: &str) -> Result<String, String> {
@@ -561,8 +545,9 @@ mod tests {
             true,
         )
         .unwrap();
-        assert_eq!(input.name.as_deref(), Some("box"));
-        assert_eq!(input.host.as_deref(), Some("example.com"));
+        // Kept as sent: they read back as they were written.
+        assert_eq!(input.name.as_deref(), Some(" box "));
+        assert_eq!(input.host.as_deref(), Some("Example.COM."));
         assert_eq!(input.port, Some(22));
         assert!(matches!(input.auth, Some(Auth::Generated)));
         let err = ServerInput::from_json(&body(serde_json::json!({})), true).unwrap_err();
@@ -583,6 +568,9 @@ mod tests {
             ("port", serde_json::json!(70000)),
             ("port", serde_json::json!("22")),
             ("name", serde_json::json!("")),
+            ("name", serde_json::json!("   ")),
+            ("host", serde_json::json!("[::1]")),
+            ("host", serde_json::json!(" h")),
             ("name", serde_json::json!("a\u{7}b")),
         ] {
             let mut b = body(serde_json::json!({"name": "n", "host": "h", "username": "u"}));
