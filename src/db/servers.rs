@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::json::StoredJson;
-use super::schema::{servers, users};
+use super::schema::{apps, servers, users};
 use crate::plans::Plan;
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
@@ -235,11 +235,18 @@ pub async fn trust(
     .optional()
 }
 
+/// Deletes the owner's server if no app lives on it (checked in the same
+/// statement, so that an app added meanwhile keeps it): whether it was deleted.
 pub async fn delete(conn: &mut AsyncPgConnection, user_id: Uuid, id: Uuid) -> QueryResult<bool> {
-    let n =
-        diesel::delete(servers::table.filter(servers::id.eq(id).and(servers::user_id.eq(user_id))))
-            .execute(conn)
-            .await?;
+    let n = diesel::delete(
+        servers::table.filter(servers::id.eq(id).and(servers::user_id.eq(user_id)).and(
+            diesel::dsl::not(diesel::dsl::exists(
+                apps::table.filter(apps::server_id.eq(servers::id)),
+            )),
+        )),
+    )
+    .execute(conn)
+    .await?;
     Ok(n > 0)
 }
 

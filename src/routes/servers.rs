@@ -336,7 +336,11 @@ async fn delete_server(
             });
         }
         if !db::delete(&mut conn, caller.user.id, server.id).await? {
-            return Err(not_found(&id));
+            return Err(ApiError::State {
+                code: "server_has_apps",
+                detail: "An app was added to this server meanwhile: delete it first.".into(),
+                context: json!({}),
+            });
         }
         Ok(server)
     }
