@@ -4,7 +4,7 @@
 mod list;
 mod stopping;
 
-use crate::helpers::{TestApp, WsEvent, assert_error, ws_next, ws_until};
+use crate::helpers::{TestApp, WsEvent, assert_error, eventually, ws_next, ws_until};
 use serde_json::{Value, json};
 
 async fn create(app: &TestApp, token: &str, name: &str, template: &str) -> Value {
@@ -173,14 +173,26 @@ async fn full_lifecycle_with_live_provisioning_logs() {
         e["status"] == "running" && e["phase"] == "ready"
     })
     .await;
-    assert_error(
-        client
-            .post(&format!("/api/v1/environments/{id}/start"), &json!({}))
-            .await,
-        409,
-        "environment_already_running",
+    // The row says running a moment before the environment's actor has closed the
+    // start (its work writes, then tells the actor): a start in between is busy.
+    let again: Value = eventually(
+        std::time::Duration::from_secs(10),
+        "the start to be over",
+        async || {
+            let response = client
+                .post(&format!("/api/v1/environments/{id}/start"), &json!({}))
+                .await;
+            assert_eq!(response.status(), 409);
+            let body: Value = response.json().await.unwrap();
+            if body["code"] == "operation_in_progress" {
+                Err(body)
+            } else {
+                Ok(body)
+            }
+        },
     )
     .await;
+    assert_eq!(again["code"], "environment_already_running", "{again}");
 
     let restarting: Value = client
         .post(&format!("/api/v1/environments/{id}/restart"), &json!({}))
