@@ -55,6 +55,18 @@ fn parse(raw: &str, missing: fn(&str) -> ApiError) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| missing(raw))
 }
 
+/// A database error as the API answers it: a unique name already used is
+/// `name_taken` for `what`.
+fn or_name_taken(what: &'static str) -> impl Fn(diesel::result::Error) -> ApiError {
+    move |e| {
+        if db::is_name_taken(&e) {
+            name_taken(what)
+        } else {
+            e.into()
+        }
+    }
+}
+
 fn name_taken(what: &str) -> ApiError {
     ApiError::State {
         code: "name_taken",
@@ -185,13 +197,7 @@ async fn create_project(
             description.as_deref().unwrap_or(""),
         )
         .await
-        .map_err(|e| {
-            if db::is_name_taken(&e) {
-                name_taken("a project")
-            } else {
-                e.into()
-            }
-        })
+        .map_err(or_name_taken("a project"))
     }
     .await;
     let id = result.as_ref().ok().map(|p| p.id);
@@ -254,13 +260,7 @@ async fn update_project(
             description.as_deref(),
         )
         .await
-        .map_err(|e| {
-            if db::is_name_taken(&e) {
-                name_taken("a project")
-            } else {
-                e.into()
-            }
-        })?
+        .map_err(or_name_taken("a project"))?
         .ok_or_else(|| project_not_found(&id))
     }
     .await;
@@ -596,13 +596,7 @@ async fn update_app(
         };
         db::update_app(&mut conn, caller.user.id, app.id, &changes)
             .await
-            .map_err(|e| {
-                if db::is_name_taken(&e) {
-                    name_taken("an app in this project")
-                } else {
-                    e.into()
-                }
-            })?
+            .map_err(or_name_taken("an app in this project"))?
             .ok_or_else(|| not_found(&id))
     }
     .await;
