@@ -26,10 +26,15 @@ async fn a_stop_ends_every_process_of_the_machine_and_a_start_keeps_only_the_hom
     let token = app.admin_token("stopper").await;
     let id = app.ready_environment(&token, "stopping", "ubuntu").await;
     let shell = ssh(&app, &id).await;
+    // tmux's pane and setsid's child exec `sleep` after their commands return: wait
+    // (bounded, on the process table) until both are there.
     let (status, out) = run(
         &shell,
         "echo kept > ~/kept.txt && tmux new-session -d -s left 'sleep 1001' && \
-         setsid -f sleep 1002 </dev/null >/dev/null 2>&1 && pgrep -u \"$(id -u)\" -x sleep | wc -l",
+         setsid -f sleep 1002 </dev/null >/dev/null 2>&1 && \
+         for _ in $(seq 100); do \
+           n=$(pgrep -u \"$(id -u)\" -x sleep | wc -l); [ \"$n\" = 2 ] && break; sleep 0.1; \
+         done; echo \"$n\"",
     )
     .await;
     assert_eq!((status, out.trim()), (0, "2"), "{out}");
