@@ -62,10 +62,18 @@ pub enum Action {
     AppStop,
     AppExtend,
     AppAutoStop,
+    VerificationSent,
+    EmailVerified,
+    VerificationFailed,
+    PasswordResetRequested,
+    PasswordReset,
+    PasswordChanged,
+    ProfileUpdate,
+    AccountDelete,
 }
 
 impl Action {
-    pub const ALL: [Action; 36] = [
+    pub const ALL: [Action; 44] = [
         Action::Register,
         Action::Login,
         Action::LoginFailed,
@@ -102,6 +110,14 @@ impl Action {
         Action::AppStop,
         Action::AppExtend,
         Action::AppAutoStop,
+        Action::VerificationSent,
+        Action::EmailVerified,
+        Action::VerificationFailed,
+        Action::PasswordResetRequested,
+        Action::PasswordReset,
+        Action::PasswordChanged,
+        Action::ProfileUpdate,
+        Action::AccountDelete,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -142,6 +158,14 @@ impl Action {
             Action::AppStop => "app.stop",
             Action::AppExtend => "app.extend",
             Action::AppAutoStop => "app.auto_stop",
+            Action::VerificationSent => "auth.verification_sent",
+            Action::EmailVerified => "auth.email_verified",
+            Action::VerificationFailed => "auth.verification_failed",
+            Action::PasswordResetRequested => "auth.password_reset_requested",
+            Action::PasswordReset => "auth.password_reset",
+            Action::PasswordChanged => "auth.password_changed",
+            Action::ProfileUpdate => "account.profile_update",
+            Action::AccountDelete => "account.delete",
         }
     }
 

@@ -13,6 +13,7 @@ pub mod db;
 pub mod environments;
 pub mod error;
 pub mod http;
+pub mod mail;
 pub mod metrics;
 pub mod openapi;
 pub mod periodic;

@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi, ToResponse};
 use crate::error::ErrorBody;
 use crate::routes::{
     admin, admin_actors, apps, auth, catalog, docs, environments, health, info, metrics, servers,
-    templates, ws_apps, ws_logs, ws_terminal,
+    templates, users, ws_apps, ws_logs, ws_terminal,
 };
 
 /// The name of the security scheme that authenticated operations require.
@@ -46,6 +46,13 @@ rate limit is exceeded; 5xx bodies are generic.";
         auth::refresh,
         auth::logout,
         auth::me,
+        auth::verify_email,
+        auth::resend_verification,
+        auth::forgot_password,
+        auth::reset_password,
+        auth::change_password,
+        users::update_me,
+        users::delete_me,
         templates::list_templates,
         templates::create_template,
         templates::get_template,

@@ -77,6 +77,8 @@ pub struct AppState {
     pub secrets: SecretBox,
     /// Apps' runs as they happen, for their WebSocket clients.
     pub live_runs: Arc<crate::apps::LiveRuns>,
+    /// Wakes this process's mail sender after mail was queued.
+    pub outbox: crate::mail::sender::Outbox,
 }
 
 /// How often recorded samples are folded into the histograms (the exporter's own
@@ -254,6 +256,19 @@ impl Application {
         let workers = settings.http.workers;
         let ratelimits = Arc::new(RateLimits::new(&settings.rate_limits, &metrics));
         ratelimit::spawn_sweeper(&ratelimits, settings.rate_limits.sweep);
+        let transport =
+            crate::mail::sender::Transport::from_settings(&settings.mail, &settings.data_dir)
+                .context("preparing outgoing mail")?;
+        tracing::info!(
+            "outgoing mail is {} (SMTP_URL)",
+            transport.describe(&settings.mail)
+        );
+        let outbox = crate::mail::sender::Outbox::start(
+            pool.clone(),
+            transport,
+            settings.mail.clone(),
+            metrics.clone(),
+        );
         let settings = Arc::new(settings);
         let (audit, audit_writer) = AuditLog::start(pool.clone());
         let state = web::Data::new(AppState {
@@ -281,6 +296,7 @@ impl Application {
             lists,
             secrets: SecretBox::new(secret_key.expose()),
             live_runs: Arc::default(),
+            outbox,
         });
         let metrics_listener = match settings.metrics.listen {
             Some(address) => Some(

@@ -1,6 +1,7 @@
 //! Accounts and sign-in: registration, login with lockout, refresh-token rotation
 //! with reuse detection, logout. Handlers in `routes::auth` stay thin and call these.
 
+pub mod account;
 pub mod extractor;
 pub mod password;
 pub mod session_cache;

@@ -9,6 +9,7 @@ mod database;
 mod digitalocean;
 mod environments;
 mod http;
+mod mail;
 mod metrics;
 mod rate_limits;
 mod servers;
@@ -24,6 +25,7 @@ pub use database::{DatabaseLocation, DatabaseSettings};
 pub use digitalocean::DigitalOceanSettings;
 pub use environments::EnvironmentSettings;
 pub use http::{HttpSettings, IpNet};
+pub use mail::{MailSettings, Restricted};
 pub use metrics::MetricsSettings;
 pub use rate_limits::{Rate, RateLimitSettings};
 pub use servers::ServersConfig;
@@ -80,6 +82,7 @@ pub struct Settings {
     pub auto_stop: AutoStopSettings,
     pub terminal: TerminalSettings,
     pub servers: ServersConfig,
+    pub mail: MailSettings,
     pub metrics: MetricsSettings,
     /// The DigitalOcean provider, when `DO_API_TOKEN` is set.
     pub digitalocean: Option<DigitalOceanSettings>,
@@ -138,6 +141,7 @@ impl Settings {
             auto_stop: AutoStopSettings::load(source)?,
             terminal: TerminalSettings::load(source)?,
             servers: ServersConfig::load(source)?,
+            mail: MailSettings::load(source)?,
             rate_limits: RateLimitSettings::load(source)?,
             metrics: MetricsSettings::load(source)?,
             digitalocean: DigitalOceanSettings::load(source)?,

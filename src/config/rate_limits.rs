@@ -74,6 +74,8 @@ pub struct RateLimitSettings {
     pub register_ip: Rate,
     /// Token refreshes per client address.
     pub refresh_ip: Rate,
+    /// Password-reset requests and attempts per client address.
+    pub recovery_ip: Rate,
     /// Failed sign-ins per client address, and wrong passwords per account, not
     /// counting an address that signed in to that account within `known_address_ttl`.
     pub login_failures_ip: Rate,
@@ -116,6 +118,7 @@ impl RateLimitSettings {
             user,
             register_ip: source.rate("DEVPOCKET_RATE_LIMIT_REGISTER_IP", per_hour(60))?,
             refresh_ip: source.rate("DEVPOCKET_RATE_LIMIT_REFRESH_IP", per_minute(300))?,
+            recovery_ip: source.rate("DEVPOCKET_RATE_LIMIT_RECOVERY_IP", per_hour(30))?,
             login_failures_ip: source
                 .rate("DEVPOCKET_RATE_LIMIT_LOGIN_FAILURES_IP", per_hour(100))?,
             login_failures_account: source

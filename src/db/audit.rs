@@ -85,14 +85,22 @@ fn filtered<'a>(filter: &AuditFilter<'a>) -> audit_events::BoxedQuery<'a, Pg> {
     query
 }
 
-/// One page of matching events, newest first, with each actor's current username,
-/// and how many events match in all.
+/// Who an event's actor is now.
+#[derive(Debug, Clone)]
+pub struct ActingUser {
+    pub username: String,
+    /// The account was deleted (its tombstone keeps the username).
+    pub deleted: bool,
+}
+
+/// One page of matching events, newest first, with each actor as now known, and
+/// how many events match in all.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     filter: &AuditFilter<'_>,
     limit: i64,
     offset: i64,
-) -> QueryResult<(Vec<(AuditEvent, Option<String>)>, i64)> {
+) -> QueryResult<(Vec<(AuditEvent, Option<ActingUser>)>, i64)> {
     let total: i64 = filtered(filter).count().get_result(conn).await?;
     let events: Vec<AuditEvent> = filtered(filter)
         .order((audit_events::created_at.desc(), audit_events::id.desc()))
@@ -104,12 +112,13 @@ pub async fn list(
     let mut ids: Vec<Uuid> = events.iter().filter_map(|e| e.user_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let names: std::collections::HashMap<Uuid, String> = users::table
+    let names: std::collections::HashMap<Uuid, ActingUser> = users::table
         .filter(users::id.eq_any(&ids))
-        .select((users::id, users::username))
-        .load::<(Uuid, String)>(conn)
+        .select((users::id, users::username, users::deleted_at.is_not_null()))
+        .load::<(Uuid, String, bool)>(conn)
         .await?
         .into_iter()
+        .map(|(id, username, deleted)| (id, ActingUser { username, deleted }))
         .collect();
     let page = events
         .into_iter()

@@ -61,6 +61,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    email_verifications (user_id) {
+        user_id -> Uuid,
+        email -> Text,
+        code_hash -> Text,
+        attempts -> Int4,
+        sent_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     environment_activity (environment_id) {
         environment_id -> Uuid,
         kind -> Text,
@@ -123,6 +134,32 @@ diesel::table! {
         failures -> Int4,
         locked_until -> Nullable<Timestamptz>,
         updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    mail_outbox (id) {
+        id -> Uuid,
+        kind -> Text,
+        recipient -> Text,
+        subject -> Text,
+        text_body -> Text,
+        html_body -> Text,
+        created_at -> Timestamptz,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        failed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    password_resets (token_hash) {
+        token_hash -> Text,
+        user_id -> Uuid,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -207,6 +244,7 @@ diesel::table! {
         last_login -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -216,11 +254,13 @@ diesel::joinable!(apps -> servers (server_id));
 diesel::joinable!(apps -> users (user_id));
 diesel::joinable!(audit_events -> users (user_id));
 diesel::joinable!(auth_sessions -> users (user_id));
+diesel::joinable!(email_verifications -> users (user_id));
 diesel::joinable!(environment_activity -> environments (environment_id));
 diesel::joinable!(environment_logs -> environments (environment_id));
 diesel::joinable!(environments -> templates (template_id));
 diesel::joinable!(environments -> users (user_id));
 diesel::joinable!(login_failures -> users (user_id));
+diesel::joinable!(password_resets -> users (user_id));
 diesel::joinable!(projects -> users (user_id));
 diesel::joinable!(refresh_tokens -> auth_sessions (session_id));
 diesel::joinable!(servers -> users (user_id));
@@ -230,10 +270,13 @@ diesel::allow_tables_to_appear_in_same_query!(
     apps,
     audit_events,
     auth_sessions,
+    email_verifications,
     environment_activity,
     environment_logs,
     environments,
     login_failures,
+    mail_outbox,
+    password_resets,
     projects,
     refresh_tokens,
     servers,

@@ -89,6 +89,7 @@ pub async fn find_by_login(conn: &mut AsyncPgConnection, login: &str) -> QueryRe
                 .eq(&login)
                 .or(lower(users::email).eq(&login)),
         )
+        .filter(users::deleted_at.is_null())
         .select(User::as_select())
         .first(conn)
         .await
@@ -186,7 +187,9 @@ pub async fn list(
     offset: i64,
 ) -> QueryResult<(Vec<User>, i64)> {
     let matching = || {
-        let mut query = users::table.into_boxed();
+        let mut query = users::table
+            .filter(users::deleted_at.is_null())
+            .into_boxed();
         if let Some(search) = search {
             // `%`, `_` and `\` in the search are literal characters.
             let pattern = format!(
@@ -243,6 +246,7 @@ pub async fn update_account(
     conn.transaction::<_, diesel::result::Error, _>(async |conn| {
         let Some(before) = users::table
             .find(id)
+            .filter(users::deleted_at.is_null())
             .for_update()
             .select(User::as_select())
             .first(&mut *conn)

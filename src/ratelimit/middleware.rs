@@ -99,6 +99,14 @@ pub async fn limit_refresh_by_ip(
     limit_by_ip(Credentials::Refresh, req, next).await
 }
 
+/// Password-reset requests and attempts per client address.
+pub async fn limit_recovery_by_ip(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    limit_by_ip(Credentials::Recovery, req, next).await
+}
+
 async fn limit_by_ip<B: MessageBody + 'static>(
     route: Credentials,
     req: ServiceRequest,

@@ -11,8 +11,8 @@ mod middleware;
 mod signin;
 
 pub use middleware::{
-    add_headers, answer_deferred, check_at_edge, insert_headers, limit_refresh_by_ip,
-    limit_register_by_ip, record,
+    add_headers, answer_deferred, check_at_edge, insert_headers, limit_recovery_by_ip,
+    limit_refresh_by_ip, limit_register_by_ip, record,
 };
 pub use signin::LoginAttempt;
 
@@ -146,6 +146,8 @@ fn refused(what: &str, status: Status) -> ApiError {
 pub enum Credentials {
     Register,
     Refresh,
+    /// Asking for a password reset, and using one.
+    Recovery,
 }
 
 /// Every limit of the server, shared by all workers (one process counts its own).
@@ -153,6 +155,7 @@ pub struct RateLimits {
     ip: Keyed<IpAddr>,
     register_ip: Keyed<IpAddr>,
     refresh_ip: Keyed<IpAddr>,
+    recovery_ip: Keyed<IpAddr>,
     /// Failed sign-ins per address and per account, except on the (account,
     /// address) pairs in `known`.
     login_ip: budget::Budget<IpAddr>,
@@ -171,6 +174,7 @@ struct Rejections {
     register_ip: ::metrics::Counter,
     login_ip: ::metrics::Counter,
     refresh_ip: ::metrics::Counter,
+    recovery_ip: ::metrics::Counter,
     login_account: ::metrics::Counter,
     user: ::metrics::Counter,
     ws_connect: ::metrics::Counter,
@@ -185,6 +189,7 @@ impl Rejections {
             register_ip: counter("register_ip"),
             login_ip: counter("login_ip"),
             refresh_ip: counter("refresh_ip"),
+            recovery_ip: counter("recovery_ip"),
             login_account: counter("login_account"),
             user: counter("user"),
             ws_connect: counter("ws_connect"),
@@ -200,6 +205,7 @@ impl RateLimits {
             ip: Keyed::new(settings.ip),
             register_ip: Keyed::new(settings.register_ip),
             refresh_ip: Keyed::new(settings.refresh_ip),
+            recovery_ip: Keyed::new(settings.recovery_ip),
             login_ip: budget::Budget::new(settings.login_failures_ip),
             login_account: budget::Budget::new(settings.login_failures_account),
             known: known::KnownAddresses::new(settings.known_address_ttl),
@@ -235,6 +241,11 @@ impl RateLimits {
                 &self.refresh_ip,
                 &self.rejected.refresh_ip,
                 "Too many token refreshes from your network address",
+            ),
+            Credentials::Recovery => (
+                &self.recovery_ip,
+                &self.rejected.recovery_ip,
+                "Too many password-reset requests from your network address",
             ),
         };
         limiter.check(&address_key(ip)).map_err(|s| {
@@ -277,12 +288,13 @@ impl RateLimits {
 
     /// Keys held per limiter, named as in `devpocket_rate_limit_keys{limiter}` (the
     /// per-user limits of all plans count together as `user`).
-    pub fn keys(&self) -> [(&'static str, usize); 8] {
+    pub fn keys(&self) -> [(&'static str, usize); 9] {
         [
             ("ip", self.ip.len()),
             ("register_ip", self.register_ip.len()),
             ("login_ip", self.login_ip.len()),
             ("refresh_ip", self.refresh_ip.len()),
+            ("recovery_ip", self.recovery_ip.len()),
             ("login_account", self.login_account.len()),
             ("login_known", self.known.len()),
             ("user", self.users.iter().map(|(_, l)| l.len()).sum()),
@@ -296,6 +308,7 @@ impl RateLimits {
         self.register_ip.sweep();
         self.login_ip.sweep();
         self.refresh_ip.sweep();
+        self.recovery_ip.sweep();
         self.login_account.sweep();
         self.known.sweep();
         for (_, limiter) in &self.users {

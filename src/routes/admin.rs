@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::audit::{Action, Event, Origin, Outcome, ResourceType};
 use crate::auth::AdminUser;
-use crate::db::audit::{self as audit_db, AuditEvent, AuditFilter};
+use crate::db::audit::{self as audit_db, ActingUser, AuditEvent, AuditFilter};
 use crate::db::json::Unreadable;
 use crate::db::users::{self, AccountChanges};
 use crate::error::{ApiError, ValidationErrors};
@@ -314,8 +314,10 @@ struct AuditEventResponse {
     id: Uuid,
     created_at: DateTime<Utc>,
     user_id: Option<Uuid>,
-    /// The acting user's current username (`null` if unknown or deleted).
+    /// The acting user's current username (`null` if unknown).
     username: Option<String>,
+    /// The acting user's account has been deleted since (its entries are kept).
+    user_deleted: bool,
     action: String,
     resource_type: String,
     resource_id: Option<String>,
@@ -327,13 +329,14 @@ struct AuditEventResponse {
 }
 
 impl AuditEventResponse {
-    fn new(e: AuditEvent, username: Option<String>) -> Result<Self, Unreadable> {
+    fn new(e: AuditEvent, actor: Option<ActingUser>) -> Result<Self, Unreadable> {
         let details = e.details.read("details")?.clone();
         Ok(Self {
             id: e.id,
             created_at: e.created_at,
             user_id: e.user_id,
-            username,
+            user_deleted: actor.as_ref().is_some_and(|a| a.deleted),
+            username: actor.map(|a| a.username),
             action: e.action,
             resource_type: e.resource_type,
             resource_id: e.resource_id,
@@ -459,9 +462,9 @@ async fn list_audit_events(
     // One row that cannot be read must not take the page with it.
     let items = rows
         .into_iter()
-        .filter_map(|(event, username)| {
+        .filter_map(|(event, actor)| {
             let id = event.id;
-            AuditEventResponse::new(event, username)
+            AuditEventResponse::new(event, actor)
                 .inspect_err(|err| err.log("audit_events", id))
                 .ok()
         })

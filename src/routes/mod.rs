@@ -12,6 +12,7 @@ pub mod info;
 pub mod metrics;
 pub mod servers;
 pub mod templates;
+pub mod users;
 pub mod ws_apps;
 pub mod ws_common;
 pub mod ws_logs;
@@ -37,6 +38,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope(API)
             .wrap(from_fn(crate::ratelimit::answer_deferred))
             .configure(auth::configure)
+            .configure(users::configure)
             .configure(info::configure)
             .configure(templates::configure)
             .configure(environments::configure)

@@ -167,6 +167,11 @@ async fn create_server(
     let id = Uuid::new_v4();
     let result = async {
         let input = ServerInput::from_json(&body.0, true)?;
+        crate::auth::account::require_verified(
+            &state,
+            &caller.user,
+            crate::config::Restricted::RegisterServer,
+        )?;
         let auth = input.auth.unwrap_or(servers::Auth::Generated);
         let auth_type = auth.type_name();
         let (private, public) = auth.key_pair(id)?;

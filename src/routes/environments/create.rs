@@ -148,6 +148,11 @@ async fn create(
         errors.add("template_id", "is required: a template's id or name");
     }
     errors.into_result()?;
+    crate::auth::account::require_verified(
+        state,
+        &caller.user,
+        crate::config::Restricted::CreateEnvironment,
+    )?;
 
     let mut conn = state.pool.get().await?;
     let template = match key.as_deref() {
