@@ -38,7 +38,7 @@ fn templates_dir() -> PathBuf {
 /// What is left of environment `id`'s local machine under `data_dir`: its
 /// directory, its user, and processes that name it (its sshd) or carry its id
 /// (its init and bootstrap).
-fn leftovers(data_dir: &Path, id: &str) -> Vec<String> {
+pub fn leftovers(data_dir: &Path, id: &str) -> Vec<String> {
     let mut left = Vec::new();
     let dir = data_dir.join("environments").join(id);
     if dir.exists() {

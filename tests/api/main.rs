@@ -2,6 +2,7 @@
 //! per test (cloned from a migrated template), driven over HTTP like the mobile app.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accounts;
 mod admin;
 mod apps;
 mod audit;

@@ -196,6 +196,10 @@ impl AuthedClient<'_> {
     pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.send(Method::DELETE, path, None).await
     }
+
+    pub async fn delete_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.send(Method::DELETE, path, Some(body)).await
+    }
 }
 
 /// Asserts the error envelope and returns its body.
