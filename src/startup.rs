@@ -22,6 +22,7 @@ use devpocket_actors::terminal::TerminalSettings;
 use devpocket_actors::{ActorSettings, ActorSystem, Deps, Gauges};
 
 use crate::audit::{AuditLog, AuditWriter};
+use crate::auth::google::GoogleSignIn;
 use crate::auth::password::PasswordHasher;
 use crate::auth::session_cache::SessionCache;
 use crate::auth::tokens::TokenKeys;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub secrets: SecretBox,
     /// Apps' runs as they happen, for their WebSocket clients.
     pub live_runs: Arc<crate::apps::LiveRuns>,
+    /// Google sign-in, when `GOOGLE_CLIENT_IDS` is set.
+    pub google: Option<GoogleSignIn>,
 }
 
 /// How often recorded samples are folded into the histograms (the exporter's own
@@ -218,6 +221,12 @@ impl Application {
             settings.auth.access_token_ttl,
             settings.auth.refresh_token_ttl,
         );
+        let google = settings
+            .google
+            .as_ref()
+            .map(GoogleSignIn::new)
+            .transpose()
+            .context("preparing Google sign-in")?;
         let metrics = Arc::new(Metrics::new()?);
         Metrics::spawn_upkeep(&metrics, METRICS_UPKEEP);
         let digitalocean = digitalocean_provider(&settings, &metrics)?.map(Arc::new);
@@ -281,6 +290,7 @@ impl Application {
             lists,
             secrets: SecretBox::new(secret_key.expose()),
             live_runs: Arc::default(),
+            google,
         });
         let metrics_listener = match settings.metrics.listen {
             Some(address) => Some(

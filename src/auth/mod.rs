@@ -2,6 +2,7 @@
 //! with reuse detection, logout. Handlers in `routes::auth` stay thin and call these.
 
 pub mod extractor;
+pub mod google;
 pub mod password;
 pub mod session_cache;
 pub mod tokens;

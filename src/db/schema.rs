@@ -207,6 +207,7 @@ diesel::table! {
         last_login -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        google_sub -> Nullable<Text>,
     }
 }
 

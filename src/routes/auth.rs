@@ -76,10 +76,10 @@ impl From<User> for UserResponse {
 
 /// A new sign-in: the tokens and the user.
 #[derive(Serialize, ToSchema)]
-struct SessionResponse {
+pub(crate) struct SessionResponse {
     #[serde(flatten)]
-    tokens: TokenPair,
-    user: UserResponse,
+    pub(crate) tokens: TokenPair,
+    pub(crate) user: UserResponse,
 }
 
 #[derive(Deserialize, ToSchema)]
