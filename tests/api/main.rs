@@ -13,6 +13,7 @@ mod digitalocean;
 mod environments;
 mod fake_do;
 mod first_hour;
+mod google;
 mod health;
 mod helpers;
 mod hostile;
