@@ -258,3 +258,19 @@ async fn without_client_ids_google_sign_in_is_off() {
         "{body}"
     );
 }
+
+#[actix_web::test]
+async fn google_sign_in_shares_the_sign_up_limit_per_address() {
+    let key = SigningKey::nth(0);
+    let jwks = FakeJwks::start(&[key], 3600);
+    let app = spawn(&jwks, &[("DEVPOCKET_RATE_LIMIT_REGISTER_IP", "2/1h")]).await;
+    app.signed_up("grace").await;
+    let token = key.sign(&claims("81", "grace@gmail.com", true));
+    assert_eq!(sign_in(&app, &token).await.status(), 200);
+    let refused = assert_error(sign_in(&app, &token).await, 429, "rate_limited").await;
+    assert!(
+        refused["context"]["retry_after_seconds"].is_u64(),
+        "{refused}"
+    );
+    assert_eq!(jwks.fetches(), 1, "refused before the token is checked");
+}
