@@ -164,35 +164,38 @@ async fn account_for(
         }
         if let Some((user, linked)) = db::find_by_email(conn, &identity.email).await? {
             if linked.is_some() {
-                return Err(refuse(user.id, "linked_to_other_google_account", ApiError::State {
+                let err = ApiError::State {
                     code: "google_account_mismatch",
-                    detail: "The account with this e-mail address is linked to a different Google account; sign in with that one, or with your password.".into(),
+                    detail: "The account with this e-mail address is linked to a different \
+                             Google account; sign in with that one, or with your password."
+                        .into(),
                     context: json!({}),
-                }));
+                };
+                return Err(refuse(user.id, "linked_to_other_google_account", err));
             }
             if !(identity.email_verified && user.is_verified) {
-                let (reason, why) = if identity.email_verified {
+                let (reason, why, then) = if identity.email_verified {
                     (
                         "account_email_unverified",
                         "its e-mail address is not verified yet",
+                        "verify the address, then link Google from your profile",
                     )
                 } else {
                     (
                         "google_email_unverified",
                         "Google has not verified that the address is yours",
+                        "then link Google from your profile",
                     )
                 };
-                return Err(refuse(
-                    user.id,
-                    reason,
-                    ApiError::State {
-                        code: "google_link_requires_verification",
-                        detail: format!(
-                            "An account with this e-mail address already exists, and {why}. Sign in with your password, then link Google from your profile."
-                        ),
-                        context: json!({}),
-                    },
-                ));
+                let err = ApiError::State {
+                    code: "google_link_requires_verification",
+                    detail: format!(
+                        "An account with this e-mail address already exists, and {why}. \
+                         Sign in with your password, {then}."
+                    ),
+                    context: json!({}),
+                };
+                return Err(refuse(user.id, reason, err));
             }
             if !user.is_active {
                 return Err(refuse(user.id, "deactivated", deactivated()));
