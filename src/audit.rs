@@ -32,6 +32,9 @@ pub enum Action {
     Lockout,
     Logout,
     RefreshReuse,
+    GoogleSignIn,
+    GoogleLink,
+    GoogleUnlink,
     EnvironmentCreate,
     EnvironmentStart,
     EnvironmentStop,
@@ -73,13 +76,16 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 44] = [
+    pub const ALL: [Action; 47] = [
         Action::Register,
         Action::Login,
         Action::LoginFailed,
         Action::Lockout,
         Action::Logout,
         Action::RefreshReuse,
+        Action::GoogleSignIn,
+        Action::GoogleLink,
+        Action::GoogleUnlink,
         Action::EnvironmentCreate,
         Action::EnvironmentStart,
         Action::EnvironmentStop,
@@ -128,6 +134,9 @@ impl Action {
             Action::Lockout => "auth.lockout",
             Action::Logout => "auth.logout",
             Action::RefreshReuse => "auth.refresh_reuse",
+            Action::GoogleSignIn => "auth.google_sign_in",
+            Action::GoogleLink => "auth.google_link",
+            Action::GoogleUnlink => "auth.google_unlink",
             Action::EnvironmentCreate => "environment.create",
             Action::EnvironmentStart => "environment.start",
             Action::EnvironmentStop => "environment.stop",

@@ -14,8 +14,8 @@ use utoipa::{Modify, OpenApi, ToResponse};
 
 use crate::error::ErrorBody;
 use crate::routes::{
-    admin, admin_actors, apps, auth, catalog, docs, environments, health, info, metrics, servers,
-    templates, users, ws_apps, ws_logs, ws_terminal,
+    admin, admin_actors, apps, auth, catalog, docs, environments, google, health, info, metrics,
+    servers, templates, users, ws_apps, ws_logs, ws_terminal,
 };
 
 /// The name of the security scheme that authenticated operations require.
@@ -53,6 +53,9 @@ rate limit is exceeded; 5xx bodies are generic.";
         auth::change_password,
         users::update_me,
         users::delete_me,
+        google::sign_in_with_google,
+        google::link_google,
+        google::unlink_google,
         templates::list_templates,
         templates::create_template,
         templates::get_template,
@@ -223,7 +226,8 @@ mod responses {
     /// `environment_creating`, `environment_failed`, `operation_in_progress`,
     /// `environment_deleting`, `environment_not_resting`, `environment_not_running`,
     /// `operation_unsupported`, `same_size`, `environment_unreadable` (`context.field`
-    /// names the column).
+    /// names the column); for Google sign-in, `google_link_requires_verification`,
+    /// `google_account_mismatch`, `google_linked_elsewhere`, `google_already_linked`.
     #[derive(ToResponse)]
     #[response(example = json!({
         "detail": "The username 'alice' is already taken.",

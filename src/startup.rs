@@ -22,6 +22,7 @@ use devpocket_actors::terminal::TerminalSettings;
 use devpocket_actors::{ActorSettings, ActorSystem, Deps, Gauges};
 
 use crate::audit::{AuditLog, AuditWriter};
+use crate::auth::google::GoogleSignIn;
 use crate::auth::password::PasswordHasher;
 use crate::auth::session_cache::SessionCache;
 use crate::auth::tokens::TokenKeys;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub live_runs: Arc<crate::apps::LiveRuns>,
     /// Wakes this process's mail sender after mail was queued.
     pub outbox: crate::mail::sender::Outbox,
+    /// Google sign-in, when `GOOGLE_CLIENT_IDS` is set.
+    pub google: Option<GoogleSignIn>,
 }
 
 /// How often recorded samples are folded into the histograms (the exporter's own
@@ -220,6 +223,12 @@ impl Application {
             settings.auth.access_token_ttl,
             settings.auth.refresh_token_ttl,
         );
+        let google = settings
+            .google
+            .as_ref()
+            .map(GoogleSignIn::new)
+            .transpose()
+            .context("preparing Google sign-in")?;
         let metrics = Arc::new(Metrics::new()?);
         Metrics::spawn_upkeep(&metrics, METRICS_UPKEEP);
         let digitalocean = digitalocean_provider(&settings, &metrics)?.map(Arc::new);
@@ -297,6 +306,7 @@ impl Application {
             secrets: SecretBox::new(secret_key.expose()),
             live_runs: Arc::default(),
             outbox,
+            google,
         });
         let metrics_listener = match settings.metrics.listen {
             Some(address) => Some(

@@ -108,6 +108,14 @@ pub async fn send_verification(
     }
 }
 
+/// A new account's first code. The account exists whatever happens to it (another
+/// can be asked for), so a failure is logged, not answered.
+pub async fn send_first_code(state: &AppState, user: &User, origin: &Origin) {
+    if let Err(e) = send_verification(state, user, Duration::ZERO, origin).await {
+        tracing::warn!(user_id = %user.id, error = %e, "the first verification code could not be queued");
+    }
+}
+
 /// `POST /auth/resend-verification`.
 pub async fn resend_verification(
     state: &AppState,

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod extractor;
+pub mod google;
 pub mod password;
 pub mod session_cache;
 pub mod tokens;

@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::password_hash::rand_core::{OsRng, RngCore as _};
+use argon2::password_hash::{
+    Output, PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::Semaphore;
 
@@ -43,6 +45,21 @@ fn hash_blocking(password: &str) -> Result<String, PasswordError> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| PasswordError::Hash(e.to_string()))
+}
+
+/// A hash that no password matches, for an account made without a password (Google
+/// sign-in): a random salt and a random output with this server's parameters.
+/// Computed without hashing anything, yet checking a password against it costs what
+/// checking a real one does, so a sign-in attempt cannot tell such accounts apart.
+pub fn unusable_hash() -> Result<String, PasswordError> {
+    let salt = SaltString::generate(&mut OsRng);
+    let mut output = [0u8; 32];
+    OsRng.fill_bytes(&mut output);
+    let output = Output::new(&output).map_err(|e| PasswordError::Hash(e.to_string()))?;
+    Ok(format!(
+        "$argon2id$v=19$m={MEMORY_KIB},t={ITERATIONS},p={LANES}${}${output}",
+        salt.as_str()
+    ))
 }
 
 fn verify_blocking(password: &str, hash: &str) -> bool {
@@ -94,6 +111,26 @@ impl PasswordHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_unusable_hash_parses_and_matches_no_password() {
+        let hasher = PasswordHasher::new(2).expect("hasher");
+        let hash = unusable_hash().expect("hash");
+        assert!(PasswordHash::new(&hash).is_ok(), "{hash}");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert_ne!(hash, unusable_hash().expect("hash"), "random each time");
+        for guess in ["", "Correct1horse", "$argon2id"] {
+            assert!(
+                !hasher
+                    .verify(guess.into(), Some(hash.clone()))
+                    .await
+                    .expect("verify")
+            );
+        }
+    }
 
     #[tokio::test]
     async fn hashes_verify_and_use_argon2id_with_owasp_parameters() {

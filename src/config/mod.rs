@@ -8,6 +8,7 @@ mod auto_stop;
 mod database;
 mod digitalocean;
 mod environments;
+mod google;
 mod http;
 mod mail;
 mod metrics;
@@ -24,6 +25,7 @@ pub use auto_stop::AutoStopSettings;
 pub use database::{DatabaseLocation, DatabaseSettings};
 pub use digitalocean::DigitalOceanSettings;
 pub use environments::EnvironmentSettings;
+pub use google::{GOOGLE_JWKS_URL, GoogleSettings};
 pub use http::{HttpSettings, IpNet};
 pub use mail::{MailSettings, Restricted};
 pub use metrics::MetricsSettings;
@@ -86,6 +88,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// The DigitalOcean provider, when `DO_API_TOKEN` is set.
     pub digitalocean: Option<DigitalOceanSettings>,
+    /// Google sign-in, when `GOOGLE_CLIENT_IDS` is set.
+    pub google: Option<GoogleSettings>,
 }
 
 /// A setting that could not be used, naming the key and what to fix.
@@ -145,6 +149,7 @@ impl Settings {
             rate_limits: RateLimitSettings::load(source)?,
             metrics: MetricsSettings::load(source)?,
             digitalocean: DigitalOceanSettings::load(source)?,
+            google: GoogleSettings::load(source)?,
         })
     }
 
@@ -222,6 +227,9 @@ mod tests {
             ("DO_VOLUME_SIZE_GB", "0"),
             ("DO_POLL_INTERVAL", "soon"),
             ("DO_DESTROY_ORPHANS", "maybe"),
+            ("GOOGLE_CLIENT_IDS", " , "),
+            ("GOOGLE_CLIENT_IDS", "one two"),
+            ("GOOGLE_JWKS_URL", "ftp://example.com/certs"),
             ("SECRET_KEY", "short"),
         ] {
             let mut pairs = vec![(key, value)];
@@ -230,6 +238,9 @@ mod tests {
             }
             if key.starts_with("DO_") {
                 pairs.push(("DO_API_TOKEN", "dop_v1_test"));
+            }
+            if key == "GOOGLE_JWKS_URL" {
+                pairs.push(("GOOGLE_CLIENT_IDS", "app.apps.googleusercontent.com"));
             }
             let err = load(&pairs).expect_err(key);
             assert!(err.to_string().starts_with(key), "{err}");
@@ -278,6 +289,29 @@ mod tests {
             !format!("{s:?}").contains("dop_v1_secret"),
             "the token never prints"
         );
+    }
+
+    #[test]
+    fn google_sign_in_is_on_when_client_ids_are_set() {
+        let off = load(&[("SECRET_KEY", KEY)]).expect("loads");
+        assert!(off.google.is_none());
+        let s = load(&[
+            ("SECRET_KEY", KEY),
+            (
+                "GOOGLE_CLIENT_IDS",
+                " ios.apps.googleusercontent.com, android.apps.googleusercontent.com,",
+            ),
+        ])
+        .expect("loads");
+        let google = s.google.expect("configured");
+        assert_eq!(
+            google.client_ids,
+            [
+                "ios.apps.googleusercontent.com",
+                "android.apps.googleusercontent.com"
+            ]
+        );
+        assert_eq!(google.jwks_url, GOOGLE_JWKS_URL);
     }
 
     #[test]

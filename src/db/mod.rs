@@ -7,6 +7,7 @@ pub mod apps;
 pub mod audit;
 pub mod embedded;
 pub mod environments;
+pub mod google;
 pub mod json;
 pub mod outbox;
 pub mod quota;

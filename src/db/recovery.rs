@@ -334,6 +334,7 @@ pub async fn delete_account(
             users::email.eq(""),
             users::full_name.eq(None::<String>),
             users::password_hash.eq(""),
+            users::google_sub.eq(None::<String>),
             users::updated_at.eq(diesel::dsl::now),
         ))
         .execute(&mut *conn)

@@ -245,6 +245,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        google_sub -> Nullable<Text>,
     }
 }
 

@@ -9,8 +9,6 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit::{Action, Event, Origin, Outcome};
-use std::time::Duration;
-
 use crate::auth::{self, AuthUser, Registration, TokenPair, account};
 use crate::db::users::User;
 use crate::error::ApiError;
@@ -94,10 +92,10 @@ impl From<User> for UserResponse {
 
 /// A new sign-in: the tokens and the user.
 #[derive(Serialize, ToSchema)]
-struct SessionResponse {
+pub(crate) struct SessionResponse {
     #[serde(flatten)]
-    tokens: TokenPair,
-    user: UserResponse,
+    pub(crate) tokens: TokenPair,
+    pub(crate) user: UserResponse,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -153,10 +151,7 @@ async fn register(
         &origin,
         Event::new(Action::Register, Outcome::Success).by(user.id),
     );
-    // The account exists whatever happens to its first code: another can be asked.
-    if let Err(e) = account::send_verification(&state, &user, Duration::ZERO, &origin).await {
-        tracing::warn!(user_id = %user.id, error = %e, "the first verification code could not be queued");
-    }
+    account::send_first_code(&state, &user, &origin).await;
     let mut conn = state.pool.get().await?;
     let tokens = auth::start_session(&state, &mut conn, &user).await?;
     Ok(HttpResponse::Created().json(SessionResponse {

@@ -85,7 +85,7 @@ async fn info(state: web::Data<AppState>) -> HttpResponse {
             environments: true,
             terminals: true,
             provisioning_logs: true,
-            google_sign_in: false,
+            google_sign_in: state.google.is_some(),
         },
         plans: Plan::ALL.iter().map(|p| (p.as_str(), p.limits())).collect(),
         providers: state.providers.clone(),

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod catalog;
 pub mod docs;
 pub mod environments;
+pub mod google;
 pub mod health;
 pub mod info;
 pub mod metrics;
@@ -37,6 +38,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(health::configure).service(
         web::scope(API)
             .wrap(from_fn(crate::ratelimit::answer_deferred))
+            // Before `auth`: its `/auth` scope would take `/auth/google`.
+            .configure(google::configure)
             .configure(auth::configure)
             .configure(users::configure)
             .configure(info::configure)

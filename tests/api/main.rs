@@ -14,6 +14,7 @@ mod digitalocean;
 mod environments;
 mod fake_do;
 mod first_hour;
+mod google;
 mod health;
 mod helpers;
 mod hostile;

@@ -1,11 +1,13 @@
 //! The shared test harness, by concern: the test database (`database`), the
 //! application and its HTTP clients (`app`), WebSockets (`ws`), the `devpocket`
 //! binary (`process`), environments' machines (`machines`), users' own servers
-//! (`target`) and the Docker engine their apps run on (`docker`).
+//! (`target`), the Docker engine their apps run on (`docker`) and Google's key set
+//! (`jwks`).
 
 mod app;
 mod database;
 mod docker;
+mod jwks;
 mod machines;
 mod mail;
 mod process;
@@ -15,6 +17,7 @@ mod ws;
 pub use app::*;
 pub use database::*;
 pub use docker::*;
+pub use jwks::*;
 pub use machines::*;
 pub use mail::*;
 pub use process::*;
