@@ -58,6 +58,10 @@ pub struct Features {
     terminals: bool,
     provisioning_logs: bool,
     google_sign_in: bool,
+    /// What an account may not do until its e-mail address is verified, among
+    /// `google_link`, `change_email`, `create_environment` and `register_server`.
+    #[schema(example = json!(["google_link", "change_email"]))]
+    unverified_may_not: Vec<&'static str>,
 }
 
 /// What this server is and offers.
@@ -86,6 +90,13 @@ async fn info(state: web::Data<AppState>) -> HttpResponse {
             terminals: true,
             provisioning_logs: true,
             google_sign_in: state.google.is_some(),
+            unverified_may_not: state
+                .settings
+                .mail
+                .unverified_may_not
+                .iter()
+                .map(|r| r.as_str())
+                .collect(),
         },
         plans: Plan::ALL.iter().map(|p| (p.as_str(), p.limits())).collect(),
         providers: state.providers.clone(),

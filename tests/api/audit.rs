@@ -157,6 +157,7 @@ async fn sign_in_events_say_who_what_where_and_how() {
             "auth.refresh_reuse",
             "auth.login",
             "auth.login_failed",
+            "auth.verification_sent",
             "auth.register"
         ],
         "{events:#?}"
@@ -192,6 +193,7 @@ async fn sign_in_events_say_who_what_where_and_how() {
             user("success"),
             user("failure"),
             user("success"),
+            user("success"),
         ]
     );
     assert_eq!(events[3]["details"]["reason"], "wrong_password");
@@ -217,7 +219,7 @@ async fn a_lockout_and_attempts_while_locked_are_recorded() {
     assert_eq!(app.login("bob", "Wrong-horse-2").await.status(), 423);
     assert_eq!(app.login("bob", PASSWORD).await.status(), 423);
 
-    let events = audit_until(&app, &admin, &format!("user={bob}"), |e| e.len() >= 5).await;
+    let events = audit_until(&app, &admin, &format!("user={bob}"), |e| e.len() >= 6).await;
     let summary: Vec<(&str, &str, &str)> = events
         .iter()
         .map(|e| {
@@ -235,6 +237,7 @@ async fn a_lockout_and_attempts_while_locked_are_recorded() {
             ("auth.lockout", "denied", ""),
             ("auth.login_failed", "failure", "wrong_password"),
             ("auth.login_failed", "failure", "wrong_password"),
+            ("auth.verification_sent", "success", ""),
             ("auth.register", "success", ""),
         ]
     );
@@ -251,7 +254,8 @@ async fn stalled_or_failing_audit_writes_do_not_hold_up_or_fail_requests() {
         .as_str()
         .unwrap()
         .to_owned();
-    audit_until(&app, &admin, &format!("user={erin}"), |e| e.len() == 1).await;
+    // Signed up, and mailed a first code.
+    audit_until(&app, &admin, &format!("user={erin}"), |e| e.len() == 2).await;
     // From now on the database refuses any event from this user agent…
     let mut conn = app.db.connect().await;
     for statement in [
@@ -288,10 +292,13 @@ async fn stalled_or_failing_audit_writes_do_not_hold_up_or_fail_requests() {
         .unwrap();
 
     // The writer goes on, and a refused event costs only itself.
-    let events = audit_until(&app, &admin, &format!("user={erin}"), |e| e.len() >= 2).await;
-    assert_eq!(actions(&events), ["auth.login", "auth.register"]);
+    let events = audit_until(&app, &admin, &format!("user={erin}"), |e| e.len() >= 3).await;
+    assert_eq!(
+        actions(&events),
+        ["auth.login", "auth.verification_sent", "auth.register"]
+    );
     assert_eq!(events[0]["user_agent"], AGENT);
     let later = app.login("erin", PASSWORD).await;
     assert_eq!(later.status(), 200);
-    audit_until(&app, &admin, &format!("user={erin}"), |e| e.len() == 3).await;
+    audit_until(&app, &admin, &format!("user={erin}"), |e| e.len() == 4).await;
 }

@@ -67,9 +67,12 @@ async fn the_audit_log_filters_and_pages() {
             .iter()
             .all(|e| e["user_id"] == dave.as_str() && e["username"] == "dave")
     );
-    // The live events are there too: dave's registration, root's.
-    let dave_all = audit_until(&app, &admin, &format!("user={dave}"), |e| e.len() == 16).await;
-    assert_eq!(dave_all[0]["action"], "auth.register");
+    // The live events are there too: dave's registration and first code.
+    let dave_all = audit_until(&app, &admin, &format!("user={dave}"), |e| e.len() == 17).await;
+    assert_eq!(
+        (&dave_all[0]["action"], &dave_all[1]["action"]),
+        (&json!("auth.verification_sent"), &json!("auth.register"))
+    );
 
     let stops = page(&app, &admin, &format!("action=environment.stop&{seeded}")).await;
     assert_eq!(total(&stops), 15);
