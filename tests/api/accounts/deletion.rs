@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::deletion::leftovers;
+use crate::fake_do::FakeDo;
 use crate::helpers::{PASSWORD, TestApp, assert_error, eventually, is_root, skipped};
 
 #[actix_web::test]
@@ -95,4 +96,37 @@ async fn deleting_the_account_deletes_its_machines_and_keeps_its_audit_entries()
     ] {
         assert!(actions.contains(&kept), "{kept} in {actions:?}");
     }
+}
+
+#[actix_web::test]
+async fn a_deleted_account_leaves_no_droplet_and_no_volume_billing() {
+    let fake = FakeDo::start();
+    let app = crate::digitalocean::spawn_app(&fake, &[]).await;
+    let token = app.admin_token("cloudy").await;
+    let id = app
+        .ready_environment(&token, "in-the-cloud", "ubuntu")
+        .await;
+    assert_eq!((fake.droplets().len(), fake.volumes().len()), (1, 1));
+
+    let deleted = app
+        .authed_client(&token)
+        .delete_json("/api/v1/users/me", &json!({ "password": PASSWORD }))
+        .await;
+    assert_eq!(deleted.status(), 200);
+    eventually(
+        std::time::Duration::from_secs(60),
+        "the account's droplet and volume to be destroyed",
+        async || {
+            let (droplets, volumes) = (fake.droplets(), fake.volumes());
+            if droplets.is_empty() && volumes.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{droplets:?} {volumes:?} ({id})"))
+            }
+        },
+    )
+    .await;
+    fake.settled().await;
+    assert!(fake.droplets().is_empty() && fake.volumes().is_empty());
+    fake.assert_valid();
 }
