@@ -108,8 +108,8 @@ pub async fn send_verification(
     }
 }
 
-/// A new account's first code. The account exists whatever happens to it (another
-/// can be asked for), so a failure is logged, not answered.
+/// The first code of a new account or a new address. The change is made whatever
+/// happens to it (another can be asked for), so a failure is logged, not answered.
 pub async fn send_first_code(state: &AppState, user: &User, origin: &Origin) {
     if let Err(e) = send_verification(state, user, Duration::ZERO, origin).await {
         tracing::warn!(user_id = %user.id, error = %e, "the first verification code could not be queued");
@@ -281,6 +281,22 @@ async fn mail_reset(state: &AppState, email: &str, origin: &Origin) -> Result<()
     Ok(())
 }
 
+async fn new_hash(state: &AppState, password: String) -> Result<String, ApiError> {
+    state
+        .hasher
+        .hash(password)
+        .await
+        .map_err(ApiError::internal)
+}
+
+async fn is_password_of(state: &AppState, user: &User, password: String) -> Result<bool, ApiError> {
+    state
+        .hasher
+        .verify(password, Some(user.password_hash.clone()))
+        .await
+        .map_err(ApiError::internal)
+}
+
 fn new_password_errors(password: &str) -> Result<(), ApiError> {
     let mut errors = ValidationErrors::default();
     validation::password(password, &mut errors);
@@ -292,13 +308,9 @@ fn new_password_errors(password: &str) -> Result<(), ApiError> {
 }
 
 /// Tells the account's owner their password changed (and how to react if it was
-/// not them), in `conn`'s transaction with nothing else.
-async fn mail_password_changed(
-    state: &AppState,
-    user: &User,
-    how: &str,
-    origin: &Origin,
-) -> Result<(), ApiError> {
+/// not them). The change is made whatever happens to this mail: a failure to queue
+/// it is logged, not answered.
+async fn mail_password_changed(state: &AppState, user: &User, how: &str, origin: &Origin) {
     let time = Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
     let address = origin
         .ip
@@ -313,10 +325,18 @@ async fn mail_password_changed(
             ("address", &address),
         ],
     );
-    let mut conn = state.pool.get().await?;
-    outbox::enqueue(&mut conn, &mail).await?;
-    state.outbox.wake();
-    Ok(())
+    let queued = match state.pool.get().await {
+        Ok(mut conn) => outbox::enqueue(&mut conn, &mail)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e.into()),
+    };
+    match queued {
+        Ok(()) => state.outbox.wake(),
+        Err(e) => {
+            tracing::warn!(user_id = %user.id, error = %e, "the password-changed notice could not be queued");
+        }
+    }
 }
 
 /// `POST /auth/reset-password {token, new_password}`.
@@ -334,11 +354,7 @@ pub async fn reset_password(
         ));
     }
     new_password_errors(&new_password)?;
-    let hash = state
-        .hasher
-        .hash(new_password)
-        .await
-        .map_err(ApiError::internal)?;
+    let hash = new_hash(state, new_password).await?;
     let mut conn = state.pool.get().await?;
     let Some((user, revoked)) =
         recovery::reset_password(&mut conn, &token_hash(token), &hash).await?
@@ -362,7 +378,8 @@ pub async fn reset_password(
             .by(user.id)
             .details(json!({ "sessions_revoked": revoked })),
     );
-    mail_password_changed(state, &user, "reset", origin).await
+    mail_password_changed(state, &user, "reset", origin).await;
+    Ok(())
 }
 
 /// `POST /auth/change-password`: the current session stays; every other ends.
@@ -374,12 +391,7 @@ pub async fn change_password(
     origin: &Origin,
 ) -> Result<(), ApiError> {
     new_password_errors(&new_password)?;
-    let right = state
-        .hasher
-        .verify(current, Some(caller.user.password_hash.clone()))
-        .await
-        .map_err(ApiError::internal)?;
-    if !right {
+    if !is_password_of(state, &caller.user, current).await? {
         state.audit.record(
             origin,
             Event::new(Action::PasswordChanged, Outcome::Failure)
@@ -392,11 +404,7 @@ pub async fn change_password(
             detail: "The current password is not right.".into(),
         });
     }
-    let hash = state
-        .hasher
-        .hash(new_password)
-        .await
-        .map_err(ApiError::internal)?;
+    let hash = new_hash(state, new_password).await?;
     let mut conn = state.pool.get().await?;
     let revoked =
         recovery::change_password(&mut conn, caller.user.id, caller.session_id, &hash).await?;
@@ -408,7 +416,8 @@ pub async fn change_password(
             .by(caller.user.id)
             .details(json!({ "sessions_revoked": revoked })),
     );
-    mail_password_changed(state, &caller.user, "changed", origin).await
+    mail_password_changed(state, &caller.user, "changed", origin).await;
+    Ok(())
 }
 
 /// Refuses what `DEVPOCKET_UNVERIFIED_MAY_NOT` holds back from an account whose
@@ -522,9 +531,7 @@ pub async fn update_profile(
     );
     if changes.is_verified == Some(false) {
         // A code for the new address; the old one's code no longer verifies.
-        send_verification(state, &updated, Duration::ZERO, origin)
-            .await?
-            .map_err(|_| ApiError::internal(anyhow::anyhow!("a first code was refused")))?;
+        send_first_code(state, &updated, origin).await;
     }
     Ok(updated)
 }
@@ -539,12 +546,7 @@ pub async fn delete_account(
     origin: &Origin,
 ) -> Result<usize, ApiError> {
     let user = &caller.user;
-    let right = state
-        .hasher
-        .verify(password, Some(user.password_hash.clone()))
-        .await
-        .map_err(ApiError::internal)?;
-    if !right {
+    if !is_password_of(state, user, password).await? {
         state.audit.record(
             origin,
             Event::new(Action::AccountDelete, Outcome::Failure)

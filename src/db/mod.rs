@@ -38,6 +38,13 @@ pub type DbConn = Object<AsyncPgConnection>;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
+/// A duration as a PostgreSQL interval (saturating past some 292,000 years).
+pub(crate) fn interval(d: Duration) -> diesel::pg::data_types::PgInterval {
+    diesel::pg::data_types::PgInterval::from_microseconds(
+        i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+    )
+}
+
 /// Any advisory-lock key only DevPocket uses: serialises migrations across replicas.
 const MIGRATION_LOCK_KEY: i64 = 0x6465_7670_6f63_6b01;
 

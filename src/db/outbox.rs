@@ -6,6 +6,8 @@ use diesel::sql_types::{BigInt, Interval, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::interval;
+
 use super::schema::mail_outbox;
 
 #[derive(Debug, Clone, Insertable)]
@@ -39,12 +41,6 @@ pub async fn enqueue(conn: &mut AsyncPgConnection, mail: &NewMail) -> QueryResul
         .execute(conn)
         .await
         .map(drop)
-}
-
-fn interval(d: std::time::Duration) -> diesel::pg::data_types::PgInterval {
-    diesel::pg::data_types::PgInterval::from_microseconds(
-        i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-    )
 }
 
 /// Takes up to `limit` mails that are due, oldest first, counting an attempt on
@@ -108,6 +104,15 @@ pub async fn failed(conn: &mut AsyncPgConnection, id: Uuid, error: &str) -> Quer
         .execute(conn)
         .await
         .map(drop)
+}
+
+/// When the next mail waiting is due, if any is.
+pub async fn next_due(conn: &mut AsyncPgConnection) -> QueryResult<Option<DateTime<Utc>>> {
+    mail_outbox::table
+        .filter(mail_outbox::failed_at.is_null())
+        .select(diesel::dsl::min(mail_outbox::next_attempt_at))
+        .first(conn)
+        .await
 }
 
 /// Mails waiting to be sent.

@@ -7,18 +7,14 @@ use diesel::sql_types::{Interval, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::interval;
+
 use super::outbox::{self, NewMail};
 use super::schema::{email_verifications, login_failures, password_resets, users};
 use super::users::{Duplicate, User};
 use crate::db::sessions;
 
 define_sql_function!(fn lower(x: Text) -> Text);
-
-fn interval(d: std::time::Duration) -> diesel::pg::data_types::PgInterval {
-    diesel::pg::data_types::PgInterval::from_microseconds(
-        i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-    )
-}
 
 /// Stores a new verification code for `user_id` and `email` (replacing any earlier
 /// one, and its tries) and queues `mail` with it, unless the last one was sent less
@@ -264,7 +260,7 @@ pub async fn change_password(
             ))
             .execute(&mut *conn)
             .await?;
-        sessions::revoke_all_but(conn, user_id, keep, "password_changed").await
+        sessions::revoke_all_but(conn, user_id, Some(keep), "password_changed").await
     })
     .await
 }

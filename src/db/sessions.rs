@@ -155,36 +155,28 @@ pub async fn active_user(
         .optional()
 }
 
-/// Revokes every live session of a user but `keep`; returns how many there were.
-pub async fn revoke_all_but(
-    conn: &mut AsyncPgConnection,
-    user_id: Uuid,
-    keep: Uuid,
-    reason: &str,
-) -> QueryResult<usize> {
-    diesel::update(
-        auth_sessions::table
-            .filter(auth_sessions::user_id.eq(user_id))
-            .filter(auth_sessions::id.ne(keep))
-            .filter(auth_sessions::revoked_at.is_null()),
-    )
-    .set((
-        auth_sessions::revoked_at.eq(diesel::dsl::now),
-        auth_sessions::revoked_reason.eq(reason),
-    ))
-    .execute(conn)
-    .await
-}
-
 /// Revokes every live session of a user; returns how many there were.
 pub async fn revoke_all(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
     reason: &str,
 ) -> QueryResult<usize> {
+    revoke_all_but(conn, user_id, None, reason).await
+}
+
+/// Revokes every live session of a user but `keep`; returns how many there were.
+pub async fn revoke_all_but(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    keep: Option<Uuid>,
+    reason: &str,
+) -> QueryResult<usize> {
+    // No session has the nil id (they are random): `None` keeps none.
+    let keep = keep.unwrap_or(Uuid::nil());
     diesel::update(
         auth_sessions::table
             .filter(auth_sessions::user_id.eq(user_id))
+            .filter(auth_sessions::id.ne(keep))
             .filter(auth_sessions::revoked_at.is_null()),
     )
     .set((

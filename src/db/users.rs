@@ -139,9 +139,7 @@ pub async fn record_failure(
     lock_for: std::time::Duration,
 ) -> QueryResult<Option<DateTime<Utc>>> {
     let threshold = i32::try_from(threshold).unwrap_or(i32::MAX);
-    let lock_for = diesel::pg::data_types::PgInterval::from_microseconds(
-        i64::try_from(lock_for.as_micros()).unwrap_or(i64::MAX),
-    );
+    let lock_for = super::interval(lock_for);
     let row: FailureRow = diesel::sql_query(
         "INSERT INTO login_failures AS f (user_id, client_ip, failures, locked_until, updated_at) \
          VALUES ($1, $2, 1, CASE WHEN 1 >= $3 THEN now() + $4 END, now()) \

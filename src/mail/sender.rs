@@ -1,6 +1,6 @@
 //! The mail sender: one actor per process that delivers what the outbox holds.
-//! New mail wakes it at once; it also reads the outbox every `poll_every`, for
-//! retries and for mail another process queued. Rows are claimed (see
+//! New mail wakes it at once, and a retry when it is due; it also reads the outbox
+//! every `poll_every`, for mail another process queued. Rows are claimed (see
 //! `db::outbox::claim_due`), so several processes never send one mail twice
 //! unless one dies mid-send.
 
@@ -94,14 +94,15 @@ struct Delivery {
 }
 
 impl Delivery {
-    /// Sends what is due until nothing is.
-    async fn drain(&self) {
+    /// Sends what is due until nothing is; answers how long until the next mail
+    /// waiting is due, if one is.
+    async fn drain(&self) -> Option<Duration> {
         loop {
             let claimed = match self.pool.get().await {
                 Ok(mut conn) => outbox::claim_due(&mut conn, BATCH, CLAIM_HOLD).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "mail outbox: no database connection");
-                    return;
+                    return None;
                 }
             };
             let mails = match claimed {
@@ -109,7 +110,7 @@ impl Delivery {
                 Ok(mails) => mails,
                 Err(e) => {
                     tracing::warn!(error = %e, "mail outbox: reading what is due failed");
-                    return;
+                    return None;
                 }
             };
             for mail in mails {
@@ -119,12 +120,13 @@ impl Delivery {
                 }
             }
         }
-        if let Ok(mut conn) = self.pool.get().await
-            && let Ok(n) = outbox::queued(&mut conn).await
-        {
+        let mut conn = self.pool.get().await.ok()?;
+        if let Ok(n) = outbox::queued(&mut conn).await {
             self.metrics
                 .record(|| gauge!("devpocket_mail_queued").set(n as f64));
         }
+        let due = outbox::next_due(&mut conn).await.ok()??;
+        Some((due - Utc::now()).to_std().unwrap_or_default())
     }
 
     async fn deliver(&self, mail: &QueuedMail) -> Result<String, Failure> {
@@ -229,6 +231,8 @@ pub struct MailSender {
     poll_every: Duration,
     busy: bool,
     again: bool,
+    /// The pass planned for when the next retry is due, sooner than the poll.
+    retry: Option<SpawnHandle>,
 }
 
 /// Something was queued: look now.
@@ -247,10 +251,19 @@ impl MailSender {
         ctx.spawn(
             async move { delivery.drain().await }
                 .into_actor(self)
-                .map(|(), act, ctx| {
+                .map(|next, act, ctx| {
                     act.busy = false;
                     if std::mem::take(&mut act.again) {
                         act.drain(ctx);
+                        return;
+                    }
+                    if let Some(previous) = act.retry.take() {
+                        ctx.cancel_future(previous);
+                    }
+                    // A little late rather than early: the row is due by then.
+                    if let Some(wait) = next.filter(|w| *w < act.poll_every) {
+                        let wait = wait + Duration::from_millis(10);
+                        act.retry = Some(ctx.run_later(wait, |act, ctx| act.drain(ctx)));
                     }
                 }),
         );
@@ -301,6 +314,7 @@ impl Outbox {
             poll_every,
             busy: false,
             again: false,
+            retry: None,
         }
         .start();
         Self { sender }

@@ -49,6 +49,8 @@ async fn an_smtp_outage_delays_mail_and_loses_none() {
         &[
             ("DEVPOCKET_MAIL_RETRY_MIN", "100ms"),
             ("DEVPOCKET_MAIL_RETRY_MAX", "300ms"),
+            // Retries are planned for when they are due, not left to the poll.
+            ("DEVPOCKET_MAIL_POLL_EVERY", "1h"),
         ],
     )
     .await;
