@@ -268,10 +268,7 @@ impl Application {
         let transport =
             crate::mail::sender::Transport::from_settings(&settings.mail, &settings.data_dir)
                 .context("preparing outgoing mail")?;
-        tracing::info!(
-            "outgoing mail is {} (SMTP_URL)",
-            transport.describe(&settings.mail)
-        );
+        tracing::info!("outgoing mail is {}", transport.describe(&settings.mail));
         let outbox = crate::mail::sender::Outbox::start(
             pool.clone(),
             transport,

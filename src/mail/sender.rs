@@ -41,17 +41,23 @@ impl Transport {
             Some(url) => Transport::Smtp(
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())?.build(),
             ),
-            None => Transport::Files(data_dir.join("outbox")),
+            // Absolute, for the logs to say where to look.
+            None => Transport::Files(std::path::absolute(data_dir.join("outbox"))?),
         })
     }
 
     /// Where mail goes, for the start-up log (never the SMTP password).
     pub fn describe(&self, settings: &MailSettings) -> String {
         match (self, &settings.smtp_url) {
-            (Transport::Files(dir), _) => format!("written to {}", dir.display()),
+            (Transport::Files(dir), _) => {
+                format!(
+                    "written to {} as .eml files (SMTP_URL is not set)",
+                    dir.display()
+                )
+            }
             (Transport::Smtp(_), Some(url)) => match url::Url::parse(url.expose()) {
                 Ok(u) => format!(
-                    "sent through {}://{}:{}",
+                    "sent through {}://{}:{} (SMTP_URL)",
                     u.scheme(),
                     u.host_str().unwrap_or("?"),
                     u.port()
@@ -134,6 +140,7 @@ impl Delivery {
             Failure::permanent(format!("`{}` cannot be mailed: {e}", mail.recipient))
         })?;
         let message = Message::builder()
+            .message_id(Some(format!("<{}@{}>", mail.id, self.from.email.domain())))
             .from(self.from.clone())
             .to(to)
             .subject(mail.subject.clone())
