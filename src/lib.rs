@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod data_dir;
 pub mod db;

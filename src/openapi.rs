@@ -111,6 +111,8 @@ rate limit is exceeded; 5xx bodies are generic.";
         docs::openapi_json,
         docs::docs_index,
         docs::docs_file,
+        crate::console::index,
+        crate::console::asset,
     ),
     components(
         schemas(ErrorBody),
@@ -139,6 +141,7 @@ rate limit is exceeded; 5xx bodies are generic.";
         (name = "websockets", description = "Live provisioning logs and terminals. Not REST: JSON text frames over a WebSocket, described on each operation."),
         (name = "admin", description = "Administrators only (the `admin` plan): users and the audit log."),
         (name = "docs", description = "This document and its viewer."),
+        (name = "console", description = "The web console: a page and its files, a client of this API like the mobile app."),
     )
 )]
 pub struct ApiDoc;

@@ -397,6 +397,7 @@ pub fn app(
         .wrap(ErrorHandlers::new().default_handler(http::envelope_fallback))
         .wrap(http::Edge)
         .configure(routes::configure)
+        .configure(crate::console::configure)
         .configure(|cfg| {
             // `/metrics` is here unless it has a listener of its own.
             if metrics_on_main {

@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod auto_stop;
 mod cli;
+mod console;
 mod deletion;
 mod digitalocean;
 mod environments;

@@ -5,6 +5,7 @@
 //! (`jwks`).
 
 mod app;
+mod browser;
 mod database;
 mod docker;
 mod jwks;
@@ -15,6 +16,7 @@ mod target;
 mod ws;
 
 pub use app::*;
+pub use browser::*;
 pub use database::*;
 pub use docker::*;
 pub use jwks::*;
