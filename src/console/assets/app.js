@@ -247,10 +247,13 @@ async function createView() {
   if (info.default_provider === "digitalocean") {
     try {
       const [regions, sizes] = await Promise.all([api("GET", "/regions"), api("GET", "/sizes")]);
-      const options = (items) => items.map((i) => h("option", { value: i.slug || i.id || i.name }, i.name || i.slug));
+      const mine = (items) => items.filter((i) => !i.provider || i.provider === info.default_provider);
+      const option = (value, label, selected, disabled) => h("option", { value, selected, disabled }, label);
       providerFields.append(
-        h("label", {}, "Region", h("select", { name: "region" }, options(regions))),
-        h("label", {}, "Size", h("select", { name: "size" }, options(sizes))));
+        h("label", {}, "Region", h("select", { name: "region" },
+          mine(regions).map((r) => option(r.slug, r.name, r.default, r.available === false)))),
+        h("label", {}, "Size", h("select", { name: "size" },
+          mine(sizes).map((s) => option(s.slug, `${s.slug} (${s.cpu ? `${s.cpu} CPU, ` : ""}${s.memory})`, s.default, s.available === false)))));
     } catch (err) {
       error.textContent = explain(err);
     }

@@ -42,25 +42,35 @@ impl Driver {
                 .build()
                 .expect("client"),
         };
-        eventually(Duration::from_secs(30), "chromedriver to be ready", async || {
-            let status: Value = driver
-                .client
-                .get(format!("{}/status", driver.url))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            if status["value"]["ready"] == true { Ok(()) } else { Err(status.to_string()) }
-        })
+        eventually(
+            Duration::from_secs(30),
+            "chromedriver to be ready",
+            async || {
+                let status: Value = driver
+                    .client
+                    .get(format!("{}/status", driver.url))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if status["value"]["ready"] == true {
+                    Ok(())
+                } else {
+                    Err(status.to_string())
+                }
+            },
+        )
         .await;
         driver
     }
 
     /// A new browser (a fresh profile), `width`×`height`.
     pub async fn browser(&self, name: &str, width: u32, height: u32) -> Browser<'_> {
-        let profile = test_root().join("browsers").join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+        let profile = test_root()
+            .join("browsers")
+            .join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&profile).expect("profile dir");
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -74,9 +84,18 @@ impl Driver {
                 ],
             },
         }}});
-        let answer = self.call(reqwest::Method::POST, "/session", Some(&caps)).await;
-        let id = answer["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {answer}")).to_owned();
-        Browser { driver: self, id, profile }
+        let answer = self
+            .call(reqwest::Method::POST, "/session", Some(&caps))
+            .await;
+        let id = answer["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {answer}"))
+            .to_owned();
+        Browser {
+            driver: self,
+            id,
+            profile,
+        }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Value {
@@ -135,25 +154,40 @@ impl Browser<'_> {
             let truthy = !matches!(&value, Value::Null | Value::Bool(false))
                 && value != json!("")
                 && value != json!(0);
-            if truthy { Ok(value) } else { Err(format!("{value}")) }
+            if truthy {
+                Ok(value)
+            } else {
+                Err(format!("{value}"))
+            }
         })
         .await
     }
 
     async fn element(&self, css: &str) -> String {
-        let found = eventually(Duration::from_secs(30), &format!("an element {css}"), async || {
-            let answer = self
-                .driver
-                .client
-                .post(format!("{}/session/{}/element", self.driver.url, self.id))
-                .json(&json!({ "using": "css selector", "value": css }))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let ok = answer.status().is_success();
-            let value: Value = answer.json().await.map_err(|e| e.to_string())?;
-            if ok { Ok(value["value"][ELEMENT].as_str().unwrap_or_default().to_owned()) } else { Err(value.to_string()) }
-        })
+        let found = eventually(
+            Duration::from_secs(30),
+            &format!("an element {css}"),
+            async || {
+                let answer = self
+                    .driver
+                    .client
+                    .post(format!("{}/session/{}/element", self.driver.url, self.id))
+                    .json(&json!({ "using": "css selector", "value": css }))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ok = answer.status().is_success();
+                let value: Value = answer.json().await.map_err(|e| e.to_string())?;
+                if ok {
+                    Ok(value["value"][ELEMENT]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned())
+                } else {
+                    Err(value.to_string())
+                }
+            },
+        )
         .await;
         assert!(!found.is_empty(), "{css}");
         found
@@ -161,8 +195,12 @@ impl Browser<'_> {
 
     pub async fn click(&self, css: &str) {
         let element = self.element(css).await;
-        self.call(reqwest::Method::POST, &format!("/element/{element}/click"), Some(&json!({})))
-            .await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            Some(&json!({})),
+        )
+        .await;
     }
 
     /// Types `text` into the element (keys as WebDriver names them: "\u{E007}" is Enter).
