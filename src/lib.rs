@@ -14,6 +14,7 @@ pub mod db;
 pub mod environments;
 pub mod error;
 pub mod http;
+pub mod listener;
 pub mod mail;
 pub mod metrics;
 pub mod openapi;

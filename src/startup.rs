@@ -80,6 +80,8 @@ pub struct AppState {
     pub live_runs: Arc<crate::apps::LiveRuns>,
     /// Wakes this process's mail sender after mail was queued.
     pub outbox: crate::mail::sender::Outbox,
+    /// Tells other processes what to drop from their caches (`listener`).
+    pub invalidations: crate::listener::Outgoing,
     /// Google sign-in, when `GOOGLE_CLIENT_IDS` is set.
     pub google: Option<GoogleSignIn>,
 }
@@ -158,6 +160,7 @@ async fn start_actors(
         gauges: Gauges::default(),
         inspector: Inspector::new(&*metrics.recorder()),
         recorder: metrics.recorder(),
+        answers: Default::default(),
     };
     Ok(ActorSystem::start(Arc::new(deps)))
 }
@@ -194,6 +197,7 @@ pub struct Application {
     server: Server,
     metrics_server: Option<Server>,
     audit: AuditWriter,
+    actors: ActorSystem,
 }
 
 impl Application {
@@ -207,12 +211,19 @@ impl Application {
         let Some(secret_key) = settings.auth.secret_key.clone() else {
             anyhow::bail!("the secret key must be loaded before building the application");
         };
+        let listen_url = url.expose().clone();
         let applied = db::run_migrations(url)
             .await
             .context("applying migrations")?;
         if !applied.is_empty() {
             tracing::info!(?applied, "migrations applied");
         }
+        // Listening before anything else, so that nothing other processes say is
+        // missed from here on (see `listener`).
+        let listening = crate::listener::connect(&listen_url)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("listening for other server processes (PostgreSQL LISTEN)")?;
         let pool = db::build_pool(url, settings.database.pool_size, settings.database.timeout)?;
         crate::templates::sync(&pool, settings.templates_dir.as_deref())
             .await
@@ -233,6 +244,7 @@ impl Application {
         Metrics::spawn_upkeep(&metrics, METRICS_UPKEEP);
         let digitalocean = digitalocean_provider(&settings, &metrics)?.map(Arc::new);
         let lists = Arc::new(ListCache::new(settings.environments.list_cache_ttl));
+        let (invalidations, outgoing) = crate::listener::Outgoing::new();
         let actors = start_actors(
             &settings,
             &secret_key,
@@ -264,7 +276,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let workers = settings.http.workers;
         let ratelimits = Arc::new(RateLimits::new(&settings.rate_limits, &metrics));
-        ratelimit::spawn_sweeper(&ratelimits, settings.rate_limits.sweep);
+        ratelimit::spawn_sweeper(&ratelimits, settings.rate_limits.sweep, pool.clone());
         let transport =
             crate::mail::sender::Transport::from_settings(&settings.mail, &settings.data_dir)
                 .context("preparing outgoing mail")?;
@@ -277,6 +289,7 @@ impl Application {
         );
         let settings = Arc::new(settings);
         let (audit, audit_writer) = AuditLog::start(pool.clone());
+        let actor_system = actors.clone();
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             pool,
@@ -303,6 +316,7 @@ impl Application {
             secrets: SecretBox::new(secret_key.expose()),
             live_runs: Arc::default(),
             outbox,
+            invalidations,
             google,
         });
         let metrics_listener = match settings.metrics.listen {
@@ -316,6 +330,7 @@ impl Application {
         crate::environments::auto_stop::spawn(&state.clone().into_inner());
         crate::servers::spawn_checks(&state.clone().into_inner());
         crate::apps::spawn_auto_stop(&state.clone().into_inner());
+        crate::listener::spawn(&state.clone().into_inner(), listen_url, listening, outgoing);
 
         let server = HttpServer::new(move || app(&settings).app_data(state.clone()))
             .workers(workers)
@@ -349,6 +364,7 @@ impl Application {
             server,
             metrics_server,
             audit: audit_writer,
+            actors: actor_system,
         })
     }
 
@@ -358,6 +374,11 @@ impl Application {
 
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
+    }
+
+    /// The actor system, to stop it with the server when that is not awaited.
+    pub fn actors(&self) -> ActorSystem {
+        self.actors.clone()
     }
 
     /// Serves until stopped, then writes the audit events still queued.
@@ -371,6 +392,7 @@ impl Application {
         if let Some(metrics) = metrics {
             metrics.stop(true).await;
         }
+        self.actors.stop();
         self.audit.finish().await;
         result
     }

@@ -67,6 +67,8 @@ pub struct Deps {
     pub inspector: Arc<Inspector>,
     /// Where metrics go (the server's Prometheus recorder).
     pub recorder: Arc<dyn ::metrics::Recorder + Send + Sync>,
+    /// Orders sent to other processes that wait for their answers (see `remote`).
+    pub answers: crate::remote::Answers,
 }
 
 impl Deps {

@@ -15,6 +15,7 @@ pub mod model;
 pub mod outside_ssh;
 pub mod provider;
 pub mod registry;
+pub mod remote;
 pub mod server;
 pub mod ssh;
 pub mod store;

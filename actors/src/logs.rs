@@ -49,6 +49,9 @@ pub struct Standing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogEvent {
     Line(LogLine),
+    /// Lines up to this one are stored (written by another process): read them
+    /// from the store.
+    Stored(i64),
     Progress(Standing),
     Complete,
     Failed(String),

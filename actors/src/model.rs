@@ -212,7 +212,7 @@ pub struct NewEnvironment {
 }
 
 /// What `PUT /environments/{id}` changes; `None` leaves it as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Changes {
     pub name: Option<String>,
     pub environment_variables: Option<BTreeMap<String, String>>,

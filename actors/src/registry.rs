@@ -1,5 +1,6 @@
 //! The `Registry`: hands out one `UserSupervisor` per user, created on first need,
-//! and brings environments back after a restart.
+//! brings environments back after a restart, takes over those whose owning process
+//! died, and passes on what other processes did (see `remote`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +43,59 @@ impl Registry {
 
 impl Actor for Registry {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // An environment whose process died is taken over once its lease lapses:
+        // every process looks, the lease decides which one drives it.
+        ctx.run_interval(self.deps.settings.lease_ttl / 2, |act, ctx| {
+            let store = act.deps.store.clone();
+            ctx.spawn(async move { store.orphans().await }.into_actor(act).map(
+                |res, act, ctx| match res {
+                    Ok(orphans) => {
+                        for r in orphans {
+                            tracing::info!(environment_id = %r.environment_id, "taking over an environment whose server process is gone");
+                            act.supervisor(r.user_id, ctx).do_send(GetEnvironment {
+                                id: r.environment_id,
+                            });
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %crate::error_chain(&err), "could not look for environments whose server process is gone"),
+                },
+            ));
+        });
+    }
+}
+
+/// What another process did, as its notification says (see `remote`): passed to
+/// this process's actor of the environment, if it has one.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub enum Heard {
+    /// The environment changed in the store: its follower reads it again.
+    Changed { user_id: Uuid, environment_id: Uuid },
+    /// An order for the environment was written: its owner claims it.
+    Ordered { user_id: Uuid, environment_id: Uuid },
+    /// Notifications may have been missed: every actor looks again.
+    MissedSome,
+}
+
+impl Handler<Heard> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, heard: Heard, _: &mut Context<Self>) {
+        match heard {
+            Heard::Changed { user_id, .. } | Heard::Ordered { user_id, .. } => {
+                if let Some(supervisor) = self.supervisors.get(&user_id) {
+                    supervisor.do_send(heard);
+                }
+            }
+            Heard::MissedSome => {
+                for supervisor in self.supervisors.values() {
+                    supervisor.do_send(heard);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Message)]
@@ -111,6 +165,7 @@ impl Handler<ResumeAll> for Registry {
 pub struct ActorSystem {
     pub registry: Addr<Registry>,
     pub deps: Arc<Deps>,
+    arbiter: ArbiterHandle,
 }
 
 impl ActorSystem {
@@ -123,7 +178,18 @@ impl ActorSystem {
         let arbiter = Arbiter::new();
         let d = deps.clone();
         let registry = Registry::start_in_arbiter(&arbiter.handle(), move |_| Registry::new(d));
-        Self { registry, deps }
+        Self {
+            registry,
+            deps,
+            arbiter: arbiter.handle(),
+        }
+    }
+
+    /// Stops the registry's arbiter, and with it every supervisor and environment
+    /// actor (they give their leases back): for when the server has stopped. The
+    /// durable state is where the next process picks them up.
+    pub fn stop(&self) {
+        self.arbiter.stop();
     }
 
     /// The actor of `user_id`'s environment `id`; `None` if no such environment of
@@ -213,6 +279,14 @@ impl ActorSystem {
         supervisor
             .send(crate::supervisor::ForgetServer { id })
             .await
+    }
+
+    /// Passes on what another process did (see [`Heard`]).
+    pub fn heard(&self, heard: Heard) {
+        if let Heard::MissedSome = heard {
+            self.deps.answers.look_again();
+        }
+        self.registry.do_send(heard);
     }
 
     pub async fn resume_all(&self) -> Result<usize, EnvError> {

@@ -13,6 +13,7 @@ use crate::model::{
     Activity, Changes, EnvironmentRecord, IdleSeen, MachineAccess, MachineKeys, NewEnvironment,
     Times, Transition,
 };
+use crate::remote::{Answer, Instruction, OrderState, StoredInstruction};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -41,7 +42,8 @@ impl StoreError {
 }
 
 /// Which of a plan's limits a change would exceed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum QuotaScope {
     /// Environments in total, stopped ones included.
     Total,
@@ -50,7 +52,7 @@ pub enum QuotaScope {
 }
 
 /// A plan's limit that a create, start or restart would exceed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{}", self.describe())]
 pub struct QuotaExceeded {
     pub plan: String,
@@ -160,5 +162,68 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Times>, StoreError> {
         let _ = (id, seen, transition);
         Err(StoreError::Unsupported("idle stops"))
+    }
+    /// Environments whose owner is gone: with work in progress, or a machine that
+    /// should be running, and a lease that lapsed without being given back (its
+    /// process died), or no lease at all while work is in progress.
+    async fn orphans(&self) -> Result<Vec<Resumable>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Writes an order for the environment's owner (see `remote`), which is told.
+    async fn submit_order(
+        &self,
+        order: Uuid,
+        environment: Uuid,
+        instruction: &Instruction,
+    ) -> Result<(), StoreError> {
+        let _ = (order, environment, instruction);
+        Err(StoreError::Unsupported("orders"))
+    }
+    /// Claims for `owner` the environment's orders nobody has claimed, oldest first.
+    async fn claim_orders(
+        &self,
+        environment: Uuid,
+        owner: Uuid,
+    ) -> Result<Vec<(Uuid, StoredInstruction)>, StoreError> {
+        let _ = (environment, owner);
+        Ok(Vec::new())
+    }
+    /// Stores the owner's answer to an order; the asking process is told.
+    async fn answer_order(&self, order: Uuid, answer: &Answer) -> Result<(), StoreError> {
+        let _ = (order, answer);
+        Err(StoreError::Unsupported("orders"))
+    }
+    /// Where an order stands; an answered one is removed as it is read.
+    async fn order_state(&self, order: Uuid) -> Result<OrderState, StoreError> {
+        let _ = order;
+        Err(StoreError::Unsupported("orders"))
+    }
+    /// This process's clients of an environment's tmux session `session` now (0:
+    /// none), renewed while there are some.
+    async fn terminal_clients(
+        &self,
+        environment: Uuid,
+        session: &str,
+        process: Uuid,
+        clients: usize,
+    ) -> Result<(), StoreError> {
+        let _ = (environment, session, process, clients);
+        Ok(())
+    }
+    /// The clients other processes have of the session, as renewed within `within`.
+    async fn other_terminal_clients(
+        &self,
+        environment: Uuid,
+        session: &str,
+        process: Uuid,
+        within: Duration,
+    ) -> Result<usize, StoreError> {
+        let _ = (environment, session, process, within);
+        Ok(0)
+    }
+    /// Removes an order nobody has claimed; false when an owner has claimed it.
+    async fn withdraw_order(&self, order: Uuid) -> Result<bool, StoreError> {
+        let _ = order;
+        Err(StoreError::Unsupported("orders"))
     }
 }

@@ -236,6 +236,33 @@ impl Handler<ChildExited> for UserSupervisor {
     }
 }
 
+impl Handler<crate::registry::Heard> for UserSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, heard: crate::registry::Heard, _: &mut Context<Self>) {
+        use crate::registry::Heard;
+        use crate::remote::{Changed, ClaimOrders};
+        let (id, claim) = match heard {
+            Heard::Changed { environment_id, .. } => (environment_id, false),
+            Heard::Ordered { environment_id, .. } => (environment_id, true),
+            Heard::MissedSome => {
+                for child in self.children.values() {
+                    child.do_send(Changed);
+                    child.do_send(ClaimOrders);
+                }
+                return;
+            }
+        };
+        if let Some(child) = self.children.get(&id) {
+            if claim {
+                child.do_send(ClaimOrders);
+            } else {
+                child.do_send(Changed);
+            }
+        }
+    }
+}
+
 /// How many environment actors this supervisor runs (for inspection and tests).
 #[derive(Message)]
 #[rtype(result = "usize")]

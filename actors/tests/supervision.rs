@@ -459,6 +459,7 @@ impl Harness {
             gauges: Gauges::default(),
             inspector: devpocket_actors::inspect::Inspector::new(&metrics::NoopRecorder),
             recorder: Arc::new(metrics::NoopRecorder),
+            answers: Default::default(),
         }));
         // Not `connected()`: the first actor may already have panicked (its
         // provisioning starts at once, on another thread).

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use devpocket_actors::environment::{Command, Lifecycle};
+use devpocket_actors::environment::{Command, EnvError};
+use devpocket_actors::remote::{self, Instruction};
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -17,6 +18,7 @@ use crate::db::outbox;
 use crate::db::recovery::{self, CodeCheck, ProfileChanges};
 use crate::db::users::{Duplicate, User};
 use crate::error::{ApiError, ValidationErrors};
+use crate::listener::Invalidation;
 use crate::mail::Kind;
 use crate::startup::AppState;
 
@@ -178,7 +180,7 @@ pub async fn verify_email(
     };
     match checked {
         CodeCheck::Verified(user) => {
-            state.sessions.forget_user(user.id);
+            crate::listener::publish(state, Invalidation::User(user.id));
             state.audit.record(
                 origin,
                 Event::new(Action::EmailVerified, Outcome::Success)
@@ -370,8 +372,11 @@ pub async fn reset_password(
         });
     };
     drop(conn);
-    state.sessions.forget_user(user.id);
-    state.ratelimits.signed_up(user.id, super::address(origin));
+    crate::listener::publish(state, Invalidation::User(user.id));
+    state
+        .ratelimits
+        .signed_up(&state.pool, user.id, super::address(origin))
+        .await;
     state.audit.record(
         origin,
         Event::new(Action::PasswordReset, Outcome::Success)
@@ -409,7 +414,7 @@ pub async fn change_password(
     let revoked =
         recovery::change_password(&mut conn, caller.user.id, caller.session_id, &hash).await?;
     drop(conn);
-    state.sessions.forget_user(caller.user.id);
+    crate::listener::publish(state, Invalidation::User(caller.user.id));
     state.audit.record(
         origin,
         Event::new(Action::PasswordChanged, Outcome::Success)
@@ -521,7 +526,7 @@ pub async fn update_profile(
         }
     };
     drop(conn);
-    state.sessions.forget_user(user.id);
+    crate::listener::publish(state, Invalidation::User(user.id));
     state.audit.record(
         origin,
         Event::new(Action::ProfileUpdate, Outcome::Success)
@@ -570,11 +575,13 @@ pub async fn delete_account(
         let Some(actor) = state.actors.environment(user.id, environment.id).await? else {
             continue;
         };
-        match actor.send(Lifecycle(Command::Delete)).await {
-            Ok(Ok(_)) => deleted += 1,
-            Ok(Err(devpocket_actors::environment::EnvError::Conflict(_))) => {}
-            Ok(Err(e)) => return Err(e.into()),
-            Err(e) => return Err(devpocket_actors::environment::EnvError::from(e).into()),
+        let delete = Instruction::Lifecycle {
+            command: Command::Delete,
+        };
+        match remote::order(&state.actors.deps, &actor, delete).await {
+            Ok(_) => deleted += 1,
+            Err(EnvError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
         }
         state.audit.record(
             origin,
@@ -591,7 +598,7 @@ pub async fn delete_account(
         ));
     };
     drop(conn);
-    state.sessions.forget_user(user.id);
+    crate::listener::publish(state, Invalidation::User(user.id));
     for server in &servers {
         if let Err(e) = state.actors.forget_server(user.id, *server).await {
             tracing::warn!(server_id = %server, error = %e, "a deleted account's server actor could not be stopped; it stops when idle");

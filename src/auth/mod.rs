@@ -205,7 +205,8 @@ pub async fn login(
     // the accounts, whatever logins are typed (an unknown one counts per address).
     let attempt = state
         .ratelimits
-        .begin_login(user.as_ref().map(|u| u.id), ip)?;
+        .begin_login(&mut conn, &state.pool, user.as_ref().map(|u| u.id), ip)
+        .await?;
     // Do not hold a pooled connection across the (slow) hash.
     drop(conn);
     let ok = state
@@ -264,7 +265,7 @@ pub async fn login(
         ));
     }
     users::clear_failures(&mut conn, user.id, &lock_key).await?;
-    attempt.succeeded();
+    attempt.succeeded(&mut conn).await?;
     let user = users::record_login(&mut conn, user.id).await?;
     let pair = start_session(state, &mut conn, &user).await?;
     state.audit.record(
@@ -301,7 +302,7 @@ pub async fn refresh(
             issue_pair(state, &mut conn, claims.sub, session_id).await
         }
         sessions::Consumed::Reused => {
-            state.sessions.forget_session(claims.sid);
+            crate::listener::publish(state, crate::listener::Invalidation::Session(claims.sid));
             tracing::warn!(user_id = %claims.sub, session_id = %claims.sid, "refresh token reuse: session revoked");
             state.audit.record(
                 origin,
@@ -322,7 +323,10 @@ pub async fn refresh(
 pub async fn logout(state: &AppState, caller: &AuthUser, origin: &Origin) -> Result<(), ApiError> {
     let mut conn = state.pool.get().await?;
     sessions::revoke(&mut conn, caller.session_id, "logout").await?;
-    state.sessions.forget_session(caller.session_id);
+    crate::listener::publish(
+        state,
+        crate::listener::Invalidation::Session(caller.session_id),
+    );
     state.audit.record(
         origin,
         Event::new(Action::Logout, Outcome::Success)

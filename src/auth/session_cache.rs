@@ -76,6 +76,13 @@ impl SessionCache {
         }
     }
 
+    /// Everything: each session is looked up anew.
+    pub fn forget_all(&self) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.clear();
+        }
+    }
+
     /// An account changed (plan, deactivation): all its sessions are looked up anew.
     pub fn forget_user(&self, user_id: Uuid) {
         if let Ok(mut entries) = self.entries.write() {

@@ -15,6 +15,7 @@ pub mod recovery;
 pub mod schema;
 pub mod servers;
 pub mod sessions;
+pub mod signin_limits;
 pub mod store;
 pub mod templates;
 pub mod users;

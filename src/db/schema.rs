@@ -91,6 +91,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    environment_orders (id) {
+        id -> Uuid,
+        environment_id -> Uuid,
+        instruction -> Jsonb,
+        created_at -> Timestamptz,
+        claimed_by -> Nullable<Uuid>,
+        claimed_at -> Nullable<Timestamptz>,
+        answer -> Nullable<Jsonb>,
+        answered_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     environments (id) {
         id -> Uuid,
         user_id -> Uuid,
@@ -258,6 +271,7 @@ diesel::joinable!(auth_sessions -> users (user_id));
 diesel::joinable!(email_verifications -> users (user_id));
 diesel::joinable!(environment_activity -> environments (environment_id));
 diesel::joinable!(environment_logs -> environments (environment_id));
+diesel::joinable!(environment_orders -> environments (environment_id));
 diesel::joinable!(environments -> templates (template_id));
 diesel::joinable!(environments -> users (user_id));
 diesel::joinable!(login_failures -> users (user_id));
@@ -274,6 +288,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     email_verifications,
     environment_activity,
     environment_logs,
+    environment_orders,
     environments,
     login_failures,
     mail_outbox,

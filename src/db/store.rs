@@ -12,9 +12,10 @@ use devpocket_actors::model::{
     Activity, Changes, EnvironmentRecord, IdleSeen, MachineAccess, MachineKeys, NewEnvironment,
     Phase, Status, Times, Transition,
 };
+use devpocket_actors::remote::{Answer, Instruction, OrderState, Refusal, StoredInstruction};
 use devpocket_actors::store::{BoxError, QuotaScope, Resumable, Store, StoreError};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Integer, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde_json::Value;
 use uuid::Uuid;
@@ -22,7 +23,7 @@ use uuid::Uuid;
 use super::environments::{self as queries, Environment, Stamped};
 use super::json::StoredJson;
 use super::quota::room;
-use super::schema::{environment_logs, environments, templates};
+use super::schema::{environment_logs, environment_orders, environments, templates};
 use super::{DbPool, activity};
 use crate::crypto::SecretBox;
 use crate::environments::list_cache::ListCache;
@@ -44,18 +45,48 @@ impl DbStore {
         self.pool.get().await.map_err(store_err)
     }
 
+    /// A user's environments changed: dropped from this process's list cache now,
+    /// and from the others' as the change's notification reaches them (a trigger
+    /// on `environments` sends it at commit).
+    fn forget_list(&self, user_id: Uuid) {
+        self.lists.forget(user_id);
+    }
+
+    /// The environments of `query` that are not deleted and have work to resume
+    /// or a machine that should be running.
+    async fn resumables_of(
+        &self,
+        query: environments::BoxedQuery<'static, diesel::pg::Pg>,
+    ) -> Result<Vec<Resumable>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<(Uuid, Uuid)> = query
+            .filter(environments::deleted_at.is_null())
+            .filter(environments::phase.ne_all(["stopped", "failed", "deleted"]))
+            .select((environments::user_id, environments::id))
+            .load(&mut conn)
+            .await
+            .map_err(store_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(user_id, environment_id)| Resumable {
+                user_id,
+                environment_id,
+            })
+            .collect())
+    }
+
     /// After a write that returned the owner of the row it changed (none when the
     /// row is gone).
     fn changed(&self, owner: QueryResult<Uuid>) -> Result<(), StoreError> {
         if let Some(user_id) = owner.optional().map_err(store_err)? {
-            self.lists.forget(user_id);
+            self.forget_list(user_id);
         }
         Ok(())
     }
 
     /// After a write that returned the row's owner and times.
     fn stamped(&self, stamped: Stamped) -> Times {
-        self.lists.forget(stamped.user_id);
+        self.forget_list(stamped.user_id);
         stamped.times()
     }
 
@@ -75,6 +106,10 @@ impl DbStore {
         }
     }
 }
+
+/// How many hours an order stays in the store at most (its asker gave up long
+/// before).
+const ORDERS_KEPT_HOURS: i64 = 1;
 
 fn string_map(value: &Value) -> BTreeMap<String, String> {
     value
@@ -245,7 +280,7 @@ impl Store for DbStore {
             .map_err(store_err)?;
         inserted?;
         drop(conn);
-        self.lists.forget(new.user_id);
+        self.forget_list(new.user_id);
         Store::load(self, new.id)
             .await?
             .ok_or_else(|| StoreError::database("the new environment was deleted at once"))
@@ -462,21 +497,226 @@ impl Store for DbStore {
     }
 
     async fn resumable(&self) -> Result<Vec<Resumable>, StoreError> {
+        // Not those another live process drives.
+        self.resumables_of(
+            environments::table
+                .filter(
+                    environments::lease_expires_at
+                        .is_null()
+                        .or(environments::lease_expires_at.lt(diesel::dsl::now)),
+                )
+                .into_boxed(),
+        )
+        .await
+    }
+
+    async fn orphans(&self) -> Result<Vec<Resumable>, StoreError> {
+        // A lease given back means its process let the environment rest (idle):
+        // only one with work in progress needs an owner again.
+        self.resumables_of(
+            environments::table
+                .filter(
+                    environments::lease_expires_at.lt(diesel::dsl::now).or(
+                        environments::lease_owner
+                            .is_null()
+                            .and(environments::phase.ne(Phase::Ready.as_str())),
+                    ),
+                )
+                .into_boxed(),
+        )
+        .await
+    }
+
+    async fn submit_order(
+        &self,
+        order: Uuid,
+        environment: Uuid,
+        instruction: &Instruction,
+    ) -> Result<(), StoreError> {
+        let instruction = serde_json::to_value(instruction).map_err(store_err)?;
         let mut conn = self.conn().await?;
-        let rows: Vec<(Uuid, Uuid)> = environments::table
-            .filter(environments::deleted_at.is_null())
-            .filter(environments::phase.ne_all(["stopped", "failed", "deleted"]))
-            .select((environments::user_id, environments::id))
-            .load(&mut conn)
+        // Orders nobody came back for (their process died) are removed on the way.
+        diesel::delete(
+            environment_orders::table.filter(
+                environment_orders::created_at
+                    .lt(Utc::now() - chrono::Duration::hours(ORDERS_KEPT_HOURS)),
+            ),
+        )
+        .execute(&mut conn)
+        .await
+        .map_err(store_err)?;
+        diesel::insert_into(environment_orders::table)
+            .values((
+                environment_orders::id.eq(order),
+                environment_orders::environment_id.eq(environment),
+                environment_orders::instruction.eq(instruction),
+            ))
+            .execute(&mut conn)
             .await
-            .map_err(store_err)?;
+            .map(drop)
+            .map_err(store_err)
+    }
+
+    async fn claim_orders(
+        &self,
+        environment: Uuid,
+        owner: Uuid,
+    ) -> Result<Vec<(Uuid, StoredInstruction)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut rows: Vec<(Uuid, Value, DateTime<Utc>)> = diesel::update(
+            environment_orders::table
+                .filter(environment_orders::environment_id.eq(environment))
+                .filter(environment_orders::claimed_by.is_null()),
+        )
+        .set((
+            environment_orders::claimed_by.eq(owner),
+            environment_orders::claimed_at.eq(diesel::dsl::now),
+        ))
+        .returning((
+            environment_orders::id,
+            environment_orders::instruction,
+            environment_orders::created_at,
+        ))
+        .get_results(&mut conn)
+        .await
+        .map_err(store_err)?;
+        rows.sort_by_key(|(_, _, at)| *at);
         Ok(rows
             .into_iter()
-            .map(|(user_id, environment_id)| Resumable {
-                user_id,
-                environment_id,
+            .map(|(id, instruction, _)| {
+                (
+                    id,
+                    serde_json::from_value(instruction).map_err(|e| e.to_string()),
+                )
             })
             .collect())
+    }
+
+    async fn answer_order(&self, order: Uuid, answer: &Answer) -> Result<(), StoreError> {
+        let answer = serde_json::to_value(answer).map_err(store_err)?;
+        let mut conn = self.conn().await?;
+        diesel::update(environment_orders::table.find(order))
+            .set((
+                environment_orders::answer.eq(answer),
+                environment_orders::answered_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .map(drop)
+            .map_err(store_err)
+    }
+
+    async fn order_state(&self, order: Uuid) -> Result<OrderState, StoreError> {
+        let mut conn = self.conn().await?;
+        let answered: Option<Value> = diesel::delete(
+            environment_orders::table
+                .find(order)
+                .filter(environment_orders::answered_at.is_not_null()),
+        )
+        .returning(environment_orders::answer.assume_not_null())
+        .get_result(&mut conn)
+        .await
+        .optional()
+        .map_err(store_err)?;
+        if let Some(answer) = answered {
+            let answer = serde_json::from_value(answer).unwrap_or_else(|e| {
+                Err(Refusal::Unavailable {
+                    message: format!("the environment's owner answered in a form this server cannot read ({e}); try again"),
+                })
+            });
+            return Ok(OrderState::Answered(answer));
+        }
+        let claimed: Option<Option<Uuid>> = environment_orders::table
+            .find(order)
+            .select(environment_orders::claimed_by)
+            .get_result(&mut conn)
+            .await
+            .optional()
+            .map_err(store_err)?;
+        Ok(match claimed {
+            None => OrderState::Gone,
+            Some(by) => OrderState::Pending {
+                claimed: by.is_some(),
+            },
+        })
+    }
+
+    async fn terminal_clients(
+        &self,
+        environment: Uuid,
+        session: &str,
+        process: Uuid,
+        clients: usize,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let query = if clients == 0 {
+            diesel::sql_query(
+                "DELETE FROM terminal_clients \
+                 WHERE environment_id = $1 AND session = $2 AND process = $3 AND $4 = 0",
+            )
+        } else {
+            // Rows nobody renewed (their process died) go on the way.
+            diesel::sql_query(
+                "WITH gone AS (DELETE FROM terminal_clients \
+                   WHERE updated_at < now() - interval '10 minutes') \
+                 INSERT INTO terminal_clients (environment_id, session, process, clients) \
+                 SELECT $1, $2, $3, $4 WHERE EXISTS \
+                   (SELECT 1 FROM environments WHERE id = $1 AND deleted_at IS NULL) \
+                 ON CONFLICT (environment_id, session, process) \
+                 DO UPDATE SET clients = EXCLUDED.clients, updated_at = now()",
+            )
+        };
+        query
+            .bind::<SqlUuid, _>(environment)
+            .bind::<Text, _>(session)
+            .bind::<SqlUuid, _>(process)
+            .bind::<Integer, _>(i32::try_from(clients).unwrap_or(i32::MAX))
+            .execute(&mut conn)
+            .await
+            .map(drop)
+            .map_err(store_err)
+    }
+
+    async fn other_terminal_clients(
+        &self,
+        environment: Uuid,
+        session: &str,
+        process: Uuid,
+        within: Duration,
+    ) -> Result<usize, StoreError> {
+        #[derive(QueryableByName)]
+        struct Sum {
+            #[diesel(sql_type = BigInt)]
+            clients: i64,
+        }
+        let mut conn = self.conn().await?;
+        let micros = i64::try_from(within.as_micros()).unwrap_or(i64::MAX);
+        let sum: Sum = diesel::sql_query(
+            "SELECT coalesce(sum(clients), 0)::int8 AS clients FROM terminal_clients \
+             WHERE environment_id = $1 AND session = $2 AND process <> $3 \
+               AND updated_at > now() - make_interval(secs => $4::float8 / 1000000)",
+        )
+        .bind::<SqlUuid, _>(environment)
+        .bind::<Text, _>(session)
+        .bind::<SqlUuid, _>(process)
+        .bind::<BigInt, _>(micros)
+        .get_result(&mut conn)
+        .await
+        .map_err(store_err)?;
+        Ok(usize::try_from(sum.clients).unwrap_or(0))
+    }
+
+    async fn withdraw_order(&self, order: Uuid) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let removed = diesel::delete(
+            environment_orders::table
+                .find(order)
+                .filter(environment_orders::claimed_by.is_null()),
+        )
+        .execute(&mut conn)
+        .await
+        .map_err(store_err)?;
+        Ok(removed == 1)
     }
 
     async fn record_activity(&self, id: Uuid, activity: &Activity) -> Result<(), StoreError> {

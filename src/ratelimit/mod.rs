@@ -3,10 +3,10 @@
 //! (not counting the addresses that signed in to the account lately), requests per
 //! signed-in user scaled by plan, WebSocket connection attempts per user, and terminal
 //! input frames per connection. Keyed state lives in DashMaps that a background task sweeps, so
-//! memory follows the keys seen lately, not every key ever seen. See README, Rate limits.
+//! memory follows the keys seen lately, not every key ever seen; each process counts
+//! its own. The sign-in limits protect accounts, so they are shared by every process,
+//! in the database (`signin`). See README, Rate limits.
 
-mod budget;
-mod known;
 mod middleware;
 mod signin;
 
@@ -19,6 +19,7 @@ pub use signin::LoginAttempt;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -28,6 +29,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
 use crate::config::{Rate, RateLimitSettings};
+use crate::db::DbPool;
 use crate::db::users::User;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -156,11 +158,12 @@ pub struct RateLimits {
     register_ip: Keyed<IpAddr>,
     refresh_ip: Keyed<IpAddr>,
     recovery_ip: Keyed<IpAddr>,
-    /// Failed sign-ins per address and per account, except on the (account,
-    /// address) pairs in `known`.
-    login_ip: budget::Budget<IpAddr>,
-    login_account: budget::Budget<Uuid>,
-    known: known::KnownAddresses,
+    /// Failed sign-ins per address and per account, except from the addresses
+    /// each account signed in from lately (in the database, see `signin`).
+    signin: SigninRates,
+    /// Keys the sign-in limits held at the latest sweep: address budgets, account
+    /// budgets, accounts with remembered addresses.
+    signin_keys: [AtomicUsize; 3],
     /// One per plan that has a per-user limit.
     users: Vec<(Plan, Keyed<Uuid>)>,
     ws_connect: Keyed<Uuid>,
@@ -198,6 +201,13 @@ impl Rejections {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+struct SigninRates {
+    per_address: Rate,
+    per_account: Rate,
+    known_ttl: Duration,
+}
+
 impl RateLimits {
     pub fn new(settings: &RateLimitSettings, metrics: &Metrics) -> Self {
         Self {
@@ -206,9 +216,12 @@ impl RateLimits {
             register_ip: Keyed::new(settings.register_ip),
             refresh_ip: Keyed::new(settings.refresh_ip),
             recovery_ip: Keyed::new(settings.recovery_ip),
-            login_ip: budget::Budget::new(settings.login_failures_ip),
-            login_account: budget::Budget::new(settings.login_failures_account),
-            known: known::KnownAddresses::new(settings.known_address_ttl),
+            signin: SigninRates {
+                per_address: settings.login_failures_ip,
+                per_account: settings.login_failures_account,
+                known_ttl: settings.known_address_ttl,
+            },
+            signin_keys: Default::default(),
             users: Plan::ALL
                 .into_iter()
                 .filter_map(|plan| {
@@ -292,11 +305,11 @@ impl RateLimits {
         [
             ("ip", self.ip.len()),
             ("register_ip", self.register_ip.len()),
-            ("login_ip", self.login_ip.len()),
+            ("login_ip", self.signin_keys[0].load(Ordering::Relaxed)),
             ("refresh_ip", self.refresh_ip.len()),
             ("recovery_ip", self.recovery_ip.len()),
-            ("login_account", self.login_account.len()),
-            ("login_known", self.known.len()),
+            ("login_account", self.signin_keys[1].load(Ordering::Relaxed)),
+            ("login_known", self.signin_keys[2].load(Ordering::Relaxed)),
             ("user", self.users.iter().map(|(_, l)| l.len()).sum()),
             ("ws_connect", self.ws_connect.len()),
         ]
@@ -306,11 +319,8 @@ impl RateLimits {
     pub fn sweep(&self) {
         self.ip.sweep();
         self.register_ip.sweep();
-        self.login_ip.sweep();
         self.refresh_ip.sweep();
         self.recovery_ip.sweep();
-        self.login_account.sweep();
-        self.known.sweep();
         for (_, limiter) in &self.users {
             limiter.sweep();
         }
@@ -319,11 +329,29 @@ impl RateLimits {
 }
 
 /// Sweeps `limits` every `period` (`DEVPOCKET_RATE_LIMIT_SWEEP`) until they are
-/// dropped (the server stopped).
-pub fn spawn_sweeper(limits: &Arc<RateLimits>, period: Duration) {
-    crate::periodic::every(limits, period, |limits| async move {
-        // Many keys take a moment: off the async workers.
-        let _ = tokio::task::spawn_blocking(move || limits.sweep()).await;
+/// dropped (the server stopped), the sign-in limits' rows in `pool` too (every
+/// process sweeps them; it is idempotent).
+pub fn spawn_sweeper(limits: &Arc<RateLimits>, period: Duration, pool: DbPool) {
+    crate::periodic::every(limits, period, move |limits| {
+        let pool = pool.clone();
+        async move {
+            let signin = async {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                crate::db::signin_limits::sweep(&mut conn, limits.signin.known_ttl)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match signin.await {
+                Ok(counts) => {
+                    for (held, n) in limits.signin_keys.iter().zip(<[usize; 3]>::from(counts)) {
+                        held.store(n, Ordering::Relaxed);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "could not sweep the sign-in limits"),
+            }
+            // Many keys take a moment: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || limits.sweep()).await;
+        }
     });
 }
 

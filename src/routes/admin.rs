@@ -279,7 +279,7 @@ async fn update_user(
     let update = users::update_account(&mut conn, user_id, &changes)
         .await?
         .ok_or_else(not_found)?;
-    state.sessions.forget_user(user_id);
+    crate::listener::publish(&state, crate::listener::Invalidation::User(user_id));
     let mut changed = Map::new();
     if update.before.subscription_plan != update.after.subscription_plan {
         changed.insert(

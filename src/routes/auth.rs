@@ -146,7 +146,10 @@ async fn register(
         plan: Plan::Free,
     };
     let user = auth::create_user(&state.pool, &state.hasher, input).await?;
-    state.ratelimits.signed_up(user.id, auth::address(&origin));
+    state
+        .ratelimits
+        .signed_up(&state.pool, user.id, auth::address(&origin))
+        .await;
     state.audit.record(
         &origin,
         Event::new(Action::Register, Outcome::Success).by(user.id),

@@ -365,7 +365,7 @@ async fn update_template(
     }
     .await;
     // Every list of environments names its templates.
-    state.lists.forget_all();
+    crate::listener::publish(&state, crate::listener::Invalidation::AllLists);
     let key = key.into_inner();
     audit(
         &state,

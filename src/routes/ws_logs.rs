@@ -111,6 +111,58 @@ async fn subscribe(accepted: Accepted, after: i64) {
     }
 }
 
+/// Why a stream ends early: the close frame to send, or nothing when the client
+/// is gone.
+type Ended = Option<(CloseCode, &'static str)>;
+
+/// Sends stored lines after `*cursor` up to `upto`, advancing `*cursor`; the
+/// latest stage marker among them, if any.
+async fn send_stored(
+    state: &AppState,
+    ws: &WsSession,
+    session: &mut Session,
+    env_id: Uuid,
+    cursor: &mut i64,
+    upto: i64,
+) -> Result<Option<logs::Progress>, Ended> {
+    let mut stage = None;
+    while *cursor < upto {
+        let Ok(mut conn) = state.pool.get().await else {
+            return Err(Some((
+                CloseCode::Again,
+                "the database is unavailable; reconnect",
+            )));
+        };
+        let Ok(rows) = db::logs_after(&mut conn, env_id, *cursor, upto, HISTORY_BATCH).await else {
+            return Err(Some((
+                CloseCode::Again,
+                "could not read the log; reconnect",
+            )));
+        };
+        drop(conn);
+        if rows.is_empty() {
+            break;
+        }
+        for (seq, line, at) in &rows {
+            let frame = ServerFrame::InstallationLog {
+                data: line,
+                seq: *seq,
+                timestamp: *at,
+            }
+            .to_text();
+            ws.sent(frame.len());
+            if session.text(frame).await.is_err() {
+                return Err(None);
+            }
+            if let Some(p) = logs::parse_stage(line) {
+                stage = Some(p);
+            }
+            *cursor = *seq;
+        }
+    }
+    Ok(stage)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     state: web::Data<AppState>,
@@ -125,50 +177,13 @@ async fn serve(
     // History: stored lines after `after`, up to what the actor announced.
     let mut cursor = after.max(0);
     // The latest stage marker in the history, for when the actor has not seen one
-    // (it was re-created after a server restart).
-    let mut history_stage = None;
-    while cursor < sub.last_seq {
-        let rows = match state.pool.get().await {
-            Ok(mut conn) => {
-                db::logs_after(&mut conn, env_id, cursor, sub.last_seq, HISTORY_BATCH).await
-            }
-            Err(_) => {
-                return close(
-                    session,
-                    CloseCode::Again,
-                    "the database is unavailable; reconnect",
-                )
-                .await;
-            }
+    // (it was re-created after a server restart, or another process drives it).
+    let history_stage =
+        match send_stored(&state, &ws, &mut session, env_id, &mut cursor, sub.last_seq).await {
+            Ok(stage) => stage,
+            Err(Some((code, why))) => return close(session, code, why).await,
+            Err(None) => return,
         };
-        let Ok(rows) = rows else {
-            return close(
-                session,
-                CloseCode::Again,
-                "could not read the log; reconnect",
-            )
-            .await;
-        };
-        if rows.is_empty() {
-            break;
-        }
-        for (seq, line, at) in &rows {
-            let frame = ServerFrame::InstallationLog {
-                data: line,
-                seq: *seq,
-                timestamp: *at,
-            }
-            .to_text();
-            ws.sent(frame.len());
-            if session.text(frame).await.is_err() {
-                return;
-            }
-            if let Some(p) = logs::parse_stage(line) {
-                history_stage = Some(p);
-            }
-            cursor = *seq;
-        }
-    }
     // Then where provisioning stands, so a progress bar opened mid-way is right.
     let mut standing = sub.standing;
     if standing.stage.is_none() {
@@ -202,7 +217,26 @@ async fn serve(
                         ServerFrame::InstallationLog { data: &line.data, seq: line.seq, timestamp: line.timestamp }.to_text()
                     }
                     Some(LogEvent::Line(_)) => continue,
-                    Some(LogEvent::Progress(s)) => ServerFrame::progress(&s).to_text(),
+                    // Written by the process that drives the environment: read
+                    // from the store, a stage marker among them moves the bar.
+                    Some(LogEvent::Stored(upto)) => {
+                        match send_stored(&state, &ws, &mut session, env_id, &mut cursor, upto).await {
+                            Ok(Some(stage)) => {
+                                standing.stage = Some(stage);
+                                ServerFrame::progress(&standing).to_text()
+                            }
+                            Ok(None) => continue,
+                            Err(Some((code, why))) => return close(session, code, why).await,
+                            Err(None) => return,
+                        }
+                    }
+                    Some(LogEvent::Progress(s)) => {
+                        // A follower's actor has no stage: the lines had it.
+                        let stage = standing.stage.take();
+                        standing = s;
+                        standing.stage = standing.stage.take().or(stage);
+                        ServerFrame::progress(&standing).to_text()
+                    }
                     Some(LogEvent::Complete) => ServerFrame::InstallationComplete.to_text(),
                     Some(LogEvent::Failed(error)) => ServerFrame::InstallationError { error: &error }.to_text(),
                     Some(LogEvent::Closed) => return close(session, CloseCode::Normal, "environment deleted").await,

@@ -25,6 +25,7 @@ mod nul;
 mod observability;
 mod openapi;
 mod poison;
+mod processes;
 mod provisioning_progress;
 mod races;
 mod ratelimit;

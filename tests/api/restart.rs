@@ -10,10 +10,11 @@ use crate::helpers::{
     test_database, test_root, ws_connect, ws_next,
 };
 
-const SLOW_TEMPLATE: &str = r#"
+/// A bootstrap that prints for about three seconds, in two stages.
+pub(crate) const SLOW_TEMPLATE: &str = r#"
 name: slow
 display_name: Slow
-description: Takes its time, to be interrupted.
+description: Takes its time, to be interrupted or watched from elsewhere.
 category: operating_system
 tags: [test]
 docker_image: "debian:12"
@@ -31,13 +32,29 @@ bootstrap: |
   echo "==> [2/2] Done"
 "#;
 
-fn start_server(db_url: &str, data_dir: &Path, templates: &Path) -> Server {
+pub(crate) fn start_server(db_url: &str, data_dir: &Path, templates: &Path) -> Server {
     let mut cmd = devpocket();
     cmd.env("DATABASE_URL", db_url)
         .env("DEVPOCKET_DATA_DIR", data_dir)
         .env("DEVPOCKET_TEMPLATES_DIR", templates)
         .env("DEVPOCKET_LEASE_TTL", "2s");
     serve(cmd)
+}
+
+/// Until the slow bootstrap has printed its sixth line, as `server`'s log shows.
+pub(crate) async fn under_way(server: &Server, token: &str, id: &str) {
+    let mut live = ws_connect(
+        &server.address,
+        &format!("/api/v1/ws/logs/{id}?token={token}"),
+    )
+    .await;
+    loop {
+        match ws_next(&mut live).await {
+            WsEvent::Json(frame) if frame["data"] == "line 5" => break,
+            WsEvent::Json(_) => {}
+            WsEvent::Closed(c) => panic!("closed early: {c:?}"),
+        }
+    }
 }
 
 #[actix_web::test]
@@ -55,18 +72,7 @@ async fn killed_mid_provisioning_resumes_without_loss_or_duplicates() {
         .unwrap();
 
     // Wait until provisioning is under way, then kill the server outright.
-    let mut live = ws_connect(
-        &server.address,
-        &format!("/api/v1/ws/logs/{id}?token={token}"),
-    )
-    .await;
-    loop {
-        match ws_next(&mut live).await {
-            WsEvent::Json(frame) if frame["data"] == "line 5" => break,
-            WsEvent::Json(_) => {}
-            WsEvent::Closed(c) => panic!("closed early: {c:?}"),
-        }
-    }
+    under_way(&server, &token, &id).await;
     server.kill();
 
     let mut server = start_server(&db.url, &data_dir, &templates);

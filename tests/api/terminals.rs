@@ -302,6 +302,8 @@ async fn the_most_recently_active_clients_size_wins() {
     let token = app.admin_token("size_admin").await;
     let id = app.ready_environment(&token, "sizes", "ubuntu").await;
     let mut phone = open(&app, &token, &id, "&cols=50&rows=20").await;
+    // The first client's own size, though it attached while the session connected.
+    columns_seen(&mut phone, 500, 50).await;
     let mut laptop = open(&app, &token, &id, "&cols=120&rows=40").await;
 
     columns_seen(&mut laptop, 0, 120).await;
@@ -327,9 +329,11 @@ async fn columns_seen(ws: &mut Ws, base: u32, expected: u32) {
     eventually(Duration::from_secs(10), &what, async || {
         n += 1;
         input(ws, &format!("echo cols-$(tput cols)-$(({n}+100000))\r")).await;
+        // Only the output has the sum; tmux may draw it inside a redraw (after a
+        // resize), with escapes around it.
         let marker = format!("-{}", n + 100_000);
-        let (text, _) = output_until(ws, &format!("{marker}\r")).await;
-        let end = text.rfind(&format!("{marker}\r")).unwrap();
+        let (text, _) = output_until(ws, &marker).await;
+        let end = text.rfind(&marker).unwrap();
         let start = text[..end].rfind("cols-").unwrap() + 5;
         match text[start..end].parse::<u32>() {
             Ok(cols) if cols == expected => Ok(()),
@@ -451,4 +455,35 @@ async fn a_stalled_client_does_not_stall_the_others_and_is_skipped_ahead() {
             WsEvent::Closed(other) => panic!("unexpected close: {other:?}"),
         }
     }
+}
+
+/// Opens a terminal like `open`, and says how many clients `welcome` counted.
+async fn open_counted(app: &TestApp, token: &str, id: &str, extra: &str) -> (Ws, u64) {
+    let mut ws = app
+        .ws(&format!("/api/v1/ws/terminal/{id}?token={token}{extra}"))
+        .await;
+    let frames = ws_until(&mut ws, "status").await;
+    let welcome = frames.iter().find(|f| f["type"] == "welcome").unwrap();
+    assert_eq!(frames.last().unwrap()["state"], "connected", "{frames:?}");
+    (ws, welcome["session"]["clients"].as_u64().unwrap())
+}
+
+#[actix_web::test]
+async fn clients_on_two_processes_share_the_session_its_count_and_its_size_rule() {
+    let (one, two) = crate::processes::two_on_one_host(&[]).await;
+    let token = one.admin_token("roamer").await;
+    let id = one.ready_environment(&token, "shared", "ubuntu").await;
+    // The phone on one process, the laptop on the other (a load balancer's pick).
+    let (mut phone, counted) = open_counted(&one, &token, &id, "&cols=50&rows=20").await;
+    assert_eq!(counted, 1);
+    let (mut laptop, counted) = open_counted(&two, &token, &id, "&cols=120&rows=40").await;
+    assert_eq!(counted, 2, "the phone on the other process counts");
+    // One shell: typed on one process, seen on the other.
+    input(&mut phone, "echo from-$((40+2))\r").await;
+    output_until(&mut laptop, "from-42").await;
+    // And one size rule: the most recently active client's, whichever process it
+    // is on.
+    columns_seen(&mut laptop, 0, 120).await;
+    columns_seen(&mut phone, 1000, 50).await;
+    columns_seen(&mut laptop, 2000, 120).await;
 }

@@ -93,9 +93,10 @@ impl Handler<Update> for EnvironmentActor {
     fn handle(&mut self, Update(changes): Update, _: &mut Context<Self>) -> Self::Result {
         self.last_used = Instant::now();
         if let Some(column) = self.record.unreadable {
-            return AtomicResponse::new(Box::pin(fut::ready(Err(
-                Conflict::Unreadable(column).into()
-            ))));
+            return AtomicResponse::new(Box::pin(fut::ready(Err(Conflict::Unreadable(
+                column.into(),
+            )
+            .into()))));
         }
         if changes == Changes::default() {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(self.record.clone()))));

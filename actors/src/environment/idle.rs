@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 
 use super::plan::{self, Command, Step};
 use super::{Conflict, EnvError, EnvironmentActor, Op};
-use crate::model::{Activity, ActivityKind, IdleSeen, Phase, Status};
+use crate::model::{Activity, ActivityKind, EnvironmentRecord, IdleSeen, Phase, Status};
 use crate::outside_ssh;
 
 /// A user's input on one of the environment's terminals. Each terminal sends it
@@ -47,15 +47,36 @@ impl Handler<KeepAwake> for EnvironmentActor {
     type Result = AtomicResponse<Self, Result<(), EnvError>>;
 
     fn handle(&mut self, msg: KeepAwake, _: &mut Context<Self>) -> Self::Result {
+        AtomicResponse::new(self.keep_awake_until(msg))
+    }
+}
+
+impl EnvironmentActor {
+    /// A keep-awake as an order (see `remote`): answered with the environment.
+    pub(crate) fn keep_awake(
+        &mut self,
+        msg: KeepAwake,
+        _: &mut Context<Self>,
+    ) -> AtomicResponse<Self, Result<EnvironmentRecord, EnvError>> {
+        AtomicResponse::new(Box::pin(
+            self.keep_awake_until(msg)
+                .map(|res, act, _| res.map(|()| act.record.clone())),
+        ))
+    }
+
+    fn keep_awake_until(
+        &mut self,
+        msg: KeepAwake,
+    ) -> ResponseActFuture<Self, Result<(), EnvError>> {
         self.last_used = Instant::now();
         let (status, phase) = (self.record.status, self.record.phase);
         if !(status == Status::Running && phase == Phase::Ready) {
             let conflict = Conflict::NotRunning {
-                action: "an environment is kept awake",
+                action: "an environment is kept awake".into(),
                 status,
                 phase,
             };
-            return AtomicResponse::new(Box::pin(fut::ready(Err(conflict.into()))));
+            return Box::pin(fut::ready(Err(conflict.into())));
         }
         let activity = Activity {
             client_address: msg.client_address,
@@ -63,7 +84,7 @@ impl Handler<KeepAwake> for EnvironmentActor {
         };
         let at = activity.at;
         let (store, id) = (self.deps.store.clone(), self.record.id);
-        AtomicResponse::new(Box::pin(
+        Box::pin(
             async move { store.keep_awake(id, msg.until, &activity).await }
                 .into_actor(self)
                 .map(move |res, act, _| {
@@ -71,7 +92,7 @@ impl Handler<KeepAwake> for EnvironmentActor {
                     act.saw_activity(at);
                     Ok(())
                 }),
-        ))
+        )
     }
 }
 

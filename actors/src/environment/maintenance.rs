@@ -51,7 +51,8 @@ impl Handler<MachineGone> for EnvironmentActor {
 }
 
 /// A snapshot or a resize, on providers that offer them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MaintenanceRequest {
     Snapshot { name: String },
     Resize { size: String },
@@ -73,7 +74,7 @@ impl Handler<Maintain> for EnvironmentActor {
             AtomicResponse::new(Box::pin(fut::ready(Err(conflict.into()))))
         };
         if let Some(column) = self.record.unreadable {
-            return refuse(Conflict::Unreadable(column));
+            return refuse(Conflict::Unreadable(column.into()));
         }
         let (status, phase) = (self.record.status, self.record.phase);
         let (kind, operation) = match &request {
@@ -83,7 +84,7 @@ impl Handler<Maintain> for EnvironmentActor {
         if !self.provider().is_ok_and(|p| p.supports(kind)) {
             return refuse(Conflict::Unsupported {
                 provider: self.record.provider.clone(),
-                operation,
+                operation: operation.into(),
             });
         }
         let resting = matches!(

@@ -28,6 +28,7 @@ use crate::model::{
     EnvironmentRecord, MachineAccess, MachineKeys, Phase, Status, Times, Transition,
 };
 use crate::provider::Provider;
+use crate::remote;
 use crate::store::StoreError;
 use crate::supervisor::ChildExited;
 
@@ -73,6 +74,12 @@ pub enum EnvError {
     Restarting(#[from] MailboxError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// Another process owns the environment (see `remote`): internal, never shown.
+    #[error("environment {0} is driven by another server process")]
+    Elsewhere(Uuid),
+    /// The environment's owner could not be reached or could not answer (→ 503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// How provisioning is going, as log subscribers see it.
@@ -81,6 +88,31 @@ pub enum InstallState {
     InProgress,
     Complete,
     Failed(String),
+}
+
+impl InstallState {
+    /// How provisioning went, as stored.
+    fn of(record: &EnvironmentRecord) -> Self {
+        match record.status {
+            Status::Creating => InstallState::InProgress,
+            Status::Error if !record.provisioned => InstallState::Failed(
+                record
+                    .status_message
+                    .clone()
+                    .unwrap_or_else(|| "provisioning failed".into()),
+            ),
+            _ => InstallState::Complete,
+        }
+    }
+
+    /// The event that tells subscribers provisioning ended, if it has.
+    fn event(&self) -> Option<LogEvent> {
+        match self {
+            InstallState::InProgress => None,
+            InstallState::Complete => Some(LogEvent::Complete),
+            InstallState::Failed(e) => Some(LogEvent::Failed(e.clone())),
+        }
+    }
 }
 
 /// Tells the supervisor when the actor is gone, and whether it died in a panic:
@@ -137,16 +169,7 @@ impl EnvironmentActor {
         record: EnvironmentRecord,
         supervisor: Recipient<ChildExited>,
     ) -> Self {
-        let install = match record.status {
-            Status::Creating => InstallState::InProgress,
-            Status::Error if !record.provisioned => InstallState::Failed(
-                record
-                    .status_message
-                    .clone()
-                    .unwrap_or_else(|| "provisioning failed".into()),
-            ),
-            _ => InstallState::Complete,
-        };
+        let install = InstallState::of(&record);
         let registration = deps.inspector.register(
             Kind::Environment,
             format!("environment:{}", record.id),
@@ -226,6 +249,11 @@ impl EnvironmentActor {
         {
             return;
         }
+        self.show(t);
+    }
+
+    /// Takes `t` as the environment's state and tells those who follow it.
+    fn show(&mut self, t: &Transition) {
         let moved = self.record.phase != t.phase;
         self.record.status = t.status;
         self.record.phase = t.phase;
@@ -298,18 +326,28 @@ impl Actor for EnvironmentActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let ttl = self.deps.settings.lease_ttl;
-        // Renew the lease well before it runs out.
-        ctx.run_interval(ttl / 3, |act, ctx| act.renew_lease(ctx));
-        ctx.run_interval(Duration::from_secs(5), |act, ctx| {
+        // Renew the lease well before it runs out; a follower takes it over once
+        // its owner lets it lapse.
+        ctx.run_interval(ttl / 3, |act, ctx| {
+            ctx.spawn(act.renew_lease());
+        });
+        ctx.run_interval(Duration::from_secs(5), move |act, ctx| {
+            // A follower nobody watches has nothing to keep.
+            let idle_after = if act.has_lease {
+                act.deps.settings.environment_idle
+            } else {
+                act.deps.settings.environment_idle.min(ttl)
+            };
             let idle = act.operation.is_none()
                 && act.subscribers.iter().all(|s| s.is_closed())
                 && act.state.receiver_count() == 0
-                && act.last_used.elapsed() >= act.deps.settings.environment_idle;
+                && act.last_used.elapsed() >= idle_after;
             if idle {
                 ctx.stop();
             }
         });
-        self.renew_lease(ctx);
+        // Whether this process owns the environment is known before any message.
+        ctx.wait(self.renew_lease());
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -337,21 +375,50 @@ impl Instrumented for EnvironmentActor {
 crate::instrumented!(EnvironmentActor);
 
 impl EnvironmentActor {
-    fn renew_lease(&mut self, ctx: &mut Context<Self>) {
+    pub(crate) fn owns(&self) -> bool {
+        self.has_lease
+    }
+
+    pub(crate) fn id(&self) -> Uuid {
+        self.record.id
+    }
+
+    pub(crate) fn current(&self) -> &EnvironmentRecord {
+        &self.record
+    }
+
+    /// Takes or renews the lease. On taking it, the actor reads the environment
+    /// again (another process drove it until now), picks up its unfinished work
+    /// and the orders waiting for an owner.
+    fn renew_lease(&mut self) -> ResponseActFuture<Self, ()> {
         let (store, id, owner, ttl) = (
             self.deps.store.clone(),
             self.record.id,
             self.deps.owner,
             self.deps.settings.lease_ttl,
         );
-        let fut = async move { store.acquire_lease(id, owner, ttl).await };
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(true) if !act.has_lease => {
+        let fut = async move {
+            let taken = store.acquire_lease(id, owner, ttl).await?;
+            let fresh = if taken {
+                Some(store.load(id).await?)
+            } else {
+                None
+            };
+            Ok::<_, StoreError>((taken, fresh))
+        };
+        Box::pin(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok((true, fresh)) if !act.has_lease => {
                 act.has_lease = true;
+                tracing::debug!(environment_id = %act.record.id, "lease taken");
+                match fresh.flatten() {
+                    Some(record) => act.follow(record),
+                    None => return act.gone(ctx),
+                }
                 act.resume(ctx);
+                ctx.notify(remote::ClaimOrders);
             }
-            Ok(true) => {}
-            Ok(false) => {
+            Ok((true, _)) => {}
+            Ok((false, _)) => {
                 if act.has_lease {
                     // Someone else took over: stop driving this machine at once.
                     tracing::warn!(environment_id = %act.record.id, "lease lost");
@@ -360,10 +427,104 @@ impl EnvironmentActor {
                         running.canceller.cancel();
                         ctx.cancel_future(running.handle);
                     }
+                    ctx.notify(remote::Changed);
                 }
             }
             Err(err) => tracing::warn!(environment_id = %act.record.id, error = %err, "lease renewal failed"),
-        }));
+        }))
+    }
+
+    /// Takes the environment as stored (it was driven elsewhere) and tells those
+    /// who follow it what changed: new log lines (stored: subscribers read them
+    /// from the store), the phase, the end of provisioning.
+    fn follow(&mut self, fresh: EnvironmentRecord) {
+        let stored_lines = (fresh.log_seq > self.record.log_seq).then_some(fresh.log_seq);
+        if let Some(seq) = stored_lines {
+            self.broadcast(&LogEvent::Stored(seq));
+        }
+        let t = Transition {
+            status: fresh.status,
+            phase: fresh.phase,
+            progress: fresh.progress,
+            message: fresh.status_message.clone(),
+            stamp: None,
+        };
+        self.show(&t);
+        let install = InstallState::of(&fresh);
+        self.record = fresh;
+        if self.install == InstallState::InProgress
+            && let Some(event) = install.event()
+        {
+            self.broadcast(&event);
+        }
+        self.install = install;
+    }
+
+    /// The environment is deleted: its followers hear so, and the actor ends.
+    fn gone(&mut self, ctx: &mut Context<Self>) {
+        self.state.send_modify(|s| {
+            s.status = Status::Terminated;
+            s.phase = Phase::Deleted;
+        });
+        self.broadcast(&LogEvent::Closed);
+        self.subscribers.clear();
+        ctx.stop();
+    }
+}
+
+impl Handler<remote::TryLead> for EnvironmentActor {
+    type Result = AtomicResponse<Self, bool>;
+
+    fn handle(&mut self, _: remote::TryLead, _: &mut Context<Self>) -> Self::Result {
+        if self.has_lease {
+            return AtomicResponse::new(Box::pin(fut::ready(true)));
+        }
+        AtomicResponse::new(Box::pin(self.renew_lease().map(|(), act, _| act.has_lease)))
+    }
+}
+
+impl Handler<remote::ClaimOrders> for EnvironmentActor {
+    type Result = ();
+
+    fn handle(&mut self, _: remote::ClaimOrders, ctx: &mut Context<Self>) {
+        if !self.has_lease {
+            return;
+        }
+        self.last_used = Instant::now();
+        let (deps, id, me) = (self.deps.clone(), self.record.id, ctx.address());
+        ctx.spawn(
+            async move {
+                match deps.store.claim_orders(id, deps.owner).await {
+                    Ok(orders) if orders.is_empty() => {}
+                    Ok(orders) => remote::carry_out(deps, me, orders).await,
+                    Err(err) => tracing::warn!(environment_id = %id, error = %crate::error_chain(&err), "orders for this environment could not be claimed"),
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<remote::Changed> for EnvironmentActor {
+    type Result = ();
+
+    fn handle(&mut self, _: remote::Changed, ctx: &mut Context<Self>) {
+        // The owner's memory is the truth (it wrote the change); a follower reads
+        // the store, one read at a time so that an older one never lands last.
+        if self.has_lease {
+            return;
+        }
+        let (store, id) = (self.deps.store.clone(), self.record.id);
+        ctx.wait(
+            async move { store.load(id).await }
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok(Some(fresh)) if !act.has_lease => act.follow(fresh),
+                    Ok(Some(_)) => {}
+                    Ok(None) => act.gone(ctx),
+                    Err(err) => tracing::warn!(environment_id = %act.record.id, error = %crate::error_chain(&err), "could not read a change made by another process"),
+                }),
+        );
     }
 }
 

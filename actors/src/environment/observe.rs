@@ -68,7 +68,7 @@ impl Handler<GetMetrics> for EnvironmentActor {
         let (machine, keys) = (self.record.machine.clone(), self.record.keys.clone());
         let (Some(machine), Some(keys), true) = (machine, keys, ready) else {
             return Box::pin(std::future::ready(Err(Conflict::NotRunning {
-                action: "metrics are measured",
+                action: "metrics are measured".into(),
                 status: self.record.status,
                 phase: self.record.phase,
             }

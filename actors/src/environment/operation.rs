@@ -16,6 +16,11 @@ impl EnvironmentActor {
     /// create it interrupts: it starts after the create has stopped, and removes
     /// whatever the create made.
     pub(super) fn run(&mut self, op: Op, ctx: &mut Context<Self>) {
+        if !self.has_lease {
+            // Only the owner drives the machine; it picks the work up from the store.
+            tracing::warn!(environment_id = %self.record.id, ?op, "not the owner: the operation is left to the environment's owner");
+            return;
+        }
         let previous = self.operation.take().map(|running| {
             running.canceller.cancel();
             running.done

@@ -3,10 +3,15 @@
 //! or the conflict that refuses the command. Every state × command is tested here,
 //! without an actor.
 
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
 use crate::model::{Phase, Status, Transition};
 
 /// A lifecycle request from the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Command {
     Start,
     Stop,
@@ -42,8 +47,10 @@ pub enum Step {
 }
 
 /// Why an operation is refused in the environment's current state (409). Each has
-/// a stable code for the API's error envelope.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// a stable code for the API's error envelope. Serialized when the environment's
+/// owner is another process (see `remote`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "conflict", content = "detail", rename_all = "snake_case")]
 pub enum Conflict {
     #[error("the environment is already being deleted")]
     Deleting,
@@ -60,7 +67,7 @@ pub enum Conflict {
     #[error("environments on the {provider} provider cannot {operation}")]
     Unsupported {
         provider: String,
-        operation: &'static str,
+        operation: Cow<'static, str>,
     },
     #[error(
         "the environment is {status} ({phase}); snapshots and resizes wait until it is running or stopped"
@@ -71,14 +78,14 @@ pub enum Conflict {
     #[error("{action} only on a running environment; this one is {status} ({phase})")]
     NotRunning {
         /// What needs it running, as the start of a sentence.
-        action: &'static str,
+        action: Cow<'static, str>,
         status: Status,
         phase: Phase,
     },
     #[error(
         "this environment's stored {0} cannot be read (it was saved before such values were refused); it can only be deleted"
     )]
-    Unreadable(&'static str),
+    Unreadable(Cow<'static, str>),
 }
 
 impl Conflict {
@@ -128,7 +135,7 @@ pub fn plan(command: Command, state: State) -> Result<(Transition, Step), Confli
     if let Some(column) = unreadable
         && command != Command::Delete
     {
-        return Err(Conflict::Unreadable(column));
+        return Err(Conflict::Unreadable(column.into()));
     }
     let to = |status, phase| Transition::new(status, phase, 100);
     match (command, status, phase) {
@@ -213,7 +220,7 @@ mod tests {
                 ),
                 Err(conflict) => assert_eq!(
                     conflict,
-                    Conflict::Unreadable("environment_variables"),
+                    Conflict::Unreadable("environment_variables".into()),
                     "{command:?}"
                 ),
             }
@@ -416,7 +423,7 @@ mod tests {
             Conflict::Busy(Phase::Stopping),
             Conflict::Unsupported {
                 provider: "local".into(),
-                operation: "take snapshots",
+                operation: "take snapshots".into(),
             },
             Conflict::NotResting {
                 status: Status::Creating,
@@ -424,11 +431,11 @@ mod tests {
             },
             Conflict::SameSize("small".into()),
             Conflict::NotRunning {
-                action: "metrics are measured",
+                action: "metrics are measured".into(),
                 status: Status::Stopped,
                 phase: Phase::Stopped,
             },
-            Conflict::Unreadable("resource_limits"),
+            Conflict::Unreadable("resource_limits".into()),
         ];
         let codes: Vec<&str> = all.iter().map(Conflict::code).collect();
         assert_eq!(codes, Conflict::CODES);

@@ -139,6 +139,7 @@ impl TerminalActor {
         let generation = self.generation;
         let (store, id) = (self.deps.store.clone(), self.environment_id);
         let (name, mode, (cols, rows)) = (self.name.clone(), self.mode, self.size);
+        let opened_at = self.size;
         let me = self.own_handle(ctx);
         let deps = self.deps.clone();
         let server = self.server.clone();
@@ -232,6 +233,12 @@ impl TerminalActor {
                         me2.do_send(Disconnected { generation });
                     });
                     act.session = Some(session);
+                    // A client that attached while this connected has a size the
+                    // PTY was not opened with.
+                    if act.size != opened_at {
+                        let (c, r) = act.size;
+                        let _ = wtx.try_send(WriterCmd::Resize(c, r));
+                    }
                     act.writer.send_replace(Some(wtx));
                     act.attempts = 0;
                     act.attached_before = true;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::deps::Deps;
@@ -123,6 +123,12 @@ pub struct TerminalActor {
     redraw_pending: bool,
     /// Polls clients that are being skipped ahead.
     catch_up: Option<SpawnHandle>,
+    /// While this process's client count is being written, and whether it changed
+    /// meanwhile.
+    publishing: bool,
+    publish_again: bool,
+    /// Who waits for the next write of the count.
+    publish_waiters: Vec<oneshot::Sender<()>>,
     registration: Registration,
 }
 
@@ -196,6 +202,9 @@ impl TerminalActor {
             linger: None,
             redraw_pending: false,
             catch_up: None,
+            publishing: false,
+            publish_again: false,
+            publish_waiters: Vec::new(),
         }
     }
 
@@ -305,12 +314,106 @@ impl Actor for TerminalActor {
             Some((EnvMoved, rx))
         });
         ctx.add_stream(changes);
+        // Its clients, counted with other processes' (see `publish_clients`), are
+        // renewed well within the time others count them.
+        ctx.run_interval(self.deps.settings.lease_ttl / 3, |act, ctx| {
+            if !act.fanout.is_empty() {
+                drop(act.publish_clients(ctx));
+            }
+        });
         self.connect(ctx);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         if let Some(session) = self.session.take() {
             actix::spawn(async move { session.close().await });
+        }
+        if let Some(session) = self.shared_session() {
+            let (store, id, owner) = (
+                self.deps.store.clone(),
+                self.environment_id,
+                self.deps.owner,
+            );
+            actix::spawn(async move {
+                if let Err(e) = store.terminal_clients(id, &session, owner, 0).await {
+                    tracing::debug!(error = %e, "a terminal's clients could not be unlisted; they lapse");
+                }
+            });
+        }
+    }
+}
+
+impl TerminalActor {
+    /// The name other processes know this session by, when they share it: an
+    /// environment's tmux session (a `shell` session is this actor's own).
+    fn shared_session(&self) -> Option<String> {
+        (self.server.is_none() && self.mode == SessionMode::Tmux).then(|| self.name.clone())
+    }
+
+    /// Writes how many clients this process has of the session, for the others'
+    /// `welcome`. One write at a time; a change meanwhile is written after it.
+    /// What it returns resolves once the count as of now is written (or failed).
+    fn publish_clients(&mut self, ctx: &mut Context<Self>) -> oneshot::Receiver<()> {
+        let (done, written) = oneshot::channel();
+        let Some(session) = self.shared_session() else {
+            return written;
+        };
+        self.publish_waiters.push(done);
+        if self.publishing {
+            self.publish_again = true;
+            return written;
+        }
+        self.publishing = true;
+        let waiters = std::mem::take(&mut self.publish_waiters);
+        let (store, id, owner, clients) = (
+            self.deps.store.clone(),
+            self.environment_id,
+            self.deps.owner,
+            self.fanout.len(),
+        );
+        ctx.spawn(
+            async move { store.terminal_clients(id, &session, owner, clients).await }
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "a terminal's clients could not be published");
+                    }
+                    for waiter in waiters {
+                        let _ = waiter.send(());
+                    }
+                    act.publishing = false;
+                    if std::mem::take(&mut act.publish_again) {
+                        drop(act.publish_clients(ctx));
+                    }
+                }),
+        );
+        written
+    }
+
+    /// How many clients other processes have of this session, once `published`
+    /// (this process's count) has resolved: of two clients joining at once on two
+    /// processes, the second to read counts the first.
+    fn clients_elsewhere(
+        &self,
+        published: oneshot::Receiver<()>,
+    ) -> impl Future<Output = usize> + 'static {
+        let session = self.shared_session();
+        let (store, id, owner) = (
+            self.deps.store.clone(),
+            self.environment_id,
+            self.deps.owner,
+        );
+        let within = self.deps.settings.lease_ttl;
+        async move {
+            let Some(session) = session else { return 0 };
+            let _ = published.await;
+            store
+                .other_terminal_clients(id, &session, owner, within)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "other processes' clients of a terminal are not known");
+                    0
+                })
         }
     }
 }
@@ -380,7 +483,11 @@ pub struct Attach {
 
 pub struct Attached {
     pub client: u64,
+    /// This process's clients of the session, this one included.
     pub clients: usize,
+    /// Resolves to the clients other processes have of it (tmux sessions of
+    /// environments; 0 for others).
+    pub elsewhere: std::pin::Pin<Box<dyn Future<Output = usize> + Send>>,
     pub connected: bool,
     /// Where this client's output and status events arrive.
     pub queue: ClientQueue,
@@ -411,6 +518,7 @@ impl Handler<Attach> for TerminalActor {
         };
         let joined = self.fanout.attach(msg.cols, msg.rows, msg.resume, status);
         self.registration.stats.set_clients(self.fanout.len());
+        let published = self.publish_clients(ctx);
         self.use_size_of(joined.id);
         if joined.fresh_screen {
             self.redraw(ctx);
@@ -418,6 +526,7 @@ impl Handler<Attach> for TerminalActor {
         MessageResult(Attached {
             client: joined.id,
             clients: self.fanout.len(),
+            elsewhere: Box::pin(self.clients_elsewhere(published)),
             connected: self.session.is_some(),
             queue: joined.queue,
             input: InputPort {
@@ -457,6 +566,7 @@ impl Handler<Detach> for TerminalActor {
     fn handle(&mut self, msg: Detach, ctx: &mut Context<Self>) {
         self.fanout.detach(msg.client);
         self.registration.stats.set_clients(self.fanout.len());
+        drop(self.publish_clients(ctx));
         if self.fanout.is_empty() && self.linger.is_none() {
             self.linger = Some(ctx.run_later(self.settings.linger, |act, ctx| {
                 if act.fanout.is_empty() {

@@ -126,7 +126,10 @@ pub async fn sign_in(
     let user = users::record_login(&mut conn, user.id).await?;
     let pair = start_session(state, &mut conn, &user).await?;
     // As after a right password: this address is the owner's for the sign-in limits.
-    state.ratelimits.signed_up(user.id, address(origin));
+    state
+        .ratelimits
+        .signed_up(&state.pool, user.id, address(origin))
+        .await;
     state.audit.record(
         origin,
         Event::new(Action::GoogleSignIn, Outcome::Success)

@@ -4,12 +4,12 @@
 
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
-use devpocket_actors::environment::{EnvError, KeepAwake};
+use devpocket_actors::remote::Instruction;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{actor, not_found, parse_id};
+use super::{not_found, order, parse_id};
 use crate::audit::{Action, Event, Origin, ResourceType};
 use crate::auth::AuthUser;
 use crate::db::activity;
@@ -149,13 +149,10 @@ async fn hold(
         ));
     };
     let until = Utc::now() + chrono::Duration::minutes(i64::try_from(minutes).unwrap_or(1));
-    actor(state, caller, id)
-        .await?
-        .send(KeepAwake {
-            until,
-            client_address: origin.ip.clone(),
-        })
-        .await
-        .map_err(EnvError::from)??;
+    let instruction = Instruction::KeepAwake {
+        until,
+        client_address: origin.ip.clone(),
+    };
+    order(state, caller, id, instruction).await?;
     read(state, caller, id).await
 }

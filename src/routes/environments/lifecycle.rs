@@ -2,10 +2,11 @@
 //! actor, audited, answered with the environment in its new phase.
 
 use actix_web::{HttpResponse, web};
-use devpocket_actors::environment::{Command, EnvError, Lifecycle};
+use devpocket_actors::environment::Command;
+use devpocket_actors::remote::Instruction;
 use uuid::Uuid;
 
-use super::{actor, parse_id};
+use super::{order, parse_id};
 use crate::audit::{Action, Event, Origin, ResourceType};
 use crate::auth::AuthUser;
 use crate::environments::EnvironmentResponse;
@@ -47,11 +48,7 @@ async fn send_lifecycle(
     command: Command,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(raw_id)?;
-    let record = actor(state, caller, id)
-        .await?
-        .send(Lifecycle(command))
-        .await
-        .map_err(EnvError::from)??;
+    let record = order(state, caller, id, Instruction::Lifecycle { command }).await?;
     Ok(HttpResponse::Accepted().json(EnvironmentResponse::from_record(record)))
 }
 

@@ -3,12 +3,13 @@
 
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
-use devpocket_actors::environment::{EnvError, Maintain, MaintenanceRequest};
+use devpocket_actors::environment::MaintenanceRequest;
+use devpocket_actors::remote::Instruction;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{actor, load, parse_id};
+use super::{load, order, parse_id};
 use crate::audit::{Action, Event, Origin, ResourceType};
 use crate::auth::AuthUser;
 use crate::environments::{self as rules, EnvironmentResponse, placement};
@@ -173,11 +174,7 @@ async fn maintain(
     id: Uuid,
     request: MaintenanceRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let record = actor(state, caller, id)
-        .await?
-        .send(Maintain(request))
-        .await
-        .map_err(EnvError::from)??;
+    let record = order(state, caller, id, Instruction::Maintain { request }).await?;
     Ok(HttpResponse::Accepted().json(EnvironmentResponse::from_record(record)))
 }
 

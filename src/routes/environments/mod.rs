@@ -17,6 +17,8 @@ pub(crate) mod update;
 use actix_web::web;
 use devpocket_actors::environment::{Conflict, EnvError, EnvironmentActor};
 use devpocket_actors::inspect::Handle;
+use devpocket_actors::model::EnvironmentRecord;
+use devpocket_actors::remote::{self, Instruction};
 use devpocket_actors::store::StoreError;
 use serde_json::json;
 use uuid::Uuid;
@@ -71,7 +73,8 @@ impl From<EnvError> for ApiError {
                 context: json!({ "field": "name" }),
             },
             EnvError::Store(err) => ApiError::DatabaseUnavailable(err.into()),
-            err @ EnvError::Restarting(_) => {
+            EnvError::Unavailable(message) => ApiError::ServiceUnavailable(capitalize(&message)),
+            err @ (EnvError::Restarting(_) | EnvError::Elsewhere(_)) => {
                 tracing::warn!(error = ?err, "an environment's controller did not answer");
                 ApiError::ServiceUnavailable(capitalize(&err.to_string()))
             }
@@ -87,7 +90,7 @@ impl From<EnvError> for ApiError {
 
 impl From<Conflict> for ApiError {
     fn from(conflict: Conflict) -> Self {
-        let context = match conflict {
+        let context = match &conflict {
             Conflict::Unreadable(column) => json!({ "field": column }),
             _ => json!({}),
         };
@@ -150,7 +153,20 @@ async fn load(
 /// with it but deleting it.
 fn unreadable(id: Uuid, err: &Unreadable) -> ApiError {
     err.log("environments", id);
-    Conflict::Unreadable(err.column).into()
+    Conflict::Unreadable(err.column.into()).into()
+}
+
+/// Carries out `instruction` on the caller's environment `id`, wherever its owner
+/// runs (see `devpocket_actors::remote`): the environment once the change is
+/// durable.
+pub async fn order(
+    state: &AppState,
+    caller: &AuthUser,
+    id: Uuid,
+    instruction: Instruction,
+) -> Result<EnvironmentRecord, ApiError> {
+    let env = actor(state, caller, id).await?;
+    Ok(remote::order(&state.actors.deps, &env, instruction).await?)
 }
 
 /// The environment's actor (started from durable state if needed).

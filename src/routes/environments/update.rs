@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, web};
-use devpocket_actors::environment::{EnvError, Update};
 use devpocket_actors::model::Changes;
+use devpocket_actors::remote::Instruction;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{actor, parse_id};
+use super::{order, parse_id};
 use crate::auth::AuthUser;
 use crate::environments::{self as rules, EnvironmentResponse, auto_stop};
 use crate::error::{ApiError, ValidationErrors};
@@ -89,14 +89,11 @@ pub(super) async fn update_environment(
         &mut errors,
     );
     errors.into_result()?;
-    let record = actor(&state, &caller, id)
-        .await?
-        .send(Update(Changes {
-            name,
-            environment_variables,
-            auto_stop_minutes,
-        }))
-        .await
-        .map_err(EnvError::from)??;
+    let changes = Changes {
+        name,
+        environment_variables,
+        auto_stop_minutes,
+    };
+    let record = order(&state, &caller, id, Instruction::Update { changes }).await?;
     Ok(HttpResponse::Ok().json(EnvironmentResponse::from_record(record)))
 }

@@ -111,10 +111,8 @@ impl Connection {
             }
         };
         self.audit.record(Action::TerminalAttach);
-        if !self
-            .send_text(self.welcome(&welcome, attached.clients))
-            .await
-        {
+        let clients = attached.clients + (&mut attached.elsewhere).await;
+        if !self.send_text(self.welcome(&welcome, clients)).await {
             terminal.do_send(Detach {
                 client: attached.client,
             });

@@ -21,6 +21,7 @@ pub struct TestApp {
     pub db: TestDatabase,
     pub data_dir: PathBuf,
     handle: ServerHandle,
+    actors: devpocket_actors::ActorSystem,
 }
 
 /// The settings a test app runs with; `overrides` win.
@@ -80,6 +81,7 @@ impl TestApp {
             .expect("build application");
         let address = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
+        let actors = app.actors();
         actix_web::rt::spawn(app.run_until_stopped());
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -92,6 +94,7 @@ impl TestApp {
             db,
             data_dir,
             handle,
+            actors,
         }
     }
 
@@ -156,6 +159,9 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         // Stops accepting at once; the database is dropped after (WITH FORCE).
         drop(self.handle.stop(false));
+        // The server's future is not awaited here: its actors are stopped too (not
+        // left running on their own thread for the rest of the test run).
+        self.actors.stop();
         shut_down_machines(&self.data_dir);
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }

@@ -1,0 +1,2 @@
+DROP TABLE signin_known_addresses;
+DROP TABLE signin_budgets;
