@@ -66,3 +66,58 @@ pub async fn list(server: &Server, token: &str, scale: &Scale) -> anyhow::Result
         r.timeouts,
     ))
 }
+
+/// The same list through one process, then spread over two processes on the same
+/// database (the second started here, on the same data directory: it shares the
+/// first's embedded PostgreSQL). 256 connections in all either way.
+pub async fn list_on_two(
+    first: &Server,
+    token: &str,
+    scale: &Scale,
+    second: &Server,
+) -> anyhow::Result<String> {
+    let wrk = |server: &Server, connections: usize, duration: Duration| Wrk {
+        headers: vec![format!("Authorization: Bearer {token}")],
+        ..Wrk::get(
+            "environments",
+            server.url("/api/v1/environments"),
+            connections,
+            duration,
+        )
+    };
+    let row = |label: &str, rs: &[&crate::load::WrkResult]| {
+        let total: f64 = rs.iter().map(|r| r.rps()).sum();
+        let worst = |f: fn(&crate::load::WrkResult) -> Duration| {
+            rs.iter().map(|r| f(r)).max().unwrap_or_default()
+        };
+        format!(
+            "| {label} | **{total:.0}** | {:.2} | **{:.2}** | {:.1} | {} |\n",
+            ms(worst(|r| r.p50)),
+            ms(worst(|r| r.p99)),
+            ms(worst(|r| r.max)),
+            rs.iter()
+                .map(|r| r.non_2xx + r.socket_errors + r.timeouts)
+                .sum::<u64>(),
+        )
+    };
+    // Both warm, then one alone, then both at once, in the same run.
+    wrk(second, 256, scale.warmup).run().await?;
+    wrk(first, 256, scale.warmup).run().await?;
+    let one = wrk(first, 256, scale.run).run().await?;
+    let (on_first, on_second) = (wrk(first, 128, scale.run), wrk(second, 128, scale.run));
+    let (a, b) = tokio::join!(on_first.run(), on_second.run());
+    let (a, b) = (a?, b?);
+    Ok(format!(
+        "\n### Through one process and through two\n\nThe same list, in the same run: 256 \
+         connections to the first process; then 128 to each of two processes on the same \
+         database (the second, started for this, follows the first's environments and \
+         answers from the same PostgreSQL). wrk, {} s each. On a machine with fewer cores \
+         than processes they share the CPU: what a second process adds is headroom on \
+         another machine, which this one cannot show.\n\n\
+         | Processes | Requests/s in all | p50 ms (worst) | p99 ms (worst) | max ms | errors |\n\
+         |---|---|---|---|---|---|\n{}{}",
+        scale.run.as_secs(),
+        row("one (256 connections)", &[&one]),
+        row("two (128 + 128 connections)", &[&a, &b]),
+    ))
+}

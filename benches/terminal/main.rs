@@ -77,6 +77,8 @@ async fn run(bench: &Bench, quick: bool) -> anyhow::Result<String> {
     report.push_str(&echo(bench, &machine, &scale).await?);
     eprintln!("== fan-out");
     report.push_str(&fanout(bench, &scale).await?);
+    eprintln!("== echo through a second process");
+    report.push_str(&second_process(bench, &scale).await?);
     eprintln!("== slow client");
     report.push_str(&slow_client(bench, &scale).await?);
     eprintln!("== idle memory");
@@ -225,6 +227,50 @@ async fn echo(bench: &Bench, machine: &Machine, scale: &Scale) -> anyhow::Result
          in the other pane (and reads all of it).\n\n| Load | Path | p50 ms | p99 ms |\n|---|---|---|---|\n{rows}",
         scale.echo_samples
     ))
+}
+
+/// Echo latency through the process that owns the environment and through another
+/// one on the same database, in alternating blocks of the same run: a terminal
+/// goes from whichever process the client reached straight to the machine.
+async fn second_process(bench: &Bench, scale: &Scale) -> anyhow::Result<String> {
+    let second = bench.second()?;
+    let result = async {
+        let mut owner = Term::Ws(bench.ws("session=lat-owner&cols=200&rows=50").await?);
+        let mut other = Term::Ws(
+            bench
+                .ws_at(&second.address, "session=lat-other&cols=200&rows=50")
+                .await?,
+        );
+        owner.ready().await?;
+        other.ready().await?;
+        let (mut o, mut s) = (Vec::new(), Vec::new());
+        let block = 50;
+        for _ in 0..scale.echo_samples.div_ceil(block) {
+            o.extend(owner.echo_latencies(block).await?);
+            s.extend(other.echo_latencies(block).await?);
+        }
+        let row = |name: &str, xs: &mut Vec<Duration>| {
+            format!(
+                "| {name} | {:.2} | {:.2} |\n",
+                ms(percentile(xs, 0.50)),
+                ms(percentile(xs, 0.99))
+            )
+        };
+        anyhow::Ok(format!(
+            "\n## Through another process\n\nA second server process on the same database \
+             (started for this, on the same data directory); the environment is the first's. \
+             Keystroke echo as above (quiet), {} samples per path in alternating blocks, one \
+             tmux session per path.\n\n| Path | p50 ms | p99 ms |\n|---|---|---|\n{}{}",
+            scale.echo_samples,
+            row("through the owning process", &mut o),
+            row("through the other process", &mut s),
+        ))
+    }
+    .await;
+    if let Err(e) = second.stop() {
+        eprintln!("{e:#}");
+    }
+    result
 }
 
 /// N clients on one session; one of them runs a command; the time until every

@@ -21,6 +21,7 @@ const CREATE: Duration = Duration::from_secs(300);
 pub struct Bench {
     server: Server,
     dir: PathBuf,
+    secret: String,
     api: Api,
     token: String,
     env_id: String,
@@ -70,6 +71,7 @@ impl Bench {
         let bench = Self {
             server,
             dir,
+            secret,
             api,
             token,
             env_id,
@@ -130,13 +132,24 @@ impl Bench {
     }
 
     pub async fn ws(&self, query: &str) -> anyhow::Result<WsClient> {
+        self.ws_at(&self.api.base, query).await
+    }
+
+    /// A terminal through the server at `base` (`http://…`).
+    pub async fn ws_at(&self, base: &str, query: &str) -> anyhow::Result<WsClient> {
         let url = format!(
             "{}/api/v1/ws/terminal/{}?token={}&{query}",
-            self.api.base.replacen("http", "ws", 1),
+            base.replacen("http", "ws", 1),
             self.env_id,
             self.token
         );
         WsClient::connect(&url).await
+    }
+
+    /// A second server process on the same data directory: it shares the first's
+    /// embedded PostgreSQL, and the environment stays the first's.
+    pub fn second(&self) -> anyhow::Result<Server> {
+        Server::start(devpocket(&self.dir, &self.secret))
     }
 
     /// The server process's resident memory, in KiB.
