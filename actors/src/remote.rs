@@ -158,7 +158,8 @@ pub async fn order(
 }
 
 /// Writes the order for the owner and waits for its answer. Past the deadline an
-/// order nobody took is withdrawn (nothing changed); one taken is waited for.
+/// order nobody took is withdrawn (nothing changed); one taken is waited for a
+/// while longer (its owner may have died after taking it).
 async fn forward(
     deps: &Deps,
     env: &Handle<EnvironmentActor>,
@@ -196,7 +197,15 @@ async fn forward(
                         env.send(TryLead).await?;
                     }
                 }
-                OrderState::Pending { claimed: true } => {}
+                OrderState::Pending { claimed: true } => {
+                    // The owner answers once the change is durable, in moments; one
+                    // that took the order and went silent this long has died.
+                    if tokio::time::Instant::now() >= give_up + deps.settings.lease_ttl * 2 {
+                        return Err(EnvError::Unavailable(
+                            "the environment's owner took the request and stopped answering; look at the environment before trying again".into(),
+                        ));
+                    }
+                }
             }
         }
     }
