@@ -144,8 +144,10 @@ pub fn section(floods: &mut [Flood], scale: &Scale) -> String {
          one, while the prober goes on (from 1 s into the flood to 1 s before its end). With the \
          limits raised (servers 1 and 2) every attempt runs Argon2id (19 MiB, t=2) on the \
          blocking pool, at most `DEVPOCKET_HASH_CONCURRENCY` at once, and writes to PostgreSQL \
-         (a session, or a failure count); with the default limits (server 3) nearly every \
-         attempt from the one flooding address is refused with 429 before any hashing. wrk runs \
+         (a session, or a failure count); with the default limits (server 3) the flooding \
+         address is known for the account (it signed in there on server 1; the sign-in limits \
+         are kept in the database), so its wrong passwords meet the lockout (423), not the \
+         address's failure budget (429). wrk runs \
          at niceness {}, below the server and the prober: remote clients do not take the \
          server's cores, wrk here does, and at the same priority the kernel's time slices \
          (milliseconds) would be in the prober's percentiles. The prober shares the machine: \
