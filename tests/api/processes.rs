@@ -170,33 +170,17 @@ async fn a_deactivation_and_a_new_environment_are_seen_by_the_other_process_at_o
     let id = session["user"]["id"].as_str().unwrap();
 
     // A list cached on the other process, then an environment made on this one.
-    let listed: Value = two
-        .authed_client(token)
-        .get("/api/v1/environments")
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed, json!([]));
-    let created = one
-        .authed_client(token)
-        .post(
-            "/api/v1/environments",
-            &json!({"name": "seen", "template_id": "ubuntu"}),
-        )
-        .await;
-    assert_eq!(created.status(), 201);
+    let list = async || -> Value {
+        let listed = two.authed_client(token).get("/api/v1/environments").await;
+        listed.json().await.unwrap()
+    };
+    assert_eq!(list().await, json!([]));
+    create(&one, token, "seen", "ubuntu").await;
     eventually(
         Duration::from_secs(5),
         "the other process to list it",
         async || {
-            let listed: Value = two
-                .authed_client(token)
-                .get("/api/v1/environments")
-                .await
-                .json()
-                .await
-                .unwrap();
+            let listed = list().await;
             if listed.as_array().is_some_and(|l| l.len() == 1) {
                 Ok(())
             } else {
@@ -371,15 +355,7 @@ async fn when_the_owner_is_killed_mid_provisioning_another_process_finishes_it()
     survivor
         .wait_for_env(&token, &id, |e| e["status"] == "running")
         .await;
-    let runs = std::fs::read_to_string(
-        data_dir
-            .join("environments")
-            .join(&id)
-            .join("home")
-            .join("runs"),
-    )
-    .unwrap();
-    assert_eq!(runs.lines().count(), 1, "the bootstrap ran again: {runs}");
+    restart::assert_ran_once(&data_dir, &id);
     let _ = std::fs::remove_dir_all(&templates);
 }
 

@@ -41,6 +41,17 @@ pub(crate) fn start_server(db_url: &str, data_dir: &Path, templates: &Path) -> S
     serve(cmd)
 }
 
+/// The slow bootstrap ran exactly once on environment `id`'s machine.
+pub(crate) fn assert_ran_once(data_dir: &Path, id: &str) {
+    let runs = data_dir
+        .join("environments")
+        .join(id)
+        .join("home")
+        .join("runs");
+    let runs = std::fs::read_to_string(runs).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the bootstrap ran again: {runs}");
+}
+
 /// Until the slow bootstrap has printed its sixth line, as `server`'s log shows.
 pub(crate) async fn under_way(server: &Server, token: &str, id: &str) {
     let mut live = ws_connect(
@@ -102,16 +113,7 @@ async fn killed_mid_provisioning_resumes_without_loss_or_duplicates() {
         lines.len() as i64,
         "numbering has a gap"
     );
-    // The bootstrap ran exactly once.
-    let runs = std::fs::read_to_string(
-        data_dir
-            .join("environments")
-            .join(&id)
-            .join("home")
-            .join("runs"),
-    )
-    .unwrap();
-    assert_eq!(runs.lines().count(), 1, "{runs}");
+    assert_ran_once(&data_dir, &id);
 
     // The host goes down with the server (the machine's sshd too); when the server
     // comes back, the running environment comes back up.
