@@ -162,9 +162,8 @@ fn heard(state: &AppState, channel: &str, payload: &str) {
     }
 }
 
-/// Listens, and sends what `outgoing` queues, for as long as `state` lives.
-/// Listens from `first` on (see [`connect`]), and again on a new connection
-/// whenever that fails.
+/// Listens, and sends what `outgoing` queues, for as long as `state` lives: on
+/// `first` (see [`connect`]), then on a new connection whenever one fails.
 pub fn spawn(
     state: &Arc<AppState>,
     database_url: String,
@@ -190,7 +189,7 @@ pub fn spawn(
                     let Some(live) = state.upgrade() else { return };
                     forget_everything(&live);
                     drop(live);
-                    tracing::warn!(%error, retry_in = ?backoff, "cache invalidations: listening failed");
+                    tracing::warn!(%error, retry_in = ?backoff, "listening to other server processes failed; caches dropped");
                 }
             }
             tokio::time::sleep(backoff).await;
